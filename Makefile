@@ -1,0 +1,55 @@
+# cassette — the entry points a person types.
+#
+#   make demo    start a local control plane and show AgentSessions on it
+#   make test    unit tests and end-to-end tests on a real kube-apiserver + etcd
+#   make lint    rustfmt, clippy (warnings denied), cargo-deny
+#   make crds    regenerate crds/ from api/
+#
+# Everything the tests need is installed or built by these targets; slow builds are cached
+# under ~/.cache/cassette (kube-apiserver, etcd) and in target/.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## deps: the tools the tests call, installed if missing (fresh machines).
+deps:
+	@bash scripts/deps.sh
+
+## controlplane: build kube-apiserver and etcd from their Go modules, once per version.
+controlplane:
+	@bash e2e/controlplane/build.sh >/dev/null
+
+test: deps controlplane
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --exclude cassette-e2e
+
+e2e: deps controlplane
+	$(CARGO) test -p cassette-e2e --no-fail-fast
+
+demo: deps controlplane
+	$(CARGO) run -q -p cassette-e2e -- demo
+
+crds:
+	$(CARGO) run -q -p cassette-operator -- crdgen > crds/agentsession.yaml
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check
+
+clean:
+	$(CARGO) clean

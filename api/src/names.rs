@@ -1,0 +1,42 @@
+//! Names shared by the operator, the sidecar, the CLI and the chart: labels, annotations,
+//! ports, the sidecar's UID and the trust-store variables set in agent containers.
+
+/// The API group of cassette's resources.
+pub const GROUP: &str = "cassette.dev";
+
+/// Pod label naming the AgentSession (in the pod's namespace) the pod records into.
+pub const SESSION_LABEL: &str = "cassette.dev/session";
+
+/// Namespace label: every pod in the namespace must name a session, or it is refused.
+pub const ENFORCE_LABEL: &str = "cassette.dev/enforce";
+
+/// Pod annotation recording what the injector did, which also makes injection idempotent.
+pub const INJECTED_ANNOTATION: &str = "cassette.dev/injected";
+
+/// Port of the captured-outbound listener (and explicit HTTP CONNECT proxy).
+pub const CAPTURE_PORT: u16 = 15001;
+
+/// Port of the metadata shim that answers the agent's metadata-server requests.
+pub const METADATA_PORT: u16 = 15080;
+
+/// Port of the sidecar's admin server: /metrics, /healthz, /readyz.
+pub const ADMIN_PORT: u16 = 15090;
+
+/// The sidecar's UID; the capture rules exclude it and nothing else.
+pub const SIDECAR_UID: u32 = 1337;
+
+/// Body size recorded per message when the AgentSession does not say.
+pub const DEFAULT_MAX_BODY_BYTES: i64 = 1024 * 1024;
+
+/// Environment variables that point agent tools at the session CA bundle (system roots plus
+/// the session CA). All but NODE_EXTRA_CA_CERTS replace the tool's trust store, hence the
+/// bundle carries the system roots too.
+pub const CA_BUNDLE_ENV: [&str; 7] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+];

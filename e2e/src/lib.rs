@@ -1,0 +1,153 @@
+//! End-to-end harness for cassette: the cluster the tests run against, and helpers to use it.
+//!
+//! By default a test binary starts one local control plane (a real kube-apiserver and etcd on
+//! loopback) the first time a test asks for it, and stops it when the binary exits. Set
+//! `CASSETTE_E2E_KUBECONFIG` to run the same tests against an existing cluster (kind, GKE).
+
+pub mod controlplane;
+pub mod fixtures;
+mod pki;
+
+use anyhow::{Context, Result, anyhow};
+use controlplane::{Binaries, ControlPlane};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock, mpsc};
+
+/// The variable that points the tests at an existing cluster instead of a local one.
+pub const KUBECONFIG_ENV: &str = "CASSETTE_E2E_KUBECONFIG";
+
+/// The cluster a test binary runs against.
+pub struct Cluster {
+    kubeconfig: PathBuf,
+    local: bool,
+}
+
+impl Cluster {
+    /// The admin kubeconfig, for `kubectl --kubeconfig`.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Whether this is the harness's own control plane (and not a user's cluster).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// A client for the current test's runtime, authenticated as the admin.
+    pub async fn client(&self) -> Result<Client> {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// `kubectl` pointed at this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new("kubectl");
+        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+    }
+
+    /// A kubeconfig for a named user (client certificate; local control plane only).
+    pub fn user_kubeconfig(&self, user: &str, group: Option<&str>) -> Result<PathBuf> {
+        let guard = LOCAL
+            .lock()
+            .map_err(|_| anyhow!("control plane lock poisoned"))?;
+        let plane = guard
+            .as_ref()
+            .context("named users need the local control plane; an existing cluster has its own")?;
+        plane.user_kubeconfig(user, group)
+    }
+}
+
+/// A client authenticated by the given kubeconfig.
+pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
+    let kubeconfig_file = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig_file, &KubeConfigOptions::default())
+            .await
+            .context("loading the kubeconfig")?;
+    Ok(Client::try_from(config)?)
+}
+
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static LOCAL: Mutex<Option<ControlPlane>> = Mutex::new(None);
+
+/// The cluster shared by every test in this binary, started on first use.
+///
+/// Panics with the reason when no cluster can be had: every e2e test needs one.
+pub fn cluster() -> &'static Cluster {
+    match SHARED.get_or_init(|| start_shared().map_err(|e| format!("{e:#}"))) {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("no cluster for the e2e tests: {e}"),
+    }
+}
+
+fn start_shared() -> Result<Cluster> {
+    if let Some(path) = std::env::var_os(KUBECONFIG_ENV) {
+        return Ok(Cluster {
+            kubeconfig: PathBuf::from(path),
+            local: false,
+        });
+    }
+    let kubeconfig = start_local()?;
+    Ok(Cluster {
+        kubeconfig,
+        local: true,
+    })
+}
+
+/// Start the control plane from a thread that lives as long as the process, so the
+/// parent-death signal on its children fires only when the whole test binary goes away, and
+/// register an exit hook that stops it and removes its directory on a normal exit.
+fn start_local() -> Result<PathBuf> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("control-plane".into())
+        .spawn(move || {
+            let started = Binaries::ensure().and_then(|bins| ControlPlane::start(&bins));
+            match started {
+                Ok(plane) => {
+                    let kubeconfig = plane.kubeconfig_path();
+                    *LOCAL.lock().expect("control plane lock") = Some(plane);
+                    // SAFETY: registering a plain extern "C" function with no captured state.
+                    unsafe { libc::atexit(stop_local) };
+                    let _ = tx.send(Ok(kubeconfig));
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+    rx.recv().context("the control-plane thread died")?
+}
+
+extern "C" fn stop_local() {
+    if let Ok(mut guard) = LOCAL.lock() {
+        // Dropping stops the processes and removes the temporary directory.
+        guard.take();
+    }
+}
+
+/// A unique, DNS-safe name for test objects: `<prefix>-<pid>-<counter>`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The repository root, for paths such as `crds/` and `examples/`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
