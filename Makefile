@@ -49,7 +49,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
-	$(CARGO) deny check
+	$(CARGO) deny check bans licenses sources
+	@if $(CARGO) deny fetch >/dev/null 2>&1; then $(CARGO) deny check advisories; \
+	 else echo "lint: advisories not checked: the RustSec database cannot be fetched from here" >&2; fi
 
 clean:
 	$(CARGO) clean
