@@ -1,0 +1,145 @@
+//! Reading recordings back: find the recordings of a session in a sink, fetch one pod's
+//! segments and manifest, and iterate its records in order. This is what `kubectl cassette
+//! show/verify/export/search` build on; checking integrity is `verify`'s job.
+
+use std::io::Read;
+
+use crate::record::Record;
+use crate::segment::{MANIFEST, parse_index};
+use crate::sink::{Sink, SinkError};
+
+/// One object of a recording: its name (without the recording's prefix) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentObject {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Everything stored for one pod's recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordingObjects {
+    /// Segments in order of their number.
+    pub segments: Vec<SegmentObject>,
+    /// `manifest.json`, once the session ended.
+    pub manifest: Option<Vec<u8>>,
+}
+
+/// One pod's recording within a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRef {
+    /// Key prefix below the sink, ending in `/`: `<namespace>/<session>/<pod>-<uid>/`.
+    pub prefix: String,
+    /// `<pod>-<uid>`.
+    pub pod_dir: String,
+}
+
+/// Why a recording could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("{name}: cannot decompress: {source}")]
+    Decompress {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{name} line {line}: not a record: {error}")]
+    Record {
+        name: String,
+        line: usize,
+        error: String,
+    },
+}
+
+/// The recordings (one per pod) of a session: `<namespace>/<session>/*/`.
+pub async fn list_recordings(
+    sink: &Sink,
+    namespace: &str,
+    session: &str,
+) -> Result<Vec<RecordingRef>, ReadError> {
+    let listing = sink.list(&format!("{namespace}/{session}/")).await?;
+    Ok(listing
+        .prefixes
+        .into_iter()
+        .map(|prefix| {
+            let pod_dir = prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            RecordingRef { prefix, pod_dir }
+        })
+        .collect())
+}
+
+/// Fetches one recording's segments (ordered by number) and manifest.
+pub async fn load(sink: &Sink, prefix: &str) -> Result<RecordingObjects, ReadError> {
+    let prefix = if prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    let listing = sink.list(&prefix).await?;
+    let mut names: Vec<(u64, String)> = Vec::new();
+    let mut has_manifest = false;
+    for key in listing.objects {
+        let name = key[prefix.len()..].to_string();
+        if name == MANIFEST {
+            has_manifest = true;
+        } else if let Some(ix) = parse_index(&name) {
+            names.push((ix, name));
+        }
+    }
+    names.sort();
+    let mut objects = RecordingObjects::default();
+    for (_, name) in names {
+        // An object listed and then gone is left for verify to report as missing.
+        if let Some(bytes) = sink.get(&format!("{prefix}{name}")).await? {
+            objects.segments.push(SegmentObject { name, bytes });
+        }
+    }
+    if has_manifest {
+        objects.manifest = sink.get(&format!("{prefix}{MANIFEST}")).await?;
+    }
+    Ok(objects)
+}
+
+/// The JSON-lines text of a segment: zstd-decompressed for `.zst` names, as is otherwise.
+pub fn decode_segment(name: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    if !name.ends_with(".zst") {
+        return Ok(bytes.to_vec());
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    zstd::stream::read::Decoder::new(bytes)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+impl RecordingObjects {
+    /// All records in order. Stops at the first segment or line that cannot be read; use
+    /// [`crate::verify::verify`] to learn whether what was read is intact.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
+        self.segments.iter().flat_map(|segment| {
+            let lines: Vec<Result<Record, ReadError>> =
+                match decode_segment(&segment.name, &segment.bytes) {
+                    Err(source) => vec![Err(ReadError::Decompress {
+                        name: segment.name.clone(),
+                        source,
+                    })],
+                    Ok(text) => text
+                        .split(|b| *b == b'\n')
+                        .enumerate()
+                        .filter(|(_, l)| !l.is_empty())
+                        .map(|(i, l)| {
+                            serde_json::from_slice::<Record>(l).map_err(|e| ReadError::Record {
+                                name: segment.name.clone(),
+                                line: i + 1,
+                                error: e.to_string(),
+                            })
+                        })
+                        .collect(),
+                };
+            lines
+        })
+    }
+}

@@ -1,0 +1,490 @@
+//! The record model: what one line of a recording says. Plain serde types that the sidecar
+//! constructs and the CLI reads; no encoding, hashing or I/O here (see `chain` and `spool`).
+//!
+//! Every record on disk is `{"seq":N,"time":"…","kind":"…", <fields of the kind>, "chain":"…"}`.
+//! [`Event`] is the part a caller supplies; the recorder adds `seq`, `time` and `chain`.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one HTTP exchange (request + response) within a recording.
+pub type ExchangeId = u64;
+/// Identifies one client connection within a recording.
+pub type ConnId = u64;
+
+/// One record as read back from a recording: the envelope plus the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the recording, from 0, without gaps, across segments.
+    pub seq: u64,
+    /// When the recorder wrote it: RFC 3339, UTC, nanoseconds (`2026-05-01T12:00:00.000000001Z`).
+    pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Hex SHA-256 over the previous record's `chain` and this record's canonical bytes.
+    pub chain: String,
+}
+
+/// What happened. Serialized with its `kind` tag first, then its fields in declaration order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// The recorder started (or restarted after a crash) for this pod.
+    SessionStart(SessionStart),
+    /// A client connection was accepted.
+    ConnOpen(ConnOpen),
+    /// TLS was intercepted (or tunnelled) on a connection.
+    Tls(Tls),
+    /// A request head, as received from the agent (after masking).
+    Request(Request),
+    /// A response head, as sent to the agent (after masking).
+    Response(Response),
+    /// A piece of a request or response body, or the end of one.
+    Body(Body),
+    /// An exchange is over: timings, sizes, the decision taken and its classification.
+    ExchangeEnd(ExchangeEnd),
+    /// A request was refused by policy, expiry or a failure to record.
+    Blocked(Blocked),
+    /// A request held for human review changed state.
+    Review(Review),
+    /// A placeholder credential was swapped for a real one (the token itself is never recorded).
+    Token(Token),
+    /// A git smart-HTTP operation was understood.
+    Git(Git),
+    /// Something could not be recorded; says what and why.
+    Gap(Gap),
+    /// A client connection closed.
+    ConnClose(ConnClose),
+    /// The end of a segment: signs the chain head. Written by the spool only.
+    Seal(Seal),
+    /// The session ended normally for this pod.
+    SessionEnd(SessionEnd),
+}
+
+impl Event {
+    /// The `kind` string this event is tagged with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::SessionStart(_) => "session_start",
+            Event::ConnOpen(_) => "conn_open",
+            Event::Tls(_) => "tls",
+            Event::Request(_) => "request",
+            Event::Response(_) => "response",
+            Event::Body(_) => "body",
+            Event::ExchangeEnd(_) => "exchange_end",
+            Event::Blocked(_) => "blocked",
+            Event::Review(_) => "review",
+            Event::Token(_) => "token",
+            Event::Git(_) => "git",
+            Event::Gap(_) => "gap",
+            Event::ConnClose(_) => "conn_close",
+            Event::Seal(_) => "seal",
+            Event::SessionEnd(_) => "session_end",
+        }
+    }
+
+    /// The exchange this event belongs to, when it belongs to one.
+    pub fn exchange(&self) -> Option<ExchangeId> {
+        match self {
+            Event::Request(r) => Some(r.exchange),
+            Event::Response(r) => Some(r.exchange),
+            Event::Body(b) => Some(b.exchange),
+            Event::ExchangeEnd(e) => Some(e.exchange),
+            Event::Blocked(b) => b.exchange,
+            Event::Review(r) => Some(r.exchange),
+            Event::Token(t) => Some(t.exchange),
+            Event::Git(g) => Some(g.exchange),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP header as recorded: `[name, value]`, in the order seen.
+pub type Header = (String, String);
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `session_start`: who is recording, and the key that signs the recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStart {
+    pub namespace: String,
+    pub session: String,
+    pub pod: String,
+    pub pod_uid: String,
+    /// The session's Ed25519 public key, standard base64 of the 32 raw bytes.
+    pub public_key: String,
+    /// `cassette-recording` version that wrote the recording.
+    pub recorder: String,
+    /// `batched` or `strict`.
+    pub durability: String,
+    /// `closed` or `open`.
+    pub on_failure: String,
+    pub max_body_bytes: u64,
+    /// The KSA the agent runs as, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Who created the AgentSession, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// True when the recorder restarted on a spool that an earlier run left behind.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarted: bool,
+}
+
+/// How a connection reached the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capture {
+    /// Redirected by iptables; the destination came from `SO_ORIGINAL_DST`.
+    Redirect,
+    /// An explicit proxy client that sent HTTP `CONNECT`.
+    Connect,
+}
+
+/// `conn_open`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnOpen {
+    pub conn: ConnId,
+    /// The agent-side address, `ip:port`.
+    pub client: String,
+    /// Where the agent meant to connect, `ip:port` (or `host:port` for CONNECT).
+    pub dst: String,
+    pub capture: Capture,
+}
+
+/// `tls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tls {
+    pub conn: ConnId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+    /// Negotiated with the agent, e.g. `TLSv1_3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Subject of the upstream certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_subject: Option<String>,
+    /// Whether the upstream certificate verified against the SNI name.
+    pub verified: bool,
+    /// True when the connection was tunnelled without interception.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub passthrough: bool,
+}
+
+/// `request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub exchange: ExchangeId,
+    pub conn: ConnId,
+    pub method: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]` from `:authority` or `Host`.
+    pub authority: String,
+    /// Path and query.
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub version: String,
+    pub headers: Vec<Header>,
+}
+
+/// `response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub exchange: ExchangeId,
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<Header>,
+    /// HTTP/2 or chunked trailers, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailers: Option<Vec<Header>>,
+}
+
+/// Which way a body travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Agent → upstream.
+    Request,
+    /// Upstream → agent.
+    Response,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Request => "request",
+            Direction::Response => "response",
+        }
+    }
+}
+
+/// `body`: either a piece of data (`text` or `base64` at `offset`) or, with `final: true`,
+/// the end of the body with its full length, keyed digest and whether storage was truncated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    pub exchange: ExchangeId,
+    pub direction: Direction,
+    /// Byte offset of this piece within the body (for the final record: bytes stored).
+    pub offset: u64,
+    /// The piece, when it is valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The piece, standard base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Marks the last record of this body.
+    #[serde(rename = "final", default, skip_serializing_if = "is_false")]
+    pub last: bool,
+    /// Full length of the body in bytes, stored or not (final record only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// `hmac-sha256:<hex>` of the full body under the session's digest key (final record only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether bytes past `maxBodyBytes` were left out (final record only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+}
+
+/// What was decided about an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    Review,
+    Passthrough,
+}
+
+/// Time spent in each phase of an exchange, in microseconds. A phase that did not happen
+/// (a reused connection has no connect) is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sent_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_us: Option<u64>,
+    pub total_us: u64,
+    /// Time the sidecar itself added (policy, masking, recording).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_us: Option<u64>,
+}
+
+/// What the sidecar understood an exchange to be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Google service, e.g. `storage.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Google permission, e.g. `storage.objects.delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
+    /// `upload-pack` or `receive-pack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_service: Option<String>,
+}
+
+/// `exchange_end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeEnd {
+    pub exchange: ExchangeId,
+    pub timings: Timings,
+    /// Request body bytes sent upstream.
+    pub bytes_up: u64,
+    /// Response body bytes sent to the agent.
+    pub bytes_down: u64,
+    pub decision: Decision,
+    /// The policy rule that decided, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Classification>,
+    /// How many secrets were masked in this exchange.
+    #[serde(default)]
+    pub masked: u64,
+    /// Set when the exchange failed (upstream unreachable, certificate refused, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `blocked`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// Absent when the refusal came before any request was read (e.g. a refused connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeId>,
+    /// `policy`, `expired`, `review_timeout`, `recording_failed`, `certificate`, …
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// What the agent was told.
+    pub message: String,
+}
+
+/// State of a held request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewState {
+    Pending,
+    Approved,
+    Denied,
+    TimedOut,
+}
+
+/// `review`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    pub exchange: ExchangeId,
+    pub id: String,
+    pub state: ReviewState,
+    /// Who approved or denied, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// How a credential was swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenSwap {
+    /// `Authorization: Bearer <placeholder>` → real access token.
+    Bearer,
+    /// git basic-auth password placeholder → real access token.
+    GitBasic,
+}
+
+/// `token`: never carries the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub exchange: ExchangeId,
+    pub host: String,
+    pub swap: TokenSwap,
+    /// The Google service account whose token was used, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+
+/// One ref update of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    #[serde(rename = "ref")]
+    pub name: String,
+}
+
+/// `git`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Git {
+    pub exchange: ExchangeId,
+    /// `upload-pack` (fetch) or `receive-pack` (push).
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<RefUpdate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wants: Vec<String>,
+}
+
+/// `gap`: something was not recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    /// What was lost, in words.
+    pub lost: String,
+    /// Why.
+    pub reason: String,
+    /// Records not written, when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Bytes of records not written, when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// When the loss began and ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// `conn_close`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnClose {
+    pub conn: ConnId,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `seal`: the last record of a segment. `signature` is Ed25519 over
+/// `cassette-seal-v1:` followed by `head` (see FORMAT.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Segment number, from 1.
+    pub segment: u64,
+    /// seq of the first record of the segment.
+    pub first_seq: u64,
+    /// `chain` of the record before this seal: the head being signed.
+    pub head: String,
+    /// Standard base64 of the 64-byte signature.
+    pub signature: String,
+    /// True when the segment was sealed on restart, after a crash cut it short.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recovered: bool,
+}
+
+/// `session_end`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    /// Why the session ended, in words (`shutdown`, `expired`, …).
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_tag_matches_serde() {
+        let events = [
+            Event::Gap(Gap {
+                lost: "x".into(),
+                reason: "y".into(),
+                records: None,
+                bytes: None,
+                from: None,
+                to: None,
+            }),
+            Event::SessionEnd(SessionEnd::default()),
+            Event::ConnClose(ConnClose {
+                conn: 1,
+                bytes_up: 0,
+                bytes_down: 0,
+                error: None,
+            }),
+        ];
+        for e in events {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["kind"], e.kind());
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let line = r#"{"seq":3,"time":"2026-05-01T12:00:00.000000000Z","kind":"git","exchange":4,"service":"receive-pack","updates":[{"old":"0000","new":"abcd","ref":"refs/heads/main"}],"chain":"00"}"#;
+        let r: Record = serde_json::from_str(line).unwrap();
+        assert_eq!(r.event.exchange(), Some(4));
+        match &r.event {
+            Event::Git(g) => assert_eq!(g.updates[0].name, "refs/heads/main"),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
+    }
+}

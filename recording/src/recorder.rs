@@ -1,0 +1,719 @@
+//! The writer facade the sidecar holds: `Recorder::start` recovers the spool, announces the
+//! session key, and runs two tasks — a syncer (group-commit fsync, rolling segments by age)
+//! and a shipper (compress, upload write-once, retry). `record` appends; `shutdown` seals,
+//! ships everything and writes the signed manifest.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ring::hmac;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::body::BodyEncoder;
+use crate::record::{Direction, Event, ExchangeId, Gap, SessionEnd, SessionStart};
+use crate::segment::{MANIFEST, Manifest, RecordingPath};
+use crate::ship::{self, Backoff, Compressed};
+use crate::sink::{GcsOptions, ObjectMeta, Sink, SinkError};
+use crate::spool::{self, Appended, Sealed, Spool, SpoolError, SpoolLimits};
+
+/// When a record counts as kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `record` returns once the record is written to the segment file (it survives the
+    /// process dying); an fsync shared by every record of the batch follows within
+    /// `batch_interval`, and [`Ack::durable`] waits for it.
+    #[default]
+    Batched,
+    /// `record` returns only after the record is fsynced (concurrent records share one fsync).
+    Strict,
+}
+
+/// What happens when a record cannot be kept because the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// `record` fails; the caller refuses the traffic.
+    #[default]
+    Closed,
+    /// The record is dropped, a `gap` record says how many and when, traffic goes on.
+    Open,
+}
+
+/// Everything the recorder needs. [`RecorderConfig::new`] fills in the defaults of DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// `file:///dir` or `gs://bucket/prefix`.
+    pub sink: String,
+    /// Local directory for the spool (an emptyDir in the pod).
+    pub spool_dir: PathBuf,
+    /// `<namespace>/<session>/<pod>-<pod-uid>` below the sink.
+    pub path: RecordingPath,
+    /// Who the agent acts for and who started the session, for `session_start`.
+    pub agent: Option<String>,
+    pub requested_by: Option<String>,
+    pub durability: Durability,
+    pub on_failure: OnFailure,
+    /// A segment is sealed once it holds this many bytes …
+    pub segment_max_bytes: u64,
+    /// … or once its first record is this old.
+    pub segment_max_age: Duration,
+    /// The most the spool may hold on disk while the sink is unreachable.
+    pub spool_limit_bytes: u64,
+    /// Body bytes stored per message; the rest is counted and digested only.
+    pub max_body_bytes: u64,
+    /// Key of the HMAC-SHA-256 digest of bodies.
+    pub digest_key: Vec<u8>,
+    /// How to reach GCS (endpoint override for emulators, credentials).
+    pub gcs: GcsOptions,
+    /// Object retention to request for every object written.
+    pub retention: Option<Duration>,
+    /// Longest time between fsyncs in batched mode.
+    pub batch_interval: Duration,
+    /// Retry pacing for uploads.
+    pub backoff: Backoff,
+    /// How long `shutdown` keeps trying to ship before leaving the rest in the spool.
+    pub shutdown_timeout: Duration,
+}
+
+impl RecorderConfig {
+    /// A config with DESIGN.md's defaults: batched, closed, 1 MiB bodies, 8 MiB or 60 s
+    /// segments, a 256 MiB spool.
+    pub fn new(
+        sink: impl Into<String>,
+        spool_dir: impl Into<PathBuf>,
+        path: RecordingPath,
+    ) -> Self {
+        Self {
+            sink: sink.into(),
+            spool_dir: spool_dir.into(),
+            path,
+            agent: None,
+            requested_by: None,
+            durability: Durability::Batched,
+            on_failure: OnFailure::Closed,
+            segment_max_bytes: 8 << 20,
+            segment_max_age: Duration::from_secs(60),
+            spool_limit_bytes: 256 << 20,
+            max_body_bytes: 1 << 20,
+            digest_key: Vec::new(),
+            gcs: GcsOptions::default(),
+            retention: None,
+            batch_interval: Duration::from_millis(10),
+            backoff: Backoff::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the recorder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot record session_start: {0}")]
+    Record(#[from] RecordError),
+}
+
+/// Why a record was not kept. The sidecar refuses the traffic it could not record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("seal records are written by the spool itself")]
+    Reserved,
+}
+
+/// Why shutdown did not close the recording.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(
+        "{pending} segment(s) could not be shipped within {timeout:?} (last error: {last_error}); they stay in the spool and are shipped on the next start"
+    )]
+    Unshipped {
+        pending: usize,
+        timeout: Duration,
+        last_error: String,
+    },
+    #[error("the manifest could not be written: {0}")]
+    Manifest(SinkError),
+}
+
+/// Counters for `/metrics` and the AgentSession status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Records written (seals included).
+    pub records: u64,
+    /// Bytes of records written.
+    pub bytes: u64,
+    /// Bytes waiting in the spool.
+    pub spool_bytes: u64,
+    pub segments_shipped: u64,
+    pub last_shipped_segment: Option<String>,
+    /// RFC 3339.
+    pub last_shipped_at: Option<String>,
+    /// Failed upload attempts.
+    pub ship_failures: u64,
+    pub last_ship_error: Option<String>,
+    /// Records not kept because the spool was full.
+    pub dropped_records: u64,
+}
+
+/// The acknowledgement of a record.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    seq: Option<u64>,
+    chain: Option<String>,
+    synced: watch::Receiver<u64>,
+}
+
+impl Ack {
+    /// The record's seq; `None` when it was dropped (spool full, `onFailure: open`).
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+
+    /// The record's chain value.
+    pub fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
+    }
+
+    /// Whether the record was written (false: dropped, and a gap will say so).
+    pub fn is_recorded(&self) -> bool {
+        self.seq.is_some()
+    }
+
+    /// Waits until the record is fsynced (immediate in strict mode and for dropped records).
+    pub async fn durable(&mut self) {
+        if let Some(seq) = self.seq {
+            let _ = self.synced.wait_for(|n| *n > seq).await;
+        }
+    }
+}
+
+/// A handle on the recording of one pod. Cheap to clone; all clones record into one chain.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("sink", &self.inner.config.sink)
+            .field("spool_dir", &self.inner.config.spool_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: RecorderConfig,
+    spool: Mutex<Spool>,
+    key: Arc<crate::key::SessionKey>,
+    digest_key: hmac::Key,
+    sink: Sink,
+    /// Records durable so far (all seq below it are fsynced).
+    synced: watch::Sender<u64>,
+    sync_wake: Notify,
+    ship_wake: Notify,
+    /// Segments sealed and not yet shipped, oldest first.
+    queue: Mutex<VecDeque<Sealed>>,
+    /// Number of segments waiting to ship, for shutdown to wait on.
+    pending: watch::Sender<usize>,
+    stats: Mutex<RecorderStats>,
+    closing: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    next_exchange: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these leaves consistent data (every update is a single
+    // assignment after the I/O); keep recording rather than poisoning the sidecar.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The current time as the recording writes it: RFC 3339, UTC, nine fractional digits.
+pub fn now() -> String {
+    format!("{:.9}", jiff::Timestamp::now())
+}
+
+impl Recorder {
+    /// Opens the spool (recovering what a crash left), opens the sink, starts the syncer and
+    /// shipper, and records `session_start`. Needs a Tokio runtime.
+    pub async fn start(config: RecorderConfig) -> Result<Recorder, StartError> {
+        let sink = Sink::open(&config.sink, &config.gcs).await?;
+        let limits = SpoolLimits {
+            segment_max_bytes: config.segment_max_bytes,
+            spool_limit_bytes: config.spool_limit_bytes,
+            open_on_failure: config.on_failure == OnFailure::Open,
+        };
+        let dir = config.spool_dir.clone();
+        let t = now();
+        let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(&dir, limits, &t))
+            .await
+            .map_err(|e| SpoolError::Io {
+                path: config.spool_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let key = spool.key().clone();
+        let synced_from = spool.next_seq();
+        let inner = Arc::new(Inner {
+            digest_key: hmac::Key::new(hmac::HMAC_SHA256, &config.digest_key),
+            config,
+            key,
+            spool: Mutex::new(spool),
+            sink,
+            synced: watch::Sender::new(synced_from),
+            sync_wake: Notify::new(),
+            ship_wake: Notify::new(),
+            queue: Mutex::new(VecDeque::new()),
+            pending: watch::Sender::new(0),
+            stats: Mutex::new(RecorderStats::default()),
+            closing: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+            next_exchange: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+        });
+        let recorder = Recorder { inner };
+        let recovered = lock(&recorder.inner.spool).take_sealed();
+        recorder.note_sealed(recovered);
+        if !recovery.recovered_segments.is_empty() {
+            tracing::warn!(
+                segments = ?recovery.recovered_segments,
+                torn_bytes = recovery.torn_bytes,
+                "recovered a recording spool left by a crash"
+            );
+        }
+        {
+            let syncer = tokio::spawn(sync_loop(recorder.inner.clone()));
+            let shipper = tokio::spawn(ship_loop(recorder.inner.clone()));
+            lock(&recorder.inner.tasks).extend([syncer, shipper]);
+        }
+        let c = &recorder.inner.config;
+        let start = Event::SessionStart(SessionStart {
+            namespace: c.path.namespace.clone(),
+            session: c.path.session.clone(),
+            pod: c.path.pod.clone(),
+            pod_uid: c.path.pod_uid.clone(),
+            public_key: recorder.public_key(),
+            recorder: concat!("cassette-recording/", env!("CARGO_PKG_VERSION")).to_string(),
+            durability: match c.durability {
+                Durability::Batched => "batched",
+                Durability::Strict => "strict",
+            }
+            .to_string(),
+            on_failure: match c.on_failure {
+                OnFailure::Closed => "closed",
+                OnFailure::Open => "open",
+            }
+            .to_string(),
+            max_body_bytes: c.max_body_bytes,
+            agent: c.agent.clone(),
+            requested_by: c.requested_by.clone(),
+            restarted: recovery.restarted,
+        });
+        recorder.record(start).await?;
+        if !recovery.recovered_segments.is_empty() {
+            let gap = Event::Gap(Gap {
+                lost: "records the previous recorder had not acknowledged".into(),
+                reason: format!(
+                    "the recorder restarted after a crash; segment(s) {:?} were sealed as recovered and {} torn byte(s) were cut",
+                    recovery.recovered_segments, recovery.torn_bytes
+                ),
+                records: None,
+                bytes: Some(recovery.torn_bytes),
+                from: None,
+                to: None,
+            });
+            recorder.record(gap).await?;
+        }
+        recorder.inner.ship_wake.notify_one();
+        Ok(recorder)
+    }
+
+    /// Records an event. See [`Durability`] for when this returns and [`OnFailure`] for what
+    /// happens when the spool is full.
+    pub async fn record(&self, event: Event) -> Result<Ack, RecordError> {
+        let mut ack = self.append(event)?;
+        if self.inner.config.durability == Durability::Strict {
+            self.inner.sync_wake.notify_one();
+            ack.durable().await;
+        }
+        Ok(ack)
+    }
+
+    /// Appends an event without waiting for any fsync, whatever the durability: for callers
+    /// on a hot path that cannot await (a body streaming through), and that decide
+    /// themselves whether to wait with [`Ack::durable`]. Order is the order of calls.
+    pub fn append(&self, event: Event) -> Result<Ack, RecordError> {
+        if matches!(event, Event::Seal(_)) {
+            return Err(RecordError::Reserved);
+        }
+        let t = now();
+        let appended = {
+            let mut spool = lock(&self.inner.spool);
+            let before = spool.spool_bytes();
+            let result = spool.append(&event, &t);
+            let after = spool.spool_bytes();
+            let sealed = spool.take_sealed();
+            drop(spool);
+            self.note_sealed(sealed);
+            let mut stats = lock(&self.inner.stats);
+            match &result {
+                Ok(Appended::Written { .. }) => {
+                    stats.records += 1;
+                    stats.bytes += after.saturating_sub(before);
+                }
+                Ok(Appended::Dropped) | Err(SpoolError::Full { .. }) => stats.dropped_records += 1,
+                Err(_) => {}
+            }
+            stats.spool_bytes = after;
+            result?
+        };
+        let synced = self.inner.synced.subscribe();
+        let (seq, chain) = match appended {
+            Appended::Written { seq, chain } => (Some(seq), Some(chain)),
+            Appended::Dropped => (None, None),
+        };
+        if self.inner.config.durability == Durability::Strict {
+            self.inner.sync_wake.notify_one();
+        }
+        Ok(Ack { seq, chain, synced })
+    }
+
+    /// A writer for one body of one exchange.
+    pub fn body(&self, exchange: ExchangeId, direction: Direction) -> BodyWriter {
+        BodyWriter {
+            recorder: self.clone(),
+            encoder: BodyEncoder::new(
+                exchange,
+                direction,
+                self.inner.config.max_body_bytes,
+                &self.inner.digest_key,
+            ),
+        }
+    }
+
+    /// A fresh exchange id for this recording.
+    pub fn next_exchange_id(&self) -> ExchangeId {
+        self.inner.next_exchange.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh connection id for this recording.
+    pub fn next_conn_id(&self) -> crate::record::ConnId {
+        self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The session's Ed25519 public key, base64 (for the AgentSession status).
+    pub fn public_key(&self) -> String {
+        self.inner.key.public_key_base64()
+    }
+
+    /// Where this recording goes, as a URL (`recordingURI`).
+    pub fn recording_uri(&self) -> String {
+        self.inner
+            .sink
+            .url_of(&format!("{}/", self.inner.config.path.prefix()))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RecorderStats {
+        let mut s = lock(&self.inner.stats).clone();
+        s.spool_bytes = lock(&self.inner.spool).spool_bytes();
+        s
+    }
+
+    /// Seals the open segment now (it ships as soon as it can).
+    pub fn seal_now(&self) -> Result<(), SpoolError> {
+        let mut spool = lock(&self.inner.spool);
+        spool.seal(&now())?;
+        let sealed = spool.take_sealed();
+        drop(spool);
+        self.note_sealed(sealed);
+        Ok(())
+    }
+
+    fn note_sealed(&self, sealed: Vec<Sealed>) {
+        if sealed.is_empty() {
+            return;
+        }
+        let mut q = lock(&self.inner.queue);
+        q.extend(sealed);
+        self.inner.pending.send_replace(q.len());
+        drop(q);
+        self.inner.ship_wake.notify_one();
+    }
+
+    /// Ends the recording: `session_end`, seal, ship every segment, write the signed
+    /// `manifest.json`. Later `record` calls fail. On error whatever was not shipped stays in
+    /// the spool for the next start.
+    pub async fn shutdown(&self) -> Result<ShutdownReport, ShutdownError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.config.shutdown_timeout;
+        {
+            let mut spool = lock(&inner.spool);
+            spool.finish(
+                &Event::SessionEnd(SessionEnd {
+                    reason: "shutdown".into(),
+                }),
+                &now(),
+            )?;
+            let sealed = spool.take_sealed();
+            drop(spool);
+            self.note_sealed(sealed);
+        }
+        inner.closing.send_replace(true);
+        inner.sync_wake.notify_one();
+        let mut pending = inner.pending.subscribe();
+        let drained = tokio::time::timeout_at(deadline, pending.wait_for(|n| *n == 0)).await;
+        if drained.is_err() {
+            let last_error = lock(&inner.stats)
+                .last_ship_error
+                .clone()
+                .unwrap_or_default();
+            return Err(ShutdownError::Unshipped {
+                pending: *inner.pending.borrow(),
+                timeout: inner.config.shutdown_timeout,
+                last_error,
+            });
+        }
+        let (records, head, dir) = {
+            let spool = lock(&inner.spool);
+            (
+                spool.next_seq(),
+                spool.head().to_string(),
+                spool.dir().to_path_buf(),
+            )
+        };
+        let segments = spool::read_ledger(&dir)?;
+        let c = &inner.config;
+        let manifest = Manifest {
+            version: 1,
+            namespace: c.path.namespace.clone(),
+            session: c.path.session.clone(),
+            pod: c.path.pod.clone(),
+            pod_uid: c.path.pod_uid.clone(),
+            public_key: self.public_key(),
+            ended: now(),
+            records,
+            head,
+            segments,
+        };
+        let bytes = manifest.signed_bytes(&inner.key);
+        let key = format!("{}/{MANIFEST}", c.path.prefix());
+        let meta = ObjectMeta {
+            pairs: vec![
+                ("cassette-session".into(), c.path.session.clone()),
+                ("cassette-pod".into(), c.path.pod.clone()),
+                ("cassette-chain-head".into(), manifest.head.clone()),
+            ],
+            retain_for: c.retention,
+            content_type: "application/json",
+        };
+        let mut attempt = 0;
+        loop {
+            match inner.sink.put_once(&key, bytes.clone().into(), &meta).await {
+                Ok(_) => break,
+                Err(e) if e.is_conflict() || tokio::time::Instant::now() >= deadline => {
+                    return Err(ShutdownError::Manifest(e));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    lock(&inner.stats).last_ship_error = Some(e.to_string());
+                    tokio::time::sleep(c.backoff.delay(attempt)).await;
+                }
+            }
+        }
+        let local = dir.join(spool::CLOSED_FILE);
+        std::fs::write(&local, &bytes).map_err(|source| SpoolError::Io {
+            path: local,
+            source,
+        })?;
+        for task in lock(&inner.tasks).drain(..) {
+            task.abort();
+        }
+        Ok(ShutdownReport {
+            records,
+            segments: manifest.segments.len(),
+            manifest: inner.sink.url_of(&key),
+        })
+    }
+}
+
+/// What a clean shutdown wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub records: u64,
+    pub segments: usize,
+    /// URL of `manifest.json`.
+    pub manifest: String,
+}
+
+/// Writes one body as `body` records: pieces as they come, then a final record.
+pub struct BodyWriter {
+    recorder: Recorder,
+    encoder: BodyEncoder,
+}
+
+/// What a finished body amounted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodySummary {
+    pub length: u64,
+    pub truncated: bool,
+    pub digest: String,
+}
+
+impl BodyWriter {
+    /// Records the next chunk (nothing is stored past `maxBodyBytes`, but it is counted).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), RecordError> {
+        for piece in self.encoder.push(chunk) {
+            self.recorder.record(Event::Body(piece)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the end of the body: length, keyed digest, truncation.
+    pub async fn finish(self) -> Result<BodySummary, RecordError> {
+        let mut summary = None;
+        for piece in self.encoder.finish() {
+            if piece.last {
+                summary = Some(BodySummary {
+                    length: piece.length.unwrap_or_default(),
+                    truncated: piece.truncated.unwrap_or_default(),
+                    digest: piece.digest.clone().unwrap_or_default(),
+                });
+            }
+            self.recorder.record(Event::Body(piece)).await?;
+        }
+        Ok(summary.expect("finish ends with a final record"))
+    }
+}
+
+async fn sync_loop(inner: Arc<Inner>) {
+    let tick = match inner.config.durability {
+        Durability::Batched => inner.config.batch_interval,
+        Durability::Strict => Duration::from_secs(1).min(inner.config.segment_max_age),
+    };
+    loop {
+        tokio::select! {
+            _ = inner.sync_wake.notified() => {}
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let (file, target, sealed) = {
+            let mut spool = lock(&inner.spool);
+            if spool
+                .open_segment_age()
+                .is_some_and(|age| age >= inner.config.segment_max_age)
+                && let Err(e) = spool.seal(&now())
+            {
+                tracing::error!(error = %e, "cannot seal the segment by age");
+            }
+            (spool.current_file(), spool.next_seq(), spool.take_sealed())
+        };
+        if !sealed.is_empty() {
+            Recorder {
+                inner: inner.clone(),
+            }
+            .note_sealed(sealed);
+        }
+        if target <= *inner.synced.borrow() {
+            continue;
+        }
+        if let Some(f) = file {
+            match tokio::task::spawn_blocking(move || f.sync_data()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "fsync of the recording spool failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fsync task failed");
+                    continue;
+                }
+            }
+        }
+        inner.synced.send_replace(target);
+    }
+}
+
+async fn ship_loop(inner: Arc<Inner>) {
+    let dir = inner.config.spool_dir.clone();
+    loop {
+        let next = lock(&inner.queue).front().cloned();
+        let Some(sealed) = next else {
+            inner.ship_wake.notified().await;
+            continue;
+        };
+        let compressed = match compress(&dir, &sealed).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, segment = sealed.index, "cannot compress a sealed segment");
+                lock(&inner.stats).last_ship_error = Some(e.to_string());
+                tokio::time::sleep(inner.config.backoff.max).await;
+                continue;
+            }
+        };
+        lock(&inner.spool).adjust_spool_bytes(
+            compressed.replaced,
+            if compressed.replaced > 0 {
+                compressed.bytes.len() as u64
+            } else {
+                0
+            },
+        );
+        let mut attempt = 0;
+        loop {
+            match ship::upload(
+                &inner.sink,
+                &dir,
+                &inner.config.path,
+                &compressed,
+                inner.config.retention,
+            )
+            .await
+            {
+                Ok(entry) => {
+                    lock(&inner.spool).adjust_spool_bytes(compressed.bytes.len() as u64, 0);
+                    {
+                        let mut stats = lock(&inner.stats);
+                        stats.segments_shipped += 1;
+                        stats.last_shipped_segment = Some(entry.name);
+                        stats.last_shipped_at = Some(now());
+                    }
+                    let mut q = lock(&inner.queue);
+                    q.pop_front();
+                    inner.pending.send_replace(q.len());
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "shipping a segment failed; retrying");
+                    {
+                        let mut stats = lock(&inner.stats);
+                        stats.ship_failures += 1;
+                        stats.last_ship_error = Some(e.to_string());
+                    }
+                    tokio::time::sleep(inner.config.backoff.delay(attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn compress(dir: &std::path::Path, sealed: &Sealed) -> Result<Compressed, SpoolError> {
+    let dir = dir.to_path_buf();
+    let s = sealed.clone();
+    tokio::task::spawn_blocking(move || ship::compress(&dir, &s))
+        .await
+        .map_err(|e| SpoolError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}

@@ -1,0 +1,189 @@
+//! Shipping: compress a sealed segment (zstd, with a frame checksum), upload it write-once with
+//! its metadata, note it in the ledger, then drop it from the spool. Retries back off
+//! exponentially with jitter and never give up: an outage only grows the spool.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::chain::sha256_hex;
+use crate::segment::{ManifestSegment, RecordingPath, segment_name, spool_name};
+use crate::sink::{ObjectMeta, Put, Sink, SinkError};
+use crate::spool::{Sealed, SpoolError, append_ledger};
+
+/// zstd level: fast, and JSON compresses well at any level.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Exponential backoff between attempts, with full jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// How long to wait before attempt `attempt` (1 = the first retry): a random duration
+    /// in [d/2, d] where d = initial · 2^(attempt-1), capped at `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.initial.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1).min(20))
+                .unwrap_or(u32::MAX),
+        );
+        let d = exp.min(self.max);
+        let mut b = [0u8; 4];
+        let r = SystemRandom::new().fill(&mut b).map_or(0.5, |_| {
+            f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+        });
+        d.mul_f64(0.5 + r / 2.0)
+    }
+}
+
+/// A compressed segment ready to upload.
+#[derive(Debug, Clone)]
+pub(crate) struct Compressed {
+    pub sealed: Sealed,
+    pub path: PathBuf,
+    pub bytes: bytes::Bytes,
+    /// Size of the `.jsonl` it replaced (0 when it was compressed by an earlier run).
+    pub replaced: u64,
+}
+
+/// Compresses `seg-N.jsonl` into `seg-N.jsonl.zst` (via a temporary file, fsynced, renamed) and
+/// removes the `.jsonl`. If an earlier run compressed it already, reads that.
+pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolError> {
+    let zst = dir.join(segment_name(sealed.index));
+    let jsonl = dir.join(spool_name(sealed.index));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SpoolError::Io { path: p, source }
+    };
+    if !jsonl.exists() {
+        let bytes = fs::read(&zst).map_err(io(&zst))?;
+        return Ok(Compressed {
+            sealed: sealed.clone(),
+            path: zst,
+            bytes: bytes.into(),
+            replaced: 0,
+        });
+    }
+    let text = fs::read(&jsonl).map_err(io(&jsonl))?;
+    let mut encoder =
+        zstd::stream::write::Encoder::new(Vec::with_capacity(text.len() / 4), ZSTD_LEVEL)
+            .map_err(io(&zst))?;
+    encoder.include_checksum(true).map_err(io(&zst))?;
+    encoder.write_all(&text).map_err(io(&zst))?;
+    let bytes = encoder.finish().map_err(io(&zst))?;
+    let tmp = dir.join(format!("{}.tmp", segment_name(sealed.index)));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, &zst).map_err(io(&zst))?;
+    fs::remove_file(&jsonl).map_err(io(&jsonl))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(Compressed {
+        sealed: sealed.clone(),
+        path: zst,
+        bytes: bytes.into(),
+        replaced: text.len() as u64,
+    })
+}
+
+/// The metadata every segment object carries.
+pub(crate) fn segment_meta(
+    path: &RecordingPath,
+    sealed: &Sealed,
+    retain_for: Option<Duration>,
+) -> ObjectMeta {
+    ObjectMeta {
+        pairs: vec![
+            ("cassette-namespace".into(), path.namespace.clone()),
+            ("cassette-session".into(), path.session.clone()),
+            ("cassette-pod".into(), path.pod.clone()),
+            ("cassette-pod-uid".into(), path.pod_uid.clone()),
+            ("cassette-segment".into(), sealed.index.to_string()),
+            ("cassette-first-seq".into(), sealed.first_seq.to_string()),
+            ("cassette-last-seq".into(), sealed.last_seq.to_string()),
+            ("cassette-chain-head".into(), sealed.chain.clone()),
+        ],
+        retain_for,
+        content_type: "application/zstd",
+    }
+}
+
+/// Uploads one compressed segment (one attempt) and, once the sink has it, records it in the
+/// ledger and removes it from the spool. Returns the ledger entry.
+pub(crate) async fn upload(
+    sink: &Sink,
+    dir: &Path,
+    path: &RecordingPath,
+    segment: &Compressed,
+    retain_for: Option<Duration>,
+) -> Result<ManifestSegment, ShipError> {
+    let name = segment_name(segment.sealed.index);
+    let key = format!("{}/{name}", path.prefix());
+    let meta = segment_meta(path, &segment.sealed, retain_for);
+    let put = sink.put_once(&key, segment.bytes.clone(), &meta).await?;
+    if put == Put::AlreadyThere {
+        tracing::info!(segment = %name, "segment was already in the sink (an earlier attempt succeeded)");
+    }
+    let entry = ManifestSegment {
+        name,
+        first_seq: segment.sealed.first_seq,
+        last_seq: segment.sealed.last_seq,
+        chain: segment.sealed.chain.clone(),
+        bytes: segment.bytes.len() as u64,
+        sha256: sha256_hex(&segment.bytes),
+    };
+    append_ledger(dir, &entry)?;
+    fs::remove_file(&segment.path).map_err(|source| SpoolError::Io {
+        path: segment.path.clone(),
+        source,
+    })?;
+    Ok(entry)
+}
+
+/// Why shipping one segment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 1..30 {
+            let d = b.delay(attempt);
+            let full = (Duration::from_millis(100) * 2u32.pow((attempt - 1).min(20)))
+                .min(Duration::from_secs(1));
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! The spool: a local directory where records are appended to the current segment file, sealed
+//! segments wait to be compressed and shipped, and what a crash left is recovered on start.
+//! It is synchronous and single-writer (the recorder holds it behind a mutex); fsync
+//! scheduling and shipping live in `recorder` and `ship`.
+//!
+//! Layout: `key.pk8` (the session key), `seg-NNNNNN.jsonl` (open, or sealed and waiting),
+//! `seg-NNNNNN.jsonl.zst` (compressed, waiting to ship), `shipped.jsonl` (one line per segment
+//! the sink acknowledged), `manifest.json` (a copy, once the recording is closed).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::chain::{self, GENESIS};
+use crate::key::SessionKey;
+use crate::record::{Event, Gap, Seal};
+use crate::segment::{ManifestSegment, parse_index, spool_name};
+
+pub(crate) const KEY_FILE: &str = "key.pk8";
+pub(crate) const LEDGER_FILE: &str = "shipped.jsonl";
+pub(crate) const CLOSED_FILE: &str = "manifest.json";
+
+/// A sealed segment waiting to be shipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sealed {
+    pub index: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// `chain` of the seal record.
+    pub chain: String,
+}
+
+/// Where the last record left the chain.
+#[derive(Debug, Clone)]
+struct Tip {
+    next_seq: u64,
+    head: String,
+}
+
+/// What opening a spool found.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// An earlier run left state behind (segments, a ledger or a key).
+    pub restarted: bool,
+    /// Segments that were open when the earlier run died, now sealed as recovered.
+    pub recovered_segments: Vec<u64>,
+    /// Bytes of torn records cut off.
+    pub torn_bytes: u64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Appended {
+    /// Written; the seq and chain of the record.
+    Written { seq: u64, chain: String },
+    /// Not written: the spool is full and `onFailure` is open (a gap will say so).
+    Dropped,
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(
+        "the recording spool is full ({used} of {limit} bytes) because segments cannot be shipped; onFailure is closed, so this was not recorded"
+    )]
+    Full { used: u64, limit: u64 },
+    #[error("cannot write the recording spool at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the recording in {0} was already closed with a manifest; use a fresh spool directory")]
+    AlreadyClosed(PathBuf),
+    #[error("the recording has ended; nothing more can be recorded")]
+    Ended,
+}
+
+/// How the spool behaves.
+#[derive(Debug, Clone)]
+pub(crate) struct SpoolLimits {
+    pub segment_max_bytes: u64,
+    pub spool_limit_bytes: u64,
+    /// Drop (and later record a gap) instead of refusing when full.
+    pub open_on_failure: bool,
+}
+
+struct Outage {
+    since: String,
+    records: u64,
+    bytes: u64,
+    reason: String,
+}
+
+/// The spool's state; one writer.
+pub(crate) struct Spool {
+    dir: PathBuf,
+    key: Arc<SessionKey>,
+    limits: SpoolLimits,
+    /// The open segment, when it has a file.
+    file: Option<Arc<File>>,
+    segment: u64,
+    segment_bytes: u64,
+    segment_first_seq: Option<u64>,
+    segment_opened: Instant,
+    tip: Tip,
+    spool_bytes: u64,
+    sealed: Vec<Sealed>,
+    outage: Option<Outage>,
+    ended: bool,
+    buf: Vec<u8>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, recovering what an earlier run left: torn last
+    /// lines are cut at the last complete record and unsealed segments are sealed as
+    /// recovered. Every time-dependent value (`now`) comes from the caller.
+    pub fn open(
+        dir: &Path,
+        limits: SpoolLimits,
+        now: &str,
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if dir.join(CLOSED_FILE).exists() {
+            return Err(SpoolError::AlreadyClosed(dir.to_path_buf()));
+        }
+        let mut recovery = Recovery::default();
+        let key = Arc::new(load_or_create_key(dir, &mut recovery)?);
+        let ledger = read_ledger(dir)?;
+        recovery.restarted |= !ledger.is_empty();
+
+        let mut tip = Tip {
+            next_seq: 0,
+            head: GENESIS.to_string(),
+        };
+        let mut last_index = 0;
+        if let Some(last) = ledger.iter().max_by_key(|s| s.last_seq) {
+            tip = Tip {
+                next_seq: last.last_seq + 1,
+                head: last.chain.clone(),
+            };
+            last_index = parse_index(&last.name).unwrap_or(0);
+        }
+
+        // Local segments, by number. A .jsonl that also has its .zst was compressed and only
+        // its removal was missed.
+        let mut local: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(".tmp") {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            if let Some(ix) = parse_index(&name) {
+                local.push((ix, path));
+            }
+        }
+        local.sort();
+        let mut sealed = Vec::new();
+        let mut spool_bytes = 0;
+        let mut i = 0;
+        while i < local.len() {
+            let (ix, path) = &local[i];
+            let (ix, path) = (*ix, path.clone());
+            i += 1;
+            recovery.restarted = true;
+            let is_zst = path.extension().is_some_and(|e| e == "zst");
+            if !is_zst && local.get(i).is_some_and(|(n, _)| *n == ix) {
+                // seg-N.jsonl followed by seg-N.jsonl.zst: the compressed one is complete.
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            if ix <= last_index && ledger.iter().any(|s| parse_index(&s.name) == Some(ix)) {
+                // Shipped already; only its removal was missed.
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            let text = if is_zst {
+                crate::read::decode_segment(
+                    &path.to_string_lossy(),
+                    &fs::read(&path).map_err(io_err(&path))?,
+                )
+                .map_err(io_err(&path))?
+            } else {
+                let (text, torn) = cut_torn_tail(&path)?;
+                recovery.torn_bytes += torn;
+                text
+            };
+            let Some(summary) = summarize(&text) else {
+                // No complete record: nothing to keep.
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            };
+            tip = Tip {
+                next_seq: summary.last_seq + 1,
+                head: summary.last_chain.clone(),
+            };
+            last_index = last_index.max(ix);
+            let seal = if summary.sealed {
+                Sealed {
+                    index: ix,
+                    first_seq: summary.first_seq,
+                    last_seq: summary.last_seq,
+                    chain: summary.last_chain,
+                }
+            } else {
+                // Cut short by a crash: seal it now, marked as recovered.
+                let event = Event::Seal(Seal {
+                    segment: ix,
+                    first_seq: summary.first_seq,
+                    head: tip.head.clone(),
+                    signature: key.sign_seal(&tip.head),
+                    recovered: true,
+                });
+                let canonical = chain::canonical(tip.next_seq, now, &event);
+                let link = chain::link(&tip.head, &canonical);
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.write_all(&chain::line(&canonical, &link))
+                    .and_then(|_| f.sync_all())
+                    .map_err(io_err(&path))?;
+                recovery.recovered_segments.push(ix);
+                let s = Sealed {
+                    index: ix,
+                    first_seq: summary.first_seq,
+                    last_seq: tip.next_seq,
+                    chain: link.clone(),
+                };
+                tip = Tip {
+                    next_seq: tip.next_seq + 1,
+                    head: link,
+                };
+                s
+            };
+            spool_bytes += fs::metadata(&path).map_err(io_err(&path))?.len();
+            sealed.push(seal);
+        }
+        sync_dir(dir)?;
+
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            key,
+            limits,
+            file: None,
+            segment: last_index + 1,
+            segment_bytes: 0,
+            segment_first_seq: None,
+            segment_opened: Instant::now(),
+            tip,
+            spool_bytes,
+            sealed,
+            outage: None,
+            ended: false,
+            buf: Vec::with_capacity(4096),
+        };
+        Ok((spool, recovery))
+    }
+
+    pub fn key(&self) -> &Arc<SessionKey> {
+        &self.key
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.tip.next_seq
+    }
+
+    /// `chain` of the last record written.
+    pub fn head(&self) -> &str {
+        &self.tip.head
+    }
+
+    /// Bytes the spool holds on disk (open, sealed and compressed segments).
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool_bytes
+    }
+
+    /// The open segment's file, for the syncer.
+    pub fn current_file(&self) -> Option<Arc<File>> {
+        self.file.clone()
+    }
+
+    /// Sealed segments not yet handed to the shipper; empties the list.
+    pub fn take_sealed(&mut self) -> Vec<Sealed> {
+        std::mem::take(&mut self.sealed)
+    }
+
+    /// The open segment's age, when it has records.
+    pub fn open_segment_age(&self) -> Option<std::time::Duration> {
+        self.segment_first_seq
+            .map(|_| self.segment_opened.elapsed())
+    }
+
+    /// Accounts for a segment file that changed size on disk (compressed) or left (shipped).
+    pub fn adjust_spool_bytes(&mut self, removed: u64, added: u64) {
+        self.spool_bytes = self.spool_bytes.saturating_sub(removed) + added;
+    }
+
+    /// Appends a record. When the spool is full it either refuses (`onFailure: closed`) or
+    /// drops the record and remembers the outage for a `gap` record.
+    pub fn append(&mut self, event: &Event, now: &str) -> Result<Appended, SpoolError> {
+        if self.ended {
+            return Err(SpoolError::Ended);
+        }
+        self.encode(event, now);
+        let len = self.buf.len() as u64;
+        if self.spool_bytes + len > self.limits.spool_limit_bytes {
+            let reason = format!(
+                "the spool was full ({} of {} bytes) because segments could not be shipped",
+                self.spool_bytes, self.limits.spool_limit_bytes
+            );
+            return self.refuse(len, now, reason);
+        }
+        if self.outage.is_some() {
+            self.write_gap(now)?;
+            // The gap moved the chain on: encode the record again on top of it.
+            self.encode(event, now);
+        }
+        match self.write_buf(now) {
+            Ok(written) => {
+                if self.segment_bytes >= self.limits.segment_max_bytes {
+                    self.seal(now)?;
+                }
+                Ok(written)
+            }
+            Err(e) => {
+                let reason = format!("the spool could not be written: {e}");
+                let len = self.buf.len() as u64;
+                match self.refuse(len, now, reason) {
+                    Ok(dropped) => Ok(dropped),
+                    Err(SpoolError::Full { .. }) => Err(e),
+                    Err(other) => Err(other),
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, len: u64, now: &str, reason: String) -> Result<Appended, SpoolError> {
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: now.to_string(),
+            records: 0,
+            bytes: 0,
+            reason,
+        });
+        outage.records += 1;
+        outage.bytes += len;
+        if self.limits.open_on_failure {
+            Ok(Appended::Dropped)
+        } else {
+            Err(SpoolError::Full {
+                used: self.spool_bytes,
+                limit: self.limits.spool_limit_bytes,
+            })
+        }
+    }
+
+    /// Writes the `gap` that closes an outage. It is allowed past the limit: it is small, and
+    /// a recording that does not say what it lost is worse than a spool a little over.
+    fn write_gap(&mut self, now: &str) -> Result<(), SpoolError> {
+        let Some(outage) = self.outage.take() else {
+            return Ok(());
+        };
+        let what = if self.limits.open_on_failure {
+            "records dropped"
+        } else {
+            "records refused (the traffic was refused too)"
+        };
+        let gap = Event::Gap(Gap {
+            lost: what.to_string(),
+            reason: outage.reason.clone(),
+            records: Some(outage.records),
+            bytes: Some(outage.bytes),
+            from: Some(outage.since.clone()),
+            to: Some(now.to_string()),
+        });
+        self.encode(&gap, now);
+        if let Err(e) = self.write_buf(now) {
+            self.outage = Some(outage);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, event: &Event, now: &str) {
+        self.buf.clear();
+        let mut canonical = std::mem::take(&mut self.buf);
+        chain::canonical_into(&mut canonical, self.tip.next_seq, now, event);
+        let link = chain::link(&self.tip.head, &canonical);
+        let mut line = Vec::with_capacity(canonical.len() + 80);
+        chain::append_line(&mut line, &canonical, &link);
+        self.buf = line;
+    }
+
+    /// Writes the encoded line in `buf` with one write; on failure the segment is cut back so
+    /// no torn line stays in the middle of it.
+    fn write_buf(&mut self, now: &str) -> Result<Appended, SpoolError> {
+        let _ = now;
+        let file = self.open_segment()?;
+        let path = self.dir.join(spool_name(self.segment));
+        if let Err(e) = (&*file).write_all(&self.buf) {
+            let _ = file.set_len(self.segment_bytes);
+            return Err(io_err(&path)(e));
+        }
+        let split = chain::split_line(&self.buf[..self.buf.len() - 1])
+            .expect("an encoded line carries its chain");
+        let seq = self.tip.next_seq;
+        let chain = split.chain.to_string();
+        self.segment_bytes += self.buf.len() as u64;
+        self.spool_bytes += self.buf.len() as u64;
+        self.segment_first_seq.get_or_insert(seq);
+        self.tip = Tip {
+            next_seq: seq + 1,
+            head: chain.clone(),
+        };
+        Ok(Appended::Written { seq, chain })
+    }
+
+    fn open_segment(&mut self) -> Result<Arc<File>, SpoolError> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let path = self.dir.join(spool_name(self.segment));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        let file = Arc::new(file);
+        self.file = Some(file.clone());
+        self.segment_bytes = 0;
+        self.segment_first_seq = None;
+        self.segment_opened = Instant::now();
+        Ok(file)
+    }
+
+    /// Seals the open segment (if it has records): a `seal` record signing the chain head,
+    /// then fsync. The segment joins the sealed list; the next record opens a new one.
+    pub fn seal(&mut self, now: &str) -> Result<(), SpoolError> {
+        let Some(first_seq) = self.segment_first_seq else {
+            return Ok(());
+        };
+        let head = self.tip.head.clone();
+        let event = Event::Seal(Seal {
+            segment: self.segment,
+            first_seq,
+            signature: self.key.sign_seal(&head),
+            head,
+            recovered: false,
+        });
+        self.encode(&event, now);
+        let Appended::Written { seq, chain } = self.write_buf(now)? else {
+            unreachable!("write_buf writes or fails")
+        };
+        let path = self.dir.join(spool_name(self.segment));
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(io_err(&path))?;
+        }
+        self.sealed.push(Sealed {
+            index: self.segment,
+            first_seq,
+            last_seq: seq,
+            chain,
+        });
+        self.segment += 1;
+        self.segment_first_seq = None;
+        self.segment_bytes = 0;
+        Ok(())
+    }
+
+    /// Ends the recording: writes a pending gap, `session_end` (via `end_event`) and seals.
+    pub fn finish(&mut self, end_event: &Event, now: &str) -> Result<(), SpoolError> {
+        if self.ended {
+            return Ok(());
+        }
+        self.write_gap(now)?;
+        self.encode(end_event, now);
+        self.write_buf(now)?;
+        self.seal(now)?;
+        self.ended = true;
+        Ok(())
+    }
+}
+
+/// Reads the session key from the spool, or makes one and stores it (so a restarted recorder
+/// signs with the key the recording already announced).
+fn load_or_create_key(dir: &Path, recovery: &mut Recovery) -> Result<SessionKey, SpoolError> {
+    let path = dir.join(KEY_FILE);
+    match fs::read(&path) {
+        Ok(doc) => {
+            recovery.restarted = true;
+            SessionKey::from_pkcs8(&doc).map_err(|e| SpoolError::Io {
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = SessionKey::generate().map_err(|e| SpoolError::Io {
+                path: path.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(key.pkcs8())
+                .and_then(|_| f.sync_all())
+                .map_err(io_err(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            sync_dir(dir)?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// The segments the sink has acknowledged, from the ledger (a torn last line is ignored: its
+/// segment is still in the spool and will be shipped again, which the sink accepts).
+pub(crate) fn read_ledger(dir: &Path) -> Result<Vec<ManifestSegment>, SpoolError> {
+    let path = dir.join(LEDGER_FILE);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let mut out: Vec<ManifestSegment> = Vec::new();
+    for line in text.split(|b| *b == b'\n') {
+        if let Ok(entry) = serde_json::from_slice::<ManifestSegment>(line)
+            && !out.iter().any(|e| e.name == entry.name)
+        {
+            out.push(entry);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Appends a shipped segment to the ledger, durably.
+pub(crate) fn append_ledger(dir: &Path, entry: &ManifestSegment) -> Result<(), SpoolError> {
+    let path = dir.join(LEDGER_FILE);
+    let mut line = serde_json::to_vec(entry).expect("ledger entries serialize");
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // A torn line from an earlier crash must not swallow this one.
+    let len = f.metadata().map_err(io_err(&path))?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        let mut r = File::open(&path).map_err(io_err(&path))?;
+        io::Seek::seek(&mut r, io::SeekFrom::Start(len - 1)).map_err(io_err(&path))?;
+        r.read_exact(&mut last).map_err(io_err(&path))?;
+        if last[0] != b'\n' {
+            line.insert(0, b'\n');
+        }
+    }
+    f.write_all(&line)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&path))
+}
+
+/// Cuts a segment file after its last complete line; returns the kept text and bytes cut.
+fn cut_torn_tail(path: &Path) -> Result<(Vec<u8>, u64), SpoolError> {
+    let mut text = fs::read(path).map_err(io_err(path))?;
+    let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = (text.len() - keep) as u64;
+    if torn > 0 {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(keep as u64)
+            .and_then(|_| f.sync_all())
+            .map_err(io_err(path))?;
+        text.truncate(keep);
+    }
+    Ok((text, torn))
+}
+
+pub(crate) struct Summary {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_chain: String,
+    pub sealed: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct SeqKind<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+/// First and last seq, last chain and whether it ends sealed, of a segment's complete lines.
+pub(crate) fn summarize(text: &[u8]) -> Option<Summary> {
+    let mut lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let first: SeqKind<'_> = serde_json::from_slice(lines.next()?).ok()?;
+    let last_line = text.split(|b| *b == b'\n').rfind(|l| !l.is_empty())?;
+    let last: SeqKind<'_> = serde_json::from_slice(last_line).ok()?;
+    let split = chain::split_line(last_line).ok()?;
+    Some(Summary {
+        first_seq: first.seq,
+        last_seq: last.seq,
+        last_chain: split.chain.to_string(),
+        sealed: last.kind == "seal",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::{RecordingObjects, SegmentObject};
+    use crate::record::SessionEnd;
+    use crate::verify::verify;
+
+    const NOW: &str = "2026-05-01T12:00:00.000000000Z";
+
+    fn limits() -> SpoolLimits {
+        SpoolLimits {
+            segment_max_bytes: 600,
+            spool_limit_bytes: 1 << 20,
+            open_on_failure: false,
+        }
+    }
+
+    fn gap(n: u64) -> Event {
+        Event::Gap(Gap {
+            lost: format!("test {n}"),
+            reason: "test".into(),
+            records: None,
+            bytes: None,
+            from: None,
+            to: None,
+        })
+    }
+
+    fn objects(dir: &Path) -> RecordingObjects {
+        let mut segments: Vec<SegmentObject> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| parse_index(&e.file_name().to_string_lossy()).is_some())
+            .map(|e| SegmentObject {
+                name: e.file_name().to_string_lossy().into_owned(),
+                bytes: fs::read(e.path()).unwrap(),
+            })
+            .collect();
+        segments.sort_by(|a, b| a.name.cmp(&b.name));
+        RecordingObjects {
+            segments,
+            manifest: None,
+        }
+    }
+
+    #[test]
+    fn rolls_by_size_and_recovers_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, rec) = Spool::open(dir.path(), limits(), NOW).unwrap();
+        assert!(!rec.restarted);
+        for n in 0..10 {
+            spool.append(&gap(n), NOW).unwrap();
+        }
+        let sealed = spool.take_sealed();
+        assert!(!sealed.is_empty(), "600-byte segments roll");
+        let open = dir.path().join(spool_name(spool.segment));
+        let last_seq = spool.next_seq() - 1;
+        drop(spool);
+        // A crash in the middle of a write.
+        OpenOptions::new()
+            .append(true)
+            .open(&open)
+            .unwrap()
+            .write_all(b"{\"seq\":99,\"ti")
+            .unwrap();
+        let (mut spool, rec) = Spool::open(dir.path(), limits(), NOW).unwrap();
+        assert!(rec.restarted);
+        assert_eq!(rec.torn_bytes, 13);
+        assert_eq!(rec.recovered_segments.len(), 1);
+        // The recovered seal took seq last_seq + 1; the chain continues after it.
+        assert_eq!(spool.next_seq(), last_seq + 2);
+        spool.append(&gap(100), NOW).unwrap();
+        spool
+            .finish(&Event::SessionEnd(SessionEnd::default()), NOW)
+            .unwrap();
+        let report = verify(&objects(dir.path()), Some(spool.key().public_key()));
+        assert!(report.is_ok(), "{:#?}", report.faults);
+        assert!(report.segments.iter().any(|s| s.recovered));
+        assert!(report.segments.iter().all(|s| s.sealed));
+    }
+
+    #[test]
+    fn full_spool_refuses_when_closed_and_records_a_gap_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = limits();
+        l.spool_limit_bytes = 400;
+        l.segment_max_bytes = 1 << 20;
+        let (mut spool, _) = Spool::open(dir.path(), l, NOW).unwrap();
+        spool.append(&gap(0), NOW).unwrap();
+        let mut refused = 0;
+        for n in 1..10 {
+            match spool.append(&gap(n), NOW) {
+                Err(SpoolError::Full { .. }) => refused += 1,
+                other => assert!(matches!(other, Ok(Appended::Written { .. })), "{other:?}"),
+            }
+        }
+        assert!(refused > 0);
+        // Shipping frees the spool; the next record is preceded by the gap.
+        spool.adjust_spool_bytes(10_000, 0);
+        let Appended::Written { seq, .. } = spool.append(&gap(50), NOW).unwrap() else {
+            panic!("written")
+        };
+        let text = fs::read_to_string(dir.path().join(spool_name(1))).unwrap();
+        let gap_line = text.lines().nth((seq - 1) as usize).unwrap();
+        assert!(gap_line.contains("\"kind\":\"gap\""), "{gap_line}");
+        assert!(
+            gap_line.contains(&format!("\"records\":{refused}")),
+            "{gap_line}"
+        );
+    }
+
+    #[test]
+    fn full_spool_drops_when_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = limits();
+        l.spool_limit_bytes = 300;
+        l.open_on_failure = true;
+        let (mut spool, _) = Spool::open(dir.path(), l, NOW).unwrap();
+        let results: Vec<_> = (0..5)
+            .map(|n| spool.append(&gap(n), NOW).unwrap())
+            .collect();
+        assert!(results.contains(&Appended::Dropped));
+    }
+}

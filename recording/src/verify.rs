@@ -1,0 +1,686 @@
+//! Verification of a recording as a pure function over its objects: every chain link, every
+//! seal signature, segment numbering, the manifest's coverage and signature, the public key.
+//! It reports every fault it finds with where it is; it never stops at the first one and
+//! never panics on hostile input. Fetching the objects is `read`'s job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::chain::{self, GENESIS};
+use crate::key;
+use crate::read::{RecordingObjects, decode_segment};
+use crate::segment::{Manifest, parse_index};
+
+/// What verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The segments that were read, in order.
+    pub segments: Vec<SegmentSummary>,
+    /// Records read, over all segments.
+    pub records: u64,
+    /// The public key the recording announces (`session_start`), base64.
+    pub public_key: Option<String>,
+    /// `chain` of the last record read.
+    pub head: Option<String>,
+    pub completeness: Completeness,
+    /// Everything wrong, in the order found. Empty means the recording verifies.
+    pub faults: Vec<Fault>,
+}
+
+impl Report {
+    /// True when nothing is wrong. An open recording (no manifest yet) can be ok.
+    pub fn is_ok(&self) -> bool {
+        self.faults.is_empty()
+    }
+}
+
+/// Whether the recording is closed by a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completeness {
+    /// A valid manifest covers exactly the segments present.
+    Complete,
+    /// No manifest: the session is still running, or its recorder died before writing one.
+    /// Records after the last seal cannot be checked against a signature; nothing is claimed
+    /// about segments that may come later.
+    Open {
+        /// The last segment does not end with a seal (a live spool, or a cut-off tail).
+        unsealed_tail: bool,
+    },
+}
+
+/// One segment as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub name: String,
+    pub index: Option<u64>,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub sealed: bool,
+    /// Sealed on restart after a crash.
+    pub recovered: bool,
+}
+
+/// One thing wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The object it is in (`manifest.json` for the manifest).
+    pub object: Option<String>,
+    /// The record's seq, when the fault is in one record.
+    pub seq: Option<u64>,
+    /// Line number within the segment, from 1.
+    pub line: Option<usize>,
+    pub problem: Problem,
+}
+
+/// The kinds of fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// An object whose name is not `seg-NNNNNN.jsonl.zst`.
+    SegmentName,
+    /// Segments are not listed in increasing order.
+    OutOfOrder { after: u64 },
+    /// Two objects claim the same segment number.
+    DuplicateSegment { index: u64 },
+    /// Segment numbers are missing.
+    MissingSegments { first: u64, last: u64 },
+    /// The seal says this is another segment: content was moved between objects.
+    Mislabelled { sealed_as: u64 },
+    /// The object could not be decompressed.
+    Corrupt { error: String },
+    /// The segment ends in the middle of a line.
+    TornLine,
+    /// The segment ends without a seal where one is required.
+    NotSealed,
+    /// Records follow the seal within one segment.
+    RecordsAfterSeal,
+    /// A line is not a record.
+    Malformed { error: String },
+    /// The record's chain does not follow from the one before: it was altered, or records
+    /// before it were removed or inserted.
+    ChainBroken { expected: String, found: String },
+    /// The record's seq is not the next one.
+    SeqOutOfOrder { expected: u64, found: u64 },
+    /// The seal's head is not the chain of the record before it.
+    SealHeadMismatch,
+    /// The seal's signature does not verify with the session key.
+    BadSealSignature,
+    /// The seal claims a first seq other than the segment's.
+    SealRangeMismatch { first_seq: u64 },
+    /// No public key to check signatures with (no `session_start`, none given).
+    NoPublicKey,
+    /// The recording's key is not the expected one.
+    PublicKeyMismatch { expected: String, found: String },
+    /// A later `session_start` announces a different key.
+    KeyChanged { found: String },
+    /// `manifest.json` cannot be read.
+    ManifestUnreadable { error: String },
+    /// The manifest's signature does not verify with the session key.
+    BadManifestSignature,
+    /// The manifest lists a segment that is not there.
+    ManifestSegmentMissing { name: String },
+    /// A segment's bytes differ from the digest the manifest holds for it.
+    DigestMismatch { expected: String, found: String },
+    /// A segment is present that the manifest does not list.
+    NotInManifest,
+    /// The manifest's totals (records, last chain) disagree with the segments.
+    ManifestMismatch { what: String },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(o) = &self.object {
+            write!(f, "{o}")?;
+        } else {
+            write!(f, "recording")?;
+        }
+        if let Some(l) = self.line {
+            write!(f, " line {l}")?;
+        }
+        if let Some(s) = self.seq {
+            write!(f, " (seq {s})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::SegmentName => write!(f, "not a segment name (seg-NNNNNN.jsonl.zst)"),
+            Problem::OutOfOrder { after } => write!(f, "listed after segment {after}"),
+            Problem::DuplicateSegment { index } => {
+                write!(f, "segment {index} appears more than once")
+            }
+            Problem::MissingSegments { first, last } if first == last => {
+                write!(f, "segment {first} is missing before this one")
+            }
+            Problem::MissingSegments { first, last } => {
+                write!(f, "segments {first}..={last} are missing before this one")
+            }
+            Problem::Mislabelled { sealed_as } => write!(
+                f,
+                "holds the records of segment {sealed_as} (objects were renamed or reordered)"
+            ),
+            Problem::Corrupt { error } => write!(f, "cannot be decompressed: {error}"),
+            Problem::TornLine => write!(f, "ends in the middle of a record (truncated)"),
+            Problem::NotSealed => write!(f, "ends without a seal (truncated)"),
+            Problem::RecordsAfterSeal => write!(f, "records follow the seal"),
+            Problem::Malformed { error } => write!(f, "not a record: {error}"),
+            Problem::ChainBroken { expected, found } => write!(
+                f,
+                "chain broken: expected {expected}, found {found} (this record was altered, or records before it were removed or inserted)"
+            ),
+            Problem::SeqOutOfOrder { expected, found } => {
+                write!(f, "seq {found} where {expected} was expected")
+            }
+            Problem::SealHeadMismatch => {
+                write!(
+                    f,
+                    "the seal's head is not the chain of the record before it"
+                )
+            }
+            Problem::BadSealSignature => {
+                write!(
+                    f,
+                    "the seal's signature does not verify with the session key"
+                )
+            }
+            Problem::SealRangeMismatch { first_seq } => {
+                write!(f, "the seal says the segment starts at seq {first_seq}")
+            }
+            Problem::NoPublicKey => write!(
+                f,
+                "no public key: the recording has no session_start and none was given"
+            ),
+            Problem::PublicKeyMismatch { expected, found } => {
+                write!(f, "signed with key {found}, expected {expected}")
+            }
+            Problem::KeyChanged { found } => {
+                write!(f, "session_start announces a different key {found}")
+            }
+            Problem::ManifestUnreadable { error } => write!(f, "unreadable: {error}"),
+            Problem::BadManifestSignature => {
+                write!(f, "the signature does not verify with the session key")
+            }
+            Problem::ManifestSegmentMissing { name } => {
+                write!(f, "lists {name}, which is not in the recording")
+            }
+            Problem::DigestMismatch { expected, found } => write!(
+                f,
+                "sha256 {found} differs from the manifest's {expected} (the object was altered)"
+            ),
+            Problem::NotInManifest => write!(f, "not listed in the manifest"),
+            Problem::ManifestMismatch { what } => write!(f, "disagrees with the segments: {what}"),
+        }
+    }
+}
+
+/// The members of a line that verification looks at; everything else is only hashed.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    public_key: Option<String>,
+    #[serde(default)]
+    segment: Option<u64>,
+    #[serde(default)]
+    first_seq: Option<u64>,
+    #[serde(default)]
+    head: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    recovered: bool,
+}
+
+struct Walk<'k> {
+    expected_key: Option<&'k [u8]>,
+    key: Option<Vec<u8>>,
+    key_b64: Option<String>,
+    prev: String,
+    next_seq: u64,
+    records: u64,
+    faults: Vec<Fault>,
+    missing_key_reported: bool,
+}
+
+impl Walk<'_> {
+    fn fault(&mut self, object: &str, seq: Option<u64>, line: Option<usize>, problem: Problem) {
+        self.faults.push(Fault {
+            object: Some(object.to_string()),
+            seq,
+            line,
+            problem,
+        });
+    }
+
+    fn signing_key(&mut self, object: &str, seq: u64, line: usize) -> Option<Vec<u8>> {
+        if let Some(k) = self.expected_key {
+            return Some(k.to_vec());
+        }
+        if self.key.is_none() && !self.missing_key_reported {
+            self.missing_key_reported = true;
+            self.fault(object, Some(seq), Some(line), Problem::NoPublicKey);
+        }
+        self.key.clone()
+    }
+}
+
+/// Verifies a recording. `expected_key` is the raw 32-byte public key the auditor trusts (from
+/// the AgentSession status); without it the key announced in `session_start` is used.
+pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report {
+    let mut walk = Walk {
+        expected_key,
+        key: None,
+        key_b64: None,
+        prev: GENESIS.to_string(),
+        next_seq: 0,
+        records: 0,
+        faults: Vec::new(),
+        missing_key_reported: false,
+    };
+    let mut summaries = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut next_index = 1u64;
+    let mut highest = 0u64;
+    let count = objects.segments.len();
+
+    for (i, object) in objects.segments.iter().enumerate() {
+        let name = object.name.as_str();
+        let index = parse_index(name);
+        match index {
+            None => walk.fault(name, None, None, Problem::SegmentName),
+            Some(ix) => {
+                if !seen.insert(ix) {
+                    walk.fault(name, None, None, Problem::DuplicateSegment { index: ix });
+                } else if ix < highest {
+                    walk.fault(name, None, None, Problem::OutOfOrder { after: highest });
+                } else if ix > next_index {
+                    walk.fault(
+                        name,
+                        None,
+                        None,
+                        Problem::MissingSegments {
+                            first: next_index,
+                            last: ix - 1,
+                        },
+                    );
+                }
+                highest = highest.max(ix);
+                next_index = next_index.max(ix + 1);
+            }
+        }
+        let is_last = i + 1 == count;
+        let summary = walk_segment(
+            &mut walk,
+            name,
+            index,
+            &object.bytes,
+            is_last && objects.manifest.is_none(),
+        );
+        summaries.push(summary);
+    }
+
+    let unsealed_tail = summaries.last().is_some_and(|s| !s.sealed);
+    let completeness = match &objects.manifest {
+        None => Completeness::Open { unsealed_tail },
+        Some(bytes) => {
+            check_manifest(&mut walk, objects, bytes);
+            Completeness::Complete
+        }
+    };
+    let head = (walk.records > 0).then(|| walk.prev.clone());
+    Report {
+        segments: summaries,
+        records: walk.records,
+        public_key: walk.key_b64,
+        head,
+        completeness,
+        faults: walk.faults,
+    }
+}
+
+fn walk_segment(
+    walk: &mut Walk<'_>,
+    name: &str,
+    index: Option<u64>,
+    bytes: &[u8],
+    may_be_open: bool,
+) -> SegmentSummary {
+    let mut summary = SegmentSummary {
+        name: name.to_string(),
+        index,
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        sealed: false,
+        recovered: false,
+    };
+    let text = match decode_segment(name, bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            walk.fault(
+                name,
+                None,
+                None,
+                Problem::Corrupt {
+                    error: e.to_string(),
+                },
+            );
+            return summary;
+        }
+    };
+    let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    // split leaves an empty piece after the final newline; anything else there is torn.
+    let tail = lines.pop().unwrap_or_default();
+    if !tail.is_empty() {
+        walk.fault(name, None, Some(lines.len() + 1), Problem::TornLine);
+    }
+    for (n, line) in lines.iter().enumerate() {
+        let line_no = n + 1;
+        if summary.sealed {
+            walk.fault(name, None, Some(line_no), Problem::RecordsAfterSeal);
+            summary.sealed = false;
+        }
+        let split = match chain::split_line(line) {
+            Ok(s) => s,
+            Err(e) => {
+                walk.fault(
+                    name,
+                    None,
+                    Some(line_no),
+                    Problem::Malformed {
+                        error: e.to_string(),
+                    },
+                );
+                continue;
+            }
+        };
+        let probe: Probe<'_> = match serde_json::from_slice(line) {
+            Ok(p) => p,
+            Err(e) => {
+                walk.fault(
+                    name,
+                    None,
+                    Some(line_no),
+                    Problem::Malformed {
+                        error: e.to_string(),
+                    },
+                );
+                continue;
+            }
+        };
+        let seq = probe.seq;
+        let expected = split.expected_chain(&walk.prev);
+        if expected != split.chain {
+            walk.fault(
+                name,
+                Some(seq),
+                Some(line_no),
+                Problem::ChainBroken {
+                    expected,
+                    found: split.chain.to_string(),
+                },
+            );
+        }
+        if seq != walk.next_seq {
+            walk.fault(
+                name,
+                Some(seq),
+                Some(line_no),
+                Problem::SeqOutOfOrder {
+                    expected: walk.next_seq,
+                    found: seq,
+                },
+            );
+        }
+        summary.first_seq.get_or_insert(seq);
+        summary.last_seq = Some(seq);
+        summary.records += 1;
+        walk.records += 1;
+
+        match probe.kind.as_ref() {
+            "session_start" => on_session_start(walk, name, seq, line_no, probe.public_key),
+            "seal" => {
+                summary.sealed = true;
+                summary.recovered = probe.recovered;
+                check_seal(walk, name, index, seq, line_no, &probe, summary.first_seq);
+            }
+            _ => {}
+        }
+        walk.prev = split.chain.to_string();
+        walk.next_seq = seq + 1;
+    }
+    if !summary.sealed && !may_be_open && summary.records > 0 {
+        walk.fault(name, summary.last_seq, None, Problem::NotSealed);
+    }
+    summary
+}
+
+fn on_session_start(
+    walk: &mut Walk<'_>,
+    name: &str,
+    seq: u64,
+    line: usize,
+    public_key: Option<String>,
+) {
+    let Some(b64) = public_key else {
+        walk.fault(
+            name,
+            Some(seq),
+            Some(line),
+            Problem::Malformed {
+                error: "session_start without public_key".into(),
+            },
+        );
+        return;
+    };
+    let Some(raw) = key::decode_public_key(&b64) else {
+        walk.fault(
+            name,
+            Some(seq),
+            Some(line),
+            Problem::Malformed {
+                error: "public_key is not 32 bytes of base64".into(),
+            },
+        );
+        return;
+    };
+    match &walk.key {
+        None => {
+            if let Some(expected) = walk.expected_key
+                && expected != raw.as_slice()
+            {
+                let expected = base64_of(expected);
+                walk.fault(
+                    name,
+                    Some(seq),
+                    Some(line),
+                    Problem::PublicKeyMismatch {
+                        expected,
+                        found: b64.clone(),
+                    },
+                );
+            }
+            walk.key = Some(raw);
+            walk.key_b64 = Some(b64);
+        }
+        Some(k) if *k != raw => {
+            walk.fault(
+                name,
+                Some(seq),
+                Some(line),
+                Problem::KeyChanged { found: b64 },
+            );
+        }
+        Some(_) => {}
+    }
+}
+
+fn check_seal(
+    walk: &mut Walk<'_>,
+    name: &str,
+    index: Option<u64>,
+    seq: u64,
+    line: usize,
+    probe: &Probe<'_>,
+    first_seq: Option<u64>,
+) {
+    let (Some(segment), Some(head), Some(signature)) = (
+        probe.segment,
+        probe.head.as_deref(),
+        probe.signature.as_deref(),
+    ) else {
+        walk.fault(
+            name,
+            Some(seq),
+            Some(line),
+            Problem::Malformed {
+                error: "seal without segment, head or signature".into(),
+            },
+        );
+        return;
+    };
+    if index.is_some_and(|ix| ix != segment) {
+        walk.fault(
+            name,
+            Some(seq),
+            Some(line),
+            Problem::Mislabelled { sealed_as: segment },
+        );
+    }
+    if let Some(claimed) = probe.first_seq
+        && Some(claimed) != first_seq
+    {
+        walk.fault(
+            name,
+            Some(seq),
+            Some(line),
+            Problem::SealRangeMismatch { first_seq: claimed },
+        );
+    }
+    if head != walk.prev {
+        walk.fault(name, Some(seq), Some(line), Problem::SealHeadMismatch);
+    }
+    if let Some(k) = walk.signing_key(name, seq, line)
+        && !key::verify_seal(&k, head, signature)
+    {
+        walk.fault(name, Some(seq), Some(line), Problem::BadSealSignature);
+    }
+}
+
+fn check_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects, bytes: &[u8]) {
+    const NAME: &str = crate::segment::MANIFEST;
+    let (manifest, canonical, signature) = match Manifest::parse(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            walk.fault(
+                NAME,
+                None,
+                None,
+                Problem::ManifestUnreadable {
+                    error: e.to_string(),
+                },
+            );
+            return;
+        }
+    };
+    match walk
+        .expected_key
+        .map(<[u8]>::to_vec)
+        .or_else(|| walk.key.clone())
+    {
+        Some(k) => {
+            if !Manifest::signature_valid(&k, &canonical, &signature) {
+                walk.fault(NAME, None, None, Problem::BadManifestSignature);
+            }
+        }
+        None => {
+            if !walk.missing_key_reported {
+                walk.missing_key_reported = true;
+                walk.fault(NAME, None, None, Problem::NoPublicKey);
+            }
+        }
+    }
+    if walk
+        .key_b64
+        .as_deref()
+        .is_some_and(|k| k != manifest.public_key)
+    {
+        walk.fault(
+            NAME,
+            None,
+            None,
+            Problem::ManifestMismatch {
+                what: format!("public_key {}", manifest.public_key),
+            },
+        );
+    }
+    let present: BTreeMap<&str, &[u8]> = objects
+        .segments
+        .iter()
+        .map(|o| (o.name.as_str(), o.bytes.as_slice()))
+        .collect();
+    let listed: BTreeSet<&str> = manifest.segments.iter().map(|s| s.name.as_str()).collect();
+    for entry in &manifest.segments {
+        match present.get(entry.name.as_str()) {
+            None => walk.fault(
+                NAME,
+                None,
+                None,
+                Problem::ManifestSegmentMissing {
+                    name: entry.name.clone(),
+                },
+            ),
+            Some(bytes) => {
+                let found = chain::sha256_hex(bytes);
+                if found != entry.sha256 {
+                    walk.fault(
+                        &entry.name,
+                        None,
+                        None,
+                        Problem::DigestMismatch {
+                            expected: entry.sha256.clone(),
+                            found,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    for o in &objects.segments {
+        if !listed.contains(o.name.as_str()) {
+            walk.fault(&o.name, None, None, Problem::NotInManifest);
+        }
+    }
+    if manifest.records != walk.records {
+        walk.fault(
+            NAME,
+            None,
+            None,
+            Problem::ManifestMismatch {
+                what: format!("{} records listed, {} read", manifest.records, walk.records),
+            },
+        );
+    }
+    if manifest.head != walk.prev {
+        walk.fault(
+            NAME,
+            None,
+            None,
+            Problem::ManifestMismatch {
+                what: format!("last chain {} listed, {} read", manifest.head, walk.prev),
+            },
+        );
+    }
+}
+
+fn base64_of(raw: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}

@@ -1,0 +1,120 @@
+//! The recorder end to end on a file sink: record, roll, ship, shut down, read back, verify.
+
+use std::time::Duration;
+
+use cassette_recording::record::{Direction, Event, Request, SessionEnd};
+use cassette_recording::sink::GcsOptions;
+use cassette_recording::{
+    Completeness, Durability, OnFailure, Recorder, RecorderConfig, RecordingPath, Sink,
+    list_recordings, load, verify,
+};
+
+fn path() -> RecordingPath {
+    RecordingPath {
+        namespace: "agents".into(),
+        session: "fix-ci".into(),
+        pod: "agent-0".into(),
+        pod_uid: "uid-1".into(),
+    }
+}
+
+fn request(exchange: u64) -> Event {
+    Event::Request(Request {
+        exchange,
+        conn: 1,
+        method: "POST".into(),
+        scheme: "https".into(),
+        authority: "storage.googleapis.com".into(),
+        path: "/upload/storage/v1/b/bkt/o?uploadType=media&name=x".into(),
+        version: "HTTP/1.1".into(),
+        headers: vec![("content-type".into(), "text/plain".into())],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_ship_and_verify_on_a_file_sink() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let mut config = RecorderConfig::new(&sink_url, spool.path(), path());
+    config.durability = Durability::Strict;
+    config.segment_max_bytes = 2048;
+    config.max_body_bytes = 100;
+    config.digest_key = b"k".to_vec();
+    let recorder = Recorder::start(config).await.unwrap();
+    for exchange in 0..40 {
+        let ack = recorder.record(request(exchange)).await.unwrap();
+        assert!(ack.is_recorded());
+        let mut body = recorder.body(exchange, Direction::Request);
+        body.write("héllo ".repeat(30).as_bytes()).await.unwrap();
+        let summary = body.finish().await.unwrap();
+        assert!(summary.truncated);
+        assert_eq!(summary.length, 7 * 30);
+    }
+    recorder
+        .record(Event::SessionEnd(SessionEnd::default()))
+        .await
+        .unwrap();
+    let report = recorder.shutdown().await.unwrap();
+    assert!(report.segments > 3, "2 KiB segments roll: {report:?}");
+    assert!(
+        recorder.record(request(99)).await.is_err(),
+        "recording is closed"
+    );
+    let stats = recorder.stats();
+    assert_eq!(stats.segments_shipped as usize, report.segments);
+    assert_eq!(stats.spool_bytes, 0, "everything shipped: {stats:?}");
+
+    let sink = Sink::open(&sink_url, &GcsOptions::default()).await.unwrap();
+    let recordings = list_recordings(&sink, "agents", "fix-ci").await.unwrap();
+    assert_eq!(recordings.len(), 1);
+    assert_eq!(recordings[0].pod_dir, "agent-0-uid-1");
+    let objects = load(&sink, &recordings[0].prefix).await.unwrap();
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert!(verdict.is_ok(), "{:#?}", verdict.faults);
+    assert_eq!(verdict.completeness, Completeness::Complete);
+    assert_eq!(verdict.records, report.records);
+    let records: Vec<_> = objects.records().collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.len() as u64, report.records);
+    assert_eq!(records[0].event.kind(), "session_start");
+    // Times are RFC 3339 UTC with nanoseconds.
+    let t = &records[0].time;
+    assert_eq!(t.len(), "2026-05-01T12:00:00.000000000Z".len(), "{t}");
+    assert!(t.ends_with('Z'));
+    // Text bodies stay text.
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(&r.event, Event::Body(b) if b.text.is_some()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_roll_by_age_and_batched_acks_become_durable() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let mut config = RecorderConfig::new(&sink_url, spool.path(), path());
+    config.segment_max_age = Duration::from_millis(200);
+    config.on_failure = OnFailure::Open;
+    let recorder = Recorder::start(config).await.unwrap();
+    let mut ack = recorder.record(request(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ack.durable())
+        .await
+        .expect("the batch is fsynced");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorder.stats().segments_shipped == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            recorder.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        recorder.stats().last_shipped_segment.as_deref(),
+        Some("seg-000001.jsonl.zst")
+    );
+    recorder.shutdown().await.unwrap();
+}
