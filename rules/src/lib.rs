@@ -1,0 +1,15 @@
+//! The pure core of cassette's decisions, shared by the sidecar (which enforces) and the
+//! operator (which validates AgentSessions at admission).
+//!
+//! Everything here is a function over bytes and structs: no sockets, no files, no clocks
+//! (the current time is an argument). The I/O lives in the crates that call this one.
+//!
+//! - [`classify`]: which Google service and IAM permission an HTTP request or gRPC call uses;
+//! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
+//! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
+//! - [`mask`]: streaming secret masking with keyed fingerprints;
+//! - [`validate`]: one check of an AgentSession spec, with the JSON path of every bad field.
+
+pub mod classify;
+pub mod git;
+pub mod glob;
