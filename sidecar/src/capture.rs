@@ -1,0 +1,198 @@
+//! The captured-outbound listener on 15001.
+//!
+//! A connection redirected by the capture rules carries its original destination
+//! (`SO_ORIGINAL_DST`); one that was not redirected is an explicit proxy client, which must
+//! speak HTTP `CONNECT` (or absolute-form plain HTTP). Both end in `intercept`.
+
+use crate::forward::{Body, full, refusal};
+use crate::intercept;
+use crate::original_dst::original_dst;
+use crate::proxy::{Proxy, Route, forbidden_destination};
+use crate::shutdown::Shutdown;
+use cassette_recording::record::{Blocked, Capture, ConnOpen, Event};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+/// Accept connections until shutdown; each runs on its own task, tracked by `shutdown`.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.requested() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let guard = shutdown.track();
+        let fut: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(handle(stream, peer, proxy));
+        tokio::spawn(async move {
+            fut.await;
+            drop(guard);
+        });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+    proxy.metrics.connections.inc();
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let dst = match original_dst(&stream, local.is_ipv6()) {
+        Ok(Some(dst)) if dst != local => Some(dst),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, %peer, "reading the original destination failed");
+            return;
+        }
+    };
+    match dst {
+        Some(dst) => {
+            let conn = proxy.next_conn_id();
+            proxy.recorder.emit(Event::ConnOpen(ConnOpen {
+                conn,
+                client: peer.to_string(),
+                dst: dst.to_string(),
+                capture: Capture::Redirect,
+            }));
+            if let Some(why) = forbidden_destination(dst.ip()) {
+                refuse_connection(&proxy, conn, &dst.to_string(), why);
+                return;
+            }
+            let route = Route {
+                host: None,
+                dst,
+                endpoint: None,
+            };
+            intercept::connection(stream, peer, conn, route, proxy).await;
+        }
+        None => explicit(stream, peer, proxy).await,
+    }
+}
+
+/// Record and count a connection refused before any request was read.
+pub fn refuse_connection(proxy: &Proxy, conn: u64, dst: &str, why: &str) {
+    proxy.metrics.connections_refused.inc();
+    debug!(conn, dst, why, "connection refused");
+    proxy.recorder.emit(Event::Blocked(Blocked {
+        exchange: None,
+        reason: "destination".into(),
+        rule: None,
+        message: format!("connection {conn} to {dst} refused: {why}"),
+    }));
+}
+
+/// An explicit proxy client (`HTTPS_PROXY=http://127.0.0.1:15001`): serve HTTP/1.1 and turn
+/// each `CONNECT` into an intercepted connection.
+async fn explicit(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+    let service = ProxyService { peer, proxy };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(error = %e, %peer, "explicit proxy connection ended with an error");
+    }
+}
+
+/// Requests of an explicit proxy client.
+#[derive(Clone)]
+struct ProxyService {
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (peer, proxy) = (self.peer, self.proxy.clone());
+        Box::pin(async move { Ok(proxy_request(req, peer, proxy).await) })
+    }
+}
+
+async fn proxy_request(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+) -> Response<Body> {
+    if req.method() != Method::CONNECT {
+        // Absolute-form plain HTTP through the proxy: forwarded like a redirected request.
+        return crate::forward::absolute_form(req, peer, proxy).await;
+    }
+    let Some(authority) = req.uri().authority().cloned() else {
+        return refusal(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+    };
+    let host = authority.host().trim_matches(['[', ']']).to_string();
+    let port = authority.port_u16().unwrap_or(443);
+    let conn = proxy.next_conn_id();
+    proxy.recorder.emit(Event::ConnOpen(ConnOpen {
+        conn,
+        client: peer.to_string(),
+        dst: format!("{host}:{port}"),
+        capture: Capture::Connect,
+    }));
+    let endpoint = proxy.overrides.get(&host).cloned();
+    let dst = match resolve(&host, port).await {
+        Ok(dst) => dst,
+        Err(_) if endpoint.is_some() => SocketAddr::from(([0, 0, 0, 0], port)),
+        Err(e) => {
+            let why = format!("cannot resolve {host}: {e}");
+            refuse_connection(&proxy, conn, &format!("{host}:{port}"), &why);
+            return refusal(StatusCode::BAD_GATEWAY, &why);
+        }
+    };
+    if endpoint.is_none()
+        && let Some(why) = forbidden_destination(dst.ip())
+    {
+        refuse_connection(&proxy, conn, &format!("{host}:{port}"), why);
+        return refusal(StatusCode::FORBIDDEN, why);
+    }
+    let route = Route {
+        host: Some(host),
+        dst,
+        endpoint,
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let fut: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
+                    intercept::connection(TokioIo::new(upgraded), peer, conn, route, proxy),
+                );
+                fut.await
+            }
+            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// Resolve a CONNECT target to one address.
+pub async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}

@@ -1,0 +1,720 @@
+//! HTTP exchanges: the agent's request in, the upstream's response out, every part recorded.
+//!
+//! Read in order: serve the agent's connection (`serve`), then for each request `exchange`:
+//! record the head → refuse if the upstream failed → swap the placeholder credential →
+//! send upstream (recording the request body as it streams) → record the response head →
+//! stream the response body back (recording it) → `exchange_end` when it is done.
+
+use crate::credentials;
+use crate::intercept::{H2, HTTP11};
+use crate::proxy::{Proxy, Route, forbidden_destination};
+use crate::tap::{ExchangeEndState, Tap};
+use bytes::Bytes;
+use cassette_recording::record::{
+    Blocked, ConnClose, Decision, Direction, Event, Request as RequestRecord,
+    Response as ResponseRecord, Token, TokenSwap,
+};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long connecting upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A complete body.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A refusal the agent reads: the status and a one-line reason in words.
+pub fn refusal(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(full(format!("cassette: {message}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// State shared by the exchanges of one agent connection.
+pub struct ConnCtx {
+    pub proxy: Arc<Proxy>,
+    pub conn: u64,
+    pub peer: SocketAddr,
+    pub route: Route,
+    /// `https` when the agent spoke TLS to us.
+    pub scheme: &'static str,
+    /// Why the upstream could not be used, when it could not.
+    pub upstream_error: Option<String>,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+}
+
+impl ConnCtx {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        conn: u64,
+        peer: SocketAddr,
+        route: Route,
+        scheme: &'static str,
+        upstream_error: Option<String>,
+    ) -> Self {
+        Self {
+            proxy,
+            conn,
+            peer,
+            route,
+            scheme,
+            upstream_error,
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the placeholder may be swapped on this connection: the upstream name was
+    /// verified by TLS (or configured as an override) and is a Google host. The Host header is
+    /// not trusted for this: the agent writes it.
+    fn may_swap(&self, verified: bool) -> bool {
+        let Some(host) = &self.route.host else {
+            return false;
+        };
+        credentials::is_google_host(host) && (verified || self.route.endpoint.is_some())
+    }
+}
+
+/// Anything a connection can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+enum State {
+    /// Not connected yet (plain HTTP connects on the first request), or closed (HTTP/1.1
+    /// keep-alive ended): connect on demand.
+    Idle,
+    Ready(Sender),
+    /// Connecting failed; every request is refused with the reason in `ConnCtx`.
+    Failed,
+}
+
+/// The upstream side of one agent connection.
+pub struct Upstream {
+    state: tokio::sync::Mutex<State>,
+    /// The ALPN protocol the upstream chose.
+    pub alpn: Option<Vec<u8>>,
+    /// Whether the upstream certificate verified for the name the agent asked for.
+    pub verified: bool,
+    /// What the upstream presented, in words.
+    pub subject: Option<String>,
+    offer: Vec<Vec<u8>>,
+    tls: bool,
+}
+
+impl Upstream {
+    /// Connect now (TLS interception needs the upstream's ALPN choice before answering).
+    pub async fn connect(
+        proxy: Arc<Proxy>,
+        route: Route,
+        offer: Vec<Vec<u8>>,
+    ) -> Result<Self, String> {
+        let tls = route.endpoint.as_ref().is_none_or(|e| e.tls);
+        let (sender, alpn, verified) = dial(proxy, route.clone(), offer.clone(), tls).await?;
+        Ok(Self {
+            state: tokio::sync::Mutex::new(State::Ready(sender)),
+            alpn,
+            verified,
+            subject: route.host.clone().filter(|_| verified && tls),
+            offer,
+            tls,
+        })
+    }
+
+    /// Connect on the first request (plain HTTP).
+    pub fn lazy() -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(State::Idle),
+            alpn: None,
+            verified: false,
+            subject: None,
+            offer: vec![HTTP11.to_vec()],
+            tls: false,
+        }
+    }
+
+    /// An upstream that could not be reached.
+    pub fn failed() -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(State::Failed),
+            alpn: None,
+            verified: false,
+            subject: None,
+            offer: vec![],
+            tls: false,
+        }
+    }
+
+    /// Send one request, reconnecting an HTTP/1.1 upstream that closed its keep-alive.
+    async fn send(
+        &self,
+        proxy: Arc<Proxy>,
+        route: Route,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, String> {
+        let mut state = self.state.lock().await;
+        let reusable = match &mut *state {
+            State::Ready(Sender::H1(s)) => s.ready().await.is_ok(),
+            State::Ready(Sender::H2(s)) => s.ready().await.is_ok(),
+            State::Idle => false,
+            State::Failed => return Err("the upstream could not be reached".into()),
+        };
+        if !reusable {
+            let (sender, _, _) = dial(proxy, route, self.offer.clone(), self.tls).await?;
+            *state = State::Ready(sender);
+        }
+        let future = match &mut *state {
+            State::Ready(Sender::H1(s)) => {
+                let f = s.send_request(req);
+                drop(state);
+                return f.await.map_err(|e| format!("the upstream failed: {e}"));
+            }
+            State::Ready(Sender::H2(s)) => s.send_request(req),
+            _ => unreachable!("connected above"),
+        };
+        // HTTP/2 multiplexes: release the lock before waiting for the response.
+        drop(state);
+        future
+            .await
+            .map_err(|e| format!("the upstream failed: {e}"))
+    }
+
+    fn is_h2(&self) -> bool {
+        self.alpn.as_deref() == Some(H2)
+    }
+}
+
+/// Open a connection to the route's upstream and start an HTTP client on it.
+fn dial(
+    proxy: Arc<Proxy>,
+    route: Route,
+    offer: Vec<Vec<u8>>,
+    tls: bool,
+) -> Pin<Box<dyn Future<Output = Result<(Sender, Option<Vec<u8>>, bool), String>> + Send>> {
+    Box::pin(dial_inner(proxy, route, offer, tls))
+}
+
+async fn dial_inner(
+    proxy: Arc<Proxy>,
+    route: Route,
+    offer: Vec<Vec<u8>>,
+    tls: bool,
+) -> Result<(Sender, Option<Vec<u8>>, bool), String> {
+    let (host, port) = match &route.endpoint {
+        Some(e) => (e.host.clone(), e.port),
+        None => {
+            if let Some(why) = forbidden_destination(route.dst.ip()) {
+                return Err(why.to_string());
+            }
+            (route.dst.ip().to_string(), route.dst.port())
+        }
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| format!("connecting to {host}:{port} timed out"))?
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        // Plain upstream (an emulator override, or plain HTTP): h2c only for clients that
+        // offered nothing else (gRPC).
+        let h2 = !offer.is_empty() && offer.iter().all(|p| p.as_slice() == H2);
+        let sender = handshake(Box::new(tcp), h2).await?;
+        return Ok((sender, Some(if h2 { H2 } else { HTTP11 }.to_vec()), false));
+    }
+    let ip = route.dst.ip();
+    let name =
+        crate::tls::upstream_name(route.host.as_deref(), ip).map_err(|e| format!("{e:#}"))?;
+    let config = crate::tls::client_config(proxy.upstream_roots.clone(), offer.clone());
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            format!(
+                "TLS with {} failed: {e}",
+                route.host.as_deref().unwrap_or(&host)
+            )
+        })?;
+    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let h2 = alpn.as_deref() == Some(H2);
+    let sender = handshake(Box::new(stream), h2).await?;
+    Ok((sender, alpn, true))
+}
+
+async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, String> {
+    let io = TokioIo::new(io);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with the upstream failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake with the upstream failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(Sender::H1(sender))
+    }
+}
+
+/// Serve the agent's side of an intercepted TLS connection.
+pub async fn serve_tls<IO: Io>(io: IO, is_h2: bool, ctx: Arc<ConnCtx>, upstream: Upstream) {
+    serve(io, is_h2, ctx, upstream).await
+}
+
+/// Serve a plain-HTTP connection (HTTP/1.1, or HTTP/2 with prior knowledge).
+pub async fn serve_plain<IO: Io>(
+    mut io: crate::rewind::Rewind<IO>,
+    ctx: Arc<ConnCtx>,
+    upstream: Upstream,
+) {
+    use tokio::io::AsyncReadExt;
+    // The HTTP/2 prior-knowledge preface starts with "PRI".
+    let mut peek = [0u8; 3];
+    if io.read_exact(&mut peek).await.is_err() {
+        return;
+    }
+    let is_h2 = &peek == b"PRI";
+    let io = crate::rewind::Rewind::new(Bytes::copy_from_slice(&peek), io);
+    serve(io, is_h2, ctx, upstream).await
+}
+
+/// Boxed (with its `Send` bound stated here, where the types are concrete) because the
+/// compiler cannot prove `Send` for hyper's connection futures through generic callers.
+fn serve<IO: Io>(
+    io: IO,
+    is_h2: bool,
+    ctx: Arc<ConnCtx>,
+    upstream: Upstream,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve_inner(Box::new(io), is_h2, ctx, upstream))
+}
+
+/// The per-request service of one agent connection.
+#[derive(Clone)]
+struct ExchangeService {
+    ctx: Arc<ConnCtx>,
+    upstream: Arc<Upstream>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ExchangeService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (ctx, upstream) = (self.ctx.clone(), self.upstream.clone());
+        Box::pin(async move { Ok(exchange(ctx, upstream, req).await) })
+    }
+}
+
+async fn serve_inner(io: Box<dyn Io>, is_h2: bool, ctx: Arc<ConnCtx>, upstream: Upstream) {
+    let service = ExchangeService {
+        ctx: ctx.clone(),
+        upstream: Arc::new(upstream),
+    };
+    let io = TokioIo::new(io);
+    let result = if is_h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .max_buf_size(1024 * 1024)
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    let error = result.err().map(|e| e.to_string());
+    ctx.proxy.recorder.emit(Event::ConnClose(ConnClose {
+        conn: ctx.conn,
+        bytes_up: ctx.bytes_up.load(Ordering::Relaxed),
+        bytes_down: ctx.bytes_down.load(Ordering::Relaxed),
+        error,
+    }));
+}
+
+/// Plain HTTP sent to the explicit proxy in absolute form (`GET http://host/path`).
+pub async fn absolute_form(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "this is a proxy: send CONNECT host:port or an absolute http:// URL",
+        );
+    };
+    if req.uri().scheme_str() != Some("http") {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "only http:// URLs are proxied without CONNECT",
+        );
+    }
+    let host = authority.host().trim_matches(['[', ']']).to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let endpoint = proxy.overrides.get(&host).cloned();
+    let dst = match crate::capture::resolve(&host, port).await {
+        Ok(dst) => dst,
+        Err(_) if endpoint.is_some() => SocketAddr::from(([0, 0, 0, 0], port)),
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_GATEWAY,
+                &format!("cannot resolve {host}: {e}"),
+            );
+        }
+    };
+    let conn = proxy.next_conn_id();
+    if endpoint.is_none()
+        && let Some(why) = forbidden_destination(dst.ip())
+    {
+        crate::capture::refuse_connection(&proxy, conn, &format!("{host}:{port}"), why);
+        return refusal(StatusCode::FORBIDDEN, why);
+    }
+    proxy
+        .recorder
+        .emit(Event::ConnOpen(cassette_recording::record::ConnOpen {
+            conn,
+            client: peer.to_string(),
+            dst: format!("{host}:{port}"),
+            capture: cassette_recording::record::Capture::Connect,
+        }));
+    let route = Route {
+        host: Some(host),
+        dst,
+        endpoint,
+    };
+    let ctx = Arc::new(ConnCtx::new(proxy, conn, peer, route, "http", None));
+    exchange(ctx, Arc::new(Upstream::lazy()), req).await
+}
+
+/// Headers that belong to one hop, not to the exchange.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        if name == "te" {
+            // gRPC needs `te: trailers` end to end.
+            let trailers = headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            if trailers {
+                continue;
+            }
+        }
+        headers.remove(name);
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// One request and its response.
+async fn exchange(
+    ctx: Arc<ConnCtx>,
+    upstream: Arc<Upstream>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let proxy = ctx.proxy.clone();
+    let exchange = proxy.recorder.next_exchange_id();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| ctx.route.display_host());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let upgrade = req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+
+    let head = RequestRecord {
+        exchange,
+        conn: ctx.conn,
+        method: req.method().to_string(),
+        scheme: ctx.scheme.to_string(),
+        authority: authority.clone(),
+        path: path.clone(),
+        version: version_str(req.version()).to_string(),
+        headers: crate::record::headers(req.headers()),
+    };
+    let classification = crate::record::classify(&authority, req.method(), &path, req.headers());
+    let mut end = ExchangeEndState::new(exchange, started, classification.clone());
+
+    if let Err(e) = proxy.recorder.request(Event::Request(head)).await {
+        // onFailure: closed — traffic that cannot be recorded does not pass.
+        let message = format!("the request could not be recorded ({e}); it was not sent");
+        end.fail(&proxy, Decision::Deny, &message);
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, &message);
+    }
+
+    if let Some(reason) = &ctx.upstream_error {
+        let message = format!(
+            "{} could not be reached safely: {reason}; the request was refused and recorded",
+            ctx.route.display_host()
+        );
+        proxy.recorder.emit(Event::Blocked(Blocked {
+            exchange: Some(exchange),
+            reason: "upstream".into(),
+            rule: None,
+            message: message.clone(),
+        }));
+        end.fail(&proxy, Decision::Deny, &message);
+        return refusal(StatusCode::BAD_GATEWAY, &message);
+    }
+
+    // Credentials: swap the placeholder for a real token toward verified Google hosts.
+    if let Some(swap) = credentials::needed(req.headers(), &proxy.placeholder)
+        && ctx.may_swap(upstream.verified)
+    {
+        let token = match &proxy.broker {
+            Some(broker) => broker.token().await.map_err(|e| format!("{e:#}")),
+            None => Err("no token broker is configured".to_string()),
+        };
+        match token.and_then(|t| {
+            credentials::apply(req.headers_mut(), swap, &t).map_err(|e| e.to_string())
+        }) {
+            Ok(()) => {
+                proxy.metrics.token_swaps.inc();
+                proxy.recorder.emit(Event::Token(Token {
+                    exchange,
+                    host: ctx.route.display_host(),
+                    swap: match swap {
+                        credentials::Swap::Bearer => TokenSwap::Bearer,
+                        credentials::Swap::GitBasic => TokenSwap::GitBasic,
+                    },
+                    account: proxy.recorder.account(),
+                }));
+            }
+            Err(e) => {
+                let message = format!("no credential could be obtained for {authority}: {e}");
+                end.fail(&proxy, Decision::Deny, &message);
+                return refusal(StatusCode::BAD_GATEWAY, &message);
+            }
+        }
+    }
+
+    // The upstream request: same method, headers and body; the URI in the form the
+    // upstream protocol wants.
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let upstream_h2 = upstream.is_h2();
+    let scheme = if upstream.tls { "https" } else { "http" };
+    parts.uri = if upstream_h2 {
+        match Uri::builder()
+            .scheme(scheme)
+            .authority(authority.as_str())
+            .path_and_query(path.as_str())
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(e) => return refusal(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
+        }
+    } else {
+        match path.parse() {
+            Ok(uri) => uri,
+            Err(e) => return refusal(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
+        }
+    };
+    parts.version = if upstream_h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if !upstream_h2 && !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    } else if upstream_h2 {
+        parts.headers.remove(header::HOST);
+    }
+    let req_tap = Tap::new(
+        body,
+        proxy.recorder.body(exchange, Direction::Request),
+        proxy.clone(),
+        end.bytes_up.clone(),
+        None,
+    );
+    let upstream_req = Request::from_parts(parts, req_tap.boxed());
+
+    let sent = Instant::now();
+    end.set_sidecar_before(sent - started);
+    let route = ctx.route_for(&authority);
+    let response = match upstream.send(proxy.clone(), route, upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("{authority} failed: {e}");
+            end.fail(&proxy, Decision::Allow, &message);
+            return refusal(StatusCode::BAD_GATEWAY, &message);
+        }
+    };
+    let head_at = Instant::now();
+    end.set_ttfb(head_at - sent);
+    proxy
+        .metrics
+        .upstream_latency
+        .observe((head_at - sent).as_secs_f64());
+
+    let mut response = response;
+    let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching);
+    proxy.recorder.emit(Event::Response(ResponseRecord {
+        exchange,
+        status: parts.status.as_u16(),
+        version: version_str(parts.version).to_string(),
+        headers: crate::record::headers(&parts.headers),
+        trailers: None,
+    }));
+
+    if let (Some(upstream_up), Some(client_up)) = (upstream_upgrade, client_upgrade) {
+        // A tunnel (websocket): both sides upgrade and bytes are copied; the exchange is
+        // recorded with its byte counts.
+        let proxy = proxy.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let (client, server) = match tokio::join!(client_up, upstream_up) {
+                (Ok(c), Ok(s)) => (c, s),
+                _ => {
+                    end.fail(&proxy, Decision::Allow, "the upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut server = TokioIo::new(server);
+            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut server)
+                .await
+                .unwrap_or((0, 0));
+            ctx.add_bytes(up, down);
+            end.tunnel(&proxy, up, down);
+        });
+        return Response::from_parts(parts, full(""));
+    }
+
+    let returned = Instant::now();
+    end.add_sidecar(returned - head_at);
+    let counter = Arc::new(AtomicU64::new(0));
+    let resp_tap = Tap::new(
+        body,
+        proxy.recorder.body(exchange, Direction::Response),
+        proxy.clone(),
+        counter,
+        Some((end, ctx.clone())),
+    );
+    Response::from_parts(parts, resp_tap.boxed())
+}
+
+impl ConnCtx {
+    /// The route for a request: plain HTTP learns its host from the request, so an
+    /// override can apply to it.
+    fn route_for(&self, authority: &str) -> Route {
+        let mut route = self.route.clone();
+        if route.host.is_none() && route.endpoint.is_none() {
+            let host = authority
+                .rsplit_once(':')
+                .filter(|(_, port)| port.parse::<u16>().is_ok())
+                .map(|(h, _)| h)
+                .unwrap_or(authority);
+            route.endpoint = self.proxy.overrides.get(host).cloned();
+            route.host = Some(host.to_string());
+        }
+        route
+    }
+
+    /// Count body bytes on this connection.
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,375 @@
+//! `cassette-sidecar`: `init` installs the capture rules; `run` is the recorder in the data
+//! path. `main` parses flags and wires the pieces; each piece lives in its own module.
+
+use anyhow::{Context, Result};
+use cassette_api::names::{ADMIN_PORT, CAPTURE_PORT, METADATA_PORT, SIDECAR_UID};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+mod admin;
+mod broker;
+mod capture;
+mod credentials;
+mod forward;
+mod init;
+mod intercept;
+mod metadata;
+mod metrics;
+mod original_dst;
+mod proxy;
+mod record;
+mod recording;
+mod rewind;
+mod shutdown;
+mod tap;
+mod tls;
+
+#[derive(Parser)]
+#[command(
+    name = "cassette-sidecar",
+    version,
+    about = "cassette's recording sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the capture rules (iptables and ip6tables), then check that they capture.
+    Init(InitArgs),
+    /// Run the recorder: capture, intercept, record, ship.
+    Run(Box<RunArgs>),
+    /// Used by `init`'s check: connect or send as another UID and print what happened.
+    #[command(hide = true)]
+    Probe { proto: String, target: SocketAddr },
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// DNS resolvers the agent may reach over UDP; by default the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',')]
+    dns: Vec<std::net::IpAddr>,
+    /// The UID the check connects as (any UID but the sidecar's).
+    #[arg(long, default_value_t = 65534)]
+    probe_uid: u32,
+    /// Install without checking (for debugging only: the check is what makes init fail closed).
+    #[arg(long)]
+    skip_check: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The AgentSession this pod records into.
+    #[arg(long, env = "CASSETTE_SESSION")]
+    session: String,
+    /// The pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The pod's name.
+    #[arg(long, env = "POD_NAME", default_value = "local")]
+    pod: String,
+    /// The pod's UID.
+    #[arg(long, env = "POD_UID", default_value = "local")]
+    pod_uid: String,
+
+    /// Where the session CA bundle (system roots + session CA) is written for the agent.
+    #[arg(
+        long,
+        env = "CASSETTE_CA_BUNDLE",
+        default_value = "/var/run/cassette/ca/bundle.pem"
+    )]
+    ca_bundle: PathBuf,
+    /// Extra PEM files of roots trusted for upstream servers (added to the system roots).
+    #[arg(
+        long = "upstream-ca",
+        env = "CASSETTE_UPSTREAM_CA",
+        value_delimiter = ','
+    )]
+    upstream_ca: Vec<PathBuf>,
+    /// Upstream overrides for emulators: host=http://127.0.0.1:port (repeatable, or
+    /// comma-separated in the variable). Off unless set.
+    #[arg(
+        long = "upstream-override",
+        env = "CASSETTE_UPSTREAM_OVERRIDES",
+        value_delimiter = ','
+    )]
+    upstream_override: Vec<String>,
+    /// Hosts tunnelled without interception (*.example.com for subdomains).
+    #[arg(
+        long = "passthrough",
+        env = "CASSETTE_PASSTHROUGH",
+        value_delimiter = ','
+    )]
+    passthrough: Vec<String>,
+
+    /// Where the recording goes: gs://bucket/prefix or file:///dir.
+    #[arg(long, env = "CASSETTE_SINK")]
+    sink: String,
+    /// Local spool directory for segments not yet shipped.
+    #[arg(
+        long,
+        env = "CASSETTE_SPOOL",
+        default_value = "/var/run/cassette/spool"
+    )]
+    spool: PathBuf,
+    /// batched or strict.
+    #[arg(long, env = "CASSETTE_DURABILITY", default_value = "batched")]
+    durability: String,
+    /// closed or open.
+    #[arg(long, env = "CASSETTE_ON_FAILURE", default_value = "closed")]
+    on_failure: String,
+    /// Largest body recorded per message, in bytes.
+    #[arg(long, env = "CASSETTE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: u64,
+    /// Cloud Storage endpoint override (an emulator); the real service when unset.
+    #[arg(long, env = "CASSETTE_GCS_ENDPOINT")]
+    gcs_endpoint: Option<String>,
+    /// Send no credentials to Cloud Storage (emulators only).
+    #[arg(long, env = "CASSETTE_GCS_ANONYMOUS")]
+    gcs_anonymous: bool,
+
+    /// Answer the agent's metadata requests and swap its placeholder for real tokens from the
+    /// metadata server (GKE Workload Identity). `off` outside GKE.
+    #[arg(long, env = "CASSETTE_METADATA", default_value = "on")]
+    metadata: String,
+    /// Hand identity tokens to the agent through the shim.
+    #[arg(long, env = "CASSETTE_ALLOW_IDENTITY_TOKENS")]
+    allow_identity_tokens: bool,
+
+    /// Captured-outbound listener (also the explicit CONNECT proxy). Loopback only: the pod
+    /// network must not get an open proxy with this pod's credentials.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], CAPTURE_PORT)))]
+    capture_addr: SocketAddr,
+    /// Metadata shim listener.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], METADATA_PORT)))]
+    metadata_addr: SocketAddr,
+    /// Admin listener (/metrics, /healthz, /readyz): the kubelet and Prometheus reach it.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
+    admin_addr: SocketAddr,
+    /// How long in-flight exchanges may take to finish on shutdown.
+    #[arg(long, default_value = "20")]
+    drain_seconds: u64,
+    /// Log format: json (in a cluster) or pretty.
+    #[arg(long, env = "CASSETTE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Init(args) => {
+            let dns = if args.dns.is_empty() {
+                init::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            } else {
+                args.dns
+            };
+            let rules = init::Rules {
+                dns,
+                ..init::Rules::default()
+            };
+            init::install(&rules)?;
+            if !args.skip_check {
+                init::validate(&rules, args.probe_uid)?;
+            }
+            Ok(())
+        }
+        Command::Probe { proto, target } => {
+            println!("{}", init::probe(&proto, target));
+            Ok(())
+        }
+        Command::Run(args) => {
+            telemetry(args.log_format.as_deref());
+            if nix_uid() != SIDECAR_UID {
+                tracing::warn!(
+                    uid = nix_uid(),
+                    "not running as UID {SIDECAR_UID}: the capture rules will redirect the sidecar's own traffic"
+                );
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(*args))
+        }
+    }
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: getuid cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+fn telemetry(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == "json",
+        None => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let readiness = Arc::new(admin::Readiness::default());
+    let shutdown = shutdown::Shutdown::new();
+
+    // Admin first, so the startup probe can say what is missing.
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin port {}", args.admin_addr))?;
+    tokio::spawn(admin::serve_admin(
+        admin,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    // Credentials: what the metadata server says about the identity, and the token broker.
+    let placeholder = credentials::Placeholder::generate();
+    let (identity, broker) = if args.metadata == "off" {
+        (None, None)
+    } else {
+        let host = broker::metadata_host();
+        let identity = retry(Duration::from_secs(30), || broker::identity(&host))
+            .await
+            .with_context(|| {
+                format!("reading the workload identity from the metadata server at {host}")
+            })?;
+        (Some(identity), Some(broker::Broker::new()?))
+    };
+
+    // The recording: started (and any crashed spool recovered) before traffic flows.
+    let recording = recording::start(
+        &args,
+        identity.as_ref().map(|i| i.email.clone()),
+        metrics.clone(),
+    )
+    .await
+    .context("starting the recording")?;
+    readiness.spool_writable.store(true, Ordering::Release);
+
+    // TLS: a fresh CA, and the bundle the agent's tools trust.
+    let ca = tls::SessionCa::generate(&args.session, 10_000)?;
+    let (roots, system) = tls::upstream_roots(&args.upstream_ca)?;
+    ca.write_bundle(&args.ca_bundle, &system)?;
+    readiness.bundle_written.store(true, Ordering::Release);
+
+    let proxy = Arc::new(proxy::Proxy::new(
+        args.session.clone(),
+        ca,
+        Arc::new(roots),
+        proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,
+        args.passthrough
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        placeholder.clone(),
+        broker,
+        metrics.clone(),
+        recording.recorder.clone(),
+    ));
+
+    let mut capture_addrs = vec![args.capture_addr];
+    if args.capture_addr.ip().is_loopback() && args.capture_addr.is_ipv4() {
+        // IPv6 is redirected to [::1]; a namespace without IPv6 simply has no such listener.
+        capture_addrs.push(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            args.capture_addr.port(),
+        )));
+    }
+    for (i, addr) in capture_addrs.iter().enumerate() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tokio::spawn(capture::serve(listener, proxy.clone(), shutdown.clone()));
+            }
+            Err(e) if i > 0 => tracing::warn!(%addr, error = %e, "no IPv6 capture listener"),
+            Err(e) => return Err(e).with_context(|| format!("binding the capture port {addr}")),
+        }
+    }
+    if let Some(identity) = identity {
+        let listener = tokio::net::TcpListener::bind(args.metadata_addr)
+            .await
+            .with_context(|| format!("binding the metadata shim {}", args.metadata_addr))?;
+        let shim = Arc::new(metadata::Shim {
+            identity,
+            placeholder,
+            allow_identity_tokens: args.allow_identity_tokens,
+            metadata_host: broker::metadata_host(),
+        });
+        tokio::spawn(admin::serve_shim(
+            listener,
+            shim,
+            recording.recorder.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(
+        session = %args.session,
+        capture = %args.capture_addr,
+        bundle = %args.ca_bundle.display(),
+        "recording"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; letting in-flight exchanges finish");
+    shutdown.trigger();
+    let left = shutdown
+        .drain(Duration::from_secs(args.drain_seconds))
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "connections still open after the drain period; closing them"
+        );
+    }
+    recording
+        .shutdown()
+        .await
+        .context("sealing and shipping the recording")?;
+    tracing::info!("recording sealed and shipped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Retry `f` with backoff until it succeeds or `limit` passes.
+async fn retry<T, F, Fut>(limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() + wait > deadline => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

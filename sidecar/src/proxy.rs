@@ -1,0 +1,257 @@
+//! What every captured connection shares: the session CA, upstream trust, the credential
+//! swap, routing (upstream overrides, passthrough hosts), the destination guard, metrics and
+//! the recorder.
+
+use crate::credentials::Placeholder;
+use crate::metrics::Metrics;
+use crate::record::Recorder;
+use crate::tls::SessionCa;
+use anyhow::{Context, Result, bail};
+use rustls::RootCertStore;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The shared state of the data path.
+pub struct Proxy {
+    pub session: String,
+    pub ca: SessionCa,
+    pub upstream_roots: Arc<RootCertStore>,
+    pub overrides: Overrides,
+    pub passthrough: Vec<String>,
+    pub placeholder: Placeholder,
+    pub broker: Option<crate::broker::Broker>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    next_conn: AtomicU64,
+}
+
+impl Proxy {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session: String,
+        ca: SessionCa,
+        upstream_roots: Arc<RootCertStore>,
+        overrides: Overrides,
+        passthrough: Vec<String>,
+        placeholder: Placeholder,
+        broker: Option<crate::broker::Broker>,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            session,
+            ca,
+            upstream_roots,
+            overrides,
+            passthrough,
+            placeholder,
+            broker,
+            metrics,
+            recorder,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection id, unique within this sidecar's recording.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `host` is tunnelled without interception.
+    pub fn is_passthrough(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.passthrough.iter().any(|p| host_matches(p, &host))
+    }
+}
+
+/// `*.example.com` matches any subdomain (not the apex); anything else matches exactly.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// Where a host is really served, for emulators and tests: `host=http://127.0.0.1:4443`.
+/// Empty unless configured.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides(HashMap<String, Endpoint>);
+
+/// An override's target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Overrides {
+    /// Parse `host=scheme://host:port` entries.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut map = HashMap::new();
+        for entry in entries {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let (host, url) = entry
+                .split_once('=')
+                .with_context(|| format!("upstream override {entry:?} is not host=URL"))?;
+            let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+                (false, rest)
+            } else if let Some(rest) = url.strip_prefix("https://") {
+                (true, rest)
+            } else {
+                bail!("upstream override {entry:?}: the URL must start with http:// or https://");
+            };
+            let authority = rest.trim_end_matches('/');
+            let (h, p) = authority
+                .rsplit_once(':')
+                .with_context(|| format!("upstream override {entry:?}: the URL needs a port"))?;
+            let port = p
+                .parse()
+                .with_context(|| format!("upstream override {entry:?}: bad port {p:?}"))?;
+            map.insert(
+                host.to_ascii_lowercase(),
+                Endpoint {
+                    tls,
+                    host: h.trim_matches(['[', ']']).to_string(),
+                    port,
+                },
+            );
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get(&self, host: &str) -> Option<&Endpoint> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(&host.trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Why a destination may not be reached through the sidecar, if it may not.
+///
+/// The sidecar's own upstream connections bypass the capture rules (it runs as UID 1337), so
+/// forwarding the agent to the metadata server, to loopback (the sidecar's own ports) or to
+/// link-local addresses would hand the agent what the rules keep from it.
+pub fn forbidden_destination(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4 == Ipv4Addr::new(169, 254, 169, 254) => {
+            Some("the metadata server is only reachable through the metadata shim")
+        }
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local destinations are not forwarded"),
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            Some("loopback destinations are not forwarded (they are the sidecar's own sockets)")
+        }
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() => {
+            Some("this address cannot be a destination")
+        }
+        IpAddr::V6(v6) if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => {
+            Some("the metadata server is only reachable through the metadata shim")
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => {
+            Some("loopback destinations are not forwarded (they are the sidecar's own sockets)")
+        }
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+            Some("link-local destinations are not forwarded")
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => {
+            Some("this address cannot be a destination")
+        }
+        _ => None,
+    }
+}
+
+/// Where one captured connection goes.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The name the agent asked for (SNI, CONNECT authority or Host), if any.
+    pub host: Option<String>,
+    /// The destination the agent connected to (or resolved from CONNECT).
+    pub dst: SocketAddr,
+    /// Set when an override sends this host elsewhere.
+    pub endpoint: Option<Endpoint>,
+}
+
+impl Route {
+    /// The host name to show in records and use for the credential decision.
+    pub fn display_host(&self) -> String {
+        self.host
+            .clone()
+            .unwrap_or_else(|| self.dst.ip().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_match_case_insensitively() {
+        let o = Overrides::parse([
+            "storage.googleapis.com=http://127.0.0.1:4443",
+            "pubsub.googleapis.com=https://[::1]:8085/",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.get("Storage.googleapis.com."),
+            Some(&Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 4443
+            })
+        );
+        assert_eq!(o.get("pubsub.googleapis.com").unwrap().host, "::1");
+        assert!(o.get("github.com").is_none());
+        assert!(Overrides::parse(["x=ftp://h:1"]).is_err());
+        assert!(Overrides::parse(["x=http://h"]).is_err());
+        assert!(Overrides::parse(["no-equals"]).is_err());
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("example.com", "EXAMPLE.com"));
+    }
+
+    #[test]
+    fn the_metadata_server_and_loopback_are_never_forwarded() {
+        for ip in [
+            "169.254.169.254",
+            "169.254.1.1",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "0.0.0.0",
+        ] {
+            assert!(forbidden_destination(ip.parse().unwrap()).is_some(), "{ip}");
+        }
+        for ip in ["142.250.1.1", "10.0.0.5", "2607:f8b0::1"] {
+            assert!(forbidden_destination(ip.parse().unwrap()).is_none(), "{ip}");
+        }
+    }
+}

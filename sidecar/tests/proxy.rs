@@ -1,0 +1,544 @@
+//! The sidecar as an explicit proxy (`HTTPS_PROXY`), no iptables needed: TLS interception
+//! with upstream verification, HTTP/1.1 and HTTP/2, the metadata shim and the credential
+//! swap, refusals, and the recording it leaves — read back and verified.
+//!
+//! Real clients (`curl`), a real TLS upstream and a fake metadata server run on loopback.
+//! The netns e2e (crate `cassette-e2e`) covers transparent capture.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+const REAL_TOKEN: &str = "ya29.real-token-from-the-metadata-server";
+
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+/// What the upstream saw: (host, authorization, HTTP version).
+type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A TLS upstream (h2 and http/1.1) that echoes what it received as JSON.
+async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
+    let (chain, key) = ca.leaf(names);
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let host = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get("host")
+                                    .map(|h| h.to_str().unwrap().to_string())
+                            })
+                            .unwrap_or_default();
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .map(|h| h.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let version = format!("{:?}", req.version());
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        seen.lock()
+                            .unwrap()
+                            .push((host.clone(), auth.clone(), version.clone()));
+                        let json = serde_json::json!({
+                            "host": host, "path": path, "version": version,
+                            "body_len": body.len(),
+                            "secret": "the upstream's reply",
+                        });
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
+                            json.to_string(),
+                        ))))
+                    }
+                });
+                let io = TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A GKE metadata server that hands out the real token.
+async fn fake_metadata() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().trim_start_matches("/computeMetadata/v1/");
+                    let body = match path {
+                        "project/project-id" => "acme-agents".to_string(),
+                        "project/numeric-project-id" => "123456789".to_string(),
+                        "instance/zone" => "projects/123456789/zones/europe-west1-b".to_string(),
+                        "instance/service-accounts/default/email" => {
+                            "agent@acme-agents.iam.gserviceaccount.com".to_string()
+                        }
+                        "instance/service-accounts/default/scopes" => {
+                            "https://www.googleapis.com/auth/cloud-platform".to_string()
+                        }
+                        p if p.ends_with("/token") => serde_json::json!({
+                            "access_token": REAL_TOKEN, "expires_in": 3599, "token_type": "Bearer"
+                        })
+                        .to_string(),
+                        _ => {
+                            let mut r = Response::new(Full::new(Bytes::from("not found")));
+                            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                            return Ok::<_, hyper::Error>(r);
+                        }
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut()
+                        .insert("metadata-flavor", "Google".parse().unwrap());
+                    Ok(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Sidecar {
+    child: Child,
+    dir: tempfile::TempDir,
+    capture: u16,
+    metadata: u16,
+    admin: u16,
+}
+
+impl Sidecar {
+    fn start(extra: &[String], metadata_host: Option<SocketAddr>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (capture, metadata, admin) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cassette-sidecar"));
+        cmd.arg("run")
+            .args([
+                "--session",
+                "proxy-test",
+                "--namespace",
+                "tests",
+                "--pod",
+                "p",
+                "--pod-uid",
+                "u",
+            ])
+            .arg(format!(
+                "--sink=file://{}",
+                dir.path().join("sink").display()
+            ))
+            .arg(format!("--spool={}", dir.path().join("spool").display()))
+            .arg(format!(
+                "--ca-bundle={}",
+                dir.path().join("bundle.pem").display()
+            ))
+            .arg(format!("--capture-addr=127.0.0.1:{capture}"))
+            .arg(format!("--metadata-addr=127.0.0.1:{metadata}"))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg("--log-format=pretty")
+            .args(extra)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap());
+        match metadata_host {
+            Some(addr) => {
+                cmd.env("GCE_METADATA_HOST", addr.to_string());
+            }
+            None => {
+                cmd.arg("--metadata=off");
+            }
+        }
+        let child = cmd.spawn().unwrap();
+        let sidecar = Self {
+            child,
+            dir,
+            capture,
+            metadata,
+            admin,
+        };
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{}/readyz", self.admin)])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("sidecar not ready; log:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle.pem")
+    }
+
+    /// curl through the sidecar as an explicit proxy.
+    fn curl(&self, args: &[&str]) -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-x"])
+            .arg(format!("http://127.0.0.1:{}", self.capture))
+            .arg("--cacert")
+            .arg(self.bundle())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Stop with SIGTERM (graceful: seal, ship, manifest) and return the records.
+    async fn stop(mut self) -> (Vec<serde_json::Value>, bool) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "sidecar exited with {status}; log:\n{}",
+            self.log()
+        );
+        let sink_url = format!("file://{}", self.dir.path().join("sink").display());
+        read_recording(&sink_url, "tests/proxy-test/p-u").await
+    }
+}
+
+async fn read_recording(sink_url: &str, prefix: &str) -> (Vec<serde_json::Value>, bool) {
+    let sink = cassette_recording::Sink::open(sink_url, &Default::default())
+        .await
+        .unwrap();
+    let objects = cassette_recording::load(&sink, prefix).await.unwrap();
+    let verified = cassette_recording::verify(&objects, None).is_ok();
+    let records = objects
+        .records()
+        .map(|r| serde_json::to_value(r.unwrap()).unwrap())
+        .collect();
+    (records, verified)
+}
+
+fn kinds<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn write(path: &Path, s: &str) {
+    std::fs::write(path, s).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercepts_verifies_and_records_http1_and_http2() {
+    install_provider();
+    let ca = TestCa::new();
+    let seen: Seen = Default::default();
+    let good = upstream(&ca, &["echo.test"], seen.clone()).await;
+    let impostor = upstream(&ca, &["someone-else.test"], seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+
+    let sidecar = Sidecar::start(
+        &[
+            format!("--upstream-ca={}", ca_file.display()),
+            format!(
+                "--upstream-override=echo.test=https://127.0.0.1:{}",
+                good.port()
+            ),
+            format!(
+                "--upstream-override=impostor.test=https://127.0.0.1:{}",
+                impostor.port()
+            ),
+        ],
+        None,
+    );
+
+    let (out, err) = sidecar.curl(&["--http1.1", "https://echo.test/one"]);
+    assert!(out.contains("\"version\":\"HTTP/1.1\""), "{out} {err}");
+    let (out, err) = sidecar.curl(&["--http2", "-d", "payload=1", "https://echo.test/two"]);
+    assert!(out.contains("\"version\":\"HTTP/2.0\""), "{out} {err}");
+    assert!(out.contains("\"body_len\":9"), "{out}");
+
+    // An upstream whose certificate is not for the name asked: refused, and said why.
+    let (out, err) = sidecar.curl(&["https://impostor.test/steal"]);
+    assert!(out.contains("could not be reached safely"), "{out} {err}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the impostor never received a request"
+    );
+
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified, "the recording verifies");
+    let requests = kinds(&records, "request");
+    let paths: Vec<&str> = requests
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/one", "/two", "/steal"]);
+    let versions: Vec<&str> = requests
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions[..2], ["HTTP/1.1", "HTTP/2"]);
+    // Bodies both ways, as text.
+    let bodies = kinds(&records, "body");
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b["direction"] == "request" && b["text"] == "payload=1")
+    );
+    assert!(bodies.iter().any(|b| {
+        b["direction"] == "response"
+            && b["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("the upstream's reply"))
+    }));
+    // TLS facts: verified for echo.test, not for the impostor; the refusal is recorded.
+    let tls = kinds(&records, "tls");
+    assert!(
+        tls.iter()
+            .any(|t| t["sni"] == "echo.test" && t["verified"] == true && t["alpn"] == "h2")
+    );
+    assert!(
+        tls.iter()
+            .any(|t| t["sni"] == "impostor.test" && t["verified"] == false)
+    );
+    let blocked = kinds(&records, "blocked");
+    assert!(
+        blocked
+            .iter()
+            .any(|b| b["message"].as_str().unwrap().contains("impostor.test")),
+        "{blocked:?}"
+    );
+    assert_eq!(kinds(&records, "exchange_end").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_holds_a_placeholder_and_google_gets_the_real_token() {
+    install_provider();
+    let ca = TestCa::new();
+    let seen: Seen = Default::default();
+    let google = upstream(&ca, &["storage.googleapis.com"], seen.clone()).await;
+    let other = upstream(&ca, &["example.test"], seen.clone()).await;
+    let metadata = fake_metadata().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+    let sidecar = Sidecar::start(
+        &[
+            format!("--upstream-ca={}", ca_file.display()),
+            format!(
+                "--upstream-override=storage.googleapis.com=https://127.0.0.1:{}",
+                google.port()
+            ),
+            format!(
+                "--upstream-override=example.test=https://127.0.0.1:{}",
+                other.port()
+            ),
+        ],
+        Some(metadata),
+    );
+
+    // The shim answers like the metadata server, with a placeholder for the token.
+    let shim = format!("http://127.0.0.1:{}/computeMetadata/v1", sidecar.metadata);
+    let out = Command::new("curl")
+        .args(["-sS", "-H", "Metadata-Flavor: Google"])
+        .arg(format!("{shim}/instance/service-accounts/default/token"))
+        .output()
+        .unwrap();
+    let token: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let placeholder = token["access_token"].as_str().unwrap().to_string();
+    assert_ne!(placeholder, REAL_TOKEN);
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{shim}/project/project-id"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "Metadata-Flavor is required"
+    );
+
+    let bearer = format!("Authorization: Bearer {placeholder}");
+    sidecar.curl(&[
+        "-H",
+        &bearer,
+        "https://storage.googleapis.com/storage/v1/b?project=p",
+    ]);
+    sidecar.curl(&["-H", &bearer, "https://example.test/leak"]);
+    sidecar.curl(&[
+        "-u",
+        &format!("git:{placeholder}"),
+        "https://storage.googleapis.com/git",
+    ]);
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen[0].1,
+        format!("Bearer {REAL_TOKEN}"),
+        "Google got the real token"
+    );
+    assert_eq!(
+        seen[1].1,
+        bearer["Authorization: ".len()..],
+        "other hosts get the placeholder untouched"
+    );
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("git:{REAL_TOKEN}"));
+    assert_eq!(
+        seen[2].1,
+        format!("Basic {basic}"),
+        "git basic-auth is swapped too"
+    );
+
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains(REAL_TOKEN),
+        "the real token never reaches the recording"
+    );
+    let tokens = kinds(&records, "token");
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert_eq!(tokens[0]["swap"], "bearer");
+    assert_eq!(tokens[1]["swap"], "git-basic");
+    assert_eq!(
+        tokens[0]["account"],
+        "agent@acme-agents.iam.gserviceaccount.com"
+    );
+    // The agent's token request to the shim is part of the recording too.
+    assert!(
+        kinds(&records, "request")
+            .iter()
+            .any(|r| r["authority"] == "metadata.google.internal"
+                && r["path"].as_str().unwrap().ends_with("/token"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_the_metadata_server_loopback_and_link_local() {
+    install_provider();
+    let sidecar = Sidecar::start(&[], None);
+    for target in [
+        "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
+        "https://169.254.169.254/",
+        &format!("http://127.0.0.1:{}/metrics", sidecar.admin),
+        "https://[::1]:443/",
+    ] {
+        let (out, err) = sidecar.curl(&["-H", "Metadata-Flavor: Google", target]);
+        let said = format!("{out}{err}");
+        assert!(
+            said.contains("403")
+                || said.contains("not forwarded")
+                || said.contains("metadata shim")
+                || said.contains("refused"),
+            "{target}: {said}"
+        );
+        assert!(
+            !said.contains("cassette_sidecar_"),
+            "{target} reached the admin port: {said}"
+        );
+    }
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified);
+    assert!(kinds(&records, "blocked").len() >= 4, "{records:?}");
+}
