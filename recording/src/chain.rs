@@ -197,3 +197,87 @@ mod tests {
         assert_ne!(link(GENESIS, &c), link(&link(GENESIS, &c), &c));
     }
 }
+
+/// FORMAT.md's worked example must be what this code computes, byte for byte.
+#[cfg(test)]
+mod format_md {
+    use super::*;
+    use crate::record::Record;
+
+    const FORMAT_MD: &str = include_str!("../FORMAT.md");
+    /// RFC 8032 §7.1 test 1 secret key (the seed).
+    const RFC8032_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+    fn example_lines() -> Vec<&'static str> {
+        let start = FORMAT_MD
+            .find("```jsonl\n")
+            .expect("FORMAT.md has a jsonl example")
+            + 9;
+        let len = FORMAT_MD[start..].find("```").unwrap();
+        FORMAT_MD[start..start + len].lines().collect()
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn worked_example_chains_encodes_and_signs_as_documented() {
+        let lines = example_lines();
+        assert_eq!(lines.len(), 5);
+        let pair =
+            ring::signature::Ed25519KeyPair::from_seed_unchecked(&unhex(RFC8032_SEED)).unwrap();
+        let mut prev = GENESIS.to_string();
+        for line in &lines {
+            let split = split_line(line.as_bytes()).unwrap();
+            assert_eq!(split.expected_chain(&prev), split.chain, "chain of {line}");
+            // The encoder produces exactly these canonical bytes from the parsed record.
+            let record: Record = serde_json::from_str(line).unwrap();
+            let again = canonical(record.seq, &record.time, &record.event);
+            assert_eq!(
+                String::from_utf8(again).unwrap(),
+                String::from_utf8(split.canonical()).unwrap()
+            );
+            if let crate::record::Event::Seal(seal) = &record.event {
+                assert_eq!(seal.head, prev);
+                let mut msg = crate::key::SEAL_CONTEXT.to_vec();
+                msg.extend_from_slice(seal.head.as_bytes());
+                let expected = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    pair.sign(&msg).as_ref(),
+                );
+                assert_eq!(seal.signature, expected, "seal signature");
+                use ring::signature::KeyPair;
+                assert!(crate::key::verify_seal(
+                    pair.public_key().as_ref(),
+                    &seal.head,
+                    &seal.signature
+                ));
+            }
+            if let crate::record::Event::SessionStart(s) = &record.event {
+                use ring::signature::KeyPair;
+                assert_eq!(
+                    crate::key::decode_public_key(&s.public_key).unwrap(),
+                    pair.public_key().as_ref()
+                );
+            }
+            if let crate::record::Event::Body(b) = &record.event
+                && b.last
+            {
+                assert_eq!(
+                    b.digest.as_deref(),
+                    Some(crate::body::body_digest(b"example-digest-key", b"hello").as_str())
+                );
+            }
+            prev = split.chain.to_string();
+        }
+        // The hand check quoted in FORMAT.md.
+        assert!(FORMAT_MD.contains(&format!(
+            "# {}  -",
+            split_line(lines[0].as_bytes()).unwrap().chain
+        )));
+    }
+}
