@@ -10,7 +10,7 @@ mod file;
 mod gcs;
 
 pub use file::FileSink;
-pub use gcs::GcsSink;
+pub use gcs::{GcsSink, install_ring_provider};
 
 /// How to reach GCS. The defaults talk to Google with application-default credentials
 /// (Workload Identity on GKE); an endpoint override points the client at an emulator.

@@ -39,9 +39,10 @@ impl std::fmt::Debug for GcsSink {
     }
 }
 
+/// Installs ring as the process's rustls provider, once (a provider already installed stays).
 /// ring is the only crypto provider in cassette; the HTTP stack under the GCS client needs a
 /// process default even for plain-http emulators.
-fn install_ring_provider() {
+pub fn install_ring_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err means another part of the process installed one already: that one stays.

@@ -1,0 +1,254 @@
+//! The `gs://` sink against fake-gcs-server (installed by tests/fake-gcs.sh on first use):
+//! write-once with 412 on a second write, metadata, listing, and a recorder that keeps
+//! recording through an emulator outage and ships everything once it is back.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cassette_recording::record::{Event, Gap};
+use cassette_recording::ship::Backoff;
+use cassette_recording::sink::{GcsOptions, ObjectMeta, Put};
+use cassette_recording::{
+    Completeness, Recorder, RecorderConfig, RecordingPath, Sink, list_recordings, load, verify,
+};
+
+const BUCKET: &str = "cassette-test";
+
+fn emulator_binary() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-gcs.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/fake-gcs.sh");
+    assert!(out.status.success(), "tests/fake-gcs.sh failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// One fake-gcs-server process, with a filesystem backend so a restart keeps the objects.
+struct Emulator {
+    binary: PathBuf,
+    port: u16,
+    root: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        cassette_recording::sink::install_ring_provider();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut e = Emulator {
+            binary: emulator_binary(),
+            port,
+            root: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        e.run().await;
+        let created = reqwest::Client::new()
+            .post(format!("{}/storage/v1/b", e.endpoint()))
+            .json(&serde_json::json!({ "name": BUCKET }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            created.status().is_success(),
+            "create bucket: {}",
+            created.status()
+        );
+        e
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-log-level",
+                "error",
+            ])
+            .args(["-port", &self.port.to_string()])
+            .args(["-backend", "filesystem", "-filesystem-root"])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fake-gcs-server");
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client
+                .get(format!("{}/storage/v1/b", self.endpoint()))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("fake-gcs-server did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn options(&self) -> GcsOptions {
+        GcsOptions {
+            endpoint: Some(self.endpoint()),
+            anonymous: true,
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_once_with_metadata_and_lists() {
+    let emulator = Emulator::start().await;
+    let sink = Sink::open(&format!("gs://{BUCKET}/pfx"), &emulator.options())
+        .await
+        .unwrap();
+    let meta = ObjectMeta {
+        pairs: vec![("cassette-session".into(), "s1".into())],
+        retain_for: None,
+        content_type: "application/zstd",
+    };
+    assert_eq!(
+        sink.put_once("ns/s1/p-u/seg-000001.jsonl.zst", "first".into(), &meta)
+            .await
+            .unwrap(),
+        Put::Created
+    );
+    // The same bytes again: the emulator answers 412 and the sink sees they are identical.
+    assert_eq!(
+        sink.put_once("ns/s1/p-u/seg-000001.jsonl.zst", "first".into(), &meta)
+            .await
+            .unwrap(),
+        Put::AlreadyThere
+    );
+    // Different bytes: refused, and the object is unchanged.
+    let err = sink
+        .put_once("ns/s1/p-u/seg-000001.jsonl.zst", "second".into(), &meta)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(
+        sink.get("ns/s1/p-u/seg-000001.jsonl.zst")
+            .await
+            .unwrap()
+            .unwrap(),
+        b"first"
+    );
+    assert_eq!(sink.get("ns/s1/p-u/none").await.unwrap(), None);
+
+    let object: serde_json::Value = reqwest::get(format!(
+        "{}/storage/v1/b/{BUCKET}/o/pfx%2Fns%2Fs1%2Fp-u%2Fseg-000001.jsonl.zst",
+        emulator.endpoint()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(object["metadata"]["cassette-session"], "s1");
+    assert_eq!(object["size"], "5", "no checksum bytes appended: {object}");
+
+    let recordings = list_recordings(&sink, "ns", "s1").await.unwrap();
+    assert_eq!(recordings.len(), 1);
+    assert_eq!(recordings[0].pod_dir, "p-u");
+    assert_eq!(recordings[0].prefix, "ns/s1/p-u/");
+}
+
+fn event(n: u64) -> Event {
+    Event::Gap(Gap {
+        lost: format!("nothing ({n})"),
+        reason: "padding to fill segments ".repeat(4),
+        records: Some(n),
+        bytes: None,
+        from: None,
+        to: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_grows_the_spool_and_shipping_resumes() {
+    let mut emulator = Emulator::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let path = RecordingPath {
+        namespace: "ns".into(),
+        session: "outage".into(),
+        pod: "agent".into(),
+        pod_uid: "1".into(),
+    };
+    let url = format!("gs://{BUCKET}/recordings");
+    let mut config = RecorderConfig::new(&url, spool.path(), path.clone());
+    config.gcs = emulator.options();
+    config.segment_max_bytes = 2000;
+    config.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let recorder = Recorder::start(config).await.unwrap();
+    for n in 0..30 {
+        recorder.record(event(n)).await.unwrap();
+    }
+    wait_until(|| recorder.stats().segments_shipped >= 2).await;
+
+    emulator.stop();
+    let shipped_before = recorder.stats().segments_shipped;
+    for n in 30..120 {
+        recorder.record(event(n)).await.unwrap();
+    }
+    wait_until(|| recorder.stats().ship_failures >= 2).await;
+    let during = recorder.stats();
+    assert!(
+        during.spool_bytes > 4000,
+        "the spool holds what cannot ship: {during:?}"
+    );
+    assert!(during.segments_shipped <= shipped_before + 1, "{during:?}");
+
+    emulator.run().await;
+    wait_until(|| recorder.stats().spool_bytes < 2000).await;
+    let report = recorder.shutdown().await.unwrap();
+
+    let sink = Sink::open(&url, &emulator.options()).await.unwrap();
+    let objects = load(&sink, &format!("{}/", path.prefix())).await.unwrap();
+    assert_eq!(objects.segments.len(), report.segments);
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert!(verdict.is_ok(), "{:#?}", verdict.faults);
+    assert_eq!(verdict.completeness, Completeness::Complete);
+    assert_eq!(verdict.records, report.records);
+    let gaps = objects
+        .records()
+        .filter(|r| matches!(r.as_ref().unwrap().event, Event::Gap(_)))
+        .count();
+    assert_eq!(gaps, 120, "every record written during the outage was kept");
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
