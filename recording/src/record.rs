@@ -314,6 +314,10 @@ pub struct ExchangeEnd {
     /// Set when the exchange failed (upstream unreachable, certificate refused, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The response's trailers (HTTP/2 or chunked), which arrive after the body: gRPC puts
+    /// its status there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailers: Option<Vec<Header>>,
 }
 
 /// `blocked`.

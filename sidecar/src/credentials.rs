@@ -19,15 +19,6 @@ pub enum Swap {
     GitBasic,
 }
 
-impl Swap {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Swap::Bearer => "bearer",
-            Swap::GitBasic => "git-basic",
-        }
-    }
-}
-
 /// The agent's placeholder: random per sidecar start, worthless outside this pod.
 #[derive(Clone)]
 pub struct Placeholder(String);

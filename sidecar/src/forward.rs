@@ -213,13 +213,16 @@ impl Upstream {
     }
 }
 
+/// A connected upstream: its client, the ALPN it chose, and whether its certificate verified.
+type Dialed = (Sender, Option<Vec<u8>>, bool);
+
 /// Open a connection to the route's upstream and start an HTTP client on it.
 fn dial(
     proxy: Arc<Proxy>,
     route: Route,
     offer: Vec<Vec<u8>>,
     tls: bool,
-) -> Pin<Box<dyn Future<Output = Result<(Sender, Option<Vec<u8>>, bool), String>> + Send>> {
+) -> Pin<Box<dyn Future<Output = Result<Dialed, String>> + Send>> {
     Box::pin(dial_inner(proxy, route, offer, tls))
 }
 
@@ -228,7 +231,7 @@ async fn dial_inner(
     route: Route,
     offer: Vec<Vec<u8>>,
     tls: bool,
-) -> Result<(Sender, Option<Vec<u8>>, bool), String> {
+) -> Result<Dialed, String> {
     let (host, port) = match &route.endpoint {
         Some(e) => (e.host.clone(), e.port),
         None => {
@@ -367,6 +370,9 @@ async fn serve_inner(io: Box<dyn Io>, is_h2: bool, ctx: Arc<ConnCtx>, upstream: 
             .await
     };
     let error = result.err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        debug!(conn = ctx.conn, peer = %ctx.peer, error = %e, "agent connection ended with an error");
+    }
     ctx.proxy.recorder.emit(Event::ConnClose(ConnClose {
         conn: ctx.conn,
         bytes_up: ctx.bytes_up.load(Ordering::Relaxed),
@@ -618,13 +624,61 @@ async fn exchange(
     } else if upstream_h2 {
         parts.headers.remove(header::HOST);
     }
-    let req_tap = Tap::new(
+    // git smart HTTP: a push's ref updates are read (and recorded) before it goes upstream;
+    // a fetch's wants are read as it streams.
+    let mut body: Body = body.map_err(BoxError::from).boxed();
+    let mut inspector: Option<Box<dyn crate::tap::Inspector>> = None;
+    let (target_path, target_query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path.as_str(), None),
+    };
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    if let Some(git) =
+        cassette_rules::git::smart_http(parts.method.as_str(), target_path, target_query)
+        && git.phase == cassette_rules::git::Phase::Rpc
+    {
+        match git.service {
+            cassette_rules::git::GitService::ReceivePack if encoded.is_none() => {
+                match crate::git::read_push(body).await {
+                    Ok((rest, push)) => {
+                        proxy
+                            .recorder
+                            .emit(crate::git::push_record(exchange, &push));
+                        body = rest;
+                    }
+                    Err(e) => {
+                        let message = format!("{e}; the push was refused and recorded");
+                        proxy.recorder.emit(Event::Blocked(Blocked {
+                            exchange: Some(exchange),
+                            reason: "git".into(),
+                            rule: None,
+                            message: message.clone(),
+                        }));
+                        end.fail(&proxy, Decision::Deny, &message);
+                        return refusal(StatusCode::BAD_REQUEST, &message);
+                    }
+                }
+            }
+            cassette_rules::git::GitService::UploadPack => {
+                inspector = crate::git::FetchInspector::new(exchange, encoded)
+                    .map(|i| Box::new(i) as Box<dyn crate::tap::Inspector>);
+            }
+            _ => {}
+        }
+    }
+    let mut req_tap = Tap::new(
         body,
         proxy.recorder.body(exchange, Direction::Request),
         proxy.clone(),
         end.bytes_up.clone(),
         None,
     );
+    if let Some(inspector) = inspector {
+        req_tap = req_tap.inspect(inspector);
+    }
     let upstream_req = Request::from_parts(parts, req_tap.boxed());
 
     let sent = Instant::now();
@@ -686,7 +740,7 @@ async fn exchange(
     end.add_sidecar(returned - head_at);
     let counter = Arc::new(AtomicU64::new(0));
     let resp_tap = Tap::new(
-        body,
+        body.map_err(BoxError::from).boxed(),
         proxy.recorder.body(exchange, Direction::Response),
         proxy.clone(),
         counter,

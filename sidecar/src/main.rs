@@ -15,6 +15,7 @@ mod broker;
 mod capture;
 mod credentials;
 mod forward;
+mod git;
 mod init;
 mod intercept;
 mod metadata;
@@ -268,7 +269,6 @@ async fn run(args: RunArgs) -> Result<()> {
     readiness.bundle_written.store(true, Ordering::Release);
 
     let proxy = Arc::new(proxy::Proxy::new(
-        args.session.clone(),
         ca,
         Arc::new(roots),
         proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,

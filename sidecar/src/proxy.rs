@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The shared state of the data path.
 pub struct Proxy {
-    pub session: String,
     pub ca: SessionCa,
     pub upstream_roots: Arc<RootCertStore>,
     pub overrides: Overrides,
@@ -30,7 +29,6 @@ pub struct Proxy {
 impl Proxy {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        session: String,
         ca: SessionCa,
         upstream_roots: Arc<RootCertStore>,
         overrides: Overrides,
@@ -41,7 +39,6 @@ impl Proxy {
         recorder: Recorder,
     ) -> Self {
         Self {
-            session,
             ca,
             upstream_roots,
             overrides,
@@ -132,10 +129,6 @@ impl Overrides {
             return None;
         }
         self.0.get(&host.trim_end_matches('.').to_ascii_lowercase())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -138,11 +138,6 @@ impl BodyRecorder {
         }
     }
 
-    /// HTTP/2 or chunked trailers (gRPC puts its status there).
-    pub fn trailers(&mut self, trailers: &HeaderMap) {
-        let _ = trailers;
-    }
-
     pub fn finish(&mut self) {
         if let Some(encoder) = self.encoder.take() {
             for body in encoder.finish() {
@@ -164,15 +159,36 @@ pub fn headers(map: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-/// What an exchange is, as far as its request line tells.
+/// What an exchange is, as far as its request line tells: the Google service and
+/// permission, and the git service.
 pub fn classify(
     authority: &str,
     method: &http::Method,
-    path: &str,
+    target: &str,
     headers: &HeaderMap,
 ) -> Option<Classification> {
-    let _ = (authority, method, path, headers);
-    None
+    use cassette_rules::classify::{HttpRequest, classify};
+    use cassette_rules::git::{GitService, smart_http};
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let request = HttpRequest::from_target(authority, method.as_str(), target, content_type);
+    let google = classify(&request);
+    let git = smart_http(method.as_str(), request.path, request.query);
+    if google.is_none() && git.is_none() {
+        return None;
+    }
+    Some(Classification {
+        service: google.as_ref().map(|g| g.service.clone()),
+        permission: google.and_then(|g| g.permission),
+        git_service: git.map(|g| {
+            match g.service {
+                GitService::UploadPack => "upload-pack",
+                GitService::ReceivePack => "receive-pack",
+            }
+            .to_string()
+        }),
+    })
 }
 
 /// Record one request the metadata shim answered: the agent asking for identity facts or a
@@ -230,5 +246,6 @@ pub fn metadata_request(
         }),
         masked: 0,
         error: None,
+        trailers: None,
     }));
 }

@@ -85,9 +85,13 @@ pub async fn start(
     let stats = {
         let writer = writer.clone();
         tokio::spawn(async move {
-            let mut last_failures = 0;
+            let (mut last_failures, mut last_records) = (0, 0);
             loop {
                 let s = writer.stats();
+                metrics
+                    .recorded_records
+                    .inc_by(s.records.saturating_sub(last_records));
+                last_records = s.records;
                 metrics.spool_bytes.set(s.spool_bytes as i64);
                 if s.ship_failures > last_failures {
                     metrics

@@ -9,7 +9,6 @@ use crate::record::BodyRecorder;
 use bytes::Bytes;
 use cassette_recording::record::{Classification, Decision, Event, ExchangeEnd, Timings};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,7 @@ pub struct ExchangeEndState {
     pub decision: Decision,
     pub rule: Option<String>,
     pub masked: u64,
+    trailers: Option<Vec<cassette_recording::record::Header>>,
     done: bool,
 }
 
@@ -43,6 +43,7 @@ impl ExchangeEndState {
             decision: Decision::Allow,
             rule: None,
             masked: 0,
+            trailers: None,
             done: false,
         }
     }
@@ -122,13 +123,22 @@ impl ExchangeEndState {
             classification: self.classification.clone(),
             masked: self.masked,
             error,
+            trailers: self.trailers.take(),
         }));
     }
 }
 
+/// Something that reads a body as it passes (git request parsing), and may record what it
+/// understood when the body ends.
+pub trait Inspector: Send + Sync {
+    fn data(&mut self, chunk: &[u8]);
+    fn end(&mut self, proxy: &Proxy);
+}
+
 /// A body that records what passes through it.
 pub struct Tap {
-    inner: Incoming,
+    inner: crate::forward::Body,
+    inspector: Option<Box<dyn Inspector>>,
     recorder: BodyRecorder,
     proxy: Arc<Proxy>,
     counter: Arc<AtomicU64>,
@@ -140,7 +150,7 @@ pub struct Tap {
 
 impl Tap {
     pub fn new(
-        inner: Incoming,
+        inner: crate::forward::Body,
         recorder: BodyRecorder,
         proxy: Arc<Proxy>,
         counter: Arc<AtomicU64>,
@@ -148,6 +158,7 @@ impl Tap {
     ) -> Self {
         Self {
             inner,
+            inspector: None,
             recorder,
             proxy,
             counter,
@@ -157,12 +168,21 @@ impl Tap {
         }
     }
 
+    /// Let `inspector` read the body too.
+    pub fn inspect(mut self, inspector: Box<dyn Inspector>) -> Self {
+        self.inspector = Some(inspector);
+        self
+    }
+
     fn finish(&mut self, error: Option<String>) {
         if self.done {
             return;
         }
         self.done = true;
         self.recorder.finish();
+        if let Some(inspector) = &mut self.inspector {
+            inspector.end(&self.proxy);
+        }
         let direction = if self.end.is_some() {
             "response"
         } else {
@@ -193,17 +213,22 @@ impl HttpBody for Tap {
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(inspector) = &mut this.inspector {
+                        inspector.data(data);
+                    }
                     this.recorder.push(data);
                     this.bytes += data.len() as u64;
                     this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    this.recorder.trailers(trailers);
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some((end, _)) = &mut this.end
+                {
+                    end.trailers = Some(crate::record::headers(trailers));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 this.finish(Some(format!("the body failed: {e}")));
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 this.finish(None);

@@ -94,12 +94,8 @@ impl SessionCa {
         })
     }
 
-    /// The CA certificate in PEM.
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
     /// The CA certificate in DER.
+    #[cfg(test)]
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }

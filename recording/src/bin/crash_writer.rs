@@ -120,6 +120,7 @@ async fn main() -> ExitCode {
             classification: None,
             masked: 0,
             error: None,
+            trailers: None,
         });
         match recorder.record(end).await {
             Ok(a) => ack(a),
