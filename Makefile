@@ -12,7 +12,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean
+.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean bench-recording
 
 all: build
 
@@ -38,6 +38,10 @@ e2e: deps controlplane
 
 demo: deps controlplane
 	$(CARGO) run -q -p cassette-e2e -- demo
+
+## bench-recording: records/s and MB/s through the recording path and verify (bench/RESULTS.md).
+bench-recording:
+	$(CARGO) run --release -q -p cassette-bench-recording -- 200000
 
 crds:
 	$(CARGO) run -q -p cassette-operator -- crdgen > crds/agentsession.yaml

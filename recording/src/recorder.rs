@@ -148,7 +148,7 @@ pub enum ShutdownError {
 /// Counters for `/metrics` and the AgentSession status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecorderStats {
-    /// Records written (seals included).
+    /// Records written through `record` (seals and `session_end` are not counted).
     pub records: u64,
     /// Bytes of records written.
     pub bytes: u64,
