@@ -6,7 +6,9 @@
 
 pub mod controlplane;
 pub mod fixtures;
+pub mod netns;
 mod pki;
+pub mod upstreams;
 
 use anyhow::{Context, Result, anyhow};
 use controlplane::{Binaries, ControlPlane};

@@ -3,14 +3,16 @@
 use anyhow::{Context, Result, bail};
 use cassette_e2e::controlplane::{Binaries, ControlPlane};
 use cassette_e2e::repo_root;
+use cassette_e2e::upstreams::server::{ServeConfig, serve};
 use clap::{Parser, Subcommand};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Parser)]
 #[command(
     name = "cassette-e2e",
-    about = "cassette's local control plane and demo"
+    about = "cassette's local control plane, demo, and e2e test upstreams"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,13 +30,71 @@ enum Cmd {
     /// Start a control plane, install the CRD, apply the example sessions, show them, and
     /// tear everything down.
     Demo,
+    /// Serve the test upstreams (fake metadata server, HTTPS echo and git, emulator proxies);
+    /// run inside a test's net namespace by `cassette_e2e::upstreams::Upstreams::start`.
+    Upstreams(UpstreamsArgs),
+}
+
+#[derive(clap::Args)]
+struct UpstreamsArgs {
+    /// The net side's address: HTTPS on 443 and the emulator proxies listen here.
+    #[arg(long)]
+    listen_ip: Ipv4Addr,
+    /// The fake metadata server's address (port 80).
+    #[arg(long, default_value = "169.254.169.254")]
+    metadata_ip: Ipv4Addr,
+    /// PEM certificate chain for the HTTPS listener.
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// PEM private key for the HTTPS listener.
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// Directory of bare repositories served by git http-backend.
+    #[arg(long)]
+    git_root: PathBuf,
+    /// http://host:port of fake-gcs-server; enables the GCS proxy on :4444.
+    #[arg(long)]
+    gcs_backend: Option<String>,
+    /// http://host:port of the Pub/Sub emulator; enables the Pub/Sub proxy on :8086.
+    #[arg(long)]
+    pubsub_backend: Option<String>,
+    /// The real access token the metadata server hands out and the Google hosts require.
+    #[arg(long)]
+    token: String,
+    /// Append one JSON line per request here.
+    #[arg(long)]
+    log: PathBuf,
+    /// Create this file once every listener is bound.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::ControlPlane { kubeconfig_out } => control_plane(kubeconfig_out),
         Cmd::Demo => demo(),
+        Cmd::Upstreams(args) => upstreams(args),
     }
+}
+
+fn upstreams(args: UpstreamsArgs) -> Result<()> {
+    let config = ServeConfig {
+        listen_ip: args.listen_ip,
+        metadata_ip: args.metadata_ip,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        git_root: args.git_root,
+        gcs_backend: args.gcs_backend,
+        pubsub_backend: args.pubsub_backend,
+        token: args.token,
+        log: args.log,
+        ready_file: args.ready_file,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
 }
 
 fn start() -> Result<ControlPlane> {
