@@ -4,7 +4,9 @@
 //! loopback) the first time a test asks for it, and stops it when the binary exits. Set
 //! `CASSETTE_E2E_KUBECONFIG` to run the same tests against an existing cluster (kind, GKE).
 
+pub mod clients;
 pub mod controlplane;
+pub mod emulators;
 pub mod fixtures;
 pub mod netns;
 mod pki;
