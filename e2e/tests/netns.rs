@@ -197,6 +197,20 @@ fn git_clone_commit_and_push() -> Result<()> {
     assert!(remote.status.success(), "the branch reached the server");
     assert_eq!(String::from_utf8_lossy(&remote.stdout).trim(), local.trim());
 
+    // A gzip request body in protocol v2 (git gzips large negotiations the same way).
+    let refs = pod.agent_ok(
+        "sh",
+        &[
+            "-c",
+            "printf '0014command=ls-refs\\n0000' | gzip | curl -sS --fail --data-binary @- \
+             -H 'Content-Type: application/x-git-upload-pack-request' \
+             -H 'Content-Encoding: gzip' -H 'Git-Protocol: version=2' \
+             https://git.test/repo.git/git-upload-pack",
+        ],
+    )?;
+    assert!(refs.contains("refs/heads/agent/fix"), "{refs}");
+    assert!(refs.contains(local.trim()), "{refs}");
+
     let log = pod.log();
     let paths: Vec<_> = log
         .iter()
@@ -370,6 +384,62 @@ fn storage_api_goes_to_fake_gcs_with_the_real_token() -> Result<()> {
         .context("a gcs entry")?;
     assert_eq!(via_proxy.host.as_deref(), Some("storage.googleapis.com"));
     assert_eq!(via_proxy.bearer_token(), Some(upstreams.token()));
+    Ok(())
+}
+
+#[test]
+fn gcloud_finds_the_metadata_server_and_uses_storage() -> Result<()> {
+    require_root!();
+    let topology = Topology::create()?;
+    let gcs = FakeGcs::start(&topology)?;
+    gcs.create_bucket("agent-bucket")?;
+    let mut config = UpstreamsConfig::new(BINARY);
+    config.gcs_backend = Some(gcs.endpoint());
+    let upstreams = Upstreams::start(&topology, &config)?;
+    let home = AgentHome::new(Identity::AGENT)?;
+    let gcloud = |args: &[&str]| {
+        let env = home.env(&upstreams.ca_pem_path());
+        let mut command = topology.pod_command(Identity::AGENT, "gcloud", env);
+        command.args(args).current_dir(home.path());
+        stdout_within(command, Duration::from_secs(120))
+    };
+
+    // No variable points gcloud anywhere: it finds metadata.google.internal as on GKE.
+    assert_eq!(
+        gcloud(&["auth", "print-access-token"])?.trim(),
+        upstreams.token()
+    );
+    assert_eq!(gcloud(&["config", "get", "project"])?.trim(), PROJECT_ID);
+
+    let notes = home.path().join("notes.txt");
+    std::fs::write(&notes, "agent notes\n")?;
+    let notes = notes.to_str().context("a UTF-8 path")?;
+    gcloud(&["storage", "cp", notes, "gs://agent-bucket/notes.txt"])?;
+    assert_eq!(
+        gcs.read_object("agent-bucket", "notes.txt")?,
+        b"agent notes\n"
+    );
+    assert_eq!(
+        gcloud(&["storage", "cat", "gs://agent-bucket/notes.txt"])?,
+        "agent notes\n"
+    );
+
+    let log = upstreams.log_entries()?;
+    let storage: Vec<_> = log
+        .iter()
+        .filter(|e| e.host.as_deref() == Some("storage.googleapis.com"))
+        .collect();
+    assert!(
+        storage
+            .iter()
+            .any(|e| e.method == "POST" && e.path.starts_with("/upload/")),
+        "{log:#?}"
+    );
+    assert!(
+        storage
+            .iter()
+            .all(|e| e.bearer_token() == Some(upstreams.token()))
+    );
     Ok(())
 }
 
