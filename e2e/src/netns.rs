@@ -6,6 +6,23 @@
 //! in one of the two. Names are mapped to the net side through `/etc/netns/<pod>/hosts`, which
 //! `ip netns exec` bind-mounts over `/etc/hosts`. Dropping a [`Topology`] kills whatever still
 //! runs inside it and removes both namespaces and the hosts directory.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use cassette_e2e::clients::{AgentHome, stdout_within};
+//! use cassette_e2e::netns::{Identity, Topology};
+//! use cassette_e2e::upstreams::{Upstreams, UpstreamsConfig};
+//!
+//! let topology = Topology::create()?;
+//! // From an integration test: env!("CARGO_BIN_EXE_cassette-e2e").
+//! let upstreams = Upstreams::start(&topology, &UpstreamsConfig::new("target/debug/cassette-e2e"))?;
+//! let home = AgentHome::new(Identity::AGENT)?;
+//! let env = home.env(&upstreams.ca_pem_path());
+//! let mut curl = topology.pod_command(Identity::AGENT, "curl", env);
+//! curl.args(["-sS", "https://echo.test/echo"]);
+//! let answer = stdout_within(curl, std::time::Duration::from_secs(30))?;
+//! # Ok(()) }
+//! ```
 
 use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;
