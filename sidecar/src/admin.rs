@@ -98,15 +98,27 @@ pub async fn serve_shim(
                 .path_and_query()
                 .map(|p| p.to_string())
                 .unwrap_or_default();
+            let request_headers = crate::record::headers(req.headers());
             let (response, served) = shim.handle(req).await;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             crate::record::metadata_request(
                 &recorder,
-                &method,
-                &path,
-                response.status().as_u16(),
-                &served,
+                crate::record::MetadataExchange {
+                    method: &method,
+                    path: &path,
+                    request_headers,
+                    status: parts.status.as_u16(),
+                    response_headers: crate::record::headers(&parts.headers),
+                    body: &body,
+                    served: &served,
+                },
             );
-            Ok::<_, BoxError>(response.map(|b| b.map_err(|never| match never {}).boxed()))
+            Ok::<_, BoxError>(Response::from_parts(parts, full(body)))
         }
     };
     serve_http1(listener, shutdown, service).await

@@ -56,6 +56,10 @@ impl Shim {
                 Served::Refused("X-Forwarded-For present"),
             );
         }
+        if req.uri().path() == "/" {
+            // google-auth pings the root to decide it runs on Google Cloud.
+            return (text(StatusCode::OK, "computeMetadata/\n"), Served::Value);
+        }
         let Some(path) = req.uri().path().strip_prefix("/computeMetadata/v1") else {
             return (text(StatusCode::NOT_FOUND, "Not Found\n"), Served::NotFound);
         };
@@ -139,9 +143,12 @@ impl Shim {
 
     async fn identity_token(&self, query: &str) -> (Response<Full<Bytes>>, Served) {
         if !self.allow_identity_tokens {
+            // 404, as the real server answers what it does not serve: clients that fetch an
+            // identity token opportunistically (gcloud does on every refresh) carry on, while
+            // a 403 would make them report the metadata server as concealed.
             return (
                 text(
-                    StatusCode::FORBIDDEN,
+                    StatusCode::NOT_FOUND,
                     "cassette: identity tokens are not handed to agents in this session\n",
                 ),
                 Served::Refused("identity tokens not allowed"),
@@ -299,7 +306,7 @@ mod tests {
             true,
         )
         .await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(matches!(served, Served::Refused(_)));
 
         let (status, _, _) = get(

@@ -191,41 +191,50 @@ pub fn classify(
     })
 }
 
+/// One request the metadata shim answered.
+pub struct MetadataExchange<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub request_headers: Vec<Header>,
+    pub status: u16,
+    pub response_headers: Vec<Header>,
+    pub body: &'a [u8],
+    pub served: &'a Served,
+}
+
 /// Record one request the metadata shim answered: the agent asking for identity facts or a
-/// token is part of what it did.
-pub fn metadata_request(
-    recorder: &Recorder,
-    method: &str,
-    path: &str,
-    status: u16,
-    served: &Served,
-) {
+/// token is part of what it did, and what it was told (a placeholder) is part of what it saw.
+pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
     use cassette_recording::record::{Blocked, Decision, ExchangeEnd, Request, Response, Timings};
-    let exchange = recorder.next_exchange_id();
+    let id = recorder.next_exchange_id();
     recorder.emit(Event::Request(Request {
-        exchange,
+        exchange: id,
         conn: 0,
-        method: method.to_string(),
+        method: exchange.method.to_string(),
         scheme: "http".into(),
         authority: "metadata.google.internal".into(),
-        path: path.to_string(),
+        path: exchange.path.to_string(),
         version: "HTTP/1.1".into(),
-        headers: Vec::new(),
+        headers: exchange.request_headers,
     }));
+    recorder.body(id, Direction::Request).finish();
     recorder.emit(Event::Response(Response {
-        exchange,
-        status,
+        exchange: id,
+        status: exchange.status,
         version: "HTTP/1.1".into(),
-        headers: Vec::new(),
+        headers: exchange.response_headers,
         trailers: None,
     }));
-    let decision = match served {
+    let mut body = recorder.body(id, Direction::Response);
+    body.push(&Bytes::copy_from_slice(exchange.body));
+    body.finish();
+    let decision = match exchange.served {
         Served::Refused(why) => {
             recorder.emit(Event::Blocked(Blocked {
-                exchange: Some(exchange),
+                exchange: Some(id),
                 reason: "metadata".into(),
                 rule: None,
-                message: format!("metadata request {path} refused: {why}"),
+                message: format!("metadata request {} refused: {why}", exchange.path),
             }));
             Decision::Deny
         }
@@ -233,10 +242,10 @@ pub fn metadata_request(
     };
     recorder.exchange_done(decision == Decision::Deny, 0);
     recorder.emit(Event::ExchangeEnd(ExchangeEnd {
-        exchange,
+        exchange: id,
         timings: Timings::default(),
         bytes_up: 0,
-        bytes_down: 0,
+        bytes_down: exchange.body.len() as u64,
         decision,
         rule: None,
         classification: Some(Classification {

@@ -1,0 +1,613 @@
+//! The sidecar in a network namespace, as the injector sets it up in a pod: `init` installs
+//! the capture rules as root, `run` records as UID 1337, and the agent's real tools run as UID
+//! 1000 with only the session CA bundle to trust — curl (HTTP/1.1 and HTTP/2), git clone and
+//! push, gcloud storage against fake-gcs-server through an upstream override, and a gRPC
+//! Pub/Sub client. Then the recording is read back and verified, and the ways around the
+//! recorder are tried and must fail.
+//!
+//! Needs root (namespaces, iptables, setpriv); skips with a message otherwise.
+
+use anyhow::{Context, Result, bail};
+use cassette_e2e::clients::{self, AgentHome, output_within, stdout_within};
+use cassette_e2e::emulators::{FakeGcs, PubsubEmulator};
+use cassette_e2e::netns::{self, Identity, Topology};
+use cassette_e2e::upstreams::{LogEntry, PROJECT_ID, Upstreams, UpstreamsConfig};
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
+const TIMEOUT: Duration = Duration::from_secs(90);
+const SIDECAR_UID: u32 = 1337;
+const BUCKET: &str = "agent-bucket";
+
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = netns::unavailable_reason() {
+            println!("skipped: {reason}");
+            return Ok(());
+        }
+    };
+}
+
+/// The sidecar binary, copied where UID 1337 can execute it (the build tree may sit under a
+/// directory other users cannot enter).
+fn sidecar_binary(dir: &Path) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary lives in target/<profile>/deps")?;
+    let built = target_dir.join("cassette-sidecar");
+    if !built.exists() {
+        // Building from inside `cargo test` would wait on cargo's own lock.
+        bail!(
+            "{} is missing: build it first with `cargo build -p cassette-sidecar` (`make test` and `make e2e` do)",
+            built.display()
+        );
+    }
+    let copy = dir.join("cassette-sidecar");
+    std::fs::copy(&built, &copy).with_context(|| format!("copying {}", built.display()))?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    Ok(copy)
+}
+
+/// A pod: namespaces, upstreams, emulators, the sidecar, and a home for the agent.
+struct Pod {
+    sidecar: Option<Child>,
+    dir: tempfile::TempDir,
+    home: AgentHome,
+    upstreams: Upstreams,
+    _gcs: FakeGcs,
+    _pubsub: Option<PubsubEmulator>,
+    topology: Topology,
+}
+
+impl Pod {
+    fn start(with_pubsub: bool) -> Result<Self> {
+        let topology = Topology::create().context("creating the namespaces")?;
+        let gcs = FakeGcs::start(&topology).context("starting fake-gcs-server")?;
+        gcs.create_bucket(BUCKET)?;
+        let pubsub = if with_pubsub {
+            Some(PubsubEmulator::start(&topology).context("starting the Pub/Sub emulator")?)
+        } else {
+            None
+        };
+        let mut config = UpstreamsConfig::new(E2E_BINARY);
+        config.gcs_backend = Some(gcs.endpoint());
+        config.pubsub_backend = pubsub.as_ref().map(PubsubEmulator::endpoint);
+        let upstreams = Upstreams::start(&topology, &config).context("starting the upstreams")?;
+        let home = AgentHome::new(Identity::AGENT)?;
+
+        let dir = tempfile::Builder::new().prefix("cassette-pod-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        for sub in ["ca", "spool", "sink", "home"] {
+            let path = dir.path().join(sub);
+            std::fs::create_dir_all(&path)?;
+            std::os::unix::fs::chown(&path, Some(SIDECAR_UID), Some(SIDECAR_UID))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut pod = Self {
+            sidecar: None,
+            dir,
+            home,
+            upstreams,
+            _gcs: gcs,
+            _pubsub: pubsub,
+            topology,
+        };
+        pod.init()?;
+        pod.run_sidecar()?;
+        Ok(pod)
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("ca/bundle.pem")
+    }
+
+    /// `cassette-sidecar init`, as the init container runs it: root, NET_ADMIN.
+    fn init(&self) -> Result<()> {
+        let binary = sidecar_binary(self.dir.path())?;
+        let mut init =
+            self.topology
+                .pod_command(Identity::Root, &binary, std::iter::empty::<(&str, &str)>());
+        init.args(["init", "--dns", &self.topology.net_ip().to_string()]);
+        let out = output_within(init, TIMEOUT)?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !said.contains("capture check passed") {
+            bail!(
+                "init failed: {}\n{said}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `cassette-sidecar run` as UID 1337, then wait for /readyz.
+    fn run_sidecar(&mut self) -> Result<()> {
+        let binary = self.dir.path().join("cassette-sidecar");
+        let root = self.dir.path();
+        let env = [
+            ("HOME", root.join("home").display().to_string()),
+            ("CASSETTE_SESSION", "netns-e2e".into()),
+            ("POD_NAMESPACE", "agents".into()),
+            ("POD_NAME", "agent-pod".into()),
+            ("POD_UID", "1234".into()),
+            ("CASSETTE_CA_BUNDLE", self.bundle().display().to_string()),
+            (
+                "CASSETTE_SINK",
+                format!("file://{}", root.join("sink").display()),
+            ),
+            ("CASSETTE_SPOOL", root.join("spool").display().to_string()),
+            // The test CA stands in for the web roots of the fake Google and git hosts.
+            (
+                "CASSETTE_UPSTREAM_CA",
+                self.upstreams.ca_pem_path().display().to_string(),
+            ),
+            // gcloud storage goes to fake-gcs-server (through the logging proxy).
+            (
+                "CASSETTE_UPSTREAM_OVERRIDES",
+                format!(
+                    "storage.googleapis.com={}",
+                    self.upstreams.gcs_proxy_endpoint()
+                ),
+            ),
+            ("CASSETTE_LOG_FORMAT", "pretty".into()),
+            ("RUST_LOG", "info".into()),
+        ];
+        let mut run = self
+            .topology
+            .pod_command(Identity::user(SIDECAR_UID), &binary, env);
+        run.arg("run")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("sidecar.log"))?);
+        self.sidecar = Some(run.spawn().context("starting the sidecar")?);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut probe = self.topology.pod_command(
+                Identity::Root,
+                "curl",
+                std::iter::empty::<(&str, &str)>(),
+            );
+            probe.args(["-sf", "http://127.0.0.1:15090/readyz"]);
+            if probe.output().is_ok_and(|o| o.status.success()) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .sidecar
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("the sidecar exited ({status}):\n{}", self.sidecar_log());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the sidecar was not ready within 30s:\n{}",
+                    self.sidecar_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn sidecar_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+    }
+
+    /// A command as the agent: UID 1000, the session bundle as its only trust store.
+    fn agent(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut env = self.home.env(&self.bundle());
+        env.push((
+            "NODE_EXTRA_CA_CERTS".into(),
+            self.bundle().display().to_string(),
+        ));
+        let mut command = self.topology.pod_command(Identity::AGENT, program, env);
+        command.args(args).current_dir(self.home.path());
+        command
+    }
+
+    fn agent_ok(&self, program: &str, args: &[&str]) -> Result<String> {
+        stdout_within(self.agent(program, args), TIMEOUT)
+            .with_context(|| format!("sidecar log:\n{}", self.sidecar_log()))
+    }
+
+    /// SIGTERM the sidecar (it seals and ships) and read the recording back.
+    fn stop_and_read(&mut self) -> Result<(Vec<Value>, cassette_recording::Report)> {
+        let mut child = self.sidecar.take().context("the sidecar is not running")?;
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "the sidecar did not exit after SIGTERM:\n{}",
+                    self.sidecar_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !status.success() {
+            bail!("the sidecar exited with {status}:\n{}", self.sidecar_log());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let sink_url = format!("file://{}", self.dir.path().join("sink").display());
+        runtime.block_on(async {
+            let sink = cassette_recording::Sink::open(&sink_url, &Default::default()).await?;
+            let objects =
+                cassette_recording::load(&sink, "agents/netns-e2e/agent-pod-1234").await?;
+            let report = cassette_recording::verify(&objects, None);
+            let records = objects
+                .records()
+                .map(|r| Ok(serde_json::to_value(r?)?))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((records, report))
+        })
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.sidecar.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn kinds<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The placeholder the agent is handed, read the way client libraries read it.
+fn placeholder(pod: &Pod) -> Result<String> {
+    let token = json(&pod.agent_ok(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "-H",
+            "Metadata-Flavor: Google",
+            "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
+        ],
+    )?);
+    Ok(token["access_token"]
+        .as_str()
+        .context("a token")?
+        .to_string())
+}
+
+#[test]
+fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result<()> {
+    require_root!();
+    let python = clients::python()?;
+    let pubsub_script = clients::script("pubsub_publish.py")?;
+    let mut pod = Pod::start(true)?;
+    let real = pod.upstreams.token().to_string();
+
+    // The metadata server, as the agent sees it: the shim, with a placeholder.
+    let fake = placeholder(&pod)?;
+    assert_ne!(fake, real, "the agent must never be handed the real token");
+
+    // curl over HTTP/1.1 and HTTP/2.
+    let h1 = json(&pod.agent_ok(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--http1.1",
+            "-d",
+            "hello",
+            "https://echo.test/echo?q=1",
+        ],
+    )?);
+    assert_eq!(h1["version"], "HTTP/1.1");
+    let h2 = json(&pod.agent_ok(
+        "curl",
+        &["-sS", "--fail", "--http2", "https://echo.test/echo"],
+    )?);
+    assert_eq!(
+        h2["version"], "HTTP/2.0",
+        "the sidecar offered h2 because the upstream chose it"
+    );
+
+    // git: clone, branch, commit, push (a non-Google host: credentials untouched).
+    pod.agent_ok("git", &["clone", "https://git.test/repo.git", "work"])?;
+    let work = pod.home.path().join("work");
+    let git = |args: &[&str]| -> Result<String> {
+        let mut c = pod.agent("git", args);
+        c.current_dir(&work);
+        stdout_within(c, TIMEOUT)
+    };
+    git(&["checkout", "-b", "fix-lint"])?;
+    std::fs::write(work.join("lint.txt"), "formatted\n")?;
+    std::os::unix::fs::chown(work.join("lint.txt"), Some(1000), Some(1000))?;
+    git(&["add", "lint.txt"])?;
+    git(&["commit", "-m", "Run the formatter"])?;
+    let head = git(&["rev-parse", "HEAD"])?.trim().to_string();
+    git(&["push", "origin", "fix-lint"])?;
+
+    // git to a Google host with the placeholder as password, as gcloud's credential helper
+    // would send it: the upstream must receive the real token.
+    let helper = format!("!f() {{ echo username=git; echo password={fake}; }}; f");
+    pod.agent_ok(
+        "git",
+        &[
+            "-c",
+            &format!("credential.helper={helper}"),
+            "ls-remote",
+            "https://source.developers.google.com/repo.git",
+        ],
+    )?;
+
+    // gcloud finds the metadata server by itself, takes the placeholder, and uses Cloud
+    // Storage (fake-gcs-server, through the upstream override).
+    std::fs::write(pod.home.path().join("report.txt"), "agent report\n")?;
+    std::os::unix::fs::chown(pod.home.path().join("report.txt"), Some(1000), Some(1000))?;
+    pod.agent_ok(
+        "gcloud",
+        &[
+            "storage",
+            "cp",
+            "report.txt",
+            &format!("gs://{BUCKET}/report.txt"),
+        ],
+    )?;
+    let listing = pod.agent_ok("gcloud", &["storage", "ls", &format!("gs://{BUCKET}")])?;
+    assert!(
+        listing.contains("report.txt"),
+        "gcloud storage ls printed: {listing}"
+    );
+
+    // gRPC: Pub/Sub publish and pull with default credentials.
+    let mut grpc = pod.agent(&python, &[]);
+    grpc.arg(&pubsub_script)
+        .args(["--message", "through the recorder"]);
+    let out = output_within(grpc, Duration::from_secs(120))?;
+    let result = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{result}\nstderr: {}\nsidecar: {}",
+        String::from_utf8_lossy(&out.stderr),
+        pod.sidecar_log()
+    );
+    assert_eq!(result["project"], PROJECT_ID);
+    assert_eq!(result["received"], "through the recorder");
+
+    // The upstreams received the real token, never the placeholder, from Google hosts.
+    let log: Vec<LogEntry> = pod.upstreams.log_entries()?;
+    let google: Vec<&LogEntry> = log
+        .iter()
+        .filter(|e| {
+            e.host.as_deref().is_some_and(|h| {
+                h.starts_with("storage.googleapis.com")
+                    || h.starts_with("pubsub.googleapis.com")
+                    || h.starts_with("source.developers.google.com")
+            }) && e.authorization.is_some()
+        })
+        .collect();
+    assert!(
+        google.iter().any(|e| e.listener == "gcs"),
+        "gcloud's requests went through the override to fake-gcs-server: {log:#?}"
+    );
+    assert!(
+        google
+            .iter()
+            .any(|e| e.path.starts_with("/google.pubsub.v1.Publisher/Publish"))
+    );
+    assert!(
+        google
+            .iter()
+            .any(|e| e.basic_password().as_deref() == Some(real.as_str()))
+    );
+    for e in &google {
+        let credential = e
+            .bearer_token()
+            .map(str::to_string)
+            .or_else(|| e.basic_password());
+        assert_eq!(
+            credential.as_deref(),
+            Some(real.as_str()),
+            "{} {} received {:?}",
+            e.method,
+            e.path,
+            e.authorization
+        );
+    }
+    // Only the sidecar asked the real metadata server for tokens.
+    assert!(
+        log.iter()
+            .any(|e| e.listener == "metadata" && e.path.contains("/token"))
+    );
+
+    let (records, report) = pod.stop_and_read()?;
+    assert!(report.is_ok(), "the recording verifies: {report:?}");
+    let text = serde_json::to_string(&records)?;
+    assert!(
+        !text.contains(&real),
+        "the real token never reaches the recording"
+    );
+
+    // Every exchange is there, with its bodies.
+    let requests = kinds(&records, "request");
+    let ends = kinds(&records, "exchange_end");
+    assert_eq!(
+        requests.len(),
+        ends.len(),
+        "every request has its exchange_end"
+    );
+    for request in &requests {
+        let id = &request["exchange"];
+        assert!(
+            records.iter().any(|r| r["kind"] == "body"
+                && r["exchange"] == *id
+                && r["final"] == true
+                && r["direction"] == "response"),
+            "exchange {id} has its response body: {request}"
+        );
+    }
+    let echo_body = records
+        .iter()
+        .any(|r| r["kind"] == "body" && r["direction"] == "request" && r["text"] == "hello");
+    assert!(echo_body, "the request body was recorded");
+
+    // The push's ref update.
+    let pushes: Vec<&Value> = kinds(&records, "git")
+        .into_iter()
+        .filter(|g| g["service"] == "receive-pack")
+        .collect();
+    assert!(
+        pushes
+            .iter()
+            .any(|g| g["updates"].as_array().is_some_and(|u| u
+                .iter()
+                .any(|u| u["ref"] == "refs/heads/fix-lint" && u["new"] == head.as_str()))),
+        "the push of fix-lint to {head} is recorded: {pushes:?}"
+    );
+    // Classification and swaps.
+    assert!(
+        ends.iter()
+            .any(|e| e["classification"]["permission"] == "storage.objects.create")
+    );
+    assert!(
+        ends.iter()
+            .any(|e| e["classification"]["service"] == "pubsub")
+    );
+    let swaps = kinds(&records, "token");
+    assert!(swaps.iter().any(|t| t["swap"] == "git-basic"));
+    assert!(swaps.iter().any(|t| t["host"] == "pubsub.googleapis.com"));
+    // gRPC status trailers.
+    assert!(ends.iter().any(|e| {
+        e["trailers"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|h| h[0] == "grpc-status"))
+    }));
+    Ok(())
+}
+
+#[test]
+fn the_ways_around_the_recorder_are_closed() -> Result<()> {
+    require_root!();
+    let mut pod = Pod::start(false)?;
+    let real = pod.upstreams.token().to_string();
+    let metadata = pod.topology.metadata_ip();
+
+    // The metadata server's real address answers with the shim's placeholder (port 80) or
+    // not at all (any other port).
+    let direct = pod.agent_ok(
+        "curl",
+        &[
+            "-sS",
+            "-H",
+            "Metadata-Flavor: Google",
+            &format!(
+                "http://{metadata}/computeMetadata/v1/instance/service-accounts/default/token"
+            ),
+        ],
+    )?;
+    assert!(
+        !direct.contains(&real),
+        "the real metadata server answered the agent: {direct}"
+    );
+    let other_port = output_within(
+        pod.agent(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-H",
+                "Metadata-Flavor: Google",
+                &format!("http://{metadata}:8080/"),
+            ],
+        ),
+        TIMEOUT,
+    )?;
+    assert!(!String::from_utf8_lossy(&other_port.stdout).contains(&real));
+
+    // Asking the sidecar itself, as a proxy, for the metadata server.
+    let via_proxy = output_within(
+        pod.agent(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-x",
+                "http://127.0.0.1:15001",
+                "-H",
+                "Metadata-Flavor: Google",
+                &format!(
+                    "http://{metadata}/computeMetadata/v1/instance/service-accounts/default/token"
+                ),
+            ],
+        ),
+        TIMEOUT,
+    )?;
+    let said = String::from_utf8_lossy(&via_proxy.stdout);
+    assert!(
+        !said.contains(&real),
+        "the proxy forwarded the agent to the metadata server: {said}"
+    );
+    assert!(said.contains("metadata shim"), "{said}");
+
+    // UDP to 443 (QUIC) is refused.
+    let udp = output_within(
+        pod.agent(
+            "/usr/bin/python3",
+            &[
+                "-c",
+                &format!(
+                    "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                     try:\n  [s.sendto(b'x',('{}',443)) for _ in range(3)]\n  print('sent')\n\
+                     except OSError as e:\n  print('refused', e)",
+                    pod.topology.net_ip()
+                ),
+            ],
+        ),
+        TIMEOUT,
+    )?;
+    assert!(
+        String::from_utf8_lossy(&udp.stdout).starts_with("refused"),
+        "UDP left the pod: {}",
+        String::from_utf8_lossy(&udp.stdout)
+    );
+
+    // IPv6 gets the same treatment: no direct connection to anything.
+    let v6 = output_within(
+        pod.agent(
+            "curl",
+            &["-sS", "--max-time", "5", "-g", "http://[fd00:cafe::1]:80/"],
+        ),
+        TIMEOUT,
+    )?;
+    assert!(!v6.status.success(), "an IPv6 connection got through");
+
+    // The sidecar's own ports answer, but lend the agent nothing: the admin port has no
+    // secrets, and the shim hands out the placeholder only.
+    let admin = pod.agent_ok("curl", &["-sS", "http://127.0.0.1:15090/metrics"])?;
+    assert!(!admin.contains(&real));
+
+    let (records, report) = pod.stop_and_read()?;
+    assert!(report.is_ok(), "{report:?}");
+    let blocked = kinds(&records, "blocked");
+    assert!(
+        blocked.iter().any(|b| b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("metadata"))),
+        "the attempts are recorded as blocked: {blocked:?}"
+    );
+    Ok(())
+}
