@@ -1,0 +1,140 @@
+//! `replay`: the session as it happened, one line per request, response, decision, refusal
+//! and token swap, paced by the recorded times (`--speed`). `--follow` keeps polling the sink
+//! for the segments a live recording ships until its `session_end`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cassette_recording::Record;
+use cassette_recording::read::decode_segment;
+use cassette_recording::segment::{MANIFEST, parse_index};
+use tokio::time::Instant;
+
+use super::{Target, records_of, resolve_some, single};
+use crate::locate::{Access, Recording};
+use crate::render;
+use crate::timeline::parse_time;
+
+/// Sleeps so that records come out at their recorded pace, sped up by `speed` (0: no pacing).
+struct Pacer {
+    speed: f64,
+    origin: Option<(jiff::Timestamp, Instant)>,
+}
+
+impl Pacer {
+    fn new(speed: f64) -> Self {
+        Pacer {
+            speed,
+            origin: None,
+        }
+    }
+
+    async fn wait_for(&mut self, time: &str) {
+        if self.speed <= 0.0 {
+            return;
+        }
+        let Some(t) = parse_time(time) else { return };
+        let (t0, wall0) = *self.origin.get_or_insert((t, Instant::now()));
+        let recorded = t.duration_since(t0).as_secs_f64().max(0.0);
+        let due = wall0 + Duration::from_secs_f64(recorded / self.speed);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+pub async fn run(
+    access: &Access,
+    target: &Target,
+    speed: f64,
+    follow: bool,
+    interval: Duration,
+) -> Result<()> {
+    if !speed.is_finite() || speed < 0.0 {
+        bail!("--speed must be 0 (no pacing) or a positive factor such as 10");
+    }
+    let resolved = resolve_some(access, target).await?;
+    let mut pacer = Pacer::new(speed);
+    if follow {
+        let recording = single(&resolved, "replay --follow")?;
+        return follow_one(recording, &mut pacer, interval).await;
+    }
+    // Several pods: one timeline, merged by recorded time.
+    let mut all: Vec<(jiff::Timestamp, String, Record)> = Vec::new();
+    for recording in &resolved.recordings {
+        let objects = recording.load().await?;
+        let (records, warning) = records_of(&objects);
+        if let Some(w) = warning {
+            eprintln!(
+                "warning: {}: reading stopped at an unreadable record ({w})",
+                recording.label
+            );
+        }
+        for r in records {
+            let t = parse_time(&r.time).unwrap_or_default();
+            all.push((t, recording.label.clone(), r));
+        }
+    }
+    all.sort_by_key(|a| a.0);
+    for (_, pod, record) in &all {
+        if let Some(line) = render::replay_line(record, pod) {
+            pacer.wait_for(&record.time).await;
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration) -> Result<()> {
+    let mut next_index = 1u64;
+    loop {
+        let listing = recording
+            .sink
+            .list(&recording.prefix)
+            .await
+            .with_context(|| format!("cannot list {}", recording.url))?;
+        let mut fresh: Vec<(u64, String)> = listing
+            .objects
+            .iter()
+            .map(|k| k[recording.prefix.len()..].to_string())
+            .filter_map(|n| parse_index(&n).map(|ix| (ix, n)))
+            .filter(|(ix, _)| *ix >= next_index)
+            .collect();
+        fresh.sort();
+        let closed = listing
+            .objects
+            .iter()
+            .any(|k| k.ends_with(&format!("/{MANIFEST}")));
+        for (ix, name) in fresh {
+            if ix != next_index {
+                eprintln!(
+                    "warning: {}: segment {next_index} is missing; continuing with {name}",
+                    recording.label
+                );
+            }
+            let key = format!("{}{name}", recording.prefix);
+            let Some(bytes) = recording.sink.get(&key).await? else {
+                continue;
+            };
+            let text = decode_segment(&name, &bytes)
+                .with_context(|| format!("{name}: cannot decompress"))?;
+            for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                let record: Record = serde_json::from_slice(line)
+                    .with_context(|| format!("{name} line {}: not a record", i + 1))?;
+                if let Some(out) = render::replay_line(&record, &recording.label) {
+                    pacer.wait_for(&record.time).await;
+                    println!("{out}");
+                }
+                if matches!(record.event, cassette_recording::Event::SessionEnd(_)) {
+                    return Ok(());
+                }
+            }
+            next_index = ix + 1;
+        }
+        if closed {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

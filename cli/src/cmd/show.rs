@@ -1,0 +1,111 @@
+//! `show`: the timeline table of each recording of a session, with a one-line integrity
+//! verdict on top; `show --exchange N [--bodies]`: one exchange in full.
+
+use anyhow::{Result, bail};
+use cassette_recording::Completeness;
+
+use super::{Target, resolve_some, single, timeline_of};
+use crate::locate::{Access, Recording};
+use crate::render;
+use crate::timeline::Timeline;
+
+pub async fn run(
+    access: &Access,
+    target: &Target,
+    exchange: Option<u64>,
+    bodies: bool,
+) -> Result<()> {
+    let resolved = resolve_some(access, target).await?;
+    if let Some(id) = exchange {
+        let recording = single(&resolved, "show --exchange")?;
+        let (timeline, _) = timeline_of(recording).await?;
+        let Some(x) = timeline.exchanges.get(&id) else {
+            let last = timeline.exchanges.keys().next_back().copied().unwrap_or(0);
+            bail!(
+                "recording {} has no exchange {id} (its exchanges are numbered 1 to {last})",
+                recording.label
+            );
+        };
+        print!("{}", render::exchange(x, bodies));
+        return Ok(());
+    }
+    for (i, recording) in resolved.recordings.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let (timeline, objects) = timeline_of(recording).await?;
+        let expected = recording
+            .status
+            .as_ref()
+            .and_then(|p| p.public_key.as_deref())
+            .and_then(cassette_recording::key::decode_public_key);
+        let report = cassette_recording::verify(&objects, expected.as_deref());
+        println!(
+            "{}",
+            header(recording, &timeline, &report, expected.is_some())
+        );
+        print!("{}", render::table(&timeline));
+    }
+    Ok(())
+}
+
+fn header(
+    recording: &Recording,
+    t: &Timeline,
+    report: &cassette_recording::Report,
+    anchored: bool,
+) -> String {
+    let blocked = t.exchanges.values().filter(|x| x.is_blocked()).count();
+    let refused = t
+        .items
+        .iter()
+        .filter(|i| matches!(i, crate::timeline::Item::Blocked { .. }))
+        .count();
+    let gaps = t
+        .items
+        .iter()
+        .filter(|i| matches!(i, crate::timeline::Item::Gap { .. }))
+        .count();
+    let masked: u64 = t.exchanges.values().map(render::masked).sum();
+    let span = match (&t.first_time, &t.last_time) {
+        (Some(a), Some(b)) => format!("{a} → {b} (times UTC)"),
+        _ => "empty".to_string(),
+    };
+    let integrity = if !report.faults.is_empty() {
+        format!(
+            "NOT INTACT: {} fault(s), first: {} — run `kubectl cassette verify`",
+            report.faults.len(),
+            report.faults[0]
+        )
+    } else {
+        let key = if anchored {
+            "key matches the AgentSession status"
+        } else {
+            "key not checked against an expected one"
+        };
+        match report.completeness {
+            Completeness::Complete => format!("verified, sealed and closed by its manifest; {key}"),
+            Completeness::Open { unsealed_tail } => format!(
+                "verified so far, no manifest yet{}; {key}",
+                if unsealed_tail {
+                    ", last segment unsealed"
+                } else {
+                    ""
+                }
+            ),
+        }
+    };
+    format!(
+        "recording {}  {}\n  {span}\n  {} record(s), {} exchange(s), {blocked} blocked, {refused} refused before any request, {masked} masked{}{}\n  integrity: {integrity}",
+        recording.label,
+        recording.url,
+        t.records,
+        t.exchanges.len(),
+        if gaps > 0 {
+            format!(", {gaps} GAP(S) in the recording")
+        } else {
+            String::new()
+        },
+        if t.ended { "" } else { ", no session_end yet" },
+    )
+}

@@ -1,0 +1,315 @@
+//! Test fixture: a real recording written by `cassette_recording::Recorder` to a temporary
+//! `file://` sink — a Google Storage list with a token swap, a Secret Manager read whose
+//! answer was masked, the agent sending that secret to a paste site, a push blocked by
+//! policy, a binary upload truncated at `maxBodyBytes`, and a connection refused after
+//! expiry. Shared by the unit tests and (through `#[path]`) the CLI tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use cassette_recording::record::{
+    Blocked, Capture, Classification, ConnOpen, Decision, Direction, Event, ExchangeEnd, Git,
+    RefUpdate, Request, Response, Timings, Tls, Token, TokenSwap,
+};
+use cassette_recording::{Recorder, RecorderConfig, RecordingPath};
+
+/// The fingerprint key of the fixture session.
+pub const FINGERPRINT_KEY: &[u8] = b"fingerprint-key-for-tests";
+/// The secret that crossed the session (masked in the recording).
+pub const SECRET: &str = "s3cret-db-password";
+
+/// A written recording.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    /// `file://…/sink`.
+    pub sink: String,
+    /// `file://…/sink/agents/fix-ci/`: the session.
+    pub session_uri: String,
+    /// The recording's directory on disk.
+    pub recording_dir: PathBuf,
+    pub public_key: String,
+}
+
+fn fingerprint(secret: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, FINGERPRINT_KEY);
+    let tag = ring::hmac::sign(&key, secret.as_bytes());
+    tag.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+fn end(exchange: u64, up: u64, down: u64, decision: Decision) -> ExchangeEnd {
+    ExchangeEnd {
+        exchange,
+        timings: Timings {
+            connect_us: None,
+            tls_us: None,
+            request_sent_us: Some(100),
+            ttfb_us: Some(4_000),
+            total_us: 5_000,
+            sidecar_us: Some(120),
+        },
+        bytes_up: up,
+        bytes_down: down,
+        decision,
+        rule: None,
+        classification: None,
+        masked: 0,
+        error: None,
+        trailers: None,
+    }
+}
+
+fn google(permission: &str, service: &str) -> Option<Classification> {
+    Some(Classification {
+        service: Some(service.into()),
+        permission: Some(permission.into()),
+        git_service: None,
+    })
+}
+
+/// Writes the fixture recording and closes it (sealed segments and a signed manifest).
+pub async fn write() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink_dir = dir.path().join("sink");
+    let sink = format!("file://{}", sink_dir.display());
+    let path = RecordingPath {
+        namespace: "agents".into(),
+        session: "fix-ci".into(),
+        pod: "agent-0".into(),
+        pod_uid: "5f1c".into(),
+    };
+    let mut config = RecorderConfig::new(sink.clone(), dir.path().join("spool"), path);
+    config.max_body_bytes = 80;
+    config.segment_max_bytes = 2048;
+    config.digest_key = b"digest-key".to_vec();
+    config.agent = Some("coding-agent".into());
+    config.requested_by = Some("alice@example.com".into());
+    let rec = Recorder::start(config).await.expect("recorder starts");
+    let public_key = rec.public_key();
+    let r = |e: Event| {
+        let rec = rec.clone();
+        async move {
+            rec.record(e).await.expect("recorded");
+        }
+    };
+    let masked_token = format!(
+        "Bearer «masked:google-oauth-token:{}»",
+        fingerprint("ya29.placeholder")
+    );
+    let masked_secret = format!("«masked:secret-fields:{}»", fingerprint(SECRET));
+
+    // 1: list objects, with the placeholder token swapped for a real one.
+    r(Event::ConnOpen(ConnOpen {
+        conn: 1,
+        client: "10.0.0.5:40000".into(),
+        dst: "142.250.1.1:443".into(),
+        capture: Capture::Redirect,
+    }))
+    .await;
+    r(Event::Tls(Tls {
+        conn: 1,
+        sni: Some("storage.googleapis.com".into()),
+        alpn: Some("h2".into()),
+        version: Some("TLSv1_3".into()),
+        upstream_subject: Some("CN=*.googleapis.com".into()),
+        verified: true,
+        passthrough: false,
+    }))
+    .await;
+    r(Event::Request(Request {
+        exchange: 1,
+        conn: 1,
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "storage.googleapis.com".into(),
+        path: "/storage/v1/b/logs/o?prefix=ci%2F&maxResults=2".into(),
+        version: "HTTP/2".into(),
+        headers: h(&[
+            ("authorization", &masked_token),
+            ("accept", "application/json"),
+        ]),
+    }))
+    .await;
+    r(Event::Token(Token {
+        exchange: 1,
+        host: "storage.googleapis.com".into(),
+        swap: TokenSwap::Bearer,
+        account: Some("agent@proj.iam.gserviceaccount.com".into()),
+    }))
+    .await;
+    r(Event::Response(Response {
+        exchange: 1,
+        status: 200,
+        version: "HTTP/2".into(),
+        headers: h(&[("content-type", "application/json; charset=UTF-8")]),
+        trailers: None,
+    }))
+    .await;
+    let listing = br#"{"items":[{"name":"ci/build.log"}]}"#;
+    let mut body = rec.body(1, Direction::Response);
+    body.write(listing).await.expect("body");
+    body.finish().await.expect("body");
+    let mut e = end(1, 0, listing.len() as u64, Decision::Allow);
+    e.timings.connect_us = Some(2_000);
+    e.timings.tls_us = Some(3_000);
+    e.timings.total_us = 12_300;
+    e.classification = google("storage.objects.list", "storage.googleapis.com");
+    e.masked = 1;
+    r(Event::ExchangeEnd(e)).await;
+
+    // 2: the agent reads a secret; the answer is masked.
+    r(Event::Request(Request {
+        exchange: 2,
+        conn: 4,
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "secretmanager.googleapis.com".into(),
+        path: "/v1/projects/p/secrets/db/versions/latest:access".into(),
+        version: "HTTP/2".into(),
+        headers: h(&[("authorization", &masked_token)]),
+    }))
+    .await;
+    r(Event::Response(Response {
+        exchange: 2,
+        status: 200,
+        version: "HTTP/2".into(),
+        headers: h(&[("content-type", "application/json")]),
+        trailers: None,
+    }))
+    .await;
+    let answer = format!(r#"{{"payload":{{"data":"{masked_secret}"}}}}"#);
+    let mut body = rec.body(2, Direction::Response);
+    body.write(answer.as_bytes()).await.expect("body");
+    body.finish().await.expect("body");
+    let mut e = end(2, 0, answer.len() as u64, Decision::Allow);
+    e.classification = google(
+        "secretmanager.versions.access",
+        "secretmanager.googleapis.com",
+    );
+    e.masked = 2;
+    r(Event::ExchangeEnd(e)).await;
+
+    // 3: … and sends it to a paste site.
+    r(Event::Request(Request {
+        exchange: 3,
+        conn: 2,
+        method: "POST".into(),
+        scheme: "https".into(),
+        authority: "paste.example.com".into(),
+        path: "/api/new".into(),
+        version: "HTTP/1.1".into(),
+        headers: h(&[("content-type", "application/x-www-form-urlencoded")]),
+    }))
+    .await;
+    let form = format!("text={masked_secret}&x=1");
+    let mut body = rec.body(3, Direction::Request);
+    body.write(form.as_bytes()).await.expect("body");
+    body.finish().await.expect("body");
+    r(Event::Response(Response {
+        exchange: 3,
+        status: 201,
+        version: "HTTP/1.1".into(),
+        headers: h(&[("location", "https://paste.example.com/p/1")]),
+        trailers: None,
+    }))
+    .await;
+    let mut e = end(3, 40, 0, Decision::Allow);
+    e.masked = 1;
+    r(Event::ExchangeEnd(e)).await;
+
+    // 4: a push to main, refused by policy.
+    r(Event::Request(Request {
+        exchange: 4,
+        conn: 3,
+        method: "POST".into(),
+        scheme: "https".into(),
+        authority: "source.developers.google.com".into(),
+        path: "/p/proj/r/repo/git-receive-pack".into(),
+        version: "HTTP/1.1".into(),
+        headers: h(&[("content-type", "application/x-git-receive-pack-request")]),
+    }))
+    .await;
+    r(Event::Git(Git {
+        exchange: 4,
+        service: "receive-pack".into(),
+        updates: vec![RefUpdate {
+            old: "1111111111111111111111111111111111111111".into(),
+            new: "2222222222222222222222222222222222222222".into(),
+            name: "refs/heads/main".into(),
+        }],
+        wants: vec![],
+    }))
+    .await;
+    r(Event::Blocked(Blocked {
+        exchange: Some(4),
+        reason: "policy".into(),
+        rule: Some("no-push-main".into()),
+        message: "push to refs/heads/main refused by rule no-push-main".into(),
+    }))
+    .await;
+    let mut e = end(4, 0, 0, Decision::Deny);
+    e.rule = Some("no-push-main".into());
+    e.classification = Some(Classification {
+        service: None,
+        permission: None,
+        git_service: Some("receive-pack".into()),
+    });
+    r(Event::ExchangeEnd(e)).await;
+
+    // 5: a binary upload, longer than maxBodyBytes.
+    r(Event::Request(Request {
+        exchange: 5,
+        conn: 1,
+        method: "PUT".into(),
+        scheme: "https".into(),
+        authority: "storage.googleapis.com".into(),
+        path: "/upload/storage/v1/b/logs/o?uploadType=media&name=blob".into(),
+        version: "HTTP/2".into(),
+        headers: h(&[("content-type", "application/octet-stream")]),
+    }))
+    .await;
+    let blob: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
+    let mut body = rec.body(5, Direction::Request);
+    body.write(&blob).await.expect("body");
+    body.finish().await.expect("body");
+    r(Event::Response(Response {
+        exchange: 5,
+        status: 200,
+        version: "HTTP/2".into(),
+        headers: h(&[]),
+        trailers: None,
+    }))
+    .await;
+    let mut e = end(5, 100, 0, Decision::Allow);
+    e.classification = google("storage.objects.create", "storage.googleapis.com");
+    r(Event::ExchangeEnd(e)).await;
+
+    // A connection refused after expiry: no exchange.
+    r(Event::Blocked(Blocked {
+        exchange: None,
+        reason: "expired".into(),
+        rule: None,
+        message: "AgentSession \"fix-ci\" expired; the connection was refused and recorded".into(),
+    }))
+    .await;
+
+    rec.shutdown().await.expect("shutdown");
+    let recording_dir = sink_dir.join("agents/fix-ci/agent-0-5f1c");
+    Fixture {
+        session_uri: format!("{sink}/agents/fix-ci/"),
+        sink,
+        recording_dir,
+        public_key,
+        dir,
+    }
+}

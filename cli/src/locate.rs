@@ -1,0 +1,288 @@
+//! Finding recordings: an AgentSession on the API server names where its recordings are
+//! (`status.recordingURI`, else `spec.recording.sink`), and the keys that must sign them
+//! (`status.pods[].publicKey`); `--recording URI` names a place directly. This module does the
+//! I/O (kube client, sinks); what is done with a recording is elsewhere.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use cassette_api::{AgentSession, PodRecording};
+use cassette_recording::segment::{MANIFEST, parse_index};
+use cassette_recording::{GcsOptions, RecordingObjects, Sink};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// How to reach the API server and the sinks: the options every command shares.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub gcs: GcsOptions,
+}
+
+/// A client for the API server, and the namespace to use when none is given.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub namespace: String,
+}
+
+impl Access {
+    /// Connects with `--kubeconfig`/`--context`, or the usual places (`KUBECONFIG`,
+    /// `~/.kube/config`, in-cluster).
+    pub async fn cluster(&self) -> Result<Cluster> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .context("cannot load the kubeconfig")?,
+            None => kube::Config::infer().await.context(
+                "no Kubernetes configuration found (set KUBECONFIG or --kubeconfig, or name a recording with --recording URI)",
+            )?,
+        };
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+        Ok(Cluster { client, namespace })
+    }
+}
+
+impl Cluster {
+    /// One AgentSession.
+    pub async fn session(&self, name: &str) -> Result<AgentSession> {
+        let api: Api<AgentSession> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.get_opt(name)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read AgentSession {name:?} in namespace {:?}",
+                    self.namespace
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "AgentSession {name:?} not found in namespace {:?} (use -n NAMESPACE, or kubectl cassette ls -A)",
+                    self.namespace
+                )
+            })
+    }
+
+    /// The AgentSessions of the namespace, or of all namespaces.
+    pub async fn sessions(&self, all_namespaces: bool) -> Result<Vec<AgentSession>> {
+        let api: Api<AgentSession> = if all_namespaces {
+            Api::all(self.client.clone())
+        } else {
+            Api::namespaced(self.client.clone(), &self.namespace)
+        };
+        let list = api.list(&ListParams::default()).await.context(
+            "cannot list AgentSessions (is the cassette CRD installed, and may you list agentsessions.cassette.dev?)",
+        )?;
+        Ok(list.items)
+    }
+
+    /// One key of a Secret in the namespace, as its raw bytes.
+    pub async fn secret_key(&self, name: &str, key: &str) -> Result<Vec<u8>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = api.get(name).await.with_context(|| {
+            format!(
+                "cannot read Secret {name:?} in namespace {:?} (the fingerprint key; auditors need get on it, or pass --key-file)",
+                self.namespace
+            )
+        })?;
+        secret
+            .data
+            .and_then(|mut d| d.remove(key))
+            .map(|b| b.0)
+            .with_context(|| format!("Secret {name:?} has no key {key:?}"))
+    }
+}
+
+/// Where a session's recordings are: `status.recordingURI`, else `<sink>/<namespace>/<name>/`.
+pub fn session_uri(session: &AgentSession) -> Result<String> {
+    if let Some(uri) = session
+        .status
+        .as_ref()
+        .and_then(|s| s.recording_uri.clone())
+    {
+        return Ok(uri);
+    }
+    let ns = session
+        .metadata
+        .namespace
+        .as_deref()
+        .context("the AgentSession has no namespace")?;
+    let name = session
+        .metadata
+        .name
+        .as_deref()
+        .context("the AgentSession has no name")?;
+    Ok(format!(
+        "{}/{ns}/{name}/",
+        session.spec.recording.sink.trim_end_matches('/')
+    ))
+}
+
+/// One pod's recording, found in a sink.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub sink: Sink,
+    /// Key prefix of the recording below the sink, ending in `/`.
+    pub prefix: String,
+    /// `<pod>-<uid>`: the recording's directory name.
+    pub label: String,
+    /// The recording's URL, for messages.
+    pub url: String,
+    /// What the AgentSession status says about this pod, when there is a session.
+    pub status: Option<PodRecording>,
+    /// Segment objects present (names below the prefix), from the listing.
+    pub segment_names: Vec<String>,
+    /// Whether `manifest.json` is present.
+    pub has_manifest: bool,
+}
+
+impl Recording {
+    /// Fetches the recording's objects.
+    pub async fn load(&self) -> Result<RecordingObjects> {
+        cassette_recording::load(&self.sink, &self.prefix)
+            .await
+            .with_context(|| format!("cannot read the recording {}", self.url))
+    }
+
+    /// Whether this recording is the one `--pod` names (`<pod>` or `<pod>-<uid>`).
+    pub fn is_pod(&self, pod: &str) -> bool {
+        self.label == pod
+            || self
+                .label
+                .strip_prefix(pod)
+                .is_some_and(|rest| rest.starts_with('-'))
+    }
+}
+
+/// Splits a URI into the sink to open and the key prefix below it, so that the last path
+/// component is listed as a prefix (a `file://` sink cannot list its own root by name).
+fn split_uri(uri: &str) -> Result<(String, String)> {
+    let trimmed = uri.trim_end_matches('/');
+    if let Some(rest) = trimmed.strip_prefix("gs://")
+        && !rest.contains('/')
+    {
+        return Ok((format!("gs://{rest}"), String::new()));
+    }
+    let (parent, name) = trimmed
+        .rsplit_once('/')
+        .with_context(|| format!("{uri:?} is not a file:// or gs:// URI"))?;
+    let parent = if parent == "file://" {
+        "file:///".to_string()
+    } else {
+        parent.to_string()
+    };
+    if name.is_empty() || parent.ends_with(":/") {
+        bail!("{uri:?} names no directory: use file:///dir/... or gs://bucket/...");
+    }
+    Ok((parent, format!("{name}/")))
+}
+
+/// The recordings at or below `uri` (a recording, a session, a namespace or a sink root),
+/// in name order.
+pub async fn discover(uri: &str, gcs: &GcsOptions) -> Result<Vec<Recording>> {
+    let (sink_url, base) = split_uri(uri)?;
+    let sink = Sink::open(&sink_url, gcs)
+        .await
+        .with_context(|| format!("cannot open {uri}"))?;
+    let mut found = Vec::new();
+    let mut queue = VecDeque::from([(base, 0usize)]);
+    while let Some((prefix, depth)) = queue.pop_front() {
+        let listing = sink
+            .list(&prefix)
+            .await
+            .with_context(|| format!("cannot list {}", sink.url_of(&prefix)))?;
+        let names: Vec<String> = listing
+            .objects
+            .iter()
+            .map(|k| k[prefix.len()..].to_string())
+            .collect();
+        let segment_names: Vec<String> = names
+            .iter()
+            .filter(|n| parse_index(n).is_some())
+            .cloned()
+            .collect();
+        let has_manifest = names.iter().any(|n| n == MANIFEST);
+        if !segment_names.is_empty() || has_manifest {
+            let label = prefix
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            found.push(Recording {
+                url: sink.url_of(&prefix),
+                sink: sink.clone(),
+                prefix,
+                label,
+                status: None,
+                segment_names,
+                has_manifest,
+            });
+        } else if depth < 3 {
+            queue.extend(listing.prefixes.into_iter().map(|p| (p, depth + 1)));
+        }
+    }
+    found.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    Ok(found)
+}
+
+/// The status entry of the pod a recording directory belongs to.
+pub fn pod_status<'a>(session: &'a AgentSession, label: &str) -> Option<&'a PodRecording> {
+    let pods = &session.status.as_ref()?.pods;
+    pods.iter()
+        .find(|p| {
+            p.uid
+                .as_deref()
+                .is_some_and(|uid| label == format!("{}-{uid}", p.name))
+        })
+        .or_else(|| {
+            pods.iter().find(|p| {
+                p.uid.is_none()
+                    && label
+                        .strip_prefix(p.name.as_str())
+                        .is_some_and(|r| r.starts_with('-'))
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_split_into_sink_and_prefix() {
+        assert_eq!(
+            split_uri("file:///rec/ns/s/").unwrap(),
+            ("file:///rec/ns".into(), "s/".into())
+        );
+        assert_eq!(
+            split_uri("file:///rec").unwrap(),
+            ("file:///".into(), "rec/".into())
+        );
+        assert_eq!(
+            split_uri("gs://b/agents/ns/s").unwrap(),
+            ("gs://b/agents/ns".into(), "s/".into())
+        );
+        assert_eq!(split_uri("gs://b/").unwrap(), ("gs://b".into(), "".into()));
+        assert!(split_uri("nothing").is_err());
+        assert!(split_uri("file:///").is_err());
+    }
+}

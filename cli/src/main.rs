@@ -1,0 +1,272 @@
+//! `kubectl cassette`: the auditor's view of cassette recordings — list sessions, show and
+//! replay what an agent did, verify that nothing was altered, export HAR or JSON lines, and
+//! prove whether a given secret crossed a session. This file only wires the commands.
+
+mod cmd;
+#[cfg(test)]
+mod fixture;
+mod har;
+mod locate;
+mod render;
+mod search;
+mod timeline;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use cmd::Target;
+use locate::Access;
+
+/// Exit code for usage errors and for anything that could not be read or reached.
+const USAGE_OR_IO: u8 = 3;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (verify: every recording verifies and is closed by its manifest;
+     search: at least one exchange carried a candidate secret)
+  1  verify: a recording is tampered with or invalid (each fault is printed with its
+     segment, line and seq); search: no exchange carried any candidate secret
+  2  verify: incomplete — no manifest yet (a live session, or a recorder that died), or an
+     unsealed tail; what is there verifies
+  3  usage error, or something could not be read (API server, sink, files)";
+
+const RECORDING_HELP: &str = "Read the recording(s) at or below this file:// or gs:// URI (a recording, a session, or a sink) instead of asking the API server. gs:// is read with application-default credentials";
+
+/// Inspect, verify, export and search cassette session recordings.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl-cassette",
+    bin_name = "kubectl cassette",
+    version,
+    after_help = EXIT_CODES,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(flatten)]
+    access: AccessArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct AccessArgs {
+    /// Path to the kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Namespace of the AgentSession (default: the context's namespace).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// GCS endpoint override, for emulators (credentials are not sent to it).
+    #[arg(long, global = true, env = "CASSETTE_GCS_ENDPOINT", hide = true)]
+    gcs_endpoint: Option<String>,
+}
+
+/// A session, or `--recording URI`, and which pod.
+#[derive(Args, Debug)]
+struct TargetArgs {
+    /// The AgentSession's name.
+    #[arg(required_unless_present = "recording")]
+    session: Option<String>,
+    #[arg(long, value_name = "URI", help = RECORDING_HELP)]
+    recording: Option<String>,
+    /// Only the recording of this pod (`<pod>` or `<pod>-<uid>`).
+    #[arg(long, value_name = "POD")]
+    pod: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(self) -> Target {
+        Target {
+            session: self.session,
+            recording: self.recording,
+            pod: self.pod,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List AgentSessions with their recording locations and the recordings found there.
+    #[command(after_help = "Exit codes: 0 listed, 3 the API server or a sink could not be read.")]
+    Ls {
+        /// List sessions in every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(long, value_name = "URI", help = RECORDING_HELP)]
+        recording: Option<String>,
+    },
+    /// Show a session's timeline: one row per exchange, blocked attempts and token swaps.
+    #[command(after_help = "Exit codes: 0 shown, 3 usage error or unreadable recording.")]
+    Show {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Show this exchange in full (heads, timings, decision) instead of the table.
+        #[arg(long, value_name = "N")]
+        exchange: Option<u64>,
+        /// With --exchange: print the request and response bodies too.
+        #[arg(long, requires = "exchange")]
+        bodies: bool,
+    },
+    /// Replay the session's timeline paced by its recorded times.
+    #[command(after_help = "Exit codes: 0 replayed, 3 usage error or unreadable recording.")]
+    Replay {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Pace factor: 1 is real time, 10 ten times faster, 0 no pacing.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Keep polling the sink for new segments of a live recording until session_end.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: seconds between polls of the sink.
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        interval: f64,
+    },
+    /// Verify chain, seals, manifest and key of every recording of a session.
+    #[command(after_help = "\
+Exit codes:
+  0  every recording verifies and is closed by a signed manifest
+  1  tampered or invalid: a fault was found (each is printed with segment, line and seq),
+     the key differs from the expected one, or segments the status reports are missing
+  2  incomplete: no manifest.json yet (live session, or recorder died) or an unsealed
+     last segment, and what is there verifies; also when nothing was shipped yet
+  3  usage error, or the API server, the sink or a file could not be read
+
+The expected key is --public-key, else the pod's status.pods[].publicKey of the AgentSession.")]
+    Verify {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The expected Ed25519 public key (standard base64 of 32 bytes), for every recording.
+        #[arg(long, value_name = "B64")]
+        public_key: Option<String>,
+    },
+    /// Export a session's exchanges as HAR 1.2, or its records as JSON lines.
+    #[command(after_help = "Exit codes: 0 written, 3 usage error or unreadable recording / file.")]
+    Export {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        format: ExportFormat,
+    },
+    /// Find the exchanges that carried a secret, by its masked fingerprint.
+    #[command(after_help = "\
+Exit codes: 0 at least one match, 1 no match, 3 usage error or unreadable input.
+
+The fingerprint key is read from the Secret named in spec.masking.fingerprintKey with your
+own credentials, or from --key-file (the key's exact bytes, as the Secret holds them:
+kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
+    Search {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// A file holding the secret: a service-account JSON key, a token, a PEM key, an env file.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// The fingerprint key, instead of the Secret the AgentSession names.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ExportFormat {
+    /// Write HAR 1.2 to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    har: Option<PathBuf>,
+    /// Write the records, byte for byte as recorded, to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    jsonl: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(USAGE_OR_IO)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    cassette_recording::sink::install_ring_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(USAGE_OR_IO);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(USAGE_OR_IO)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let access = Access {
+        kubeconfig: cli.access.kubeconfig,
+        context: cli.access.context,
+        namespace: cli.access.namespace,
+        gcs: cassette_recording::GcsOptions {
+            anonymous: cli.access.gcs_endpoint.is_some(),
+            endpoint: cli.access.gcs_endpoint,
+        },
+    };
+    match cli.command {
+        Command::Ls {
+            all_namespaces,
+            recording,
+        } => cmd::ls::run(&access, all_namespaces, recording.as_deref()).await?,
+        Command::Show {
+            target,
+            exchange,
+            bodies,
+        } => cmd::show::run(&access, &target.target(), exchange, bodies).await?,
+        Command::Replay {
+            target,
+            speed,
+            follow,
+            interval,
+        } => {
+            let interval = Duration::try_from_secs_f64(interval)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--interval must be a positive number of seconds")
+                })?;
+            cmd::replay::run(&access, &target.target(), speed, follow, interval).await?
+        }
+        Command::Verify { target, public_key } => {
+            return cmd::verify::run(&access, &target.target(), public_key.as_deref()).await;
+        }
+        Command::Export { target, format } => match (format.har, format.jsonl) {
+            (Some(path), _) => cmd::export::har(&access, &target.target(), &path).await?,
+            (None, Some(path)) => cmd::export::jsonl(&access, &target.target(), &path).await?,
+            (None, None) => unreachable!("clap requires one of --har and --jsonl"),
+        },
+        Command::Search {
+            target,
+            secret_file,
+            key_file,
+        } => {
+            return cmd::search::run(&access, &target.target(), &secret_file, key_file.as_deref())
+                .await;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,275 @@
+//! `search --secret-file`: which exchanges carried a given secret, proven by fingerprint.
+//! The recording never holds a secret, only `«masked:<detector>:<fingerprint>»`; the auditor
+//! fingerprints the candidate secrets of a file with the session's fingerprint key and looks
+//! for those fingerprints. Pure: the key and the file's bytes come from the caller.
+//!
+//! The fingerprint and the candidate extraction follow the masking contract of DESIGN.md
+//! and `cassette-rules`' `mask` module (first 12 bytes of HMAC-SHA-256, lowercase hex, over
+//! the secret in canonical form). That module was not in a commit yet when this was written,
+//! so the same contract is implemented here; switch to `cassette_rules::mask::{fingerprint,
+//! secret_candidates}` once it lands.
+
+use ring::hmac;
+
+use crate::timeline::{Exchange, Timeline};
+
+/// Bytes of the HMAC kept in a fingerprint.
+const FINGERPRINT_BYTES: usize = 12;
+
+/// The keyed fingerprint of a secret, as masks carry it.
+pub fn fingerprint(key: &[u8], secret: &[u8]) -> String {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), secret);
+    tag.as_ref()[..FINGERPRINT_BYTES]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A secret found in the auditor's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Where in the file: `private_key`, a JSON field name, `line 3`, or `whole file`.
+    pub source: String,
+    /// The secret in canonical form.
+    pub value: Vec<u8>,
+}
+
+/// The candidate secrets of a file: a service-account key's `private_key`, JSON fields named
+/// like secrets, `NAME=value` lines, and the whole file trimmed. Without duplicates.
+pub fn candidates(file: &[u8]) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut add = |source: String, value: Vec<u8>| {
+        if !value.is_empty() && !out.iter().any(|c| c.value == value) {
+            out.push(Candidate { source, value });
+        }
+    };
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(file) {
+        for (name, value) in &fields {
+            let Some(text) = value.as_str() else { continue };
+            if name == "private_key" {
+                add(name.clone(), pem(text));
+            } else if is_secret_name(name) {
+                add(name.clone(), text.as_bytes().to_vec());
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(file);
+    if !text.trim_start().starts_with("-----BEGIN") && !text.trim_start().starts_with('{') {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim().trim_start_matches("export ");
+            if let Some((name, value)) = line.split_once('=')
+                && !name.contains(' ')
+            {
+                let value = value.trim().trim_matches(['"', '\'']);
+                add(
+                    format!("line {} ({name})", i + 1),
+                    value.as_bytes().to_vec(),
+                );
+            }
+        }
+    }
+    let trimmed = text.trim();
+    let whole = if trimmed.starts_with("-----BEGIN") {
+        pem(trimmed)
+    } else {
+        trimmed.as_bytes().to_vec()
+    };
+    add("whole file".into(), whole);
+    out
+}
+
+/// PEM in canonical form: `\n` escapes decoded, CRLF as LF, surrounding whitespace trimmed.
+fn pem(text: &str) -> Vec<u8> {
+    text.replace("\\n", "\n")
+        .replace("\r\n", "\n")
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
+fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "api_key", "apikey"]
+        .iter()
+        .any(|word| lower.ends_with(word))
+}
+
+/// One mask in recorded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask<'a> {
+    pub detector: &'a str,
+    pub fingerprint: &'a str,
+}
+
+/// The masks `«masked:<detector>:<fingerprint>»` in a text.
+pub fn masks_in(text: &str) -> Vec<Mask<'_>> {
+    const OPEN: &str = "«masked:";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        rest = &rest[at + OPEN.len()..];
+        let Some(close) = rest.find('»') else { break };
+        let inner = &rest[..close];
+        if let Some((detector, fingerprint)) = inner.rsplit_once(':')
+            && !detector.is_empty()
+            && !fingerprint.is_empty()
+            && fingerprint.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            out.push(Mask {
+                detector,
+                fingerprint,
+            });
+        }
+        rest = &rest[close..];
+    }
+    out
+}
+
+/// Where in an exchange a mask was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The request target (path or query).
+    Url,
+    /// A header, by name.
+    Header(String),
+    /// A trailer, by name.
+    Trailer(String),
+    Body,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Url => write!(f, "url"),
+            Place::Header(name) => write!(f, "header {name}"),
+            Place::Trailer(name) => write!(f, "trailer {name}"),
+            Place::Body => write!(f, "body"),
+        }
+    }
+}
+
+/// An exchange that carried one of the candidate secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub exchange: u64,
+    pub time: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    /// `request` (agent → upstream) or `response` (upstream → agent).
+    pub direction: &'static str,
+    pub place: Place,
+    pub detector: String,
+    /// Which candidate of the file matched.
+    pub candidate: String,
+    pub fingerprint: String,
+}
+
+/// Every place in the timeline where a mask carries one of `wanted` (candidate source,
+/// fingerprint).
+pub fn search(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
+    let mut out = Vec::new();
+    for x in timeline.exchanges_in_order() {
+        let mut look = |direction: &'static str, place: Place, text: &str| {
+            for mask in masks_in(text) {
+                for (candidate, fp) in wanted {
+                    if mask.fingerprint.eq_ignore_ascii_case(fp) {
+                        out.push(found(x, direction, place.clone(), &mask, candidate));
+                    }
+                }
+            }
+        };
+        if let Some(r) = &x.request {
+            look("request", Place::Url, &r.path);
+            for (name, value) in &r.headers {
+                look("request", Place::Header(name.clone()), value);
+            }
+        }
+        look(
+            "request",
+            Place::Body,
+            &String::from_utf8_lossy(&x.request_body.bytes),
+        );
+        if let Some(r) = &x.response {
+            for (name, value) in &r.headers {
+                look("response", Place::Header(name.clone()), value);
+            }
+            for (name, value) in r.trailers.iter().flatten() {
+                look("response", Place::Trailer(name.clone()), value);
+            }
+        }
+        look(
+            "response",
+            Place::Body,
+            &String::from_utf8_lossy(&x.response_body.bytes),
+        );
+        for (name, value) in x.end.iter().flat_map(|e| e.trailers.iter().flatten()) {
+            look("response", Place::Trailer(name.clone()), value);
+        }
+    }
+    out
+}
+
+fn found(x: &Exchange, direction: &'static str, place: Place, mask: &Mask, c: &str) -> Found {
+    let (method, path) = x
+        .request
+        .as_ref()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .unwrap_or_default();
+    Found {
+        exchange: x.id,
+        time: x.first_time.clone(),
+        host: x.host().to_string(),
+        method,
+        path,
+        direction,
+        place,
+        detector: mask.detector.to_string(),
+        candidate: c.to_string(),
+        fingerprint: mask.fingerprint.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_truncated_hmac_sha256() {
+        // HMAC-SHA-256 test case 2 of RFC 4231: key "Jefe".
+        let fp = fingerprint(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(fp, "5bdcc146bf60754e6a042426");
+    }
+
+    #[test]
+    fn finds_masks_in_text() {
+        let text = "a «masked:github-token:0a1b2c» b «masked:x» «masked:jwt:ffee»";
+        let masks = masks_in(text);
+        assert_eq!(masks.len(), 2);
+        assert_eq!(masks[0].detector, "github-token");
+        assert_eq!(masks[0].fingerprint, "0a1b2c");
+        assert_eq!(masks[1].detector, "jwt");
+    }
+
+    #[test]
+    fn service_account_key_gives_its_private_key_first() {
+        let file = br#"{"type":"service_account","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","client_email":"a@b"}"#;
+        let c = candidates(file);
+        assert_eq!(c[0].source, "private_key");
+        assert_eq!(
+            c[0].value,
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+        );
+    }
+
+    #[test]
+    fn token_files_and_env_files() {
+        let c = candidates(b"ghp_abc\n");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].value, b"ghp_abc");
+        let c = candidates(b"export DB_PASSWORD=\"s3cret\"\nAPI=xyz\n");
+        let values: Vec<&[u8]> = c.iter().map(|c| c.value.as_slice()).collect();
+        assert!(values.contains(&b"s3cret".as_slice()), "{c:?}");
+        assert!(values.contains(&b"xyz".as_slice()), "{c:?}");
+    }
+}

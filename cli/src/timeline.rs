@@ -1,0 +1,320 @@
+//! One recording's records regrouped the way an auditor reads them: exchanges (request,
+//! response, bodies, end, and what happened to them) and the events between them, in the
+//! order they were recorded. Pure: it takes records and never checks integrity (`verify`
+//! does that).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cassette_recording::Record;
+use cassette_recording::record::{
+    Blocked, Direction, Event, ExchangeEnd, Gap, Git, Request, Response, Review, SessionStart, Tls,
+    Token,
+};
+
+/// A body as it was stored: the bytes kept and what the final record says about the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyData {
+    /// The stored bytes (at most `maxBodyBytes`), text and base64 pieces put back together.
+    pub bytes: Vec<u8>,
+    /// Whether any piece was stored as base64 (the bytes are not UTF-8).
+    pub binary: bool,
+    /// Full length from the final record.
+    pub length: Option<u64>,
+    /// Whether bytes past the limit were left out.
+    pub truncated: bool,
+    /// `hmac-sha256:<hex>` of the full body.
+    pub digest: Option<String>,
+    /// Whether the final record was seen.
+    pub complete: bool,
+    /// A piece whose base64 did not decode, or whose offset did not follow the previous one.
+    pub damaged: bool,
+}
+
+impl BodyData {
+    fn push(&mut self, body: &cassette_recording::record::Body) {
+        if body.last {
+            self.complete = true;
+            self.length = body.length;
+            self.truncated = body.truncated.unwrap_or(false);
+            self.digest = body.digest.clone();
+            return;
+        }
+        if body.offset != self.bytes.len() as u64 {
+            self.damaged = true;
+        }
+        if let Some(text) = &body.text {
+            self.bytes.extend_from_slice(text.as_bytes());
+        }
+        if let Some(b64) = &body.base64 {
+            self.binary = true;
+            match B64.decode(b64) {
+                Ok(raw) => self.bytes.extend(raw),
+                Err(_) => self.damaged = true,
+            }
+        }
+    }
+
+    /// Whether anything at all was recorded for this body.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.length.unwrap_or(0) == 0
+    }
+
+    /// Full length when known, else the bytes stored.
+    pub fn full_length(&self) -> u64 {
+        self.length.unwrap_or(self.bytes.len() as u64)
+    }
+}
+
+/// Everything recorded about one exchange.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    pub id: u64,
+    /// Time of the exchange's first record.
+    pub first_time: String,
+    /// seq of the exchange's first record.
+    pub first_seq: u64,
+    pub request: Option<Request>,
+    pub request_time: Option<String>,
+    pub response: Option<Response>,
+    pub response_time: Option<String>,
+    pub request_body: BodyData,
+    pub response_body: BodyData,
+    pub end: Option<ExchangeEnd>,
+    pub end_time: Option<String>,
+    pub blocked: Vec<Blocked>,
+    pub tokens: Vec<Token>,
+    pub git: Vec<Git>,
+    pub reviews: Vec<Review>,
+    /// The TLS facts of the exchange's connection, when it was intercepted.
+    pub tls: Option<Tls>,
+}
+
+impl Exchange {
+    fn new(id: u64, record: &Record) -> Self {
+        Exchange {
+            id,
+            first_time: record.time.clone(),
+            first_seq: record.seq,
+            ..Default::default()
+        }
+    }
+
+    /// `host[:port]` the agent addressed.
+    pub fn host(&self) -> &str {
+        self.request.as_ref().map_or("", |r| r.authority.as_str())
+    }
+
+    /// Whether the sidecar refused this exchange (a `blocked` record, or a deny decision).
+    pub fn is_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+            || self
+                .end
+                .as_ref()
+                .is_some_and(|e| e.decision == cassette_recording::record::Decision::Deny)
+    }
+}
+
+/// What the timeline shows, in recorded order.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// The recorder started (or restarted).
+    Start { time: String, start: SessionStart },
+    /// An exchange, at the time of its first record.
+    Exchange(u64),
+    /// A refusal that belongs to no exchange (e.g. a connection refused before any request).
+    Blocked { time: String, blocked: Blocked },
+    /// Something was not recorded.
+    Gap { time: String, gap: Gap },
+    /// The session ended for this pod.
+    End { time: String, reason: String },
+}
+
+/// One recording as exchanges and events.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub items: Vec<Item>,
+    pub exchanges: BTreeMap<u64, Exchange>,
+    /// Records taken in.
+    pub records: u64,
+    /// Time of the first and last record.
+    pub first_time: Option<String>,
+    pub last_time: Option<String>,
+    /// Whether `session_end` was seen.
+    pub ended: bool,
+    /// TLS facts by connection, to attach to the exchanges that use it.
+    tls_by_conn: BTreeMap<u64, Tls>,
+}
+
+impl Timeline {
+    /// Builds the timeline of a recording from its records, in order.
+    pub fn build<'a>(records: impl IntoIterator<Item = &'a Record>) -> Timeline {
+        let mut t = Timeline::default();
+        for r in records {
+            t.push(r);
+        }
+        t
+    }
+
+    /// Takes in the next record (for `replay --follow`, which feeds them as they arrive).
+    pub fn push(&mut self, record: &Record) {
+        self.records += 1;
+        if self.first_time.is_none() {
+            self.first_time = Some(record.time.clone());
+        }
+        self.last_time = Some(record.time.clone());
+        let time = record.time.clone();
+        match &record.event {
+            Event::SessionStart(s) => self.items.push(Item::Start {
+                time,
+                start: s.clone(),
+            }),
+            Event::Tls(tls) => {
+                self.tls_by_conn.insert(tls.conn, tls.clone());
+            }
+            Event::Gap(g) => self.items.push(Item::Gap {
+                time,
+                gap: g.clone(),
+            }),
+            Event::SessionEnd(e) => {
+                self.ended = true;
+                self.items.push(Item::End {
+                    time,
+                    reason: e.reason.clone(),
+                });
+            }
+            Event::Blocked(b) if b.exchange.is_none() => self.items.push(Item::Blocked {
+                time,
+                blocked: b.clone(),
+            }),
+            event => {
+                if let Some(id) = event.exchange() {
+                    let tls = match event {
+                        Event::Request(r) => self.tls_by_conn.get(&r.conn).cloned(),
+                        _ => None,
+                    };
+                    let x = self.exchange_mut(id, record);
+                    if tls.is_some() {
+                        x.tls = tls;
+                    }
+                    apply(x, event, &record.time);
+                }
+            }
+        }
+    }
+
+    fn exchange_mut(&mut self, id: u64, record: &Record) -> &mut Exchange {
+        if !self.exchanges.contains_key(&id) {
+            self.items.push(Item::Exchange(id));
+        }
+        self.exchanges
+            .entry(id)
+            .or_insert_with(|| Exchange::new(id, record))
+    }
+
+    /// The exchanges in recorded order.
+    pub fn exchanges_in_order(&self) -> impl Iterator<Item = &Exchange> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Exchange(id) => self.exchanges.get(id),
+            _ => None,
+        })
+    }
+}
+
+fn apply(x: &mut Exchange, event: &Event, time: &str) {
+    match event {
+        Event::Request(r) => {
+            x.request = Some(r.clone());
+            x.request_time = Some(time.to_string());
+        }
+        Event::Response(r) => {
+            x.response = Some(r.clone());
+            x.response_time = Some(time.to_string());
+        }
+        Event::Body(b) => match b.direction {
+            Direction::Request => x.request_body.push(b),
+            Direction::Response => x.response_body.push(b),
+        },
+        Event::ExchangeEnd(e) => {
+            x.end = Some(e.clone());
+            x.end_time = Some(time.to_string());
+        }
+        Event::Blocked(b) => x.blocked.push(b.clone()),
+        Event::Token(t) => x.tokens.push(t.clone()),
+        Event::Git(g) => x.git.push(g.clone()),
+        Event::Review(r) => x.reviews.push(r.clone()),
+        _ => {}
+    }
+}
+
+/// A recorded time as a timestamp; `None` when it does not parse.
+pub fn parse_time(time: &str) -> Option<jiff::Timestamp> {
+    time.parse().ok()
+}
+
+/// The fixture recording, read back as a timeline.
+#[cfg(test)]
+pub(crate) async fn fixture_timeline() -> (crate::fixture::Fixture, Timeline) {
+    let f = crate::fixture::write().await;
+    let found = crate::locate::discover(&f.session_uri, &Default::default())
+        .await
+        .expect("discover");
+    assert_eq!(found.len(), 1, "one recording");
+    let objects = found[0].load().await.expect("load");
+    let records: Vec<Record> = objects.records().map(|r| r.expect("record")).collect();
+    (f, Timeline::build(&records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, time: &str, json: &str) -> Record {
+        let line = format!(
+            r#"{{"seq":{seq},"time":"{time}",{json},"chain":"{}"}}"#,
+            "0".repeat(64)
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_reassembled_from_text_and_base64() {
+        let records = [
+            rec(
+                0,
+                "2026-05-01T12:00:00.000000000Z",
+                r#""kind":"body","exchange":1,"direction":"response","offset":0,"text":"ab""#,
+            ),
+            rec(
+                1,
+                "2026-05-01T12:00:00.000000001Z",
+                r#""kind":"body","exchange":1,"direction":"response","offset":2,"base64":"/wA=""#,
+            ),
+            rec(
+                2,
+                "2026-05-01T12:00:00.000000002Z",
+                r#""kind":"body","exchange":1,"direction":"response","offset":4,"final":true,"length":10,"digest":"hmac-sha256:00","truncated":true"#,
+            ),
+        ];
+        let t = Timeline::build(&records);
+        let body = &t.exchanges[&1].response_body;
+        assert_eq!(body.bytes, b"ab\xff\x00");
+        assert!(body.binary && body.complete && body.truncated && !body.damaged);
+        assert_eq!(body.full_length(), 10);
+    }
+
+    #[test]
+    fn a_refused_connection_is_its_own_item() {
+        let records = [rec(
+            0,
+            "2026-05-01T12:00:00.000000000Z",
+            r#""kind":"blocked","reason":"expired","message":"session expired""#,
+        )];
+        let t = Timeline::build(&records);
+        assert!(t.exchanges.is_empty());
+        assert!(
+            matches!(&t.items[0], Item::Blocked { blocked, .. } if blocked.reason == "expired")
+        );
+    }
+}

@@ -1,0 +1,584 @@
+//! The built `kubectl-cassette` binary against real recordings (written by
+//! `cassette_recording::Recorder` to a temporary `file://` sink): verify's exit codes on good,
+//! tampered, truncated and open recordings; show, export and search as an auditor runs them.
+
+#[path = "../src/fixture.rs"]
+mod fixture;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn cassette(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-cassette"))
+        .args(args)
+        // No kubeconfig of the machine may leak into a test that uses --recording.
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("the binary runs");
+    eprintln!(
+        "$ kubectl cassette {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited")
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "zst"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn decompress(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn recompress(path: &Path, text: &[u8]) {
+    let bytes = zstd::stream::encode_all(text, 3).unwrap();
+    let mut perm = std::fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(path, perm).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn verify_passes_on_a_good_recording() {
+    let f = fixture::write().await;
+    assert!(
+        segments(&f.recording_dir).len() >= 3,
+        "the fixture spans several segments"
+    );
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+    ]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.starts_with("OK          agent-0-5f1c:"), "{text}");
+    assert!(text.contains("checked against --public-key"), "{text}");
+    assert!(text.contains("1 ok, 0 incomplete, 0 invalid"), "{text}");
+
+    // Without an expected key it still verifies, and says the key was not anchored.
+    let out = cassette(&["verify", "--recording", &f.session_uri]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("NOT checked against an expected key"));
+}
+
+#[tokio::test]
+async fn verify_names_a_flipped_byte() {
+    let f = fixture::write().await;
+    let seg = &segments(&f.recording_dir)[1];
+    let mut text = decompress(seg);
+    // Change one byte inside the second record of segment 2, keep it valid JSON.
+    let line_start = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let at = line_start
+        + text[line_start..]
+            .windows(7)
+            .position(|w| w == b"\"time\":")
+            .unwrap()
+        + 9;
+    text[at] = if text[at] == b'1' { b'2' } else { b'1' };
+    recompress(seg, &text);
+
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+    ]);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(text.starts_with("INVALID     agent-0-5f1c:"), "{text}");
+    assert!(
+        text.contains("FAULT seg-000002.jsonl.zst line 2 (seq ") && text.contains("chain broken"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAULT seg-000002.jsonl.zst: sha256")
+            && text.contains("the object was altered"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn verify_names_a_dropped_segment() {
+    let f = fixture::write().await;
+    std::fs::remove_file(&segments(&f.recording_dir)[1]).unwrap();
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+    ]);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAULT seg-000003.jsonl.zst: segment 2 is missing before this one"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "FAULT manifest.json: lists seg-000002.jsonl.zst, which is not in the recording"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn verify_refuses_another_key() {
+    let f = fixture::write().await;
+    let other = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        other,
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stdout(&out).contains(&format!(
+            "signed with key {}, expected {other}",
+            f.public_key
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn verify_reports_an_open_recording_as_incomplete() {
+    let f = fixture::write().await;
+    std::fs::remove_file(f.recording_dir.join("manifest.json")).unwrap();
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+    ]);
+    assert_eq!(code(&out), 2);
+    let text = stdout(&out);
+    assert!(text.starts_with("INCOMPLETE  agent-0-5f1c:"), "{text}");
+    assert!(text.contains("no manifest.json yet"), "{text}");
+
+    // And with its last segment's seal cut off: an unsealed tail, still not tampering.
+    let last = segments(&f.recording_dir).pop().unwrap();
+    let text = decompress(&last);
+    let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+    assert!(String::from_utf8_lossy(lines[lines.len() - 1]).contains("\"kind\":\"seal\""));
+    recompress(&last, &lines[..lines.len() - 1].concat());
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stdout(&out).contains("the last segment is not sealed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_3() {
+    let out = cassette(&["verify"]);
+    assert_eq!(code(&out), 3);
+    let out = cassette(&["verify", "--recording", "file:///nonexistent-cassette/x/"]);
+    assert_eq!(code(&out), 3);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recording found under"));
+    let out = cassette(&["export", "--recording", "file:///x/"]);
+    assert_eq!(code(&out), 3, "export needs --har or --jsonl");
+    let help = cassette(&["verify", "--help"]);
+    assert_eq!(code(&help), 0);
+    assert!(
+        stdout(&help).contains("2  incomplete"),
+        "exit codes are documented"
+    );
+}
+
+#[tokio::test]
+async fn show_prints_the_timeline_and_one_exchange() {
+    let f = fixture::write().await;
+    let out = cassette(&["show", "--recording", &f.session_uri]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.starts_with("recording agent-0-5f1c"), "{text}");
+    assert!(
+        text.contains("5 exchange(s), 1 blocked, 1 refused before any request, 4 masked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("integrity: verified, sealed and closed by its manifest"),
+        "{text}"
+    );
+    assert!(text.contains("BLOCKED policy (no-push-main)"), "{text}");
+
+    let out = cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "--exchange",
+        "2",
+        "--bodies",
+    ]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.contains("> GET https://secretmanager.googleapis.com/v1/projects/p/secrets/db/versions/latest:access HTTP/2"), "{text}");
+    assert!(
+        text.contains("{\"payload\":{\"data\":\"«masked:secret-fields:"),
+        "{text}"
+    );
+
+    let out = cassette(&["show", "--recording", &f.session_uri, "--exchange", "99"]);
+    assert_eq!(code(&out), 3);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no exchange 99"));
+}
+
+#[tokio::test]
+async fn replay_without_pacing_prints_the_story() {
+    let f = fixture::write().await;
+    let out = cassette(&["replay", "--recording", &f.session_uri, "--speed", "0"]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    let story = [
+        "session_start pod agent-0",
+        "#1 → GET storage.googleapis.com/storage/v1/b/logs/o",
+        "#1 token swapped (bearer, agent@proj.iam.gserviceaccount.com) for storage.googleapis.com",
+        "#1 ← 200",
+        "#1 done: allow in 12.3ms",
+        "#4 git receive-pack: refs/heads/main",
+        "#4 BLOCKED policy (no-push-main)",
+        "BLOCKED expired",
+        "session_end (shutdown)",
+    ];
+    let mut at = 0;
+    for line in story {
+        let found = text[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} not in order in\n{text}"));
+        at += found;
+    }
+    // --follow on a closed recording returns at its session_end.
+    let out = cassette(&[
+        "replay",
+        "--recording",
+        &f.session_uri,
+        "--speed",
+        "0",
+        "--follow",
+    ]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).trim_end().ends_with("session_end (shutdown)"));
+}
+
+/// HAR 1.2, checked member by member against the spec: required members present with
+/// the right types, custom members only with a leading `_`.
+fn validate_har(doc: &Value) -> Result<(), String> {
+    fn obj<'a>(v: &'a Value, at: &str) -> Result<&'a serde_json::Map<String, Value>, String> {
+        v.as_object().ok_or(format!("{at} is not an object"))
+    }
+    fn allowed(o: &serde_json::Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
+        for k in o.keys() {
+            if !k.starts_with('_') && !known.contains(&k.as_str()) && k != "comment" {
+                return Err(format!(
+                    "{at}.{k} is not a HAR 1.2 member (custom ones start with _)"
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn string(o: &serde_json::Map<String, Value>, at: &str, k: &str) -> Result<(), String> {
+        o.get(k)
+            .and_then(Value::as_str)
+            .map(|_| ())
+            .ok_or(format!("{at}.{k} must be a string"))
+    }
+    fn number(o: &serde_json::Map<String, Value>, at: &str, k: &str) -> Result<f64, String> {
+        o.get(k)
+            .and_then(Value::as_f64)
+            .ok_or(format!("{at}.{k} must be a number"))
+    }
+    fn pairs(o: &serde_json::Map<String, Value>, at: &str, k: &str) -> Result<(), String> {
+        let list = o
+            .get(k)
+            .and_then(Value::as_array)
+            .ok_or(format!("{at}.{k} must be an array"))?;
+        for (i, p) in list.iter().enumerate() {
+            let p = obj(p, &format!("{at}.{k}[{i}]"))?;
+            string(p, at, "name")?;
+            string(p, at, "value")?;
+        }
+        Ok(())
+    }
+    let log = obj(&doc["log"], "log")?;
+    allowed(
+        log,
+        "log",
+        &["version", "creator", "browser", "pages", "entries"],
+    )?;
+    if log.get("version").and_then(Value::as_str) != Some("1.2") {
+        return Err("log.version must be \"1.2\"".into());
+    }
+    let creator = obj(&log["creator"], "log.creator")?;
+    string(creator, "log.creator", "name")?;
+    string(creator, "log.creator", "version")?;
+    let entries = log["entries"]
+        .as_array()
+        .ok_or("log.entries must be an array")?;
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("log.entries[{i}]");
+        let e = obj(e, &at)?;
+        allowed(
+            e,
+            &at,
+            &[
+                "pageref",
+                "startedDateTime",
+                "time",
+                "request",
+                "response",
+                "cache",
+                "timings",
+                "serverIPAddress",
+                "connection",
+            ],
+        )?;
+        let started = e
+            .get("startedDateTime")
+            .and_then(Value::as_str)
+            .ok_or(format!("{at}.startedDateTime"))?;
+        started
+            .parse::<jiff::Timestamp>()
+            .map_err(|err| format!("{at}.startedDateTime {started:?}: {err}"))?;
+        let time = number(e, &at, "time")?;
+        obj(&e["cache"], &format!("{at}.cache"))?;
+
+        let rq = obj(&e["request"], &format!("{at}.request"))?;
+        let rat = format!("{at}.request");
+        allowed(
+            rq,
+            &rat,
+            &[
+                "method",
+                "url",
+                "httpVersion",
+                "cookies",
+                "headers",
+                "queryString",
+                "postData",
+                "headersSize",
+                "bodySize",
+            ],
+        )?;
+        for k in ["method", "url", "httpVersion"] {
+            string(rq, &rat, k)?;
+        }
+        for k in ["cookies", "headers", "queryString"] {
+            pairs(rq, &rat, k)?;
+        }
+        number(rq, &rat, "headersSize")?;
+        number(rq, &rat, "bodySize")?;
+        if let Some(post) = rq.get("postData") {
+            let post = obj(post, &format!("{rat}.postData"))?;
+            allowed(post, &rat, &["mimeType", "params", "text"])?;
+            string(post, &rat, "mimeType")?;
+            string(post, &rat, "text")?;
+        }
+
+        let rs = obj(&e["response"], &format!("{at}.response"))?;
+        let sat = format!("{at}.response");
+        allowed(
+            rs,
+            &sat,
+            &[
+                "status",
+                "statusText",
+                "httpVersion",
+                "cookies",
+                "headers",
+                "content",
+                "redirectURL",
+                "headersSize",
+                "bodySize",
+            ],
+        )?;
+        number(rs, &sat, "status")?;
+        for k in ["statusText", "httpVersion", "redirectURL"] {
+            string(rs, &sat, k)?;
+        }
+        pairs(rs, &sat, "cookies")?;
+        pairs(rs, &sat, "headers")?;
+        number(rs, &sat, "headersSize")?;
+        number(rs, &sat, "bodySize")?;
+        let content = obj(&rs["content"], &format!("{sat}.content"))?;
+        allowed(
+            content,
+            &sat,
+            &["size", "compression", "mimeType", "text", "encoding"],
+        )?;
+        number(content, &sat, "size")?;
+        string(content, &sat, "mimeType")?;
+
+        let t = obj(&e["timings"], &format!("{at}.timings"))?;
+        allowed(
+            t,
+            &at,
+            &[
+                "blocked", "dns", "connect", "send", "wait", "receive", "ssl",
+            ],
+        )?;
+        let mut sum = 0.0;
+        for k in ["send", "wait", "receive"] {
+            let v = number(t, &at, k)?;
+            if v < 0.0 {
+                return Err(format!("{at}.timings.{k} must not be negative"));
+            }
+            sum += v;
+        }
+        for k in ["blocked", "dns", "connect"] {
+            if let Some(v) = t.get(k) {
+                let v = v.as_f64().ok_or(format!("{at}.timings.{k}"))?;
+                if v != -1.0 && v < 0.0 {
+                    return Err(format!("{at}.timings.{k} is negative but not -1"));
+                }
+                if v > 0.0 {
+                    sum += v;
+                }
+            }
+        }
+        if (sum - time).abs() > 1e-6 {
+            return Err(format!(
+                "{at}.time {time} is not the sum of its timings {sum}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn export_har_is_valid_har_1_2() {
+    let f = fixture::write().await;
+    let path = f.dir.path().join("session.har");
+    let out = cassette(&[
+        "export",
+        "--recording",
+        &f.session_uri,
+        "--har",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0);
+    let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    validate_har(&doc).unwrap();
+    assert_eq!(doc["log"]["entries"].as_array().unwrap().len(), 5);
+
+    // The validator is not a rubber stamp.
+    let mut broken = doc.clone();
+    broken["log"]["entries"][0]["request"]["decision"] = Value::from("allow");
+    assert!(
+        validate_har(&broken)
+            .unwrap_err()
+            .contains("request.decision")
+    );
+    let mut broken = doc.clone();
+    broken["log"]["entries"][0]["time"] = Value::from(1.0);
+    assert!(validate_har(&broken).is_err());
+}
+
+#[tokio::test]
+async fn export_jsonl_keeps_the_records_as_they_are() {
+    let f = fixture::write().await;
+    let out = cassette(&["export", "--recording", &f.session_uri, "--jsonl", "-"]);
+    assert_eq!(code(&out), 0);
+    let mut expected = Vec::new();
+    for seg in segments(&f.recording_dir) {
+        expected.extend(decompress(&seg));
+    }
+    assert_eq!(out.stdout, expected, "byte for byte");
+    let first: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "session_start");
+}
+
+#[tokio::test]
+async fn search_finds_which_exchanges_carried_a_secret() {
+    let f = fixture::write().await;
+    let key = f.dir.path().join("key");
+    std::fs::write(&key, fixture::FINGERPRINT_KEY).unwrap();
+    let env = f.dir.path().join("db.env");
+    std::fs::write(&env, format!("export DB_PASSWORD={}\n", fixture::SECRET)).unwrap();
+    let out = cassette(&[
+        "search",
+        "--recording",
+        &f.session_uri,
+        "--secret-file",
+        env.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("recording agent-0-5f1c: 2 match(es)"),
+        "{text}"
+    );
+    let seen = text.lines().find(|l| l.contains("#2")).expect("exchange 2");
+    assert!(
+        seen.contains("response")
+            && seen.contains("secretmanager.googleapis.com")
+            && seen.contains("in body (seen by the agent"),
+        "{seen}"
+    );
+    let sent = text.lines().find(|l| l.contains("#3")).expect("exchange 3");
+    assert!(
+        sent.contains("request")
+            && sent.contains("POST")
+            && sent.contains("paste.example.com/api/new")
+            && sent.contains("sent by the agent"),
+        "{sent}"
+    );
+
+    // Another secret, or the right secret with the wrong key: no match, exit 1.
+    std::fs::write(&env, "export DB_PASSWORD=something-else\n").unwrap();
+    let out = cassette(&[
+        "search",
+        "--recording",
+        &f.session_uri,
+        "--secret-file",
+        env.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("0 match(es)"));
+}
