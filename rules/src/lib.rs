@@ -13,3 +13,5 @@
 pub mod classify;
 pub mod git;
 pub mod glob;
+pub mod mask;
+pub mod validate;

@@ -1,0 +1,591 @@
+//! One check of an AgentSession spec — rules, globs, host patterns, regexes, JSON field
+//! paths, durations — for what the CRD's schema and CEL rules cannot check. The operator's
+//! validating webhook refuses a bad session with it; the sidecar runs it again at start.
+//!
+//! Every error names the JSON path of the bad field and says how to fix it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use cassette_api::{AgentSessionSpec, Masking, Policy, PolicyRule};
+
+use crate::glob::{HostPattern, PermissionPattern, SegmentGlob};
+use crate::mask::{self, BUILT_IN_NAMES};
+
+/// One bad field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The JSON path: `spec.masking.patterns[2].regex`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every bad field of a spec, in spec order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Validates a whole AgentSession spec.
+pub fn agent_session(spec: &AgentSessionSpec) -> Result<(), ValidationErrors> {
+    let mut errors = Vec::new();
+    if spec.expires_at.is_some() == spec.max_duration.is_some() {
+        errors.push(FieldError::new(
+            "spec",
+            "set exactly one of spec.expiresAt (an RFC 3339 time) or spec.maxDuration (such as 2h)",
+        ));
+    }
+    if let Some(d) = &spec.max_duration {
+        check_duration(
+            "spec.maxDuration",
+            d,
+            Duration::from_secs(60),
+            Duration::from_secs(8760 * 3600),
+            &mut errors,
+        );
+    }
+    recording(spec, &mut errors);
+    if let Some(m) = &spec.masking {
+        masking(m, &mut errors);
+    }
+    if let Some(p) = &spec.policy {
+        policy(p, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn recording(spec: &AgentSessionSpec, errors: &mut Vec<FieldError>) {
+    let r = &spec.recording;
+    let sink_ok = match (
+        r.sink.strip_prefix("gs://"),
+        r.sink.strip_prefix("file:///"),
+    ) {
+        (Some(rest), _) => {
+            let bucket = rest.split('/').next().unwrap_or("");
+            (3..=222).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        }
+        (None, Some(_)) => true,
+        (None, None) => false,
+    };
+    if !sink_ok || r.sink.contains(char::is_whitespace) {
+        errors.push(FieldError::new(
+            "spec.recording.sink",
+            format!(
+                "{:?} is not a sink: use gs://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH",
+                r.sink
+            ),
+        ));
+    }
+    if !(1024..=67_108_864).contains(&r.max_body_bytes) {
+        errors.push(FieldError::new(
+            "spec.recording.maxBodyBytes",
+            format!("{} is out of range: use 1024 to 67108864", r.max_body_bytes),
+        ));
+    }
+    if let Some(retention) = &r.retention {
+        let (digits, unit) = retention.split_at(retention.len().saturating_sub(1));
+        let ok = matches!(unit, "d" | "h")
+            && !digits.is_empty()
+            && !digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit());
+        if !ok {
+            errors.push(FieldError::new(
+                "spec.recording.retention",
+                format!(
+                    "{retention:?} is not a retention: use whole days or hours, such as 90d or 36h"
+                ),
+            ));
+        }
+    }
+}
+
+/// Validates `spec.masking`.
+pub(crate) fn masking(m: &Masking, errors: &mut Vec<FieldError>) {
+    let mut names = HashSet::new();
+    for (i, p) in m.patterns.iter().enumerate() {
+        let at = format!("spec.masking.patterns[{i}]");
+        if !is_dns_label(&p.name) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("{:?} is not a pattern name: use lowercase letters, digits and dashes, such as internal-token", p.name),
+            ));
+        } else if BUILT_IN_NAMES.contains(&p.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is the name of a built-in detector; choose another name",
+                    p.name
+                ),
+            ));
+        } else if !names.insert(p.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is used by an earlier pattern; names must be unique",
+                    p.name
+                ),
+            ));
+        }
+        if p.regex.is_empty() {
+            errors.push(FieldError::new(format!("{at}.regex"), "is empty"));
+        } else if let Err(message) = mask::compile_pattern(&p.regex) {
+            errors.push(FieldError::new(format!("{at}.regex"), message));
+        }
+    }
+    for (i, f) in m.json_fields.iter().enumerate() {
+        if let Err(message) = mask::parse_field_path(&f.path) {
+            errors.push(FieldError::new(
+                format!("spec.masking.jsonFields[{i}].path"),
+                message,
+            ));
+        }
+    }
+}
+
+/// Validates `spec.policy`.
+pub(crate) fn policy(p: &Policy, errors: &mut Vec<FieldError>) {
+    let mut names = HashSet::new();
+    for (i, rule) in p.rules.iter().enumerate() {
+        policy_rule(i, rule, &mut names, errors);
+    }
+    for (i, host) in p.passthrough.iter().enumerate() {
+        if let Err(e) = HostPattern::parse(&host.0) {
+            errors.push(FieldError::new(
+                format!("spec.policy.passthrough[{i}]"),
+                e.0,
+            ));
+        }
+    }
+    if let Some(t) = &p.review_timeout {
+        check_duration(
+            "spec.policy.reviewTimeout",
+            t,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+            errors,
+        );
+    }
+}
+
+fn policy_rule<'a>(
+    i: usize,
+    rule: &'a PolicyRule,
+    names: &mut HashSet<&'a str>,
+    errors: &mut Vec<FieldError>,
+) {
+    let at = format!("spec.policy.rules[{i}]");
+    if let Some(name) = &rule.name {
+        if name.is_empty() || name.len() > 63 {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                "must be 1 to 63 characters",
+            ));
+        } else if !names.insert(name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("{name:?} is used by an earlier rule; refusals name the rule, so names must be unique"),
+            ));
+        }
+    }
+    let m = &rule.matches;
+    let at = format!("{at}.match");
+    if m.host.is_none()
+        && m.method.is_none()
+        && m.path.is_none()
+        && m.service.is_none()
+        && m.permission.is_none()
+        && m.git_ref.is_none()
+    {
+        errors.push(FieldError::new(
+            at.clone(),
+            "a rule's match needs at least one of host, method, path, service, permission or gitRef",
+        ));
+    }
+    if let Some(host) = &m.host
+        && let Err(e) = HostPattern::parse(&host.0)
+    {
+        errors.push(FieldError::new(format!("{at}.host"), e.0));
+    }
+    if let Some(method) = &m.method
+        && (method.is_empty()
+            || method.len() > 16
+            || !method.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        errors.push(FieldError::new(
+            format!("{at}.method"),
+            format!(
+                "{method:?} is not a method: use an upper-case HTTP method such as GET or DELETE"
+            ),
+        ));
+    }
+    if let Some(path) = &m.path {
+        if !path.starts_with('/') {
+            errors.push(FieldError::new(
+                format!("{at}.path"),
+                format!("{path:?} must start with /, such as /storage/v1/b/**"),
+            ));
+        } else if let Err(e) = SegmentGlob::parse(path) {
+            errors.push(FieldError::new(format!("{at}.path"), e.0));
+        }
+    }
+    if let Some(service) = &m.service {
+        let ok = service
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_lowercase)
+            && service.len() <= 63
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            errors.push(FieldError::new(
+                format!("{at}.service"),
+                format!("{service:?} is not a service: use a Google API name such as storage, pubsub or secretmanager"),
+            ));
+        }
+    }
+    if let Some(permission) = &m.permission
+        && let Err(e) = PermissionPattern::parse(permission)
+    {
+        errors.push(FieldError::new(format!("{at}.permission"), e.0));
+    }
+    if let Some(git_ref) = &m.git_ref {
+        if !git_ref.starts_with("refs/") {
+            errors.push(FieldError::new(
+                format!("{at}.gitRef"),
+                format!("{git_ref:?} must be a full ref such as refs/heads/main or refs/tags/*"),
+            ));
+        } else if let Err(e) = SegmentGlob::parse(git_ref) {
+            errors.push(FieldError::new(format!("{at}.gitRef"), e.0));
+        }
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn check_duration(
+    path: &str,
+    text: &str,
+    min: Duration,
+    max: Duration,
+    errors: &mut Vec<FieldError>,
+) {
+    match parse_duration(text) {
+        Ok(d) if d < min || d > max => errors.push(FieldError::new(
+            path,
+            format!(
+                "{text:?} is out of range: use {} to {}",
+                format_duration(min),
+                format_duration(max)
+            ),
+        )),
+        Ok(_) => {}
+        Err(message) => errors.push(FieldError::new(path, message)),
+    }
+}
+
+/// Parses the durations AgentSessions use: one or more `<digits><h|m|s>`, such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let refuse = || {
+        format!(
+            "{text:?} is not a duration: use hours, minutes and seconds such as 90s, 30m or 1h30m"
+        )
+    };
+    if text.is_empty() {
+        return Err(refuse());
+    }
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => {
+                let digit = u64::from(c as u8 - b'0');
+                number = Some(
+                    number
+                        .unwrap_or(0)
+                        .checked_mul(10)
+                        .and_then(|n| n.checked_add(digit))
+                        .ok_or_else(refuse)?,
+                );
+            }
+            'h' | 'm' | 's' => {
+                let n = number.take().ok_or_else(refuse)?;
+                let unit = match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                total = n
+                    .checked_mul(unit)
+                    .and_then(|s| total.checked_add(s))
+                    .ok_or_else(refuse)?;
+            }
+            _ => return Err(refuse()),
+        }
+    }
+    if number.is_some() {
+        return Err(refuse());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cassette_api::{
+        Action, HostPattern as ApiHost, JsonFieldPath, MaskPattern, Recording, RuleMatch,
+    };
+
+    fn spec() -> AgentSessionSpec {
+        AgentSessionSpec {
+            agent: None,
+            requested_by: None,
+            expires_at: None,
+            max_duration: Some("2h".into()),
+            recording: Recording {
+                sink: "gs://recordings/team".into(),
+                max_body_bytes: 1 << 20,
+                retention: Some("90d".into()),
+                durability: Default::default(),
+                on_failure: Default::default(),
+            },
+            masking: None,
+            policy: None,
+            approvals: Vec::new(),
+        }
+    }
+
+    fn rule(name: &str, matches: RuleMatch) -> PolicyRule {
+        PolicyRule {
+            name: Some(name.into()),
+            action: Action::Deny,
+            matches,
+        }
+    }
+
+    fn paths(spec: &AgentSessionSpec) -> Vec<String> {
+        match agent_session(spec) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| e.path).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        let mut s = spec();
+        s.policy = Some(Policy {
+            rules: vec![
+                rule(
+                    "protect-main",
+                    RuleMatch {
+                        git_ref: Some("refs/heads/main".into()),
+                        ..Default::default()
+                    },
+                ),
+                rule(
+                    "no-bucket-admin",
+                    RuleMatch {
+                        host: Some(ApiHost("*.googleapis.com".into())),
+                        permission: Some("storage.buckets.*".into()),
+                        path: Some("/storage/v1/b/**".into()),
+                        method: Some("DELETE".into()),
+                        service: Some("storage".into()),
+                        git_ref: None,
+                    },
+                ),
+            ],
+            review_timeout: Some("5m".into()),
+            ..Default::default()
+        });
+        s.masking = Some(Masking {
+            patterns: vec![MaskPattern {
+                name: "internal-token".into(),
+                regex: "itk_[a-z0-9]{16}".into(),
+            }],
+            json_fields: vec![JsonFieldPath {
+                path: "items.*.token".into(),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(agent_session(&s), Ok(()));
+    }
+
+    #[test]
+    fn bad_regex_names_its_field() {
+        let mut s = spec();
+        s.masking = Some(Masking {
+            patterns: vec![
+                MaskPattern {
+                    name: "a".into(),
+                    regex: "a+".into(),
+                },
+                MaskPattern {
+                    name: "b".into(),
+                    regex: "b+".into(),
+                },
+                MaskPattern {
+                    name: "c".into(),
+                    regex: "(unclosed".into(),
+                },
+            ],
+            ..Default::default()
+        });
+        let err = agent_session(&s).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("spec.masking.patterns[2].regex: does not compile: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let mut s = spec();
+        s.max_duration = Some("forever".into());
+        s.recording.sink = "s3://bucket".into();
+        s.recording.retention = Some("90 days".into());
+        s.masking = Some(Masking {
+            patterns: vec![
+                MaskPattern {
+                    name: "jwt".into(),
+                    regex: "x".into(),
+                },
+                MaskPattern {
+                    name: "Bad_Name".into(),
+                    regex: "[a-z]{1000}{1000}".into(),
+                },
+            ],
+            json_fields: vec![JsonFieldPath {
+                path: "a..b".into(),
+            }],
+            ..Default::default()
+        });
+        s.policy = Some(Policy {
+            rules: vec![
+                rule("r", RuleMatch::default()),
+                rule(
+                    "r",
+                    RuleMatch {
+                        host: Some(ApiHost("*.GoogleApis.com".into())),
+                        method: Some("delete".into()),
+                        path: Some("storage/**x".into()),
+                        service: Some("Storage".into()),
+                        permission: Some("storage.buckets".into()),
+                        git_ref: Some("main".into()),
+                    },
+                ),
+            ],
+            passthrough: vec![ApiHost("bad host".into())],
+            review_timeout: Some("48h".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            paths(&s),
+            vec![
+                "spec.maxDuration",
+                "spec.recording.sink",
+                "spec.recording.retention",
+                "spec.masking.patterns[0].name",
+                "spec.masking.patterns[1].name",
+                "spec.masking.patterns[1].regex",
+                "spec.masking.jsonFields[0].path",
+                "spec.policy.rules[0].match",
+                "spec.policy.rules[1].name",
+                "spec.policy.rules[1].match.host",
+                "spec.policy.rules[1].match.method",
+                "spec.policy.rules[1].match.path",
+                "spec.policy.rules[1].match.service",
+                "spec.policy.rules[1].match.permission",
+                "spec.policy.rules[1].match.gitRef",
+                "spec.policy.passthrough[0]",
+                "spec.policy.reviewTimeout",
+            ]
+        );
+    }
+
+    #[test]
+    fn expiry_is_required_once() {
+        let mut s = spec();
+        s.max_duration = None;
+        assert_eq!(paths(&s), vec!["spec"]);
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("90s", Some(90)),
+            ("30m", Some(1800)),
+            ("1h30m", Some(5400)),
+            ("2h", Some(7200)),
+            ("1h1h", Some(7200)),
+            ("", None),
+            ("h", None),
+            ("10", None),
+            ("1d", None),
+            ("1.5h", None),
+            ("-1h", None),
+            ("99999999999999999999h", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_duration(text).ok().map(|d| d.as_secs()),
+                want,
+                "{text:?}"
+            );
+        }
+    }
+}
