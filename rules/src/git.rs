@@ -236,6 +236,21 @@ impl RefUpdate {
     }
 }
 
+impl RefUpdate {
+    /// The change without the ref name: `update 1111111 -> 2222222`, `create at 2222222`,
+    /// `delete, was 1111111` (ids cut to 12 digits).
+    pub fn change(&self) -> String {
+        let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();
+        match self.kind() {
+            RefUpdateKind::Create => format!("create at {}", short(&self.new)),
+            RefUpdateKind::Delete => format!("delete, was {}", short(&self.old)),
+            RefUpdateKind::Update => {
+                format!("update {} -> {}", short(&self.old), short(&self.new))
+            }
+        }
+    }
+}
+
 impl fmt::Display for RefUpdate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();

@@ -14,4 +14,5 @@ pub mod classify;
 pub mod git;
 pub mod glob;
 pub mod mask;
+pub mod policy;
 pub mod validate;
