@@ -725,11 +725,7 @@ async fn exchange(
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut server = TokioIo::new(server);
-            let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut server)
-                .await
-                .unwrap_or((0, 0));
+            let (up, down) = tunnel(TokioIo::new(client), TokioIo::new(server)).await;
             ctx.add_bytes(up, down);
             end.tunnel(&proxy, up, down);
         });
@@ -747,6 +743,35 @@ async fn exchange(
         Some((end, ctx.clone())),
     );
     Response::from_parts(parts, resp_tap.boxed())
+}
+
+/// Copy both ways until both sides are done, counting what went each way even when a side
+/// ends abruptly (a TLS peer that closes without close_notify is the common case).
+pub async fn tunnel<A: Io, B: Io>(client: A, server: B) -> (u64, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut from: R, mut to: W) -> u64 {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0;
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    total += n as u64;
+                }
+            }
+        }
+        let _ = to.shutdown().await;
+        total
+    }
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    tokio::join!(
+        pump(client_read, server_write),
+        pump(server_read, client_write)
+    )
 }
 
 impl ConnCtx {

@@ -255,7 +255,7 @@ async fn tls<IO>(
 
 /// Tunnel a passthrough host untouched; only connection metadata is recorded.
 async fn passthrough<IO>(
-    mut io: IO,
+    io: IO,
     first: Bytes,
     conn: u64,
     route: Route,
@@ -284,25 +284,23 @@ async fn passthrough<IO>(
             return;
         }
     };
-    let mut up = first.len() as u64;
-    let result = async {
-        upstream.write_all(&first).await?;
-        tokio::io::copy_bidirectional(&mut io, &mut upstream).await
+    if let Err(e) = upstream.write_all(&first).await {
+        refuse_connection(
+            &proxy,
+            conn,
+            &target,
+            &format!("writing to the upstream: {e}"),
+        );
+        return;
     }
-    .await;
-    let (error, down) = match result {
-        Ok((u, d)) => {
-            up += u;
-            (None, d)
-        }
-        Err(e) => (Some(e.to_string()), 0),
-    };
+    let (up, down) = crate::forward::tunnel(io, upstream).await;
+    let up = up + first.len() as u64;
     debug!(conn, up, down, "passthrough closed");
     proxy.recorder.emit(Event::ConnClose(ConnClose {
         conn,
         bytes_up: up,
         bytes_down: down,
-        error,
+        error: None,
     }));
 }
 

@@ -542,3 +542,188 @@ async fn the_proxy_refuses_the_metadata_server_loopback_and_link_local() {
     assert!(verified);
     assert!(kinds(&records, "blocked").len() >= 4, "{records:?}");
 }
+
+/// Open a TLS connection to `host` through the sidecar's CONNECT, trusting `roots` only.
+async fn connect_through(
+    sidecar: &Sidecar,
+    host: &str,
+    roots: rustls::RootCertStore,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.capture))
+        .await
+        .unwrap();
+    tcp.write_all(format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tcp.read(&mut byte).await.unwrap(),
+            1,
+            "the proxy closed during CONNECT"
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host.to_string()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// A TLS upstream that answers one HTTP/1.1 upgrade with 101 and then echoes bytes.
+async fn upgrade_upstream(ca: &TestCa, name: &str) -> SocketAddr {
+    let (chain, key) = ca.leaf(&[name]);
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|mut req: Request<Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = upgrade.await {
+                            let mut io = TokioIo::new(upgraded);
+                            let (mut r, mut w) = tokio::io::split(&mut io);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                    response
+                        .headers_mut()
+                        .insert("connection", "upgrade".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("upgrade", "websocket".parse().unwrap());
+                    Ok::<_, hyper::Error>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_hosts_are_tunnelled_untouched_and_upgrades_are_carried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    install_provider();
+    let ca = TestCa::new();
+    let pinned = upstream(&ca, &["pinned.test"], Default::default()).await;
+    let ws = upgrade_upstream(&ca, "ws.test").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+    let sidecar = Sidecar::start(
+        &[
+            format!("--upstream-ca={}", ca_file.display()),
+            format!(
+                "--upstream-override=pinned.test=https://127.0.0.1:{}",
+                pinned.port()
+            ),
+            format!(
+                "--upstream-override=ws.test=https://127.0.0.1:{}",
+                ws.port()
+            ),
+            "--passthrough=pinned.test".to_string(),
+        ],
+        None,
+    );
+
+    // Passthrough: the client sees the upstream's own certificate (it trusts only the
+    // upstream's CA, not the session CA), so nothing was intercepted.
+    let mut tls = connect_through(&sidecar, "pinned.test", roots_from_pem(&ca.pem)).await;
+    tls.write_all(b"GET /pinned HTTP/1.1\r\nHost: pinned.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(tls);
+
+    // An upgrade: 101, then bytes both ways through the sidecar.
+    let bundle = std::fs::read_to_string(sidecar.bundle()).unwrap();
+    let mut tls = connect_through(&sidecar, "ws.test", roots_from_pem(&bundle)).await;
+    tls.write_all(
+        b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tls.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 23];
+    tls.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+    drop(tls);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified);
+    let tls = kinds(&records, "tls");
+    assert!(
+        tls.iter()
+            .any(|t| t["sni"] == "pinned.test" && t["passthrough"] == true)
+    );
+    assert!(
+        !kinds(&records, "request")
+            .iter()
+            .any(|r| r["authority"] == "pinned.test"),
+        "a passthrough host's content is not recorded"
+    );
+    let socket = kinds(&records, "request")
+        .into_iter()
+        .find(|r| r["path"] == "/socket")
+        .expect("the upgrade request is recorded");
+    let end = kinds(&records, "exchange_end")
+        .into_iter()
+        .find(|e| e["exchange"] == socket["exchange"])
+        .expect("the tunnel's exchange_end");
+    assert_eq!(end["bytes_up"], 23);
+    assert_eq!(end["bytes_down"], 23);
+}
