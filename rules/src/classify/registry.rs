@@ -201,184 +201,52 @@ mod tests {
     const REPO: &str = "projects/p/locations/us-central1/repositories/r";
 
     #[test]
+
+    #[rustfmt::skip]
     fn docker_push_and_pull() {
         check(&[
             // docker pull
             (DOCKER, "GET", "/v2/", None, None),
-            (
-                DOCKER,
-                "HEAD",
-                "/v2/p/r/app/manifests/latest",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                Some(REPO),
-            ),
-            (
-                DOCKER,
-                "GET",
-                "/v2/p/r/team/app/manifests/sha256:0123abcd",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                Some(REPO),
-            ),
-            (
-                DOCKER,
-                "GET",
-                "/v2/p/r/app/blobs/sha256:0123abcd",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                Some(REPO),
-            ),
-            (
-                DOCKER,
-                "GET",
-                "/v2/p/r/app/tags/list",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                None,
-            ),
+            (DOCKER, "HEAD", "/v2/p/r/app/manifests/latest", Some("artifactregistry.repositories.downloadArtifacts"), Some(REPO)),
+            (DOCKER, "GET", "/v2/p/r/team/app/manifests/sha256:0123abcd", Some("artifactregistry.repositories.downloadArtifacts"), Some(REPO)),
+            (DOCKER, "GET", "/v2/p/r/app/blobs/sha256:0123abcd", Some("artifactregistry.repositories.downloadArtifacts"), Some(REPO)),
+            (DOCKER, "GET", "/v2/p/r/app/tags/list", Some("artifactregistry.repositories.downloadArtifacts"), None),
             // docker push
-            (
-                DOCKER,
-                "HEAD",
-                "/v2/p/r/app/blobs/sha256:0123abcd",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                None,
-            ),
-            (
-                DOCKER,
-                "POST",
-                "/v2/p/r/app/blobs/uploads/",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                Some(REPO),
-            ),
-            (
-                DOCKER,
-                "PATCH",
-                "/v2/p/r/app/blobs/uploads/5f0c-uuid",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                None,
-            ),
-            (
-                DOCKER,
-                "PUT",
-                "/v2/p/r/app/blobs/uploads/5f0c-uuid?digest=sha256%3A0123abcd",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                None,
-            ),
-            (
-                DOCKER,
-                "PUT",
-                "/v2/p/r/app/manifests/v1.2",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                Some(REPO),
-            ),
-            (
-                DOCKER,
-                "DELETE",
-                "/v2/p/r/app/manifests/v1.2",
-                Some("artifactregistry.tags.delete"),
-                None,
-            ),
-            (
-                DOCKER,
-                "DELETE",
-                "/v2/p/r/app/manifests/sha256:0123abcd",
-                Some("artifactregistry.versions.delete"),
-                None,
-            ),
-            (
-                "gcr.io",
-                "GET",
-                "/v2/p/app/manifests/latest",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                Some("projects/p/locations/us/repositories/gcr.io"),
-            ),
-            (
-                "eu.gcr.io",
-                "PUT",
-                "/v2/p/app/manifests/latest",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                Some("projects/p/locations/europe/repositories/eu.gcr.io"),
-            ),
+            (DOCKER, "HEAD", "/v2/p/r/app/blobs/sha256:0123abcd", Some("artifactregistry.repositories.downloadArtifacts"), None),
+            (DOCKER, "POST", "/v2/p/r/app/blobs/uploads/", Some("artifactregistry.repositories.uploadArtifacts"), Some(REPO)),
+            (DOCKER, "PATCH", "/v2/p/r/app/blobs/uploads/5f0c-uuid", Some("artifactregistry.repositories.uploadArtifacts"), None),
+            (DOCKER, "PUT", "/v2/p/r/app/blobs/uploads/5f0c-uuid?digest=sha256%3A0123abcd", Some("artifactregistry.repositories.uploadArtifacts"), None),
+            (DOCKER, "PUT", "/v2/p/r/app/manifests/v1.2", Some("artifactregistry.repositories.uploadArtifacts"), Some(REPO)),
+            (DOCKER, "DELETE", "/v2/p/r/app/manifests/v1.2", Some("artifactregistry.tags.delete"), None),
+            (DOCKER, "DELETE", "/v2/p/r/app/manifests/sha256:0123abcd", Some("artifactregistry.versions.delete"), None),
+            ("gcr.io", "GET", "/v2/p/app/manifests/latest", Some("artifactregistry.repositories.downloadArtifacts"), Some("projects/p/locations/us/repositories/gcr.io")),
+            ("eu.gcr.io", "PUT", "/v2/p/app/manifests/latest", Some("artifactregistry.repositories.uploadArtifacts"), Some("projects/p/locations/europe/repositories/eu.gcr.io")),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn other_package_formats() {
         check(&[
-            (
-                "us-python.pkg.dev",
-                "GET",
-                "/p/py/simple/requests/",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                Some("projects/p/locations/us/repositories/py"),
-            ),
-            (
-                "us-python.pkg.dev",
-                "POST",
-                "/p/py/",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                None,
-            ),
-            (
-                "europe-west1-npm.pkg.dev",
-                "PUT",
-                "/p/npm/@scope%2fpkg",
-                Some("artifactregistry.repositories.uploadArtifacts"),
-                Some("projects/p/locations/europe-west1/repositories/npm"),
-            ),
-            (
-                "us-maven.pkg.dev",
-                "GET",
-                "/p/mvn/com/example/lib/1.0/lib-1.0.jar",
-                Some("artifactregistry.repositories.downloadArtifacts"),
-                None,
-            ),
+            ("us-python.pkg.dev", "GET", "/p/py/simple/requests/", Some("artifactregistry.repositories.downloadArtifacts"), Some("projects/p/locations/us/repositories/py")),
+            ("us-python.pkg.dev", "POST", "/p/py/", Some("artifactregistry.repositories.uploadArtifacts"), None),
+            ("europe-west1-npm.pkg.dev", "PUT", "/p/npm/@scope%2fpkg", Some("artifactregistry.repositories.uploadArtifacts"), Some("projects/p/locations/europe-west1/repositories/npm")),
+            ("us-maven.pkg.dev", "GET", "/p/mvn/com/example/lib/1.0/lib-1.0.jar", Some("artifactregistry.repositories.downloadArtifacts"), None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn google_git_hosts() {
         check(&[
-            (
-                "source.developers.google.com",
-                "GET",
-                "/p/proj/r/repo/info/refs?service=git-upload-pack",
-                Some("source.repos.get"),
-                Some("projects/proj/repos/repo"),
-            ),
-            (
-                "source.developers.google.com",
-                "POST",
-                "/p/proj/r/repo/git-receive-pack",
-                Some("source.repos.update"),
-                Some("projects/proj/repos/repo"),
-            ),
-            (
-                "source.developers.google.com",
-                "GET",
-                "/p/proj/r/repo/info/refs?service=git-receive-pack",
-                Some("source.repos.update"),
-                None,
-            ),
-            (
-                "inst-123456-git.us-central1.sourcemanager.dev",
-                "POST",
-                "/proj/repo.git/git-upload-pack",
-                Some("securesourcemanager.repositories.fetch"),
-                Some("projects/proj/locations/us-central1/repositories/repo"),
-            ),
-            (
-                "inst-123456-git.us-central1.sourcemanager.dev",
-                "POST",
-                "/proj/repo.git/git-receive-pack",
-                Some("securesourcemanager.repositories.push"),
-                None,
-            ),
-            (
-                "inst-123456-git.us-central1.sourcemanager.dev",
-                "GET",
-                "/proj/repo.git/HEAD",
-                None,
-                None,
-            ),
+            ("source.developers.google.com", "GET", "/p/proj/r/repo/info/refs?service=git-upload-pack", Some("source.repos.get"), Some("projects/proj/repos/repo")),
+            ("source.developers.google.com", "POST", "/p/proj/r/repo/git-receive-pack", Some("source.repos.update"), Some("projects/proj/repos/repo")),
+            ("source.developers.google.com", "GET", "/p/proj/r/repo/info/refs?service=git-receive-pack", Some("source.repos.update"), None),
+            ("inst-123456-git.us-central1.sourcemanager.dev", "POST", "/proj/repo.git/git-upload-pack", Some("securesourcemanager.repositories.fetch"), Some("projects/proj/locations/us-central1/repositories/repo")),
+            ("inst-123456-git.us-central1.sourcemanager.dev", "POST", "/proj/repo.git/git-receive-pack", Some("securesourcemanager.repositories.push"), None),
+            ("inst-123456-git.us-central1.sourcemanager.dev", "GET", "/proj/repo.git/HEAD", None, None),
         ]);
     }
 }

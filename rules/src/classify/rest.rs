@@ -21,6 +21,7 @@ struct Api {
     put_creates: bool,
 }
 
+#[rustfmt::skip]
 const PUBSUB: Api = Api {
     service: "pubsub",
     prefix: "pubsub",
@@ -32,63 +33,24 @@ const PUBSUB: Api = Api {
     ],
     verbs: &[
         ("topics", "publish", Some("pubsub.topics.publish")),
-        (
-            "subscriptions",
-            "pull",
-            Some("pubsub.subscriptions.consume"),
-        ),
-        (
-            "subscriptions",
-            "streamingPull",
-            Some("pubsub.subscriptions.consume"),
-        ),
-        (
-            "subscriptions",
-            "acknowledge",
-            Some("pubsub.subscriptions.consume"),
-        ),
-        (
-            "subscriptions",
-            "modifyAckDeadline",
-            Some("pubsub.subscriptions.consume"),
-        ),
-        (
-            "subscriptions",
-            "seek",
-            Some("pubsub.subscriptions.consume"),
-        ),
-        (
-            "subscriptions",
-            "modifyPushConfig",
-            Some("pubsub.subscriptions.update"),
-        ),
-        (
-            "subscriptions",
-            "detach",
-            Some("pubsub.topics.detachSubscription"),
-        ),
+        ("subscriptions", "pull", Some("pubsub.subscriptions.consume")),
+        ("subscriptions", "streamingPull", Some("pubsub.subscriptions.consume")),
+        ("subscriptions", "acknowledge", Some("pubsub.subscriptions.consume")),
+        ("subscriptions", "modifyAckDeadline", Some("pubsub.subscriptions.consume")),
+        ("subscriptions", "seek", Some("pubsub.subscriptions.consume")),
+        ("subscriptions", "modifyPushConfig", Some("pubsub.subscriptions.update")),
+        ("subscriptions", "detach", Some("pubsub.topics.detachSubscription")),
         ("schemas", "validate", Some("pubsub.schemas.validate")),
-        (
-            "schemas",
-            "validateMessage",
-            Some("pubsub.schemas.validate"),
-        ),
+        ("schemas", "validateMessage", Some("pubsub.schemas.validate")),
         ("schemas", "commit", Some("pubsub.schemas.commit")),
         ("schemas", "rollback", Some("pubsub.schemas.rollback")),
-        (
-            "schemas",
-            "listRevisions",
-            Some("pubsub.schemas.listRevisions"),
-        ),
-        (
-            "schemas",
-            "deleteRevision",
-            Some("pubsub.schemas.deleteRevision"),
-        ),
+        ("schemas", "listRevisions", Some("pubsub.schemas.listRevisions")),
+        ("schemas", "deleteRevision", Some("pubsub.schemas.deleteRevision")),
     ],
     put_creates: true,
 };
 
+#[rustfmt::skip]
 const SECRET_MANAGER: Api = Api {
     service: "secretmanager",
     prefix: "secretmanager",
@@ -101,20 +63,13 @@ const SECRET_MANAGER: Api = Api {
         ("secrets", "addVersion", Some("secretmanager.versions.add")),
         ("versions", "access", Some("secretmanager.versions.access")),
         ("versions", "enable", Some("secretmanager.versions.enable")),
-        (
-            "versions",
-            "disable",
-            Some("secretmanager.versions.disable"),
-        ),
-        (
-            "versions",
-            "destroy",
-            Some("secretmanager.versions.destroy"),
-        ),
+        ("versions", "disable", Some("secretmanager.versions.disable")),
+        ("versions", "destroy", Some("secretmanager.versions.destroy")),
     ],
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const IAM: Api = Api {
     service: "iam",
     prefix: "iam",
@@ -127,96 +82,38 @@ const IAM: Api = Api {
         ("workforcePools", "workforcePools"),
     ],
     verbs: &[
-        (
-            "serviceAccounts",
-            "patch",
-            Some("iam.serviceAccounts.update"),
-        ),
-        (
-            "serviceAccounts",
-            "enable",
-            Some("iam.serviceAccounts.enable"),
-        ),
-        (
-            "serviceAccounts",
-            "disable",
-            Some("iam.serviceAccounts.disable"),
-        ),
-        (
-            "serviceAccounts",
-            "undelete",
-            Some("iam.serviceAccounts.undelete"),
-        ),
-        (
-            "serviceAccounts",
-            "signBlob",
-            Some("iam.serviceAccounts.signBlob"),
-        ),
-        (
-            "serviceAccounts",
-            "signJwt",
-            Some("iam.serviceAccounts.signJwt"),
-        ),
-        (
-            "serviceAccountKeys",
-            "upload",
-            Some("iam.serviceAccountKeys.create"),
-        ),
-        (
-            "serviceAccountKeys",
-            "enable",
-            Some("iam.serviceAccountKeys.enable"),
-        ),
-        (
-            "serviceAccountKeys",
-            "disable",
-            Some("iam.serviceAccountKeys.disable"),
-        ),
+        ("serviceAccounts", "patch", Some("iam.serviceAccounts.update")),
+        ("serviceAccounts", "enable", Some("iam.serviceAccounts.enable")),
+        ("serviceAccounts", "disable", Some("iam.serviceAccounts.disable")),
+        ("serviceAccounts", "undelete", Some("iam.serviceAccounts.undelete")),
+        ("serviceAccounts", "signBlob", Some("iam.serviceAccounts.signBlob")),
+        ("serviceAccounts", "signJwt", Some("iam.serviceAccounts.signJwt")),
+        ("serviceAccountKeys", "upload", Some("iam.serviceAccountKeys.create")),
+        ("serviceAccountKeys", "enable", Some("iam.serviceAccountKeys.enable")),
+        ("serviceAccountKeys", "disable", Some("iam.serviceAccountKeys.disable")),
         ("roles", "undelete", Some("iam.roles.undelete")),
         ("roles", "queryGrantableRoles", None),
-        (
-            "workloadIdentityPools",
-            "undelete",
-            Some("iam.workloadIdentityPools.undelete"),
-        ),
-        (
-            "workloadIdentityPoolProviders",
-            "undelete",
-            Some("iam.workloadIdentityPoolProviders.undelete"),
-        ),
+        ("workloadIdentityPools", "undelete", Some("iam.workloadIdentityPools.undelete")),
+        ("workloadIdentityPoolProviders", "undelete", Some("iam.workloadIdentityPoolProviders.undelete")),
     ],
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const IAM_CREDENTIALS: Api = Api {
     service: "iamcredentials",
     prefix: "iam",
     collections: &[("serviceAccounts", "serviceAccounts")],
     verbs: &[
-        (
-            "serviceAccounts",
-            "generateAccessToken",
-            Some("iam.serviceAccounts.getAccessToken"),
-        ),
-        (
-            "serviceAccounts",
-            "generateIdToken",
-            Some("iam.serviceAccounts.getOpenIdToken"),
-        ),
-        (
-            "serviceAccounts",
-            "signBlob",
-            Some("iam.serviceAccounts.signBlob"),
-        ),
-        (
-            "serviceAccounts",
-            "signJwt",
-            Some("iam.serviceAccounts.signJwt"),
-        ),
+        ("serviceAccounts", "generateAccessToken", Some("iam.serviceAccounts.getAccessToken")),
+        ("serviceAccounts", "generateIdToken", Some("iam.serviceAccounts.getOpenIdToken")),
+        ("serviceAccounts", "signBlob", Some("iam.serviceAccounts.signBlob")),
+        ("serviceAccounts", "signJwt", Some("iam.serviceAccounts.signJwt")),
     ],
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const RESOURCE_MANAGER: Api = Api {
     service: "cloudresourcemanager",
     prefix: "resourcemanager",
@@ -228,34 +125,19 @@ const RESOURCE_MANAGER: Api = Api {
         ("tagValues", "tagValues"),
     ],
     verbs: &[
-        (
-            "projects",
-            "undelete",
-            Some("resourcemanager.projects.undelete"),
-        ),
+        ("projects", "undelete", Some("resourcemanager.projects.undelete")),
         ("projects", "move", Some("resourcemanager.projects.move")),
         ("projects", "search", Some("resourcemanager.projects.get")),
-        (
-            "projects",
-            "getAncestry",
-            Some("resourcemanager.projects.get"),
-        ),
-        (
-            "folders",
-            "undelete",
-            Some("resourcemanager.folders.undelete"),
-        ),
+        ("projects", "getAncestry", Some("resourcemanager.projects.get")),
+        ("folders", "undelete", Some("resourcemanager.folders.undelete")),
         ("folders", "move", Some("resourcemanager.folders.move")),
         ("folders", "search", Some("resourcemanager.folders.get")),
-        (
-            "organizations",
-            "search",
-            Some("resourcemanager.organizations.get"),
-        ),
+        ("organizations", "search", Some("resourcemanager.organizations.get")),
     ],
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const SOURCE_REPO: Api = Api {
     service: "sourcerepo",
     prefix: "source",
@@ -264,6 +146,7 @@ const SOURCE_REPO: Api = Api {
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const SECURE_SOURCE_MANAGER: Api = Api {
     service: "securesourcemanager",
     prefix: "securesourcemanager",
@@ -272,6 +155,7 @@ const SECURE_SOURCE_MANAGER: Api = Api {
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const ARTIFACT_REGISTRY: Api = Api {
     service: "artifactregistry",
     prefix: "artifactregistry",
@@ -290,6 +174,7 @@ const ARTIFACT_REGISTRY: Api = Api {
     put_creates: false,
 };
 
+#[rustfmt::skip]
 const CLOUD_BUILD: Api = Api {
     service: "cloudbuild",
     prefix: "cloudbuild",
@@ -308,16 +193,8 @@ const CLOUD_BUILD: Api = Api {
         ("builds", "run", Some("cloudbuild.builds.create")),
         // Webhook-triggered builds authenticate with a secret in the URL, not IAM.
         ("builds", "webhook", None),
-        (
-            "repositories",
-            "accessReadToken",
-            Some("cloudbuild.repositories.accessReadToken"),
-        ),
-        (
-            "repositories",
-            "accessReadWriteToken",
-            Some("cloudbuild.repositories.accessReadWriteToken"),
-        ),
+        ("repositories", "accessReadToken", Some("cloudbuild.repositories.accessReadToken")),
+        ("repositories", "accessReadWriteToken", Some("cloudbuild.repositories.accessReadWriteToken")),
     ],
     put_creates: false,
 };
@@ -573,574 +450,122 @@ mod tests {
     const CB: &str = "cloudbuild.googleapis.com";
 
     #[test]
+
+    #[rustfmt::skip]
     fn pubsub_rest() {
         check(&[
-            (
-                PUBSUB,
-                "PUT",
-                "/v1/projects/p/topics/t",
-                Some("pubsub.topics.create"),
-                Some("projects/p/topics/t"),
-            ),
-            (
-                PUBSUB,
-                "GET",
-                "/v1/projects/p/topics/t",
-                Some("pubsub.topics.get"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "PATCH",
-                "/v1/projects/p/topics/t",
-                Some("pubsub.topics.update"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "DELETE",
-                "/v1/projects/p/topics/t",
-                Some("pubsub.topics.delete"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "GET",
-                "/v1/projects/p/topics?pageSize=100",
-                Some("pubsub.topics.list"),
-                Some("projects/p"),
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/topics/t:publish",
-                Some("pubsub.topics.publish"),
-                Some("projects/p/topics/t"),
-            ),
-            (
-                PUBSUB,
-                "GET",
-                "/v1/projects/p/topics/t/subscriptions",
-                Some("pubsub.topics.get"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "GET",
-                "/v1/projects/p/topics/t:getIamPolicy",
-                Some("pubsub.topics.getIamPolicy"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/topics/t:setIamPolicy",
-                Some("pubsub.topics.setIamPolicy"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/topics/t:testIamPermissions",
-                None,
-                None,
-            ),
-            (
-                PUBSUB,
-                "PUT",
-                "/v1/projects/p/subscriptions/s",
-                Some("pubsub.subscriptions.create"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/subscriptions/s:pull",
-                Some("pubsub.subscriptions.consume"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/subscriptions/s:acknowledge",
-                Some("pubsub.subscriptions.consume"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/subscriptions/s:modifyAckDeadline",
-                Some("pubsub.subscriptions.consume"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/subscriptions/s:modifyPushConfig",
-                Some("pubsub.subscriptions.update"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/subscriptions/s:detach",
-                Some("pubsub.topics.detachSubscription"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "PUT",
-                "/v1/projects/p/snapshots/snap",
-                Some("pubsub.snapshots.create"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/schemas?schemaId=s",
-                Some("pubsub.schemas.create"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/schemas:validate",
-                Some("pubsub.schemas.validate"),
-                None,
-            ),
-            (
-                PUBSUB,
-                "POST",
-                "/v1/projects/p/schemas/s:commit",
-                Some("pubsub.schemas.commit"),
-                None,
-            ),
+            (PUBSUB, "PUT", "/v1/projects/p/topics/t", Some("pubsub.topics.create"), Some("projects/p/topics/t")),
+            (PUBSUB, "GET", "/v1/projects/p/topics/t", Some("pubsub.topics.get"), None),
+            (PUBSUB, "PATCH", "/v1/projects/p/topics/t", Some("pubsub.topics.update"), None),
+            (PUBSUB, "DELETE", "/v1/projects/p/topics/t", Some("pubsub.topics.delete"), None),
+            (PUBSUB, "GET", "/v1/projects/p/topics?pageSize=100", Some("pubsub.topics.list"), Some("projects/p")),
+            (PUBSUB, "POST", "/v1/projects/p/topics/t:publish", Some("pubsub.topics.publish"), Some("projects/p/topics/t")),
+            (PUBSUB, "GET", "/v1/projects/p/topics/t/subscriptions", Some("pubsub.topics.get"), None),
+            (PUBSUB, "GET", "/v1/projects/p/topics/t:getIamPolicy", Some("pubsub.topics.getIamPolicy"), None),
+            (PUBSUB, "POST", "/v1/projects/p/topics/t:setIamPolicy", Some("pubsub.topics.setIamPolicy"), None),
+            (PUBSUB, "POST", "/v1/projects/p/topics/t:testIamPermissions", None, None),
+            (PUBSUB, "PUT", "/v1/projects/p/subscriptions/s", Some("pubsub.subscriptions.create"), None),
+            (PUBSUB, "POST", "/v1/projects/p/subscriptions/s:pull", Some("pubsub.subscriptions.consume"), None),
+            (PUBSUB, "POST", "/v1/projects/p/subscriptions/s:acknowledge", Some("pubsub.subscriptions.consume"), None),
+            (PUBSUB, "POST", "/v1/projects/p/subscriptions/s:modifyAckDeadline", Some("pubsub.subscriptions.consume"), None),
+            (PUBSUB, "POST", "/v1/projects/p/subscriptions/s:modifyPushConfig", Some("pubsub.subscriptions.update"), None),
+            (PUBSUB, "POST", "/v1/projects/p/subscriptions/s:detach", Some("pubsub.topics.detachSubscription"), None),
+            (PUBSUB, "PUT", "/v1/projects/p/snapshots/snap", Some("pubsub.snapshots.create"), None),
+            (PUBSUB, "POST", "/v1/projects/p/schemas?schemaId=s", Some("pubsub.schemas.create"), None),
+            (PUBSUB, "POST", "/v1/projects/p/schemas:validate", Some("pubsub.schemas.validate"), None),
+            (PUBSUB, "POST", "/v1/projects/p/schemas/s:commit", Some("pubsub.schemas.commit"), None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn secret_manager_rest() {
         check(&[
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets",
-                Some("secretmanager.secrets.list"),
-                Some("projects/p"),
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets?secretId=s",
-                Some("secretmanager.secrets.create"),
-                None,
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s",
-                Some("secretmanager.secrets.get"),
-                None,
-            ),
-            (
-                SM,
-                "PATCH",
-                "/v1/projects/p/secrets/s?updateMask=labels",
-                Some("secretmanager.secrets.update"),
-                None,
-            ),
-            (
-                SM,
-                "DELETE",
-                "/v1/projects/p/secrets/s",
-                Some("secretmanager.secrets.delete"),
-                None,
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets/s:addVersion",
-                Some("secretmanager.versions.add"),
-                Some("projects/p/secrets/s"),
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s/versions",
-                Some("secretmanager.versions.list"),
-                Some("projects/p/secrets/s"),
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s/versions/3",
-                Some("secretmanager.versions.get"),
-                None,
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s/versions/latest:access",
-                Some("secretmanager.versions.access"),
-                Some("projects/p/secrets/s/versions/latest"),
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets/s/versions/latest:access",
-                Some("secretmanager.versions.access"),
-                None,
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets/s/versions/2:destroy",
-                Some("secretmanager.versions.destroy"),
-                None,
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets/s/versions/2:disable",
-                Some("secretmanager.versions.disable"),
-                None,
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s:getIamPolicy",
-                Some("secretmanager.secrets.getIamPolicy"),
-                None,
-            ),
-            (
-                SM,
-                "POST",
-                "/v1/projects/p/secrets/s:setIamPolicy",
-                Some("secretmanager.secrets.setIamPolicy"),
-                None,
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/locations/us-east1/secrets/s/versions/1:access",
-                Some("secretmanager.versions.access"),
-                None,
-            ),
-            (
-                "secretmanager.us-east1.rep.googleapis.com",
-                "GET",
-                "/v1/projects/p/locations/us-east1/secrets",
-                Some("secretmanager.secrets.list"),
-                None,
-            ),
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/locations",
-                Some("secretmanager.locations.list"),
-                None,
-            ),
+            (SM, "GET", "/v1/projects/p/secrets", Some("secretmanager.secrets.list"), Some("projects/p")),
+            (SM, "POST", "/v1/projects/p/secrets?secretId=s", Some("secretmanager.secrets.create"), None),
+            (SM, "GET", "/v1/projects/p/secrets/s", Some("secretmanager.secrets.get"), None),
+            (SM, "PATCH", "/v1/projects/p/secrets/s?updateMask=labels", Some("secretmanager.secrets.update"), None),
+            (SM, "DELETE", "/v1/projects/p/secrets/s", Some("secretmanager.secrets.delete"), None),
+            (SM, "POST", "/v1/projects/p/secrets/s:addVersion", Some("secretmanager.versions.add"), Some("projects/p/secrets/s")),
+            (SM, "GET", "/v1/projects/p/secrets/s/versions", Some("secretmanager.versions.list"), Some("projects/p/secrets/s")),
+            (SM, "GET", "/v1/projects/p/secrets/s/versions/3", Some("secretmanager.versions.get"), None),
+            (SM, "GET", "/v1/projects/p/secrets/s/versions/latest:access", Some("secretmanager.versions.access"), Some("projects/p/secrets/s/versions/latest")),
+            (SM, "POST", "/v1/projects/p/secrets/s/versions/latest:access", Some("secretmanager.versions.access"), None),
+            (SM, "POST", "/v1/projects/p/secrets/s/versions/2:destroy", Some("secretmanager.versions.destroy"), None),
+            (SM, "POST", "/v1/projects/p/secrets/s/versions/2:disable", Some("secretmanager.versions.disable"), None),
+            (SM, "GET", "/v1/projects/p/secrets/s:getIamPolicy", Some("secretmanager.secrets.getIamPolicy"), None),
+            (SM, "POST", "/v1/projects/p/secrets/s:setIamPolicy", Some("secretmanager.secrets.setIamPolicy"), None),
+            (SM, "GET", "/v1/projects/p/locations/us-east1/secrets/s/versions/1:access", Some("secretmanager.versions.access"), None),
+            ("secretmanager.us-east1.rep.googleapis.com", "GET", "/v1/projects/p/locations/us-east1/secrets", Some("secretmanager.secrets.list"), None),
+            (SM, "GET", "/v1/projects/p/locations", Some("secretmanager.locations.list"), None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn iam_rest() {
         check(&[
-            (
-                IAM,
-                "POST",
-                "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com/keys",
-                Some("iam.serviceAccountKeys.create"),
-                Some("projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com"),
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa%40p.iam.gserviceaccount.com/keys",
-                Some("iam.serviceAccountKeys.create"),
-                Some("projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com"),
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys:upload",
-                Some("iam.serviceAccountKeys.create"),
-                None,
-            ),
-            (
-                IAM,
-                "GET",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys?keyTypes=USER_MANAGED",
-                Some("iam.serviceAccountKeys.list"),
-                None,
-            ),
-            (
-                IAM,
-                "DELETE",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys/abc123",
-                Some("iam.serviceAccountKeys.delete"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys/abc123:disable",
-                Some("iam.serviceAccountKeys.disable"),
-                None,
-            ),
-            (
-                IAM,
-                "GET",
-                "/v1/projects/p/serviceAccounts",
-                Some("iam.serviceAccounts.list"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts",
-                Some("iam.serviceAccounts.create"),
-                None,
-            ),
-            (
-                IAM,
-                "DELETE",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com",
-                Some("iam.serviceAccounts.delete"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:getIamPolicy",
-                Some("iam.serviceAccounts.getIamPolicy"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:setIamPolicy",
-                Some("iam.serviceAccounts.setIamPolicy"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:signJwt",
-                Some("iam.serviceAccounts.signJwt"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/p/roles",
-                Some("iam.roles.create"),
-                None,
-            ),
-            (
-                IAM,
-                "PATCH",
-                "/v1/projects/p/roles/deployer",
-                Some("iam.roles.update"),
-                None,
-            ),
+            (IAM, "POST", "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com/keys", Some("iam.serviceAccountKeys.create"), Some("projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com")),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa%40p.iam.gserviceaccount.com/keys", Some("iam.serviceAccountKeys.create"), Some("projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com")),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys:upload", Some("iam.serviceAccountKeys.create"), None),
+            (IAM, "GET", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys?keyTypes=USER_MANAGED", Some("iam.serviceAccountKeys.list"), None),
+            (IAM, "DELETE", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys/abc123", Some("iam.serviceAccountKeys.delete"), None),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com/keys/abc123:disable", Some("iam.serviceAccountKeys.disable"), None),
+            (IAM, "GET", "/v1/projects/p/serviceAccounts", Some("iam.serviceAccounts.list"), None),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts", Some("iam.serviceAccounts.create"), None),
+            (IAM, "DELETE", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com", Some("iam.serviceAccounts.delete"), None),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:getIamPolicy", Some("iam.serviceAccounts.getIamPolicy"), None),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:setIamPolicy", Some("iam.serviceAccounts.setIamPolicy"), None),
+            (IAM, "POST", "/v1/projects/p/serviceAccounts/sa@p.iam.gserviceaccount.com:signJwt", Some("iam.serviceAccounts.signJwt"), None),
+            (IAM, "POST", "/v1/projects/p/roles", Some("iam.roles.create"), None),
+            (IAM, "PATCH", "/v1/projects/p/roles/deployer", Some("iam.roles.update"), None),
             (IAM, "GET", "/v1/roles/editor", None, None),
-            (
-                IAM,
-                "POST",
-                "/v1/permissions:queryTestablePermissions",
-                None,
-                None,
-            ),
-            (
-                IAM,
-                "GET",
-                "/v1/projects/p/locations/global/workloadIdentityPools/pool/providers/gh",
-                Some("iam.workloadIdentityPoolProviders.get"),
-                None,
-            ),
-            (
-                IAM,
-                "POST",
-                "/v2/policies/cloudresourcemanager.googleapis.com%2Fprojects%2Fp/denypolicies?policyId=x",
-                Some("iam.denypolicies.create"),
-                None,
-            ),
-            (
-                "iamcredentials.googleapis.com",
-                "POST",
-                "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken",
-                Some("iam.serviceAccounts.getAccessToken"),
-                Some("projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com"),
-            ),
-            (
-                "iamcredentials.googleapis.com",
-                "POST",
-                "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateIdToken",
-                Some("iam.serviceAccounts.getOpenIdToken"),
-                None,
-            ),
-            (
-                "iamcredentials.googleapis.com",
-                "POST",
-                "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:signBlob",
-                Some("iam.serviceAccounts.signBlob"),
-                None,
-            ),
+            (IAM, "POST", "/v1/permissions:queryTestablePermissions", None, None),
+            (IAM, "GET", "/v1/projects/p/locations/global/workloadIdentityPools/pool/providers/gh", Some("iam.workloadIdentityPoolProviders.get"), None),
+            (IAM, "POST", "/v2/policies/cloudresourcemanager.googleapis.com%2Fprojects%2Fp/denypolicies?policyId=x", Some("iam.denypolicies.create"), None),
+            ("iamcredentials.googleapis.com", "POST", "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken", Some("iam.serviceAccounts.getAccessToken"), Some("projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com")),
+            ("iamcredentials.googleapis.com", "POST", "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateIdToken", Some("iam.serviceAccounts.getOpenIdToken"), None),
+            ("iamcredentials.googleapis.com", "POST", "/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:signBlob", Some("iam.serviceAccounts.signBlob"), None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn resource_manager_rest() {
         check(&[
-            (
-                CRM,
-                "POST",
-                "/v1/projects/p:getIamPolicy",
-                Some("resourcemanager.projects.getIamPolicy"),
-                Some("projects/p"),
-            ),
-            (
-                CRM,
-                "POST",
-                "/v1/projects/p:setIamPolicy",
-                Some("resourcemanager.projects.setIamPolicy"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v3/projects/p:setIamPolicy",
-                Some("resourcemanager.projects.setIamPolicy"),
-                None,
-            ),
+            (CRM, "POST", "/v1/projects/p:getIamPolicy", Some("resourcemanager.projects.getIamPolicy"), Some("projects/p")),
+            (CRM, "POST", "/v1/projects/p:setIamPolicy", Some("resourcemanager.projects.setIamPolicy"), None),
+            (CRM, "POST", "/v3/projects/p:setIamPolicy", Some("resourcemanager.projects.setIamPolicy"), None),
             (CRM, "POST", "/v1/projects/p:testIamPermissions", None, None),
-            (
-                CRM,
-                "GET",
-                "/v1/projects/p",
-                Some("resourcemanager.projects.get"),
-                None,
-            ),
-            (
-                CRM,
-                "GET",
-                "/v1/projects?filter=name%3Adev",
-                Some("resourcemanager.projects.list"),
-                None,
-            ),
-            (
-                CRM,
-                "DELETE",
-                "/v3/projects/p",
-                Some("resourcemanager.projects.delete"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v3/projects/p:move",
-                Some("resourcemanager.projects.move"),
-                None,
-            ),
-            (
-                CRM,
-                "GET",
-                "/v3/projects:search?query=parent%3Afolders%2F1",
-                Some("resourcemanager.projects.get"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v3/folders/123:getIamPolicy",
-                Some("resourcemanager.folders.getIamPolicy"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v1/organizations/42:setIamPolicy",
-                Some("resourcemanager.organizations.setIamPolicy"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v3/tagKeys",
-                Some("resourcemanager.tagKeys.create"),
-                None,
-            ),
-            (
-                CRM,
-                "POST",
-                "/v3/liens",
-                Some("resourcemanager.projects.updateLiens"),
-                None,
-            ),
+            (CRM, "GET", "/v1/projects/p", Some("resourcemanager.projects.get"), None),
+            (CRM, "GET", "/v1/projects?filter=name%3Adev", Some("resourcemanager.projects.list"), None),
+            (CRM, "DELETE", "/v3/projects/p", Some("resourcemanager.projects.delete"), None),
+            (CRM, "POST", "/v3/projects/p:move", Some("resourcemanager.projects.move"), None),
+            (CRM, "GET", "/v3/projects:search?query=parent%3Afolders%2F1", Some("resourcemanager.projects.get"), None),
+            (CRM, "POST", "/v3/folders/123:getIamPolicy", Some("resourcemanager.folders.getIamPolicy"), None),
+            (CRM, "POST", "/v1/organizations/42:setIamPolicy", Some("resourcemanager.organizations.setIamPolicy"), None),
+            (CRM, "POST", "/v3/tagKeys", Some("resourcemanager.tagKeys.create"), None),
+            (CRM, "POST", "/v3/liens", Some("resourcemanager.projects.updateLiens"), None),
             (CRM, "GET", "/v3/operations/op1", None, None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn source_artifact_and_build_rest() {
         check(&[
-            (
-                "sourcerepo.googleapis.com",
-                "GET",
-                "/v1/projects/p/repos",
-                Some("source.repos.list"),
-                None,
-            ),
-            (
-                "sourcerepo.googleapis.com",
-                "POST",
-                "/v1/projects/p/repos",
-                Some("source.repos.create"),
-                None,
-            ),
-            (
-                "sourcerepo.googleapis.com",
-                "DELETE",
-                "/v1/projects/p/repos/r",
-                Some("source.repos.delete"),
-                None,
-            ),
-            (
-                "sourcerepo.googleapis.com",
-                "GET",
-                "/v1/projects/p/repos/r:getIamPolicy",
-                Some("source.repos.getIamPolicy"),
-                None,
-            ),
-            (
-                "sourcerepo.googleapis.com",
-                "PATCH",
-                "/v1/projects/p/config",
-                Some("source.repos.updateProjectConfig"),
-                None,
-            ),
-            (
-                "securesourcemanager.googleapis.com",
-                "POST",
-                "/v1/projects/p/locations/us-central1/repositories?repository_id=r",
-                Some("securesourcemanager.repositories.create"),
-                None,
-            ),
-            (
-                "securesourcemanager.googleapis.com",
-                "DELETE",
-                "/v1/projects/p/locations/us-central1/instances/i",
-                Some("securesourcemanager.instances.delete"),
-                None,
-            ),
-            (
-                AR,
-                "GET",
-                "/v1/projects/p/locations/us/repositories",
-                Some("artifactregistry.repositories.list"),
-                Some("projects/p/locations/us"),
-            ),
+            ("sourcerepo.googleapis.com", "GET", "/v1/projects/p/repos", Some("source.repos.list"), None),
+            ("sourcerepo.googleapis.com", "POST", "/v1/projects/p/repos", Some("source.repos.create"), None),
+            ("sourcerepo.googleapis.com", "DELETE", "/v1/projects/p/repos/r", Some("source.repos.delete"), None),
+            ("sourcerepo.googleapis.com", "GET", "/v1/projects/p/repos/r:getIamPolicy", Some("source.repos.getIamPolicy"), None),
+            ("sourcerepo.googleapis.com", "PATCH", "/v1/projects/p/config", Some("source.repos.updateProjectConfig"), None),
+            ("securesourcemanager.googleapis.com", "POST", "/v1/projects/p/locations/us-central1/repositories?repository_id=r", Some("securesourcemanager.repositories.create"), None),
+            ("securesourcemanager.googleapis.com", "DELETE", "/v1/projects/p/locations/us-central1/instances/i", Some("securesourcemanager.instances.delete"), None),
+            (AR, "GET", "/v1/projects/p/locations/us/repositories", Some("artifactregistry.repositories.list"), Some("projects/p/locations/us")),
             (
                 AR,
                 "DELETE",
@@ -1150,113 +575,29 @@ mod tests {
                     "projects/p/locations/us/repositories/r/packages/img/versions/sha256:abcdef0123",
                 ),
             ),
-            (
-                AR,
-                "GET",
-                "/v1/projects/p/locations/us/repositories/r/dockerImages",
-                Some("artifactregistry.dockerimages.list"),
-                None,
-            ),
-            (
-                AR,
-                "GET",
-                "/v1/projects/p/locations/us/repositories/r/files/f:download?alt=media",
-                Some("artifactregistry.files.download"),
-                None,
-            ),
-            (
-                AR,
-                "POST",
-                "/v1/projects/p/locations/us/repositories/r:setIamPolicy",
-                Some("artifactregistry.repositories.setIamPolicy"),
-                None,
-            ),
-            (
-                CB,
-                "POST",
-                "/v1/projects/p/builds",
-                Some("cloudbuild.builds.create"),
-                Some("projects/p"),
-            ),
-            (
-                CB,
-                "POST",
-                "/v1/projects/p/locations/us-central1/builds",
-                Some("cloudbuild.builds.create"),
-                None,
-            ),
-            (
-                CB,
-                "GET",
-                "/v1/projects/p/builds/b1",
-                Some("cloudbuild.builds.get"),
-                None,
-            ),
-            (
-                CB,
-                "POST",
-                "/v1/projects/p/builds/b1:cancel",
-                Some("cloudbuild.builds.update"),
-                None,
-            ),
-            (
-                CB,
-                "POST",
-                "/v1/projects/p/triggers/t:run",
-                Some("cloudbuild.builds.create"),
-                None,
-            ),
-            (
-                CB,
-                "PATCH",
-                "/v1/projects/p/triggers/t",
-                Some("cloudbuild.builds.update"),
-                None,
-            ),
-            (
-                CB,
-                "GET",
-                "/v1/projects/p/locations/us-central1/workerPools",
-                Some("cloudbuild.workerpools.list"),
-                None,
-            ),
-            (
-                CB,
-                "GET",
-                "/v1/projects/p/locations/us-central1/operations/x",
-                None,
-                None,
-            ),
+            (AR, "GET", "/v1/projects/p/locations/us/repositories/r/dockerImages", Some("artifactregistry.dockerimages.list"), None),
+            (AR, "GET", "/v1/projects/p/locations/us/repositories/r/files/f:download?alt=media", Some("artifactregistry.files.download"), None),
+            (AR, "POST", "/v1/projects/p/locations/us/repositories/r:setIamPolicy", Some("artifactregistry.repositories.setIamPolicy"), None),
+            (CB, "POST", "/v1/projects/p/builds", Some("cloudbuild.builds.create"), Some("projects/p")),
+            (CB, "POST", "/v1/projects/p/locations/us-central1/builds", Some("cloudbuild.builds.create"), None),
+            (CB, "GET", "/v1/projects/p/builds/b1", Some("cloudbuild.builds.get"), None),
+            (CB, "POST", "/v1/projects/p/builds/b1:cancel", Some("cloudbuild.builds.update"), None),
+            (CB, "POST", "/v1/projects/p/triggers/t:run", Some("cloudbuild.builds.create"), None),
+            (CB, "PATCH", "/v1/projects/p/triggers/t", Some("cloudbuild.builds.update"), None),
+            (CB, "GET", "/v1/projects/p/locations/us-central1/workerPools", Some("cloudbuild.workerpools.list"), None),
+            (CB, "GET", "/v1/projects/p/locations/us-central1/operations/x", None, None),
         ]);
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn discovery_method_ids() {
         let cases = [
-            (
-                SM,
-                "GET",
-                "/v1/projects/p/secrets/s/versions/latest:access",
-                "secretmanager.projects.secrets.versions.access",
-            ),
-            (
-                PUBSUB,
-                "PUT",
-                "/v1/projects/p/topics/t",
-                "pubsub.projects.topics.create",
-            ),
-            (
-                IAM,
-                "POST",
-                "/v1/projects/-/serviceAccounts/sa/keys",
-                "iam.projects.serviceAccounts.keys.create",
-            ),
-            (
-                CRM,
-                "POST",
-                "/v1/projects/p:getIamPolicy",
-                "cloudresourcemanager.projects.getIamPolicy",
-            ),
+            (SM, "GET", "/v1/projects/p/secrets/s/versions/latest:access", "secretmanager.projects.secrets.versions.access"),
+            (PUBSUB, "PUT", "/v1/projects/p/topics/t", "pubsub.projects.topics.create"),
+            (IAM, "POST", "/v1/projects/-/serviceAccounts/sa/keys", "iam.projects.serviceAccounts.keys.create"),
+            (CRM, "POST", "/v1/projects/p:getIamPolicy", "cloudresourcemanager.projects.getIamPolicy"),
         ];
         for (host, method, target, want) in cases {
             let got = classify(&HttpRequest::from_target(host, method, target, None)).unwrap();
@@ -1265,15 +606,13 @@ mod tests {
     }
 
     #[test]
+
+    #[rustfmt::skip]
     fn unknown_paths_keep_the_service() {
         let cases = [
             (SM, "GET", "/"),
             (SM, "GET", "/v1/projects/p/unknownThings/x"),
-            (
-                "bigquery.googleapis.com",
-                "POST",
-                "/bigquery/v2/projects/p/jobs",
-            ),
+            ("bigquery.googleapis.com", "POST", "/bigquery/v2/projects/p/jobs"),
             (PUBSUB, "POST", "/v1/projects/p/topics/t:frobnicate"),
         ];
         for (host, method, target) in cases {
