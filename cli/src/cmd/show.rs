@@ -96,11 +96,16 @@ fn header(
         }
     };
     format!(
-        "recording {}  {}\n  {span}\n  {} record(s), {} exchange(s), {blocked} blocked, {refused} refused before any request, {masked} masked{}{}\n  integrity: {integrity}",
+        "recording {}  {}\n  {span}\n  {} record(s), {} exchange(s), {blocked} blocked{}, {masked} masked{}{}\n  integrity: {integrity}",
         recording.label,
         recording.url,
         t.records,
         t.exchanges.len(),
+        if refused > 0 {
+            format!(", {refused} refused before any request")
+        } else {
+            String::new()
+        },
         if gaps > 0 {
             format!(", {gaps} GAP(S) in the recording")
         } else {
