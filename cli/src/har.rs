@@ -413,16 +413,10 @@ mod tests {
         assert_eq!(list["startedDateTime"].as_str().unwrap().len(), 24);
 
         let paste = &entries[2];
-        assert_eq!(
-            paste["request"]["postData"]["mimeType"],
-            "application/x-www-form-urlencoded"
-        );
-        assert!(
-            paste["request"]["postData"]["text"]
-                .as_str()
-                .unwrap()
-                .starts_with("text=«masked:secret-fields:")
-        );
+        assert_eq!(paste["request"]["postData"]["mimeType"], "application/json");
+        let posted = paste["request"]["postData"]["text"].as_str().unwrap();
+        assert!(posted.contains("«masked:"), "{posted}");
+        assert!(!posted.contains("BEGIN PRIVATE KEY"), "{posted}");
         assert_eq!(
             paste["response"]["redirectURL"],
             "https://paste.example.com/p/1"
@@ -441,14 +435,18 @@ mod tests {
         let post = &upload["request"]["postData"];
         assert_eq!(post["_encoding"], "base64");
         let stored = B64.decode(post["text"].as_str().unwrap()).unwrap();
-        let blob: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37) | 0x80).collect();
-        assert_eq!(stored, blob[..80]);
+        let blob: Vec<u8> = (0..=255u8)
+            .cycle()
+            .take(1100)
+            .map(|b| b.wrapping_mul(37) | 0x80)
+            .collect();
+        assert_eq!(stored, blob[..1024]);
         assert!(
             post["comment"]
                 .as_str()
                 .unwrap()
-                .starts_with("truncated at 80 of 100 bytes")
+                .starts_with("truncated at 1024 of 1100 bytes")
         );
-        assert_eq!(upload["request"]["bodySize"], 100);
+        assert_eq!(upload["request"]["bodySize"], 1100);
     }
 }

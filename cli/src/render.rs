@@ -684,7 +684,7 @@ mod tests {
         assert_eq!(push.split_whitespace().nth(5), Some("-"), "{push}");
         let upload = row(&table, "uploadType=media");
         assert!(
-            upload.contains("100B") && upload.contains("body truncated"),
+            upload.contains("1.1KiB") && upload.contains("body truncated"),
             "{upload}"
         );
         let secret = row(&table, "secretmanager.googleapis.com");
@@ -739,12 +739,16 @@ mod tests {
 
         let upload = exchange(&t.exchanges[&5], true);
         assert!(
-            upload.contains("[request body: 100B binary, digest hmac-sha256:"),
+            upload.contains("[request body: 1.1KiB binary, digest hmac-sha256:"),
             "{upload}"
         );
         assert!(upload.contains("00000000  80 a5 ca ef"), "{upload}");
         assert!(
-            upload.contains("… truncated at 80 of 100 bytes"),
+            upload.contains("… 512 more stored byte(s) not shown"),
+            "{upload}"
+        );
+        assert!(
+            upload.contains("… truncated at 1024 of 1100 bytes"),
             "{upload}"
         );
 

@@ -3,96 +3,13 @@
 //! fingerprints the candidate secrets of a file with the session's fingerprint key and looks
 //! for those fingerprints. Pure: the key and the file's bytes come from the caller.
 //!
-//! The fingerprint and the candidate extraction follow the masking contract of DESIGN.md
-//! and `cassette-rules`' `mask` module (first 12 bytes of HMAC-SHA-256, lowercase hex, over
-//! the secret in canonical form). That module was not in a commit yet when this was written,
-//! so the same contract is implemented here; switch to `cassette_rules::mask::{fingerprint,
-//! secret_candidates}` once it lands.
+//! The fingerprint and the candidates of a file are `cassette-rules`' own (the masker's
+//! contract: first 12 bytes of HMAC-SHA-256, lowercase hex, over the canonical secret), so a
+//! search finds exactly what the sidecar masked.
 
-use ring::hmac;
+pub use cassette_rules::mask::{fingerprint, secret_candidates as candidates};
 
 use crate::timeline::{Exchange, Timeline};
-
-/// Bytes of the HMAC kept in a fingerprint.
-const FINGERPRINT_BYTES: usize = 12;
-
-/// The keyed fingerprint of a secret, as masks carry it.
-pub fn fingerprint(key: &[u8], secret: &[u8]) -> String {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), secret);
-    tag.as_ref()[..FINGERPRINT_BYTES]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A secret found in the auditor's file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// Where in the file: `private_key`, a JSON field name, `line 3`, or `whole file`.
-    pub source: String,
-    /// The secret in canonical form.
-    pub value: Vec<u8>,
-}
-
-/// The candidate secrets of a file: a service-account key's `private_key`, JSON fields named
-/// like secrets, `NAME=value` lines, and the whole file trimmed. Without duplicates.
-pub fn candidates(file: &[u8]) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = Vec::new();
-    let mut add = |source: String, value: Vec<u8>| {
-        if !value.is_empty() && !out.iter().any(|c| c.value == value) {
-            out.push(Candidate { source, value });
-        }
-    };
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(file) {
-        for (name, value) in &fields {
-            let Some(text) = value.as_str() else { continue };
-            if name == "private_key" {
-                add(name.clone(), pem(text));
-            } else if is_secret_name(name) {
-                add(name.clone(), text.as_bytes().to_vec());
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(file);
-    if !text.trim_start().starts_with("-----BEGIN") && !text.trim_start().starts_with('{') {
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim().trim_start_matches("export ");
-            if let Some((name, value)) = line.split_once('=')
-                && !name.contains(' ')
-            {
-                let value = value.trim().trim_matches(['"', '\'']);
-                add(
-                    format!("line {} ({name})", i + 1),
-                    value.as_bytes().to_vec(),
-                );
-            }
-        }
-    }
-    let trimmed = text.trim();
-    let whole = if trimmed.starts_with("-----BEGIN") {
-        pem(trimmed)
-    } else {
-        trimmed.as_bytes().to_vec()
-    };
-    add("whole file".into(), whole);
-    out
-}
-
-/// PEM in canonical form: `\n` escapes decoded, CRLF as LF, surrounding whitespace trimmed.
-fn pem(text: &str) -> Vec<u8> {
-    text.replace("\\n", "\n")
-        .replace("\r\n", "\n")
-        .trim()
-        .as_bytes()
-        .to_vec()
-}
-
-fn is_secret_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "api_key", "apikey"]
-        .iter()
-        .any(|word| lower.ends_with(word))
-}
 
 /// One mask in recorded text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,12 +181,10 @@ mod tests {
 
     #[test]
     fn token_files_and_env_files() {
-        let c = candidates(b"ghp_abc\n");
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].value, b"ghp_abc");
-        let c = candidates(b"export DB_PASSWORD=\"s3cret\"\nAPI=xyz\n");
+        let c = candidates(b"ghp_0123456789abcdefghijklmnopqrstuvwxyz\n");
+        assert_eq!(c[0].value, b"ghp_0123456789abcdefghijklmnopqrstuvwxyz");
+        let c = candidates(b"export DB_PASSWORD=s3cret-db-password\n");
         let values: Vec<&[u8]> = c.iter().map(|c| c.value.as_slice()).collect();
-        assert!(values.contains(&b"s3cret".as_slice()), "{c:?}");
-        assert!(values.contains(&b"xyz".as_slice()), "{c:?}");
+        assert!(values.contains(&b"s3cret-db-password".as_slice()), "{c:?}");
     }
 }

@@ -235,7 +235,7 @@ async fn show_prints_the_timeline_and_one_exchange() {
     let text = stdout(&out);
     assert!(text.starts_with("recording agent-0-5f1c"), "{text}");
     assert!(
-        text.contains("5 exchange(s), 1 blocked, 1 refused before any request, 4 masked"),
+        text.contains("5 exchange(s), 1 blocked, 1 refused before any request, 5 masked"),
         "{text}"
     );
     assert!(
@@ -256,7 +256,7 @@ async fn show_prints_the_timeline_and_one_exchange() {
     let text = stdout(&out);
     assert!(text.contains("> GET https://secretmanager.googleapis.com/v1/projects/p/secrets/db/versions/latest:access HTTP/2"), "{text}");
     assert!(
-        text.contains("{\"payload\":{\"data\":\"«masked:secret-fields:"),
+        text.contains("{\"payload\":{\"data\":\"«masked:secret-field:"),
         "{text}"
     );
 
@@ -566,6 +566,29 @@ async fn search_finds_which_exchanges_carried_a_secret() {
             && sent.contains("paste.example.com/api/new")
             && sent.contains("sent by the agent"),
         "{sent}"
+    );
+
+    // A service-account key file: its private_key was masked in what the agent uploaded.
+    let sa = f.dir.path().join("sa.json");
+    std::fs::write(&sa, fixture::SERVICE_ACCOUNT_KEY).unwrap();
+    let out = cassette(&[
+        "search",
+        "--recording",
+        &f.session_uri,
+        "--secret-file",
+        sa.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    let hit = text
+        .lines()
+        .find(|l| l.contains("candidate private_key"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        hit.contains("#3") && hit.contains("request") && hit.contains("in body (sent by the agent"),
+        "{hit}"
     );
 
     // Another secret, or the right secret with the wrong key: no match, exit 1.
