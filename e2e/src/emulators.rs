@@ -130,6 +130,29 @@ impl FakeGcs {
         Ok(())
     }
 
+    /// Put an object straight into the emulator (`POST /upload/…?uploadType=media`), as
+    /// something already in the bucket before the agent came.
+    pub fn upload(&self, bucket: &str, object: &str, bytes: &[u8]) -> Result<()> {
+        let path = format!(
+            "/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+            encode_path(object)
+        );
+        let (status, answer) = http_request(
+            &self.net_ns,
+            self.addr,
+            "POST",
+            &path,
+            Some(("application/octet-stream", bytes)),
+        )?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "uploading gs://{bucket}/{object} to fake-gcs-server: HTTP {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(())
+    }
+
     /// An object's bytes, straight from the emulator (`GET …?alt=media`).
     pub fn read_object(&self, bucket: &str, object: &str) -> Result<Vec<u8>> {
         let path = format!("/storage/v1/b/{bucket}/o/{}?alt=media", encode_path(object));

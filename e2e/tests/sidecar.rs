@@ -23,6 +23,21 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const SIDECAR_UID: u32 = 1337;
 const BUCKET: &str = "agent-bucket";
 
+/// The session the pod records into: main is protected and buckets may not be deleted.
+const SESSION_SPEC: &str = r#"{
+  "maxDuration": "2h",
+  "recording": {"sink": "file:///var/run/cassette/sink"},
+  "policy": {"rules": [
+    {"name": "protect-main", "action": "deny", "match": {"gitRef": "refs/heads/main"}},
+    {"name": "no-bucket-deletes", "action": "deny", "match": {"permission": "storage.buckets.delete"}}
+  ]}
+}"#;
+
+/// A fake service-account key and API key, as they might sit in a bucket.
+const API_KEY: &str = "AIzaSyD3f4k3K3yF0rC4ss3tt3T3st1ng0123456";
+const PRIVATE_KEY_BODY: &str =
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7cassettefakekeymaterial";
+
 macro_rules! require_root {
     () => {
         if let Some(reason) = netns::unavailable_reason() {
@@ -154,6 +169,8 @@ impl Pod {
                     self.upstreams.gcs_proxy_endpoint()
                 ),
             ),
+            // The AgentSession's policy, as the injector passes it.
+            ("CASSETTE_SESSION_SPEC", SESSION_SPEC.to_string()),
             ("CASSETTE_LOG_FORMAT", "pretty".into()),
             ("RUST_LOG", "info".into()),
         ];
@@ -371,6 +388,62 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
         "gcloud storage ls printed: {listing}"
     );
 
+    // A push to main is refused with the report git prints; the branch push went through.
+    let mut push_main = pod.agent("git", &["push", "origin", "HEAD:main"]);
+    push_main.current_dir(&work);
+    let refused = output_within(push_main, TIMEOUT)?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "the push to main was accepted: {said}"
+    );
+    assert!(
+        said.contains("[remote rejected]")
+            && said.contains("protected by AgentSession \"netns-e2e\""),
+        "git printed: {said}"
+    );
+
+    // An object holding a service-account key and an API key: downloaded fine, recorded masked.
+    let secret = serde_json::json!({
+        "type": "service_account",
+        "private_key": format!("-----BEGIN PRIVATE KEY-----\n{PRIVATE_KEY_BODY}\n-----END PRIVATE KEY-----\n"),
+        "client_email": "leaked@cassette-e2e.iam.gserviceaccount.com",
+        "api_key": API_KEY,
+    });
+    pod._gcs.upload(
+        BUCKET,
+        "config/credentials.json",
+        secret.to_string().as_bytes(),
+    )?;
+    let downloaded = pod.agent_ok(
+        "gcloud",
+        &[
+            "storage",
+            "cat",
+            &format!("gs://{BUCKET}/config/credentials.json"),
+        ],
+    )?;
+    assert!(
+        downloaded.contains(API_KEY),
+        "the agent reads the object as it is: {downloaded}"
+    );
+
+    // Deleting the bucket is refused by policy.
+    let delete = output_within(
+        pod.agent(
+            "gcloud",
+            &[
+                "storage",
+                "buckets",
+                "delete",
+                &format!("gs://{BUCKET}"),
+                "--quiet",
+            ],
+        ),
+        TIMEOUT,
+    )?;
+    assert!(!delete.status.success(), "the bucket delete went through");
+
     // gRPC: Pub/Sub publish and pull with default credentials.
     let mut grpc = pod.agent(&python, &[]);
     grpc.arg(&pubsub_script)
@@ -462,6 +535,30 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
         .iter()
         .any(|r| r["kind"] == "body" && r["direction"] == "request" && r["text"] == "hello");
     assert!(echo_body, "the request body was recorded");
+
+    // Secrets only as masks.
+    assert!(!text.contains(API_KEY), "the API key reached the recording");
+    assert!(
+        !text.contains(PRIVATE_KEY_BODY),
+        "the private key reached the recording"
+    );
+    assert!(text.contains("«masked:"), "masks are recorded");
+    let blocked = kinds(&records, "blocked");
+    assert!(
+        blocked.iter().any(|b| b["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("protect-main"))),
+        "the refused push is recorded as blocked: {blocked:?}"
+    );
+    assert!(
+        blocked.iter().any(|b| b["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-bucket-deletes"))),
+        "the refused delete is recorded as blocked: {blocked:?}"
+    );
+    assert!(ends.iter().any(
+        |e| e["classification"]["permission"] == "storage.objects.get" && e["decision"] == "allow"
+    ));
 
     // The push's ref update.
     let pushes: Vec<&Value> = kinds(&records, "git")

@@ -523,6 +523,9 @@ async fn exchange(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
 
+    // Record the head (masked) before anything else happens to the request.
+    let masker = proxy.session.masker;
+    let (headers, header_masks) = crate::record::masked_headers(req.headers(), masker);
     let head = RequestRecord {
         exchange,
         conn: ctx.conn,
@@ -531,10 +534,12 @@ async fn exchange(
         authority: authority.clone(),
         path: path.clone(),
         version: version_str(req.version()).to_string(),
-        headers: crate::record::headers(req.headers()),
+        headers,
     };
     let classification = crate::record::classify(&authority, req.method(), &path, req.headers());
     let mut end = ExchangeEndState::new(exchange, started, classification.clone());
+    end.masked
+        .fetch_add(header_masks.values().sum(), Ordering::Relaxed);
 
     if let Err(e) = proxy.recorder.request(Event::Request(head)).await {
         // onFailure: closed — traffic that cannot be recorded does not pass.
@@ -548,18 +553,163 @@ async fn exchange(
             "{} could not be reached safely: {reason}; the request was refused and recorded",
             ctx.route.display_host()
         );
-        proxy.recorder.emit(Event::Blocked(Blocked {
-            exchange: Some(exchange),
-            reason: "upstream".into(),
-            rule: None,
-            message: message.clone(),
-        }));
-        end.fail(&proxy, Decision::Deny, &message);
-        return refusal(StatusCode::BAD_GATEWAY, &message);
+        return refuse(
+            &proxy,
+            &mut end,
+            "upstream",
+            None,
+            StatusCode::BAD_GATEWAY,
+            &message,
+        );
+    }
+
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // The request body is recorded (masked) as it streams, whatever happens next.
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body_kind = cassette_rules::mask::BodyKind::from_content_type(content_type);
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let req_tap = Tap::new(
+        body.map_err(BoxError::from).boxed(),
+        proxy
+            .recorder
+            .body(exchange, Direction::Request, Some((masker, body_kind))),
+        proxy.clone(),
+        end.bytes_up.clone(),
+        end.masked.clone(),
+        None,
+    );
+
+    // git smart HTTP: a push's ref updates are read (and recorded) before it may go
+    // upstream, so policy can decide per ref; a fetch's wants are read as it streams.
+    let (target_path, target_query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path.as_str(), None),
+    };
+    let git = cassette_rules::git::smart_http(parts.method.as_str(), target_path, target_query)
+        .filter(|g| g.phase == cassette_rules::git::Phase::Rpc);
+    let mut body: Body = req_tap.boxed();
+    let mut push = None;
+    match git.as_ref().map(|g| g.service) {
+        Some(cassette_rules::git::GitService::ReceivePack) if encoded.is_none() => {
+            match crate::git::read_push(body).await {
+                Ok((rest, request)) => {
+                    proxy
+                        .recorder
+                        .emit(crate::git::push_record(exchange, &request));
+                    body = rest;
+                    push = Some(request);
+                }
+                Err(e) => {
+                    let message = format!("{e}; the push was refused and recorded");
+                    return refuse(
+                        &proxy,
+                        &mut end,
+                        "git",
+                        None,
+                        StatusCode::BAD_REQUEST,
+                        &message,
+                    );
+                }
+            }
+        }
+        Some(cassette_rules::git::GitService::UploadPack) => {
+            // The fetch inspector reads the body the tap passes on; rebuild the tap with it.
+            if let Some(inspector) = crate::git::FetchInspector::new(exchange, encoded.as_deref()) {
+                body = crate::tap::Inspect::new(body, Box::new(inspector), proxy.clone()).boxed();
+            }
+        }
+        _ => {}
+    }
+
+    // Policy, before anything goes upstream.
+    let policy_host = ctx.route.host.clone().unwrap_or_else(|| authority.clone());
+    let updates = push.as_ref().map(|p| p.updates.as_slice()).unwrap_or(&[]);
+    let mut policy_request =
+        cassette_rules::policy::Request::new(&policy_host, parts.method.as_str(), target_path)
+            .pushing(updates);
+    if let Some(c) = &classification {
+        policy_request.service = c.service.as_deref();
+        policy_request.permission = c.permission.as_deref();
+    }
+    let decision = proxy
+        .session
+        .evaluator
+        .evaluate(&policy_request, jiff::Timestamp::now());
+    end.rule = decision.would_block().then(|| decision.cause.label());
+    match decision.outcome() {
+        cassette_rules::policy::Outcome::Forward => {
+            if decision.would_block() {
+                // Audit mode: recorded as what would have been refused, and let through.
+                proxy.recorder.emit(Event::Blocked(Blocked {
+                    exchange: Some(exchange),
+                    reason: "audit".into(),
+                    rule: Some(decision.cause.label()),
+                    message: format!("audit mode, not enforced: {}", decision.reason),
+                }));
+            }
+        }
+        outcome => {
+            let held = outcome == cassette_rules::policy::Outcome::Hold;
+            if held {
+                // Approvals reach the sidecar through its AgentSession; without that
+                // connection a held request cannot be approved, so it is denied now rather
+                // than left hanging.
+                proxy
+                    .recorder
+                    .emit(Event::Review(cassette_recording::record::Review {
+                        exchange,
+                        id: format!("{}-{exchange}", proxy.session.name),
+                        state: cassette_recording::record::ReviewState::Denied,
+                        by: None,
+                    }));
+            }
+            let message = if held {
+                format!(
+                    "{} (held for review; this sidecar receives no approvals, so it is denied)",
+                    decision.reason
+                )
+            } else {
+                decision.reason.clone()
+            };
+            // Let the agent finish sending, so it reads the refusal instead of a reset.
+            drain(body).await;
+            if let (Some(request), Some(_)) = (&push, &git) {
+                let report = cassette_rules::git::refuse_push(
+                    request.report_framing(),
+                    &decision.git_rejections(),
+                    &format!("cassette: {message}"),
+                );
+                return refuse_with(
+                    &proxy,
+                    &mut end,
+                    ("policy", Some(decision.cause.label()), &message),
+                    StatusCode::from_u16(report.status).unwrap_or(StatusCode::FORBIDDEN),
+                    report.content_type,
+                    report.body,
+                );
+            }
+            return refuse(
+                &proxy,
+                &mut end,
+                "policy",
+                Some(decision.cause.label()),
+                StatusCode::FORBIDDEN,
+                &message,
+            );
+        }
     }
 
     // Credentials: swap the placeholder for a real token toward verified Google hosts.
-    if let Some(swap) = credentials::needed(req.headers(), &proxy.placeholder)
+    if let Some(swap) = credentials::needed(&parts.headers, &proxy.placeholder)
         && ctx.may_swap(upstream.verified)
     {
         let token = match &proxy.broker {
@@ -567,7 +717,7 @@ async fn exchange(
             None => Err("no token broker is configured".to_string()),
         };
         match token.and_then(|t| {
-            credentials::apply(req.headers_mut(), swap, &t).map_err(|e| e.to_string())
+            credentials::apply(&mut parts.headers, swap, &t).map_err(|e| e.to_string())
         }) {
             Ok(()) => {
                 proxy.metrics.token_swaps.inc();
@@ -583,16 +733,20 @@ async fn exchange(
             }
             Err(e) => {
                 let message = format!("no credential could be obtained for {authority}: {e}");
-                end.fail(&proxy, Decision::Deny, &message);
-                return refusal(StatusCode::BAD_GATEWAY, &message);
+                return refuse(
+                    &proxy,
+                    &mut end,
+                    "credentials",
+                    None,
+                    StatusCode::BAD_GATEWAY,
+                    &message,
+                );
             }
         }
     }
 
     // The upstream request: same method, headers and body; the URI in the form the
     // upstream protocol wants.
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let upstream_h2 = upstream.is_h2();
     let scheme = if upstream.tls { "https" } else { "http" };
@@ -624,62 +778,7 @@ async fn exchange(
     } else if upstream_h2 {
         parts.headers.remove(header::HOST);
     }
-    // git smart HTTP: a push's ref updates are read (and recorded) before it goes upstream;
-    // a fetch's wants are read as it streams.
-    let mut body: Body = body.map_err(BoxError::from).boxed();
-    let mut inspector: Option<Box<dyn crate::tap::Inspector>> = None;
-    let (target_path, target_query) = match path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path.as_str(), None),
-    };
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    if let Some(git) =
-        cassette_rules::git::smart_http(parts.method.as_str(), target_path, target_query)
-        && git.phase == cassette_rules::git::Phase::Rpc
-    {
-        match git.service {
-            cassette_rules::git::GitService::ReceivePack if encoded.is_none() => {
-                match crate::git::read_push(body).await {
-                    Ok((rest, push)) => {
-                        proxy
-                            .recorder
-                            .emit(crate::git::push_record(exchange, &push));
-                        body = rest;
-                    }
-                    Err(e) => {
-                        let message = format!("{e}; the push was refused and recorded");
-                        proxy.recorder.emit(Event::Blocked(Blocked {
-                            exchange: Some(exchange),
-                            reason: "git".into(),
-                            rule: None,
-                            message: message.clone(),
-                        }));
-                        end.fail(&proxy, Decision::Deny, &message);
-                        return refusal(StatusCode::BAD_REQUEST, &message);
-                    }
-                }
-            }
-            cassette_rules::git::GitService::UploadPack => {
-                inspector = crate::git::FetchInspector::new(exchange, encoded)
-                    .map(|i| Box::new(i) as Box<dyn crate::tap::Inspector>);
-            }
-            _ => {}
-        }
-    }
-    let mut req_tap = Tap::new(
-        body,
-        proxy.recorder.body(exchange, Direction::Request),
-        proxy.clone(),
-        end.bytes_up.clone(),
-        None,
-    );
-    if let Some(inspector) = inspector {
-        req_tap = req_tap.inspect(inspector);
-    }
-    let upstream_req = Request::from_parts(parts, req_tap.boxed());
+    let upstream_req = Request::from_parts(parts, body);
 
     let sent = Instant::now();
     end.set_sidecar_before(sent - started);
@@ -704,11 +803,14 @@ async fn exchange(
     let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
+    let (headers, header_masks) = crate::record::masked_headers(&parts.headers, masker);
+    end.masked
+        .fetch_add(header_masks.values().sum(), Ordering::Relaxed);
     proxy.recorder.emit(Event::Response(ResponseRecord {
         exchange,
         status: parts.status.as_u16(),
         version: version_str(parts.version).to_string(),
-        headers: crate::record::headers(&parts.headers),
+        headers,
         trailers: None,
     }));
 
@@ -735,14 +837,89 @@ async fn exchange(
     let returned = Instant::now();
     end.add_sidecar(returned - head_at);
     let counter = Arc::new(AtomicU64::new(0));
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body_kind = cassette_rules::mask::BodyKind::from_content_type(content_type);
+    let masked = end.masked.clone();
     let resp_tap = Tap::new(
         body.map_err(BoxError::from).boxed(),
-        proxy.recorder.body(exchange, Direction::Response),
+        proxy
+            .recorder
+            .body(exchange, Direction::Response, Some((masker, body_kind))),
         proxy.clone(),
         counter,
+        masked,
         Some((end, ctx.clone())),
     );
     Response::from_parts(parts, resp_tap.boxed())
+}
+
+/// Refuse a request: record why (a `blocked` record, and its exchange_end) and tell the
+/// agent in words.
+fn refuse(
+    proxy: &Proxy,
+    end: &mut ExchangeEndState,
+    reason: &str,
+    rule: Option<String>,
+    status: StatusCode,
+    message: &str,
+) -> Response<Body> {
+    let body = format!("cassette: {message}\n");
+    refuse_with(
+        proxy,
+        end,
+        (reason, rule, message),
+        status,
+        "text/plain; charset=utf-8",
+        body.into_bytes(),
+    )
+}
+
+/// Refuse with a response of our own making (a git report, a plain message), recording the
+/// refusal and the response the agent gets.
+fn refuse_with(
+    proxy: &Proxy,
+    end: &mut ExchangeEndState,
+    (reason, rule, message): (&str, Option<String>, &str),
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Body> {
+    let exchange = end.exchange();
+    proxy.recorder.emit(Event::Blocked(Blocked {
+        exchange: Some(exchange),
+        reason: reason.into(),
+        rule,
+        message: message.to_string(),
+    }));
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    proxy.recorder.emit(Event::Response(ResponseRecord {
+        exchange,
+        status: status.as_u16(),
+        version: "HTTP/1.1".into(),
+        headers: crate::record::headers(response.headers()),
+        trailers: None,
+    }));
+    let mut recorded = proxy.recorder.body(exchange, Direction::Response, None);
+    recorded.push(&Bytes::copy_from_slice(&body));
+    recorded.finish();
+    end.fail(proxy, Decision::Deny, message);
+    response.map(|()| full(body))
+}
+
+/// Read a body to its end (so it is recorded and the sender is not cut off mid-upload).
+async fn drain(mut body: Body) {
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
 }
 
 /// Copy both ways until both sides are done, counting what went each way even when a side

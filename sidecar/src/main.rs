@@ -25,6 +25,7 @@ mod proxy;
 mod record;
 mod recording;
 mod rewind;
+mod session;
 mod shutdown;
 mod tap;
 mod tls;
@@ -139,6 +140,18 @@ pub struct RunArgs {
     /// metadata server (GKE Workload Identity). `off` outside GKE.
     #[arg(long, env = "CASSETTE_METADATA", default_value = "on")]
     metadata: String,
+    /// The AgentSession's spec as JSON (policy and masking); without it nothing is refused
+    /// and the built-in masking applies. The operator's injector sets it.
+    #[arg(long, env = "CASSETTE_SESSION_SPEC")]
+    session_spec: Option<String>,
+    /// When the session ends (RFC 3339); after it every request is refused. The operator
+    /// computes it from expiresAt or creation + maxDuration.
+    #[arg(long, env = "CASSETTE_EXPIRES_AT")]
+    expires_at: Option<String>,
+    /// A file holding the key for masked-value fingerprints (the Secret named in
+    /// spec.masking.fingerprintKey, mounted). Without it a key is made per pod.
+    #[arg(long, env = "CASSETTE_FINGERPRINT_KEY_FILE")]
+    fingerprint_key_file: Option<PathBuf>,
     /// Hand identity tokens to the agent through the shim.
     #[arg(long, env = "CASSETTE_ALLOW_IDENTITY_TOKENS")]
     allow_identity_tokens: bool,
@@ -262,6 +275,24 @@ async fn run(args: RunArgs) -> Result<()> {
     .context("starting the recording")?;
     readiness.spool_writable.store(true, Ordering::Release);
 
+    // The session's policy and masking, validated as the operator validates them.
+    let fingerprint_key = match &args.fingerprint_key_file {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("reading the fingerprint key {}", path.display()))?,
+        None => {
+            let mut key = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+            key
+        }
+    };
+    let session = Arc::new(session::Session::load(
+        &args.session,
+        args.session_spec.as_deref(),
+        args.expires_at.as_deref(),
+        &fingerprint_key,
+    )?);
+
     // TLS: a fresh CA, and the bundle the agent's tools trust.
     let ca = tls::SessionCa::generate(&args.session, 10_000)?;
     let (roots, system) = tls::upstream_roots(&args.upstream_ca)?;
@@ -269,6 +300,7 @@ async fn run(args: RunArgs) -> Result<()> {
     readiness.bundle_written.store(true, Ordering::Release);
 
     let proxy = Arc::new(proxy::Proxy::new(
+        session,
         ca,
         Arc::new(roots),
         proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,

@@ -14,6 +14,12 @@ pub struct ExchangeLabels {
     pub decision: String,
 }
 
+/// A masking detector.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabels {
+    pub detector: String,
+}
+
 /// Direction of recorded bytes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -25,6 +31,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub exchanges: Family<ExchangeLabels, Counter>,
     pub bytes: Family<DirectionLabels, Counter>,
+    pub masked: Family<DetectorLabels, Counter>,
     /// Time spent in the sidecar per exchange, upstream time excluded.
     pub added_latency: Histogram,
     pub upstream_latency: Histogram,
@@ -52,6 +59,12 @@ impl Metrics {
             "body_bytes",
             "Body bytes proxied, by direction",
             bytes.clone(),
+        );
+        let masked = Family::<DetectorLabels, Counter>::default();
+        registry.register(
+            "masked_secrets",
+            "Secrets masked in recordings, by detector",
+            masked.clone(),
         );
         // 50 µs .. ~1.6 s
         let added_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
@@ -114,6 +127,7 @@ impl Metrics {
             registry,
             exchanges,
             bytes,
+            masked,
             added_latency,
             upstream_latency,
             connections,

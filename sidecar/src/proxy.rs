@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The shared state of the data path.
 pub struct Proxy {
+    /// The AgentSession's policy and masking.
+    pub session: Arc<crate::session::Session>,
     pub ca: SessionCa,
     pub upstream_roots: Arc<RootCertStore>,
     pub overrides: Overrides,
@@ -29,6 +31,7 @@ pub struct Proxy {
 impl Proxy {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        session: Arc<crate::session::Session>,
         ca: SessionCa,
         upstream_roots: Arc<RootCertStore>,
         overrides: Overrides,
@@ -39,6 +42,7 @@ impl Proxy {
         recorder: Recorder,
     ) -> Self {
         Self {
+            session,
             ca,
             upstream_roots,
             overrides,

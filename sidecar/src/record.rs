@@ -9,8 +9,10 @@ use crate::metadata::Served;
 use bytes::Bytes;
 use cassette_recording::body::BodyEncoder;
 use cassette_recording::record::{Classification, Direction, Event, Header};
+use cassette_rules::mask::{BodyKind, MaskStream, Masker};
 use http::HeaderMap;
 use ring::hmac;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,7 +83,10 @@ impl Recorder {
     /// Record without waiting for an fsync. A failure is logged: the traffic it describes
     /// is refused at its next request head, which goes through [`Recorder::request`].
     pub fn emit(&self, event: Event) {
-        if matches!(event, Event::Blocked(_)) {
+        // Audit-mode records say what *would* have been refused: not counted as blocked.
+        if let Event::Blocked(b) = &event
+            && b.reason != "audit"
+        {
             self.counts.blocked.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(e) = self.sink.emit(event) {
@@ -109,8 +114,14 @@ impl Recorder {
         self.counts.masked.fetch_add(masked, Ordering::Relaxed);
     }
 
-    /// A recorder for one body.
-    pub fn body(&self, exchange: u64, direction: Direction) -> BodyRecorder {
+    /// A recorder for one body, masking what it records with `mask` (the session's masker
+    /// and the kind of body).
+    pub fn body(
+        &self,
+        exchange: u64,
+        direction: Direction,
+        mask: Option<(&'static Masker, BodyKind)>,
+    ) -> BodyRecorder {
         BodyRecorder {
             encoder: Some(BodyEncoder::new(
                 exchange,
@@ -118,36 +129,65 @@ impl Recorder {
                 self.max_body_bytes,
                 &self.digest_key,
             )),
+            mask: mask.map(|(masker, kind)| masker.stream(kind)),
             recorder: self.clone(),
         }
     }
 }
 
-/// Records one body as it streams.
+/// Records one body as it streams, masked.
 pub struct BodyRecorder {
     encoder: Option<BodyEncoder>,
+    mask: Option<MaskStream<'static>>,
     recorder: Recorder,
 }
 
 impl BodyRecorder {
     pub fn push(&mut self, chunk: &Bytes) {
-        if let Some(encoder) = &mut self.encoder {
-            for body in encoder.push(chunk) {
-                self.recorder.emit(Event::Body(body));
+        let Some(encoder) = &mut self.encoder else {
+            return;
+        };
+        let pieces = match &mut self.mask {
+            Some(mask) => {
+                let mut out = Vec::with_capacity(chunk.len());
+                mask.feed(chunk, &mut out);
+                encoder.push(&out)
             }
+            None => encoder.push(chunk),
+        };
+        for body in pieces {
+            self.recorder.emit(Event::Body(body));
         }
     }
 
-    pub fn finish(&mut self) {
-        if let Some(encoder) = self.encoder.take() {
-            for body in encoder.finish() {
+    /// End the body; returns the masks per detector.
+    pub fn finish(&mut self) -> BTreeMap<String, u64> {
+        let Some(mut encoder) = self.encoder.take() else {
+            return BTreeMap::new();
+        };
+        let mut counts = BTreeMap::new();
+        if let Some(mask) = self.mask.take() {
+            let mut out = Vec::new();
+            let summary = mask.finish(&mut out);
+            for body in encoder.push(&out) {
                 self.recorder.emit(Event::Body(body));
             }
+            counts = summary.counts;
         }
+        for body in encoder.finish() {
+            self.recorder.emit(Event::Body(body));
+        }
+        counts
     }
 }
 
-/// Headers as recorded, in order.
+impl Drop for BodyRecorder {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Headers as recorded, in order, without masking (for what the sidecar itself produced).
 pub fn headers(map: &HeaderMap) -> Vec<Header> {
     map.iter()
         .map(|(name, value)| {
@@ -157,6 +197,27 @@ pub fn headers(map: &HeaderMap) -> Vec<Header> {
             )
         })
         .collect()
+}
+
+/// Headers as recorded, with credentials and secrets masked; also the masks per detector.
+pub fn masked_headers(map: &HeaderMap, masker: &Masker) -> (Vec<Header>, BTreeMap<String, u64>) {
+    let mut counts = BTreeMap::new();
+    let headers = map
+        .iter()
+        .map(|(name, value)| {
+            let value = match masker.mask_header(name.as_str(), value.as_bytes()) {
+                Some((masked, summary)) => {
+                    for (detector, n) in summary.counts {
+                        *counts.entry(detector).or_insert(0) += n;
+                    }
+                    String::from_utf8_lossy(&masked).into_owned()
+                }
+                None => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            };
+            (name.as_str().to_string(), value)
+        })
+        .collect();
+    (headers, counts)
 }
 
 /// What an exchange is, as far as its request line tells: the Google service and
@@ -217,7 +278,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         version: "HTTP/1.1".into(),
         headers: exchange.request_headers,
     }));
-    recorder.body(id, Direction::Request).finish();
+    recorder.body(id, Direction::Request, None).finish();
     recorder.emit(Event::Response(Response {
         exchange: id,
         status: exchange.status,
@@ -225,7 +286,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         headers: exchange.response_headers,
         trailers: None,
     }));
-    let mut body = recorder.body(id, Direction::Response);
+    let mut body = recorder.body(id, Direction::Response, None);
     body.push(&Bytes::copy_from_slice(exchange.body));
     body.finish();
     let decision = match exchange.served {

@@ -26,12 +26,18 @@ pub struct ExchangeEndState {
     pub bytes_up: Arc<AtomicU64>,
     pub decision: Decision,
     pub rule: Option<String>,
-    pub masked: u64,
+    /// Secrets masked in this exchange (headers and both bodies).
+    pub masked: Arc<AtomicU64>,
     trailers: Option<Vec<cassette_recording::record::Header>>,
     done: bool,
 }
 
 impl ExchangeEndState {
+    /// The exchange this state belongs to.
+    pub fn exchange(&self) -> u64 {
+        self.exchange
+    }
+
     pub fn new(exchange: u64, started: Instant, classification: Option<Classification>) -> Self {
         Self {
             exchange,
@@ -42,7 +48,7 @@ impl ExchangeEndState {
             bytes_up: Arc::new(AtomicU64::new(0)),
             decision: Decision::Allow,
             rule: None,
-            masked: 0,
+            masked: Arc::new(AtomicU64::new(0)),
             trailers: None,
             done: false,
         }
@@ -103,9 +109,10 @@ impl ExchangeEndState {
             .metrics
             .added_latency
             .observe(self.sidecar.as_secs_f64());
+        let masked = self.masked.load(Ordering::Relaxed);
         proxy
             .recorder
-            .exchange_done(decision == Decision::Deny, self.masked);
+            .exchange_done(decision == Decision::Deny, masked);
         proxy.recorder.emit(Event::ExchangeEnd(ExchangeEnd {
             exchange: self.exchange,
             timings: Timings {
@@ -121,7 +128,7 @@ impl ExchangeEndState {
             decision,
             rule: self.rule.clone(),
             classification: self.classification.clone(),
-            masked: self.masked,
+            masked,
             error,
             trailers: self.trailers.take(),
         }));
@@ -138,10 +145,10 @@ pub trait Inspector: Send + Sync {
 /// A body that records what passes through it.
 pub struct Tap {
     inner: crate::forward::Body,
-    inspector: Option<Box<dyn Inspector>>,
     recorder: BodyRecorder,
     proxy: Arc<Proxy>,
     counter: Arc<AtomicU64>,
+    masked: Arc<AtomicU64>,
     /// The response side ends the exchange.
     end: Option<(ExchangeEndState, Arc<ConnCtx>)>,
     bytes: u64,
@@ -154,24 +161,19 @@ impl Tap {
         recorder: BodyRecorder,
         proxy: Arc<Proxy>,
         counter: Arc<AtomicU64>,
+        masked: Arc<AtomicU64>,
         end: Option<(ExchangeEndState, Arc<ConnCtx>)>,
     ) -> Self {
         Self {
             inner,
-            inspector: None,
             recorder,
             proxy,
             counter,
+            masked,
             end,
             bytes: 0,
             done: false,
         }
-    }
-
-    /// Let `inspector` read the body too.
-    pub fn inspect(mut self, inspector: Box<dyn Inspector>) -> Self {
-        self.inspector = Some(inspector);
-        self
     }
 
     fn finish(&mut self, error: Option<String>) {
@@ -179,9 +181,14 @@ impl Tap {
             return;
         }
         self.done = true;
-        self.recorder.finish();
-        if let Some(inspector) = &mut self.inspector {
-            inspector.end(&self.proxy);
+        let masked = self.recorder.finish();
+        for (detector, n) in masked {
+            self.proxy
+                .metrics
+                .masked
+                .get_or_create(&crate::metrics::DetectorLabels { detector })
+                .inc_by(n);
+            self.masked.fetch_add(n, Ordering::Relaxed);
         }
         let direction = if self.end.is_some() {
             "response"
@@ -213,9 +220,6 @@ impl HttpBody for Tap {
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    if let Some(inspector) = &mut this.inspector {
-                        inspector.data(data);
-                    }
                     this.recorder.push(data);
                     this.bytes += data.len() as u64;
                     this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -253,5 +257,68 @@ impl Drop for Tap {
         } else {
             self.finish(Some("the body was abandoned before its end".into()));
         }
+    }
+}
+
+/// A body read by an [`Inspector`] as it passes.
+pub struct Inspect {
+    inner: crate::forward::Body,
+    inspector: Option<Box<dyn Inspector>>,
+    proxy: Arc<Proxy>,
+}
+
+impl Inspect {
+    pub fn new(
+        inner: crate::forward::Body,
+        inspector: Box<dyn Inspector>,
+        proxy: Arc<Proxy>,
+    ) -> Self {
+        Self {
+            inner,
+            inspector: Some(inspector),
+            proxy,
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(mut inspector) = self.inspector.take() {
+            inspector.end(&self.proxy);
+        }
+    }
+}
+
+impl HttpBody for Inspect {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(data), Some(inspector)) = (f.data_ref(), &mut this.inspector) {
+                    inspector.data(data);
+                }
+            }
+            Some(Err(_)) | None => this.end(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Inspect {
+    fn drop(&mut self) {
+        self.end();
     }
 }

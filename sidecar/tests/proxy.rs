@@ -105,7 +105,7 @@ async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
                         let json = serde_json::json!({
                             "host": host, "path": path, "version": version,
                             "body_len": body.len(),
-                            "secret": "the upstream's reply",
+                            "message": "the upstream's reply",
                         });
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
                             json.to_string(),
