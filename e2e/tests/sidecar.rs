@@ -33,6 +33,9 @@ const SESSION_SPEC: &str = r#"{
   ]}
 }"#;
 
+/// The session's fingerprint key, which auditors hold and agents do not.
+const FINGERPRINT_KEY: &[u8] = b"auditors-only-fingerprint-key-0123456789";
+
 /// A fake service-account key and API key, as they might sit in a bucket.
 const API_KEY: &str = "AIzaSyD3f4k3K3yF0rC4ss3tt3T3st1ng0123456";
 const PRIVATE_KEY_BODY: &str =
@@ -104,6 +107,7 @@ impl Pod {
             std::os::unix::fs::chown(&path, Some(SIDECAR_UID), Some(SIDECAR_UID))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         }
+        std::fs::write(dir.path().join("fingerprint.key"), FINGERPRINT_KEY)?;
         let mut pod = Self {
             sidecar: None,
             dir,
@@ -168,6 +172,11 @@ impl Pod {
                     "storage.googleapis.com={}",
                     self.upstreams.gcs_proxy_endpoint()
                 ),
+            ),
+            // The fingerprint key (the Secret spec.masking.fingerprintKey names, mounted).
+            (
+                "CASSETTE_FINGERPRINT_KEY_FILE",
+                root.join("fingerprint.key").display().to_string(),
             ),
             // The AgentSession's policy, as the injector passes it.
             ("CASSETTE_SESSION_SPEC", SESSION_SPEC.to_string()),
@@ -278,6 +287,31 @@ impl Drop for Pod {
             let _ = child.wait();
         }
     }
+}
+
+/// `kubectl-cassette` from this build, built if needed (cargo does nothing when it is up to
+/// date).
+fn kubectl_cassette(args: &[&str]) -> Result<(i32, String)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "kubectl-cassette"])
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build -p kubectl-cassette failed");
+    let exe = std::env::current_exe()?;
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("target dir")?
+        .join("kubectl-cassette");
+    let out = Command::new(binary).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 fn kinds<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -559,6 +593,51 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
     assert!(ends.iter().any(
         |e| e["classification"]["permission"] == "storage.objects.get" && e["decision"] == "allow"
     ));
+
+    // The auditor's view: the timeline, and where each secret went.
+    let recording = format!(
+        "file://{}/agents/netns-e2e/",
+        pod.dir.path().join("sink").display()
+    );
+    let (code, timeline) = kubectl_cassette(&["show", "--recording", &recording])?;
+    assert_eq!(code, 0, "{timeline}");
+    println!("{timeline}");
+    for needle in [
+        "echo.test",
+        "git.test",
+        "storage.googleapis.com",
+        "pubsub.googleapis.com",
+        "protect-main",
+        "verified",
+    ] {
+        assert!(
+            timeline.contains(needle),
+            "kubectl cassette show lacks {needle:?}:\n{timeline}"
+        );
+    }
+    let (code, verified) = kubectl_cassette(&["verify", "--recording", &recording])?;
+    assert_eq!(code, 0, "{verified}");
+    let key_file = pod.dir.path().join("fingerprint.key");
+    let sa_file = pod.dir.path().join("leaked-sa.json");
+    std::fs::write(&sa_file, secret.to_string())?;
+    let api_file = pod.dir.path().join("leaked-api-key.txt");
+    std::fs::write(&api_file, format!("{API_KEY}\n"))?;
+    for (file, what) in [(&sa_file, "private_key"), (&api_file, "API key")] {
+        let (code, found) = kubectl_cassette(&[
+            "search",
+            "--recording",
+            &recording,
+            "--secret-file",
+            &file.display().to_string(),
+            "--key-file",
+            &key_file.display().to_string(),
+        ])?;
+        assert_eq!(code, 0, "search found no {what}:\n{found}");
+        assert!(
+            found.contains("response") && found.contains("storage.googleapis.com"),
+            "the {what} reached the agent in a Cloud Storage response: {found}"
+        );
+    }
 
     // The push's ref update.
     let pushes: Vec<&Value> = kinds(&records, "git")
