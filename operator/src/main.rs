@@ -1,11 +1,23 @@
 //! `cassette-operator`: the AgentSession controller and admission webhooks.
 //!
-//! `main` only parses the command line and wires; each subcommand lives in its own module.
+//! `main` only parses the command line and wires; each concern lives in its own module.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
 
+mod certs;
+mod controller;
 mod crdgen;
+mod inject;
+mod leader;
+mod metrics;
+mod session;
+mod stamp;
+mod webhook;
 
 #[derive(Parser)]
 #[command(name = "cassette-operator", version, about = "The cassette operator")]
@@ -18,13 +30,245 @@ struct Cli {
 enum Command {
     /// Print the AgentSession CustomResourceDefinition as YAML.
     Crdgen,
+    /// Run the controller (on the leader) and the admission webhooks (on every replica).
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The operator's namespace: its certificate Secret and its Lease live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cassette-system")]
+    namespace: String,
+    /// This replica's name, its identity in leader election.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+
+    /// Where the admission webhooks listen (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+    /// Where /metrics, /healthz and /readyz listen (HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// The cassette-sidecar image injected into agent pods.
+    #[arg(long, env = "CASSETTE_SIDECAR_IMAGE")]
+    sidecar_image: String,
+    /// imagePullPolicy of the injected containers (Always, IfNotPresent, Never).
+    #[arg(long)]
+    image_pull_policy: Option<String>,
+    /// Extra environment for injected sidecars, NAME=VALUE (repeatable), such as
+    /// CASSETTE_GCS_ENDPOINT for an emulator.
+    #[arg(long = "sidecar-env", value_parser = parse_env)]
+    sidecar_env: Vec<(String, String)>,
+
+    #[command(flatten)]
+    certs: CertArgs,
+
+    /// Run the controller without electing a leader (a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// The Lease the replicas elect a leader with.
+    #[arg(long, default_value = "cassette-operator")]
+    lease_name: String,
+
+    /// Log format: json or pretty (json in a cluster by default).
+    #[arg(long, env = "CASSETTE_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Args)]
+struct CertArgs {
+    /// Serve the certificate in this directory (tls.crt, tls.key), issued by someone else
+    /// such as cert-manager, instead of making and rotating one.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The Secret in the operator's namespace that keeps the CA and serving certificate.
+    #[arg(long, default_value = "cassette-webhook-tls")]
+    cert_secret: String,
+    /// The webhook Service's name; the certificate is valid for its cluster DNS names.
+    #[arg(long, default_value = "cassette-webhook")]
+    service_name: String,
+    /// More names (DNS names or IP addresses) the certificate is valid for, such as
+    /// 127.0.0.1 when the API server calls the webhooks by URL (repeatable).
+    #[arg(long = "webhook-host")]
+    webhook_hosts: Vec<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, default_value = "cassette")]
+    mutating_webhook_configuration: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, default_value = "cassette")]
+    validating_webhook_configuration: String,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.into(), value.into())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Crdgen => {
             print!("{}", crdgen::yaml()?);
             Ok(())
         }
+        Command::Run(args) => {
+            telemetry(args.log_format.as_deref());
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(*args))
+        }
+    }
+}
+
+fn telemetry(format: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == "json",
+        None => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(metrics::Health::default());
+    let serving = Arc::new(certs::ServingCert::default());
+
+    // Certificates first: the webhooks cannot answer without one.
+    match &args.certs.tls_dir {
+        Some(dir) => {
+            let files = certs::FileSource {
+                cert: dir.join("tls.crt"),
+                key: dir.join("tls.key"),
+            };
+            tokio::spawn(files.watch(serving.clone()));
+        }
+        None => {
+            let c = &args.certs;
+            let mut names = vec![
+                format!("{}.{}.svc", c.service_name, args.namespace),
+                format!("{}.{}.svc.cluster.local", c.service_name, args.namespace),
+            ];
+            names.extend(c.webhook_hosts.iter().cloned());
+            let settings = certs::Settings {
+                namespace: args.namespace.clone(),
+                secret: c.cert_secret.clone(),
+                names,
+                mutating: Some(c.mutating_webhook_configuration.clone()),
+                validating: Some(c.validating_webhook_configuration.clone()),
+            };
+            tokio::spawn(certs::rotate(
+                client.clone(),
+                settings,
+                serving.clone(),
+                metrics.clone(),
+            ));
+        }
+    }
+
+    let context = Arc::new(webhook::Context {
+        client: client.clone(),
+        inject: inject::Config {
+            sidecar_image: args.sidecar_image.clone(),
+            image_pull_policy: args.image_pull_policy.clone(),
+            sidecar_env: args.sidecar_env.clone(),
+            ..inject::Config::default()
+        },
+        metrics: metrics.clone(),
+    });
+    let webhooks = tokio::spawn(webhook::serve(
+        args.webhook_addr,
+        context,
+        serving,
+        health.clone(),
+    ));
+    let probes = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone(), health));
+
+    // The controller runs on the leader only.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let elector = if args.no_leader_election {
+        leading_tx.send_replace(true);
+        None
+    } else {
+        let identity = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("cassette-operator-{}", std::process::id()));
+        let elector =
+            leader::Elector::new(client.clone(), &args.namespace, &args.lease_name, &identity);
+        Some(tokio::spawn(elector.run(leading_tx, stop_rx.clone())))
+    };
+    let controllers = tokio::spawn(lead(client, metrics, leading_rx, stop_rx));
+
+    tokio::select! {
+        result = webhooks => result?.context("the webhook server stopped")?,
+        result = probes => result?.context("the metrics server stopped")?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    stop_tx.send_replace(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    let _ = controllers.await;
+    Ok(())
+}
+
+/// Run the controller whenever this replica leads, until shutdown.
+async fn lead(
+    client: kube::Client,
+    metrics: Arc<metrics::Metrics>,
+    mut leading: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        metrics.leader.set(1);
+        tracing::info!("leading: running the AgentSession controller");
+        let mut lost = leading.clone();
+        let mut stopping = stop.clone();
+        controller::run(client.clone(), metrics.clone(), async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+        metrics.leader.set(0);
+        tracing::info!("the controller stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

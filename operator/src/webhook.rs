@@ -1,0 +1,339 @@
+//! The admission webhooks over HTTPS: `/inject` (Pods), `/mutate-agentsession` (requester
+//! stamp) and `/validate-agentsession` (the shared rule validation). Each handler reads the
+//! AdmissionReview, looks up what the pure decision needs, and answers with a JSON patch or a
+//! refusal. Errors refuse too: the configurations fail closed, and so does the server.
+
+use crate::certs::ServingCert;
+use crate::inject::{self, Outcome};
+use crate::metrics::bytes_body::{Body, full};
+use crate::metrics::{Health, Metrics, Verdict, Webhook};
+use anyhow::{Context as _, Result};
+use cassette_api::names::ENFORCE_LABEL;
+use cassette_api::{AgentSession, AgentSessionSpec};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The largest AdmissionReview read (a pod with many containers is well under it).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What the handlers share.
+pub struct Context {
+    pub client: Client,
+    pub inject: inject::Config,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serve the webhooks on `addr` with the certificate `serving` holds (swapped in place when
+/// it is renewed).
+pub async fn serve(
+    addr: SocketAddr,
+    context: Arc<Context>,
+    serving: Arc<ServingCert>,
+    health: Arc<Health>,
+) -> Result<()> {
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(serving.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the webhook port {addr}"))?;
+    tracing::info!(%addr, "serving admission webhooks");
+    let mut ready_reported = false;
+    loop {
+        if !ready_reported && serving.is_ready() {
+            health.webhooks_ready.store(true, Ordering::Release);
+            ready_reported = true;
+        }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a webhook connection");
+                continue;
+            }
+        };
+        if !ready_reported && serving.is_ready() {
+            health.webhooks_ready.store(true, Ordering::Release);
+            ready_reported = true;
+        }
+        let acceptor = acceptor.clone();
+        let context = context.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = service_fn(move |req| {
+                let context = context.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, &context).await) }
+            });
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "webhook connection ended");
+            }
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, context: &Context) -> Response<Body> {
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST an AdmissionReview\n");
+    }
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("reading the body: {e}\n")),
+    };
+    match path.as_str() {
+        "/inject" => answer(&body, |r| inject_pod(r, context), Webhook::Inject, context).await,
+        "/mutate-agentsession" => {
+            answer(
+                &body,
+                |r| async { mutate_session(r) },
+                Webhook::MutateSession,
+                context,
+            )
+            .await
+        }
+        "/validate-agentsession" => {
+            answer(
+                &body,
+                |r| async { validate_session(r) },
+                Webhook::ValidateSession,
+                context,
+            )
+            .await
+        }
+        _ => plain(StatusCode::NOT_FOUND, "no such webhook\n"),
+    }
+}
+
+/// Decode the review, run the handler, count and encode its answer.
+async fn answer<K, F, Fut>(
+    body: &[u8],
+    handle: F,
+    webhook: Webhook,
+    context: &Context,
+) -> Response<Body>
+where
+    K: Resource + DeserializeOwned,
+    F: FnOnce(AdmissionRequest<K>) -> Fut,
+    Fut: Future<Output = (AdmissionResponse, Verdict)>,
+{
+    let review: AdmissionReview<K> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(e) => {
+            context.metrics.admission(webhook, Verdict::Error);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("not an AdmissionReview: {e}\n"),
+            );
+        }
+    };
+    let request: AdmissionRequest<K> = match review.try_into() {
+        Ok(request) => request,
+        Err(e) => {
+            context.metrics.admission(webhook, Verdict::Error);
+            return plain(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+        }
+    };
+    let (response, verdict) = handle(request).await;
+    context.metrics.admission(webhook, verdict);
+    json(&response.into_review())
+}
+
+async fn inject_pod(
+    request: AdmissionRequest<Pod>,
+    context: &Context,
+) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if request.operation != Operation::Create {
+        return (response, Verdict::Allowed);
+    }
+    let Some(pod) = request.object.as_ref() else {
+        return (
+            response.deny("the AdmissionReview carries no pod"),
+            Verdict::Error,
+        );
+    };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    match decide(pod, &namespace, context).await {
+        Ok(Outcome::NotRecorded | Outcome::Unchanged) => (response, Verdict::Allowed),
+        Ok(Outcome::Refused(message)) => {
+            tracing::info!(namespace, pod = ?pod.metadata.name, %message, "refused a pod");
+            (response.deny(message), Verdict::Denied)
+        }
+        Ok(Outcome::Injected(injected)) => match patch(pod, &*injected) {
+            Ok(patch) => {
+                tracing::info!(namespace, pod = ?pod.metadata.name, "injected the recorder");
+                match response.clone().with_patch(patch) {
+                    Ok(patched) => (patched, Verdict::Patched),
+                    Err(e) => (
+                        response.deny(format!("cassette could not encode the patch: {e}")),
+                        Verdict::Error,
+                    ),
+                }
+            }
+            Err(e) => (
+                response.deny(format!("cassette could not build the patch: {e:#}")),
+                Verdict::Error,
+            ),
+        },
+        Err(e) => (
+            response.deny(format!(
+                "cassette could not decide whether pod may start, so it is refused: {e:#}"
+            )),
+            Verdict::Error,
+        ),
+    }
+}
+
+/// Look up what the injector needs and ask it.
+async fn decide(pod: &Pod, namespace: &str, context: &Context) -> Result<Outcome> {
+    let label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(cassette_api::names::SESSION_LABEL));
+    let session = match label {
+        Some(name) => Api::<AgentSession>::namespaced(context.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading AgentSession {namespace}/{name}"))?,
+        None => None,
+    };
+    // Only pods without a session label need the namespace's verdict.
+    let enforced = match label {
+        Some(_) => false,
+        None => Api::<Namespace>::all(context.client.clone())
+            .get_opt(namespace)
+            .await
+            .with_context(|| format!("reading namespace {namespace}"))?
+            .and_then(|ns| ns.metadata.labels)
+            .and_then(|l| l.get(ENFORCE_LABEL).cloned())
+            .is_some_and(|v| v == "true"),
+    };
+    Ok(inject::inject(
+        &context.inject,
+        &inject::Request {
+            pod,
+            namespace,
+            enforced,
+            session: session.as_ref(),
+            now: Timestamp::now(),
+        },
+    ))
+}
+
+fn patch<T: Serialize>(before: &T, after: &T) -> Result<json_patch::Patch> {
+    Ok(json_patch::diff(
+        &serde_json::to_value(before)?,
+        &serde_json::to_value(after)?,
+    ))
+}
+
+fn mutate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return (response, Verdict::Allowed);
+    }
+    let Some(object) = request.object.as_ref() else {
+        return (
+            response.deny("the AdmissionReview carries no AgentSession"),
+            Verdict::Error,
+        );
+    };
+    let old_spec = request.old_object.as_ref().and_then(|o| o.data.get("spec"));
+    let mut stamped = object.clone();
+    if let Some(spec) = stamped.data.get_mut("spec") {
+        crate::stamp::stamp(spec, old_spec, &request.user_info, Timestamp::now());
+    }
+    match patch(object, &stamped) {
+        Ok(p) if p.0.is_empty() => (response, Verdict::Allowed),
+        Ok(p) => match response.clone().with_patch(p) {
+            Ok(patched) => (patched, Verdict::Patched),
+            Err(e) => (
+                response.deny(format!("cassette could not encode the patch: {e}")),
+                Verdict::Error,
+            ),
+        },
+        Err(e) => (
+            response.deny(format!("cassette could not build the patch: {e:#}")),
+            Verdict::Error,
+        ),
+    }
+}
+
+fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return (response, Verdict::Allowed);
+    }
+    let Some(object) = request.object.as_ref() else {
+        return (
+            response.deny("the AdmissionReview carries no AgentSession"),
+            Verdict::Error,
+        );
+    };
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let spec = object.data.get("spec").cloned().unwrap_or_default();
+    let spec: AgentSessionSpec = match serde_json::from_value(spec) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return (
+                response.deny(format!(
+                    "AgentSession {name:?} has a spec cassette cannot read: {e}"
+                )),
+                Verdict::Denied,
+            );
+        }
+    };
+    match cassette_rules::validate::agent_session(&spec) {
+        Ok(()) => (response, Verdict::Allowed),
+        Err(errors) => (
+            response.deny(format!("AgentSession {name:?} is invalid: {errors}")),
+            Verdict::Denied,
+        ),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(full(body))
+            .expect("a valid response"),
+        Err(e) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding: {e}\n"),
+        ),
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(full(text.to_string()))
+        .expect("a valid response")
+}
