@@ -579,9 +579,12 @@ async fn exchange(
         .map(str::to_string);
     let req_tap = Tap::new(
         body.map_err(BoxError::from).boxed(),
-        proxy
-            .recorder
-            .body(exchange, Direction::Request, Some((masker, body_kind))),
+        proxy.recorder.body(
+            exchange,
+            Direction::Request,
+            Some((masker, body_kind)),
+            encoded.as_deref(),
+        ),
         proxy.clone(),
         end.bytes_up.clone(),
         end.masked.clone(),
@@ -842,12 +845,20 @@ async fn exchange(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let body_kind = cassette_rules::mask::BodyKind::from_content_type(content_type);
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let masked = end.masked.clone();
     let resp_tap = Tap::new(
         body.map_err(BoxError::from).boxed(),
-        proxy
-            .recorder
-            .body(exchange, Direction::Response, Some((masker, body_kind))),
+        proxy.recorder.body(
+            exchange,
+            Direction::Response,
+            Some((masker, body_kind)),
+            encoding.as_deref(),
+        ),
         proxy.clone(),
         counter,
         masked,
@@ -906,7 +917,9 @@ fn refuse_with(
         headers: crate::record::headers(response.headers()),
         trailers: None,
     }));
-    let mut recorded = proxy.recorder.body(exchange, Direction::Response, None);
+    let mut recorded = proxy
+        .recorder
+        .body(exchange, Direction::Response, None, None);
     recorded.push(&Bytes::copy_from_slice(&body));
     recorded.finish();
     end.fail(proxy, Decision::Deny, message);

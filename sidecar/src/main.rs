@@ -14,6 +14,7 @@ mod admin;
 mod broker;
 mod capture;
 mod credentials;
+mod decode;
 mod forward;
 mod git;
 mod init;

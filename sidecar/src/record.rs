@@ -5,6 +5,7 @@
 //! when the session's durability is `strict`, and fails when the recording has failed closed
 //! (the caller then refuses the request). Everything else is handed over without waiting.
 
+use crate::decode::Decoder;
 use crate::metadata::Served;
 use bytes::Bytes;
 use cassette_recording::body::BodyEncoder;
@@ -121,8 +122,10 @@ impl Recorder {
         exchange: u64,
         direction: Direction,
         mask: Option<(&'static Masker, BodyKind)>,
+        content_encoding: Option<&str>,
     ) -> BodyRecorder {
         BodyRecorder {
+            decoder: Decoder::for_encoding(content_encoding),
             encoder: Some(BodyEncoder::new(
                 exchange,
                 direction,
@@ -137,6 +140,8 @@ impl Recorder {
 
 /// Records one body as it streams, masked.
 pub struct BodyRecorder {
+    /// Content-Encoding undone for the recording (the wire keeps it).
+    decoder: Option<Decoder>,
     encoder: Option<BodyEncoder>,
     mask: Option<MaskStream<'static>>,
     recorder: Recorder,
@@ -144,6 +149,22 @@ pub struct BodyRecorder {
 
 impl BodyRecorder {
     pub fn push(&mut self, chunk: &Bytes) {
+        let decoded;
+        let chunk: &[u8] = match &mut self.decoder {
+            Some(decoder) => match decoder.feed(chunk) {
+                Ok(bytes) => {
+                    decoded = bytes;
+                    &decoded
+                }
+                Err(e) => {
+                    // Record the rest as the bytes they are.
+                    tracing::warn!(error = %e, "recording the body undecoded from here on");
+                    self.decoder = None;
+                    chunk
+                }
+            },
+            None => chunk,
+        };
         let Some(encoder) = &mut self.encoder else {
             return;
         };
@@ -165,6 +186,24 @@ impl BodyRecorder {
         let Some(mut encoder) = self.encoder.take() else {
             return BTreeMap::new();
         };
+        if let Some(decoder) = self.decoder.take() {
+            match decoder.finish() {
+                Ok(tail) => {
+                    let pieces = match &mut self.mask {
+                        Some(mask) => {
+                            let mut out = Vec::new();
+                            mask.feed(&tail, &mut out);
+                            encoder.push(&out)
+                        }
+                        None => encoder.push(&tail),
+                    };
+                    for body in pieces {
+                        self.recorder.emit(Event::Body(body));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the body's encoding ended badly"),
+            }
+        }
         let mut counts = BTreeMap::new();
         if let Some(mask) = self.mask.take() {
             let mut out = Vec::new();
@@ -278,7 +317,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         version: "HTTP/1.1".into(),
         headers: exchange.request_headers,
     }));
-    recorder.body(id, Direction::Request, None).finish();
+    recorder.body(id, Direction::Request, None, None).finish();
     recorder.emit(Event::Response(Response {
         exchange: id,
         status: exchange.status,
@@ -286,7 +325,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         headers: exchange.response_headers,
         trailers: None,
     }));
-    let mut body = recorder.body(id, Direction::Response, None);
+    let mut body = recorder.body(id, Direction::Response, None, None);
     body.push(&Bytes::copy_from_slice(exchange.body));
     body.finish();
     let decision = match exchange.served {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 const REAL_TOKEN: &str = "ya29.real-token-from-the-metadata-server";
+/// A Google API key, sent gzip-compressed by the upstream.
+const GZIPPED_KEY: &str = "AIzaSyC0mpr3ss3dS3cr3tK3yF0rT3st1ngXyZ01";
 
 struct TestCa {
     issuer: Issuer<'static, KeyPair>,
@@ -102,6 +104,22 @@ async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
                         seen.lock()
                             .unwrap()
                             .push((host.clone(), auth.clone(), version.clone()));
+                        if path == "/gz" {
+                            // A compressed body carrying a secret: the wire stays gzip.
+                            use std::io::Write;
+                            let mut gz = flate2::write::GzEncoder::new(
+                                Vec::new(),
+                                flate2::Compression::default(),
+                            );
+                            gz.write_all(format!("{{\"key\": \"{GZIPPED_KEY}\"}}").as_bytes())
+                                .unwrap();
+                            let mut r = Response::new(Full::new(Bytes::from(gz.finish().unwrap())));
+                            r.headers_mut()
+                                .insert("content-encoding", "gzip".parse().unwrap());
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            return Ok(r);
+                        }
                         let json = serde_json::json!({
                             "host": host, "path": path, "version": version,
                             "body_len": body.len(),
@@ -355,12 +373,27 @@ async fn intercepts_verifies_and_records_http1_and_http2() {
     assert!(out.contains("\"version\":\"HTTP/2.0\""), "{out} {err}");
     assert!(out.contains("\"body_len\":9"), "{out}");
 
+    // A secret inside a gzip body reaches the agent compressed, as sent...
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-x"])
+        .arg(format!("http://127.0.0.1:{}", sidecar.capture))
+        .arg("--cacert")
+        .arg(sidecar.bundle())
+        .arg("https://echo.test/gz")
+        .output()
+        .unwrap();
+    assert_eq!(
+        &out.stdout[..2],
+        [0x1f, 0x8b],
+        "the wire keeps its gzip encoding"
+    );
+
     // An upstream whose certificate is not for the name asked: refused, and said why.
     let (out, err) = sidecar.curl(&["https://impostor.test/steal"]);
     assert!(out.contains("could not be reached safely"), "{out} {err}");
     assert_eq!(
         seen.lock().unwrap().len(),
-        2,
+        3,
         "the impostor never received a request"
     );
 
@@ -371,7 +404,21 @@ async fn intercepts_verifies_and_records_http1_and_http2() {
         .iter()
         .map(|r| r["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["/one", "/two", "/steal"]);
+    assert_eq!(paths, ["/one", "/two", "/gz", "/steal"]);
+    // ...and only as a mask in the recording, which holds the decoded text.
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains(GZIPPED_KEY),
+        "the compressed secret reached the recording"
+    );
+    let decoded = kinds(&records, "body")
+        .into_iter()
+        .filter_map(|b| b["text"].as_str())
+        .any(|t| t.starts_with("{\"key\": \"«masked:google-api-key:"));
+    assert!(
+        decoded,
+        "the gzip body is recorded decoded and masked: {text}"
+    );
     let versions: Vec<&str> = requests
         .iter()
         .map(|r| r["version"].as_str().unwrap())
@@ -407,7 +454,7 @@ async fn intercepts_verifies_and_records_http1_and_http2() {
             .any(|b| b["message"].as_str().unwrap().contains("impostor.test")),
         "{blocked:?}"
     );
-    assert_eq!(kinds(&records, "exchange_end").len(), 3);
+    assert_eq!(kinds(&records, "exchange_end").len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
