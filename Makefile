@@ -28,13 +28,14 @@ controlplane:
 	@bash e2e/controlplane/build.sh >/dev/null
 
 test: deps controlplane
+	$(CARGO) build -p cassette-sidecar -p cassette-operator
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --workspace --exclude cassette-e2e
 
 e2e: deps controlplane
-	$(CARGO) build -p cassette-sidecar
+	$(CARGO) build -p cassette-sidecar -p cassette-operator
 	$(CARGO) test -p cassette-e2e --no-fail-fast
 
 demo: deps controlplane

@@ -146,8 +146,8 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let health = Arc::new(metrics::Health::default());
     let serving = Arc::new(certs::ServingCert::default());
+    let health = Arc::new(metrics::Health::new(serving.clone()));
 
     // Certificates first: the webhooks cannot answer without one.
     match &args.certs.tls_dir {

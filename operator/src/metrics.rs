@@ -123,10 +123,23 @@ impl Default for Metrics {
     }
 }
 
-/// Readiness: the webhook server has a certificate and listens.
-#[derive(Default)]
+/// Readiness: the webhook server listens and has a certificate to present.
 pub struct Health {
-    pub webhooks_ready: AtomicBool,
+    pub webhooks_listening: AtomicBool,
+    pub serving: Arc<crate::certs::ServingCert>,
+}
+
+impl Health {
+    pub fn new(serving: Arc<crate::certs::ServingCert>) -> Self {
+        Self {
+            webhooks_listening: AtomicBool::new(false),
+            serving,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.webhooks_listening.load(Ordering::Acquire) && self.serving.is_ready()
+    }
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
@@ -185,9 +198,7 @@ fn answer(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" if health.webhooks_ready.load(Ordering::Acquire) => {
-            text(StatusCode::OK, "ok\n".into(), "text/plain")
-        }
+        "/readyz" if health.ready() => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the webhook server has no serving certificate yet\n".into(),

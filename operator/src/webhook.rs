@@ -46,19 +46,15 @@ pub async fn serve(
 ) -> Result<()> {
     let mut tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_cert_resolver(serving.clone());
+        .with_cert_resolver(serving);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the webhook port {addr}"))?;
     tracing::info!(%addr, "serving admission webhooks");
-    let mut ready_reported = false;
+    health.webhooks_listening.store(true, Ordering::Release);
     loop {
-        if !ready_reported && serving.is_ready() {
-            health.webhooks_ready.store(true, Ordering::Release);
-            ready_reported = true;
-        }
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -66,10 +62,6 @@ pub async fn serve(
                 continue;
             }
         };
-        if !ready_reported && serving.is_ready() {
-            health.webhooks_ready.store(true, Ordering::Release);
-            ready_reported = true;
-        }
         let acceptor = acceptor.clone();
         let context = context.clone();
         tokio::spawn(async move {

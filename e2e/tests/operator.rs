@@ -1,0 +1,784 @@
+//! The operator on a real API server: started as a local process, its webhooks registered by
+//! URL, it stamps requesters, refuses invalid sessions, injects labelled pods (and refuses
+//! the ways around the recorder), enforces namespaces, and keeps the sessions' status.
+//!
+//! Needs `target/debug/cassette-operator` (`cargo build -p cassette-operator`; `make e2e` and
+//! `make test` build it).
+
+use anyhow::{Context, Result, bail};
+use cassette_api::AgentSession;
+use cassette_e2e::{cluster, fixtures};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+const SIDECAR_IMAGE: &str = "cassette-sidecar:e2e";
+
+/// The operator process shared by the tests of this binary.
+struct Operator {
+    _child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    metrics_port: u16,
+}
+
+static OPERATOR: OnceCell<Result<Operator, String>> = OnceCell::const_new();
+
+/// Start the operator (once, whichever test asks first), register its webhooks and wait until
+/// the API server can call them.
+async fn operator() -> &'static Operator {
+    let started = OPERATOR
+        .get_or_init(|| async { start_operator().await.map_err(|e| format!("{e:#}")) })
+        .await;
+    match started {
+        Ok(operator) => operator,
+        Err(e) => panic!("the operator did not start: {e}"),
+    }
+}
+
+fn operator_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary lives in target/<profile>/deps")?;
+    let binary = target.join("cassette-operator");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build it first with `cargo build -p cassette-operator` (`make e2e` does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_operator() -> Result<Operator> {
+    let cluster = cluster();
+    let client = cluster.client().await?;
+    fixtures::install_crd(&client).await?;
+    let namespace = fixtures::namespace(&client, "cassette-system").await?;
+    let webhook_port = free_port()?;
+    let metrics_port = free_port()?;
+    let configuration = format!("cassette-e2e-{}", std::process::id());
+    register_webhooks(&client, &configuration, webhook_port).await?;
+
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("operator.log");
+    let out = std::fs::File::create(&log)?;
+    let mut command = Command::new(operator_binary()?);
+    command
+        .arg("run")
+        .args(["--namespace", &namespace])
+        .args(["--pod-name", "operator-e2e-0"])
+        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--sidecar-image", SIDECAR_IMAGE])
+        .args(["--sidecar-env", "CASSETTE_METADATA=off"])
+        .args(["--webhook-host", "127.0.0.1"])
+        .args(["--mutating-webhook-configuration", &configuration])
+        .args(["--validating-webhook-configuration", &configuration])
+        .args(["--log-format", "pretty"])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: prctl is async-signal-safe; the operator dies with the test binary.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // The parent-death signal fires when the spawning *thread* ends; tests' threads end with
+    // each test, so a thread that lives as long as the binary spawns the operator.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("operator".into())
+        .spawn(move || {
+            let _ = tx.send(command.spawn());
+            loop {
+                std::thread::park();
+            }
+        })?;
+    let child = rx.recv()?.context("starting cassette-operator")?;
+    let operator = Operator {
+        _child: child,
+        _dir: dir,
+        log,
+        metrics_port,
+    };
+    wait_until_wired(&client, &configuration, &operator).await?;
+    Ok(operator)
+}
+
+/// The webhook configurations as a local install has them: by URL, failing closed.
+async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Result<()> {
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let common = |webhook: &str, path: &str, resource: &str, operations: Value| {
+        json!({
+            "name": webhook,
+            "clientConfig": {"url": url(path)},
+            "rules": [{
+                "apiGroups": [if resource == "pods" { "" } else { "cassette.dev" }],
+                "apiVersions": [if resource == "pods" { "v1" } else { "v1alpha1" }],
+                "operations": operations,
+                "resources": [resource],
+                "scope": "Namespaced"
+            }],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10
+        })
+    };
+    let mut inject = common("inject.cassette.dev", "/inject", "pods", json!(["CREATE"]));
+    inject["objectSelector"] =
+        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "Exists"}]});
+    inject["reinvocationPolicy"] = json!("IfNeeded");
+    let mut enforce = common("enforce.cassette.dev", "/inject", "pods", json!(["CREATE"]));
+    enforce["namespaceSelector"] = json!({"matchLabels": {"cassette.dev/enforce": "true"}});
+    enforce["objectSelector"] =
+        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "DoesNotExist"}]});
+    let stamp = common(
+        "requester.agentsessions.cassette.dev",
+        "/mutate-agentsession",
+        "agentsessions",
+        json!(["CREATE", "UPDATE"]),
+    );
+    let validate = common(
+        "agentsessions.cassette.dev",
+        "/validate-agentsession",
+        "agentsessions",
+        json!(["CREATE", "UPDATE"]),
+    );
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [inject, enforce, stamp]
+    }))?;
+    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [validate]
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .context("creating the MutatingWebhookConfiguration")?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await
+        .context("creating the ValidatingWebhookConfiguration")?;
+    Ok(())
+}
+
+/// Wait until the operator has patched its CA into every webhook and says it is ready.
+async fn wait_until_wired(client: &kube::Client, name: &str, operator: &Operator) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    loop {
+        let m = mutating.get(name).await?;
+        let v = validating.get(name).await?;
+        let patched = m
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.client_config.ca_bundle.is_some())
+            && v.webhooks
+                .iter()
+                .flatten()
+                .all(|w| w.client_config.ca_bundle.is_some());
+        if patched && http_get(operator.metrics_port, "/readyz").is_ok_and(|(s, _)| s == 200) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the operator did not wire its webhooks within 60s; its log:\n{}",
+                std::fs::read_to_string(&operator.log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A bare HTTP/1.1 GET on loopback: status and body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn sessions_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cassette.dev",
+        "v1alpha1",
+        "AgentSession",
+    ))
+}
+
+fn session_json(name: &str) -> Value {
+    json!({
+        "apiVersion": "cassette.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": name},
+        "spec": {
+            "agent": {"serviceAccount": "coding-agent"},
+            "maxDuration": "2h",
+            "recording": {"sink": "gs://recordings-bucket/agents", "durability": "strict", "maxBodyBytes": 65536},
+            "policy": {"passthrough": ["pinned.example.com"]}
+        }
+    })
+}
+
+async fn create_session(client: &kube::Client, ns: &str, object: Value) -> Result<DynamicObject> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &sessions_resource());
+    Ok(api
+        .create(&PostParams::default(), &serde_json::from_value(object)?)
+        .await?)
+}
+
+/// A namespace with the service account the agent pods run as (no controller-manager makes
+/// one here, and the ServiceAccount admission plugin insists on it).
+async fn agent_namespace(client: &kube::Client, prefix: &str) -> Result<String> {
+    let ns = fixtures::namespace(client, prefix).await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "coding-agent"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    Ok(ns)
+}
+
+fn agent_pod(name: &str, session: Option<&str>) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "containers": [{
+                "name": "agent",
+                "image": "agent:1",
+                "command": ["sh", "-c", "git clone https://example.com/repo.git"],
+                "securityContext": {"runAsUser": 1000}
+            }]
+        }
+    });
+    if let Some(session) = session {
+        pod["metadata"]["labels"] = json!({"cassette.dev/session": session});
+    }
+    pod
+}
+
+async fn create_pod(client: &kube::Client, ns: &str, pod: Value) -> Result<Pod, kube::Error> {
+    let pod: Pod = serde_json::from_value(pod).expect("a pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+}
+
+fn env_map(container: &k8s_openapi::api::core::v1::Container) -> Vec<(String, String)> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = e.value.clone().unwrap_or_else(|| {
+                e.value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| format!("fieldRef:{}", f.field_path))
+                    .unwrap_or_default()
+            });
+            (e.name.clone(), value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_requester_is_stamped_from_the_authenticated_user() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = fixtures::namespace(&client, "stamp").await?;
+    // alice may create sessions in this namespace, nothing more.
+    let kubectl_apply = |manifest: Value| -> Result<()> {
+        let mut child = cluster()
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        std::io::Write::write_all(
+            child.stdin.as_mut().context("stdin")?,
+            manifest.to_string().as_bytes(),
+        )?;
+        anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+        Ok(())
+    };
+    kubectl_apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "session-author", "namespace": ns},
+        "rules": [{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"], "verbs": ["create", "get", "update"]}]
+    }))?;
+    kubectl_apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "alice", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "session-author"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"}]
+    }))?;
+    let alice = cassette_e2e::client_from(
+        &cluster().user_kubeconfig("alice@example.com", Some("agent-admins"))?,
+    )
+    .await?;
+
+    let mut session = session_json("fix-ci");
+    session["spec"]["requestedBy"] = json!({"username": "the-ceo", "groups": ["system:masters"]});
+    let created = create_session(&alice, &ns, session).await?;
+    let requested_by = &created.data["spec"]["requestedBy"];
+    assert_eq!(
+        requested_by["username"], "alice@example.com",
+        "{requested_by}"
+    );
+    let groups = requested_by["groups"].as_array().context("groups")?;
+    assert!(groups.contains(&json!("agent-admins")), "{requested_by}");
+    assert!(!groups.contains(&json!("system:masters")), "{requested_by}");
+
+    // An update by someone else cannot rewrite it.
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"spec": {"requestedBy": {"username": "mallory"}}});
+    let updated = api
+        .patch("fix-ci", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    assert_eq!(
+        updated.spec.requested_by.map(|r| r.username).as_deref(),
+        Some("alice@example.com")
+    );
+
+    // And `kubectl get` shows who asked.
+    let out = cluster()
+        .kubectl()
+        .args(["get", "agentsessions", "-n", &ns])
+        .output()?;
+    let out = String::from_utf8(out.stdout)?;
+    assert!(out.contains("alice@example.com"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_regex_that_does_not_compile_is_refused_with_its_field_path() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = fixtures::namespace(&client, "validate").await?;
+    let mut session = session_json("bad-regex");
+    session["spec"]["masking"] =
+        json!({"patterns": [{"name": "internal", "regex": "token=([a-z"}]});
+    let err = match create_session(&client, &ns, session).await {
+        Ok(_) => bail!("an AgentSession with a broken regex was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    for needle in [
+        "agentsessions.cassette.dev",
+        "AgentSession \"bad-regex\" is invalid",
+        "spec.masking.patterns[0].regex",
+    ] {
+        assert!(
+            err.contains(needle),
+            "the refusal was:\n  {err}\nwithout {needle:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_labelled_pod_is_stored_injected() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "inject").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let mut pod = agent_pod("agent-1", Some("fix-ci"));
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "SSL_CERT_FILE", "value": "/etc/mine.pem"}]);
+    let stored = create_pod(&client, &ns, pod).await?;
+
+    let annotations = stored.metadata.annotations.clone().unwrap_or_default();
+    let record: Value = serde_json::from_str(
+        annotations
+            .get("cassette.dev/injected")
+            .context("the cassette.dev/injected annotation")?,
+    )?;
+    assert_eq!(record["session"], "fix-ci");
+    assert_eq!(record["sidecarImage"], SIDECAR_IMAGE);
+    let removed = record["removedTokenVolumes"]
+        .as_array()
+        .context("removed")?;
+    assert_eq!(
+        removed.len(),
+        1,
+        "the ServiceAccount plugin's token volume is taken away: {record}"
+    );
+
+    let spec = stored.spec.context("spec")?;
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let init = spec.init_containers.clone().unwrap_or_default();
+    let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["cassette-init", "cassette-sidecar"]);
+    assert_eq!(init[0].args.as_deref(), Some(&["init".to_string()][..]));
+    let caps = init[0]
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.clone())
+        .context("init capabilities")?;
+    assert!(
+        caps.add
+            .unwrap_or_default()
+            .contains(&"NET_ADMIN".to_string())
+    );
+
+    let sidecar = &init[1];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(sidecar.image.as_deref(), Some(SIDECAR_IMAGE));
+    let security = sidecar
+        .security_context
+        .as_ref()
+        .context("sidecar security")?;
+    assert_eq!(security.run_as_user, Some(1337));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let env = env_map(sidecar);
+    let has = |name: &str, value: &str| env.iter().any(|(n, v)| n == name && v == value);
+    for (name, value) in [
+        ("CASSETTE_SESSION", "fix-ci"),
+        ("CASSETTE_SINK", "gs://recordings-bucket/agents"),
+        ("CASSETTE_DURABILITY", "strict"),
+        ("CASSETTE_MAX_BODY_BYTES", "65536"),
+        ("CASSETTE_PASSTHROUGH", "pinned.example.com"),
+        ("POD_UID", "fieldRef:metadata.uid"),
+        ("CASSETTE_METADATA", "off"),
+    ] {
+        assert!(
+            has(name, value),
+            "sidecar env lacks {name}={value}: {env:?}"
+        );
+    }
+    assert!(
+        env.iter().any(|(n, _)| n == "CASSETTE_EXPIRES_AT"),
+        "{env:?}"
+    );
+
+    // The pod's only token is in the sidecar.
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(volumes, ["cassette-ca", "cassette-spool", "cassette-token"]);
+    let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, String, bool)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.mount_path.clone(),
+                    m.read_only == Some(true),
+                )
+            })
+            .collect()
+    };
+    assert!(mounts(sidecar).contains(&(
+        "cassette-token".into(),
+        "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+        true
+    )));
+    let agent = &spec.containers[0];
+    assert_eq!(
+        mounts(agent),
+        [(
+            "cassette-ca".to_string(),
+            "/var/run/cassette/ca".to_string(),
+            true
+        )],
+        "the agent mounts the CA bundle read-only and nothing of the recorder's"
+    );
+    let agent_env = env_map(agent);
+    for name in cassette_api::names::CA_BUNDLE_ENV {
+        assert!(
+            agent_env
+                .iter()
+                .any(|(n, v)| n == name && v == "/var/run/cassette/ca/bundle.pem"),
+            "{name} in {agent_env:?}"
+        );
+    }
+    assert_eq!(
+        agent_env
+            .iter()
+            .filter(|(n, _)| n == "SSL_CERT_FILE")
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_way_around_the_recorder_is_refused_with_its_reason() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "refuse").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let mut expired = session_json("ended");
+    expired["spec"]
+        .as_object_mut()
+        .context("spec")?
+        .remove("maxDuration");
+    expired["spec"]["expiresAt"] = json!("2020-01-01T00:00:00Z");
+    create_session(&client, &ns, expired).await?;
+
+    type Breaker = fn(&mut Value);
+    let cases: &[(&str, Breaker, &str)] = &[
+        (
+            "a session that does not exist",
+            |p| p["metadata"]["labels"]["cassette.dev/session"] = json!("nope"),
+            "AgentSession \"nope\" does not exist in namespace",
+        ),
+        (
+            "an expired session",
+            |p| p["metadata"]["labels"]["cassette.dev/session"] = json!("ended"),
+            "AgentSession \"ended\" expired at 2020-01-01T00:00:00Z; pods can no longer join it",
+        ),
+        (
+            "hostNetwork",
+            |p| p["spec"]["hostNetwork"] = json!(true),
+            "remove spec.hostNetwork",
+        ),
+        (
+            "shareProcessNamespace",
+            |p| p["spec"]["shareProcessNamespace"] = json!(true),
+            "remove spec.shareProcessNamespace",
+        ),
+        (
+            "a privileged agent",
+            |p| p["spec"]["containers"][0]["securityContext"]["privileged"] = json!(true),
+            "container \"agent\" is privileged",
+        ),
+        (
+            "NET_ADMIN",
+            |p| {
+                p["spec"]["containers"][0]["securityContext"]["capabilities"] =
+                    json!({"add": ["NET_ADMIN"]})
+            },
+            "adds the capability NET_ADMIN",
+        ),
+        (
+            "NET_RAW",
+            |p| {
+                p["spec"]["containers"][0]["securityContext"]["capabilities"] =
+                    json!({"add": ["NET_RAW"]})
+            },
+            "adds the capability NET_RAW",
+        ),
+        (
+            "UID 1337",
+            |p| p["spec"]["containers"][0]["securityContext"]["runAsUser"] = json!(1337),
+            "runs as UID 1337, the recorder's own UID",
+        ),
+    ];
+    for (i, (what, breaker, expected)) in cases.iter().enumerate() {
+        let mut pod = agent_pod(&format!("refused-{i}"), Some("fix-ci"));
+        breaker(&mut pod);
+        match create_pod(&client, &ns, pod).await {
+            Ok(_) => bail!("a pod with {what} was admitted"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("inject.cassette.dev") && message.contains(expected),
+                    "refusing {what}, the API server said:\n  {message}\nwithout {expected:?}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_enforcing_namespace_refuses_pods_without_a_session() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "enforce").await?;
+    let patch = json!({"metadata": {"labels": {"cassette.dev/enforce": "true"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+
+    let err = create_pod(&client, &ns, agent_pod("unrecorded", None))
+        .await
+        .err()
+        .context("an unlabelled pod was admitted in an enforcing namespace")?
+        .to_string();
+    assert!(
+        err.contains("enforce.cassette.dev") && err.contains("add the label cassette.dev/session="),
+        "{err}"
+    );
+    let admitted = create_pod(&client, &ns, agent_pod("recorded", Some("fix-ci"))).await?;
+    assert!(
+        admitted
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("cassette.dev/injected")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_controller_keeps_phase_expiry_uri_and_totals() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "status").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+
+    let pending = wait_for(&api, "fix-ci", |s| {
+        s.status.as_ref().is_some_and(|st| st.phase.is_some())
+    })
+    .await?;
+    let status = pending.status.clone().context("status")?;
+    assert_eq!(status.phase, Some(cassette_api::Phase::Pending));
+    assert_eq!(
+        status.recording_uri.as_deref(),
+        Some(format!("gs://recordings-bucket/agents/{ns}/fix-ci/").as_str())
+    );
+    let created = pending
+        .metadata
+        .creation_timestamp
+        .clone()
+        .context("created")?
+        .0;
+    let expires = status.expires_at.context("expiresAt")?.0;
+    assert_eq!(expires.duration_since(created).as_secs(), 2 * 3600);
+    assert!(
+        pending
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"cassette.dev/recordings".to_string())
+    );
+
+    // A pod joins and its sidecar reports, as sidecars do: its own entry, its own manager.
+    create_pod(&client, &ns, agent_pod("agent-1", Some("fix-ci"))).await?;
+    let report = json!({
+        "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+        "status": {"pods": [{"name": "agent-1", "exchanges": 12, "blocked": 2, "masked": 3, "bytes": 4096, "spoolBytes": 0}]}
+    });
+    api.patch_status(
+        "fix-ci",
+        &PatchParams::apply("cassette-sidecar-agent-1"),
+        &Patch::Apply(&report),
+    )
+    .await?;
+    let active = wait_for(&api, "fix-ci", |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.phase == Some(cassette_api::Phase::Active))
+    })
+    .await?;
+    let totals = active
+        .status
+        .clone()
+        .and_then(|s| s.totals)
+        .context("totals")?;
+    assert_eq!(
+        (totals.exchanges, totals.blocked, totals.masked),
+        (12, 2, 3)
+    );
+    assert_eq!(
+        active.status.context("status")?.pods.len(),
+        1,
+        "the sidecar's entry stays"
+    );
+
+    // Deleting the session waits for its pod, then lets go (recordings untouched).
+    api.delete("fix-ci", &Default::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        api.get_opt("fix-ci").await?.is_some(),
+        "deleted while a pod still records"
+    );
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete("agent-1", &Default::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt("fix-ci").await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the session was not released after its pod ended"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The metrics saw all this.
+    let (code, metrics) = http_get(operator().await.metrics_port, "/metrics")?;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("cassette_operator_admissions_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cassette_operator_leader 1"), "{metrics}");
+    Ok(())
+}
+
+async fn wait_for(
+    api: &Api<AgentSession>,
+    name: &str,
+    done: impl Fn(&AgentSession) -> bool,
+) -> Result<AgentSession> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let session = api.get(name).await?;
+        if done(&session) {
+            return Ok(session);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "AgentSession {name} did not reach the expected state within 60s: {:?}",
+                session.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
