@@ -12,7 +12,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean bench bench-recording bench-proxy
+.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean bench bench-recording bench-proxy bench-masking
 
 all: build
 
@@ -42,12 +42,16 @@ demo: deps controlplane
 	$(CARGO) run -q -p cassette-e2e -- demo
 
 ## bench: every benchmark (results and their commands in bench/RESULTS.md).
-bench: bench-recording bench-proxy
+bench: bench-recording bench-proxy bench-masking
 
 ## bench-proxy: latency, throughput and memory of the sidecar beside a direct connection.
 bench-proxy:
 	$(CARGO) build --release -q -p cassette-sidecar -p cassette-bench-proxy
 	target/release/bench-proxy --sidecar target/release/cassette-sidecar --seconds 5 --connections 4
+
+## bench-masking: masking MB/s on JSON responses, git pushes, binary objects and logs.
+bench-masking:
+	$(CARGO) run --release -q -p cassette-bench-masking
 
 ## bench-recording: records/s and MB/s through the recording path and verify (bench/RESULTS.md).
 bench-recording:
