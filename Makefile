@@ -3,7 +3,8 @@
 #   make demo    start a local control plane and show AgentSessions on it
 #   make test    unit tests and end-to-end tests on a real kube-apiserver + etcd
 #   make lint    rustfmt, clippy (warnings denied), cargo-deny
-#   make crds    regenerate crds/ from api/
+#   make crds    regenerate crds/ from api/ (and the chart's copy)
+#   make chart   copy the CRD into the chart and lint it
 #
 # Everything the tests need is installed or built by these targets; slow builds are cached
 # under ~/.cache/cassette (kube-apiserver, etcd) and in target/.
@@ -59,6 +60,12 @@ bench-recording:
 
 crds:
 	$(CARGO) run -q -p cassette-operator -- crdgen > crds/agentsession.yaml
+	cp crds/agentsession.yaml charts/cassette/crds/agentsession.yaml
+
+## chart: the chart's CRD is a copy of crds/ (one source of truth); lint with the pinned helm.
+chart: controlplane
+	cp crds/agentsession.yaml charts/cassette/crds/agentsession.yaml
+	$$(bash e2e/controlplane/build.sh | sed -n 's/^HELM=//p') lint --strict charts/cassette
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,162 @@
+//! The Helm chart: `helm lint` is clean, its CRD is the checked-in one, and what `helm template`
+//! renders (with and without agent namespaces) is accepted by a real API server
+//! (`kubectl apply --dry-run=server`). helm is built from its Go module, pinned, by
+//! `e2e/controlplane/build.sh`.
+
+use anyhow::{Context, Result, bail};
+use cassette_e2e::{cluster, fixtures, repo_root};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn helm() -> Result<PathBuf> {
+    let script = repo_root().join("e2e/controlplane/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM="))
+        .map(PathBuf::from)
+        .context("build.sh printed no HELM= line")
+}
+
+fn run(command: &mut Command) -> Result<String> {
+    let out = command.output()?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn chart() -> PathBuf {
+    repo_root().join("charts/cassette")
+}
+
+#[test]
+fn helm_lint_is_clean() -> Result<()> {
+    let out = run(Command::new(helm()?)
+        .args(["lint", "--strict"])
+        .arg(chart()))?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    for options in [
+        &["--set", "certManager.enabled=true"][..],
+        &["--set", "metrics.serviceMonitor.enabled=true"][..],
+    ] {
+        run(Command::new(helm()?)
+            .args(["lint", "--strict"])
+            .arg(chart())
+            .args(options))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() -> Result<()> {
+    let out = Command::new(helm()?)
+        .args(["template", "x"])
+        .arg(chart())
+        .args([
+            "--kube-version",
+            "1.34.0",
+            "--set",
+            "operator.replicas=zero",
+        ])
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "helm accepted operator.replicas=zero"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("replicas"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_chart_carries_the_checked_in_crd() -> Result<()> {
+    let source = std::fs::read_to_string(repo_root().join("crds/agentsession.yaml"))?;
+    let copy = std::fs::read_to_string(chart().join("crds/agentsession.yaml"))?;
+    assert!(
+        source == copy,
+        "charts/cassette/crds/agentsession.yaml differs from crds/agentsession.yaml: run `make chart`"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rendered_chart_is_accepted_by_the_api_server() -> Result<()> {
+    let client = cluster().client().await?;
+    let release_ns = fixtures::namespace(&client, "cassette-system").await?;
+    let agents_ns = fixtures::namespace(&client, "team-a").await?;
+    let rendered = run(Command::new(helm()?)
+        .args(["template", "cassette"])
+        .arg(chart())
+        .args([
+            "--namespace",
+            &release_ns,
+            "--include-crds",
+            "--kube-version",
+            "1.34.0",
+        ])
+        .args([
+            "--set",
+            &format!("agentNamespaces[0].namespace={agents_ns}"),
+        ])
+        .args([
+            "--set",
+            "agentNamespaces[0].serviceAccounts[0]=coding-agent",
+        ])
+        .args(["--set", "sidecarEnv.CASSETTE_LOG_FORMAT=json"]))?;
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "ClusterRole",
+        "RoleBinding",
+        "Service",
+    ] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "no {kind} rendered"
+        );
+    }
+    assert!(rendered.contains("failurePolicy: Fail"));
+    assert!(!rendered.contains("failurePolicy: Ignore"));
+
+    let mut kubectl = cluster()
+        .kubectl()
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    kubectl
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rendered.as_bytes())?;
+    let out = kubectl.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the API server refused the chart:\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in [
+        "deployment.apps/cassette-operator",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/cassette",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/cassette",
+        "rolebinding.rbac.authorization.k8s.io/cassette-sidecar",
+    ] {
+        assert!(said.contains(object), "{object} missing from:\n{said}");
+    }
+    Ok(())
+}
