@@ -28,6 +28,7 @@ mod recording;
 mod rewind;
 mod session;
 mod shutdown;
+mod status;
 mod tap;
 mod tls;
 
@@ -170,6 +171,10 @@ pub struct RunArgs {
     /// How long in-flight exchanges may take to finish on shutdown.
     #[arg(long, default_value = "20")]
     drain_seconds: u64,
+    /// Report this pod's entry in the AgentSession status through this kubeconfig (in a
+    /// cluster the mounted service-account token is used without it).
+    #[arg(long, env = "CASSETTE_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Log format: json (in a cluster) or pretty.
     #[arg(long, env = "CASSETTE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -349,6 +354,25 @@ async fn run(args: RunArgs) -> Result<()> {
             shutdown.clone(),
         ));
     }
+    // The pod's entry in the AgentSession status, kept fresh while the sidecar runs.
+    let reporter = match status::Reporter::connect(
+        args.kubeconfig.clone(),
+        &args.namespace,
+        &args.session,
+        &args.pod,
+        &args.pod_uid,
+        recording.recorder.clone(),
+        recording.writer(),
+    )
+    .await
+    {
+        Ok(reporter) => reporter.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no status reports: the API server is not reachable");
+            None
+        }
+    };
+    let reporting = reporter.clone().map(|r| tokio::spawn(r.run()));
     tracing::info!(
         session = %args.session,
         capture = %args.capture_addr,
@@ -368,11 +392,20 @@ async fn run(args: RunArgs) -> Result<()> {
             "connections still open after the drain period; closing them"
         );
     }
+    if let Some(task) = reporting {
+        task.abort();
+    }
     recording
         .shutdown()
         .await
         .context("sealing and shipping the recording")?;
     tracing::info!("recording sealed and shipped");
+    if let Some(reporter) = reporter {
+        // The last word: everything shipped, the spool empty.
+        if let Err(e) = reporter.report().await {
+            tracing::warn!(error = %format!("{e:#}"), "the final status report failed");
+        }
+    }
     Ok(())
 }
 

@@ -111,6 +111,11 @@ pub async fn start(
 }
 
 impl Recording {
+    /// The recording crate's writer (public key, stats).
+    pub fn writer(&self) -> cassette_recording::Recorder {
+        self.writer.clone()
+    }
+
     /// Seal, ship and write the manifest.
     pub async fn shutdown(self) -> Result<()> {
         self.stats.abort();

@@ -1,0 +1,157 @@
+//! The sidecar reports its pod's entry into the AgentSession status on a real API server:
+//! public key, counts and the last shipped segment; and an auditor verifies the recording
+//! against the key in that status with `kubectl cassette verify`.
+
+use anyhow::{Context, Result};
+use cassette_api::AgentSession;
+use cassette_e2e::{cluster, fixtures};
+use kube::api::{Api, PostParams};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn target_binary(name: &str) -> Result<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", name])
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build -p {name} failed");
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .and_then(Path::parent)
+        .context("target dir")?
+        .join(name))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP upstream that answers every request with a short body.
+async fn upstream() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> Result<()> {
+    let client = cluster().client().await?;
+    fixtures::install_crd(&client).await?;
+    let ns = fixtures::namespace(&client, "status").await?;
+    let dir = tempfile::tempdir()?;
+    let sink = format!("file://{}", dir.path().join("sink").display());
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    let session: AgentSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cassette.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": "reporting"},
+        "spec": {"maxDuration": "1h", "recording": {"sink": sink}},
+    }))?;
+    api.create(&PostParams::default(), &session).await?;
+
+    let sidecar = target_binary("cassette-sidecar")?;
+    let upstream = upstream().await;
+    let (capture, admin) = (free_port(), free_port());
+    let mut child = Command::new(sidecar)
+        .arg("run")
+        .args([
+            "--session",
+            "reporting",
+            "--namespace",
+            &ns,
+            "--pod",
+            "agent-0",
+            "--pod-uid",
+            "u1",
+        ])
+        .arg(format!("--sink={sink}"))
+        .arg(format!("--spool={}", dir.path().join("spool").display()))
+        .arg(format!(
+            "--ca-bundle={}",
+            dir.path().join("bundle.pem").display()
+        ))
+        .arg(format!("--capture-addr=127.0.0.1:{capture}"))
+        .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+        .arg(format!(
+            "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
+        ))
+        .arg("--metadata=off")
+        .arg("--kubeconfig")
+        .arg(cluster().kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("bundle.pem").exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-x"])
+        .arg(format!("http://127.0.0.1:{capture}"))
+        .arg("http://echo.test/")
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+
+    // SIGTERM: seal, ship, and a last report.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert!(status.success(), "the sidecar exited with {status}");
+
+    let stored = api.get("reporting").await?;
+    let pods = stored.status.context("a status")?.pods;
+    let pod = pods
+        .iter()
+        .find(|p| p.name == "agent-0")
+        .context("the pod's entry")?;
+    assert_eq!(pod.uid.as_deref(), Some("u1"));
+    assert_eq!(pod.exchanges, 1);
+    assert_eq!(pod.spool_bytes, 0, "everything shipped");
+    assert_eq!(
+        pod.last_shipped_segment.as_deref(),
+        Some("seg-000001.jsonl.zst")
+    );
+    let key = pod.public_key.clone().context("a public key")?;
+
+    // The auditor's check, with the key from the status.
+    let cli = target_binary("kubectl-cassette")?;
+    let out = Command::new(cli)
+        .arg("--kubeconfig")
+        .arg(cluster().kubeconfig())
+        .args(["verify", "reporting", "-n", &ns])
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "verify failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("OK"), "{said}");
+    assert!(
+        said.contains(&key[..8]) || said.contains("checked against the AgentSession status"),
+        "{said}"
+    );
+    Ok(())
+}
