@@ -181,6 +181,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
         .chain(spec.containers.iter_mut())
     {
         trust_session_ca(container);
+        confine(container);
     }
     let mut init = vec![
         init_container(config),
@@ -299,12 +300,28 @@ fn check(spec: &PodSpec) -> Result<(), String> {
             .and_then(|c| c.add.as_ref());
         for capability in added.into_iter().flatten() {
             let bare = capability.trim_start_matches("CAP_").to_ascii_uppercase();
-            if ["NET_ADMIN", "NET_RAW", "ALL"].contains(&bare.as_str()) {
+            if [
+                "NET_ADMIN",
+                "NET_RAW",
+                "ALL",
+                "SETUID",
+                "SETGID",
+                "SYS_ADMIN",
+            ]
+            .contains(&bare.as_str())
+            {
                 return Err(format!(
                     "container {name:?} adds the capability {capability}, with which it could change \
                      or bypass the capture rules: remove it from {field}.securityContext.capabilities.add"
                 ));
             }
+        }
+        if security.and_then(|s| s.allow_privilege_escalation) == Some(true) {
+            return Err(format!(
+                "container {name:?} sets allowPrivilegeEscalation, with which a process could become \
+                 root and then the recorder's UID {SIDECAR_UID}, whose traffic is not captured: \
+                 remove {field}.securityContext.allowPrivilegeEscalation"
+            ));
         }
         let uid = security.and_then(|s| s.run_as_user).or(pod_uid);
         if uid == Some(i64::from(SIDECAR_UID)) {
@@ -419,6 +436,30 @@ fn remove_automounted_token(spec: &mut PodSpec) -> Vec<String> {
         }
     }
     removed
+}
+
+/// Keep an agent container from becoming the recorder's UID: the capture rules exempt UID
+/// 1337 and nothing else, so a root process with CAP_SETUID (granted by default) could
+/// switch to it and leave unrecorded. No setuid/setgid capabilities, and no privilege
+/// escalation through setuid binaries.
+fn confine(container: &mut Container) {
+    let security = container
+        .security_context
+        .get_or_insert_with(Default::default);
+    security.allow_privilege_escalation = Some(false);
+    let capabilities = security.capabilities.get_or_insert_with(Default::default);
+    let drop = capabilities.drop.get_or_insert_with(Vec::new);
+    let dropped = |cap: &str| {
+        drop.iter().any(|d| {
+            d.eq_ignore_ascii_case("ALL") || d.trim_start_matches("CAP_").eq_ignore_ascii_case(cap)
+        })
+    };
+    let missing: Vec<String> = ["SETUID", "SETGID"]
+        .into_iter()
+        .filter(|cap| !dropped(cap))
+        .map(String::from)
+        .collect();
+    drop.extend(missing);
 }
 
 /// Point every trust store at the session bundle, replacing whatever the container set.
@@ -1002,6 +1043,22 @@ mod tests {
     }
 
     #[test]
+    fn agent_containers_cannot_become_the_recorders_uid() {
+        let s = session("fix-ci");
+        let spec = injected(run(&pod(true), Some(&s), false)).spec.unwrap();
+        let security = spec.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let dropped = security
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .drop
+            .as_ref()
+            .unwrap();
+        assert!(dropped.contains(&"SETUID".to_string()) && dropped.contains(&"SETGID".to_string()));
+    }
+
+    #[test]
     fn injecting_twice_changes_nothing() {
         let s = session("fix-ci");
         let once = injected(run(&pod(true), Some(&s), false));
@@ -1144,6 +1201,31 @@ mod tests {
                         })
                 },
                 "remove it from spec.initContainers[0].securityContext.capabilities.add",
+            ),
+            (
+                "SETUID added (root could become UID 1337)",
+                |p, _| {
+                    p.spec.as_mut().unwrap().containers[0].security_context =
+                        Some(SecurityContext {
+                            capabilities: Some(Capabilities {
+                                add: Some(vec!["SETUID".into()]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                },
+                "adds the capability SETUID",
+            ),
+            (
+                "allowPrivilegeEscalation",
+                |p, _| {
+                    p.spec.as_mut().unwrap().containers[0].security_context =
+                        Some(SecurityContext {
+                            allow_privilege_escalation: Some(true),
+                            ..Default::default()
+                        })
+                },
+                "remove spec.containers[0].securityContext.allowPrivilegeEscalation",
             ),
             (
                 "CAP_NET_RAW",
