@@ -13,7 +13,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit e2e demo crds lint fmt deps controlplane clean bench bench-recording bench-proxy bench-masking
+.PHONY: fuzz all build test unit e2e demo crds lint fmt deps controlplane clean bench bench-recording bench-proxy bench-masking
 
 all: build
 
@@ -41,6 +41,15 @@ e2e: deps controlplane
 
 demo: deps controlplane
 	$(CARGO) run -q -p cassette-e2e -- demo
+
+## fuzz: each fuzz target of cassette-rules (masker, git pkt-lines, classifier) for
+## FUZZ_SECONDS each, with cargo-fuzz on the nightly toolchain.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd rules && for target in mask pkt_line classify; do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 ## bench: every benchmark (results and their commands in bench/RESULTS.md).
 bench: bench-recording bench-proxy bench-masking
