@@ -25,6 +25,18 @@ fn target_binary(name: &str) -> Result<std::path::PathBuf> {
         .join(name))
 }
 
+/// A child process killed if the test fails before it is stopped.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -72,36 +84,38 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     let sidecar = target_binary("cassette-sidecar")?;
     let upstream = upstream().await;
     let (capture, admin) = (free_port(), free_port());
-    let mut child = Command::new(sidecar)
-        .arg("run")
-        .args([
-            "--session",
-            "reporting",
-            "--namespace",
-            &ns,
-            "--pod",
-            "agent-0",
-            "--pod-uid",
-            "u1",
-        ])
-        .arg(format!("--sink={sink}"))
-        .arg(format!("--spool={}", dir.path().join("spool").display()))
-        .arg(format!(
-            "--ca-bundle={}",
-            dir.path().join("bundle.pem").display()
-        ))
-        .arg(format!("--capture-addr=127.0.0.1:{capture}"))
-        .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
-        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-        .arg(format!(
-            "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
-        ))
-        .arg("--metadata=off")
-        .arg("--kubeconfig")
-        .arg(cluster().kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = Running(Some(
+        Command::new(sidecar)
+            .arg("run")
+            .args([
+                "--session",
+                "reporting",
+                "--namespace",
+                &ns,
+                "--pod",
+                "agent-0",
+                "--pod-uid",
+                "u1",
+            ])
+            .arg(format!("--sink={sink}"))
+            .arg(format!("--spool={}", dir.path().join("spool").display()))
+            .arg(format!(
+                "--ca-bundle={}",
+                dir.path().join("bundle.pem").display()
+            ))
+            .arg(format!("--capture-addr=127.0.0.1:{capture}"))
+            .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg(format!(
+                "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
+            ))
+            .arg("--metadata=off")
+            .arg("--kubeconfig")
+            .arg(cluster().kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dir.path().join("bundle.pem").exists() {
         anyhow::ensure!(Instant::now() < deadline, "the sidecar did not start");
@@ -116,8 +130,9 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
 
     // SIGTERM: seal, ship, and a last report.
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let mut sidecar = child.0.take().context("the sidecar runs")?;
+    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
     assert!(status.success(), "the sidecar exited with {status}");
 
     let stored = api.get("reporting").await?;

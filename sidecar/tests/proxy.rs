@@ -316,6 +316,16 @@ impl Sidecar {
     }
 }
 
+impl Drop for Sidecar {
+    /// A test that fails before `stop` must not leave the sidecar running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn read_recording(sink_url: &str, prefix: &str) -> (Vec<serde_json::Value>, bool) {
     let sink = cassette_recording::Sink::open(sink_url, &Default::default())
         .await
