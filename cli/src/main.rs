@@ -92,6 +92,32 @@ impl TargetArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Let a request held for review through (its id is in status.pendingReviews).
+    #[command(
+        after_help = "Exit codes: 0 recorded, 3 no such pending request, or the API server refused."
+    )]
+    Approve {
+        /// The AgentSession's name.
+        session: String,
+        /// The review id, as `kubectl get agentsession NAME -o jsonpath='{.status.pendingReviews}'` lists it.
+        id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a request held for review.
+    #[command(
+        after_help = "Exit codes: 0 recorded, 3 no such pending request, or the API server refused."
+    )]
+    Deny {
+        /// The AgentSession's name.
+        session: String,
+        /// The review id.
+        id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// List AgentSessions with their recording locations and the recordings found there.
     #[command(after_help = "Exit codes: 0 listed, 3 the API server or a sink could not be read.")]
     Ls {
@@ -228,6 +254,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         },
     };
     match cli.command {
+        Command::Approve {
+            session,
+            id,
+            reason,
+        } => {
+            cmd::approve::run(
+                &access,
+                &session,
+                &id,
+                cassette_api::ReviewDecision::Approve,
+                reason,
+            )
+            .await?
+        }
+        Command::Deny {
+            session,
+            id,
+            reason,
+        } => {
+            cmd::approve::run(
+                &access,
+                &session,
+                &id,
+                cassette_api::ReviewDecision::Deny,
+                reason,
+            )
+            .await?
+        }
         Command::Ls {
             all_namespaces,
             recording,

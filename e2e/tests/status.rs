@@ -81,46 +81,8 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     }))?;
     api.create(&PostParams::default(), &session).await?;
 
-    let sidecar = target_binary("cassette-sidecar")?;
     let upstream = upstream().await;
-    let (capture, admin) = (free_port(), free_port());
-    let mut child = Running(Some(
-        Command::new(sidecar)
-            .arg("run")
-            .args([
-                "--session",
-                "reporting",
-                "--namespace",
-                &ns,
-                "--pod",
-                "agent-0",
-                "--pod-uid",
-                "u1",
-            ])
-            .arg(format!("--sink={sink}"))
-            .arg(format!("--spool={}", dir.path().join("spool").display()))
-            .arg(format!(
-                "--ca-bundle={}",
-                dir.path().join("bundle.pem").display()
-            ))
-            .arg(format!("--capture-addr=127.0.0.1:{capture}"))
-            .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
-            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-            .arg(format!(
-                "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
-            ))
-            .arg("--metadata=off")
-            .arg("--kubeconfig")
-            .arg(cluster().kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.path().join("bundle.pem").exists() {
-        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut child, capture) = start_sidecar(&ns, "reporting", &sink, dir.path(), upstream).await?;
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-x"])
         .arg(format!("http://127.0.0.1:{capture}"))
@@ -167,6 +129,173 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     assert!(
         said.contains(&key[..8]) || said.contains("checked against the AgentSession status"),
         "{said}"
+    );
+    Ok(())
+}
+
+/// Run the sidecar for `session` as an explicit proxy on a free port, reporting through the
+/// test cluster's kubeconfig; `echo.test` goes to the plain upstream on `upstream`.
+async fn start_sidecar(
+    ns: &str,
+    session: &str,
+    sink: &str,
+    dir: &Path,
+    upstream: u16,
+) -> Result<(Running, u16)> {
+    let sidecar = target_binary("cassette-sidecar")?;
+    let (capture, admin) = (free_port(), free_port());
+    let spec = serde_json::to_string(
+        &Api::<AgentSession>::namespaced(cluster().client().await?, ns)
+            .get(session)
+            .await?
+            .spec,
+    )?;
+    let child = Running(Some(
+        Command::new(sidecar)
+            .arg("run")
+            .args([
+                "--session",
+                session,
+                "--namespace",
+                ns,
+                "--pod",
+                "agent-0",
+                "--pod-uid",
+                "u1",
+            ])
+            .arg(format!("--sink={sink}"))
+            .arg(format!("--spool={}", dir.join("spool").display()))
+            .arg(format!("--ca-bundle={}", dir.join("bundle.pem").display()))
+            .arg(format!("--capture-addr=127.0.0.1:{capture}"))
+            .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg(format!(
+                "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
+            ))
+            .arg("--metadata=off")
+            .arg(format!("--session-spec={spec}"))
+            .arg("--kubeconfig")
+            .arg(cluster().kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("bundle.pem").exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((child, capture))
+}
+
+/// curl through the sidecar, on a thread (it may be held for review).
+fn curl(capture: u16, url: &str) -> std::thread::JoinHandle<String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-x"])
+            .arg(format!("http://127.0.0.1:{capture}"))
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+}
+
+/// The id of the one request held for review, once the sidecar has published it.
+async fn pending_review(api: &Api<AgentSession>, session: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = api
+            .get(session)
+            .await?
+            .status
+            .map(|s| s.pending_reviews)
+            .unwrap_or_default();
+        if let Some(review) = pending.first() {
+            anyhow::ensure!(review.request.contains("echo.test/held"), "{review:?}");
+            return Ok(review.id.clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no pending review appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_for_kubectl_cassette_approve_or_deny() -> Result<()> {
+    let client = cluster().client().await?;
+    fixtures::install_crd(&client).await?;
+    let ns = fixtures::namespace(&client, "review").await?;
+    let dir = tempfile::tempdir()?;
+    let sink = format!("file://{}", dir.path().join("sink").display());
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    let session: AgentSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cassette.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": "reviewing"},
+        "spec": {
+            "maxDuration": "1h",
+            "recording": {"sink": sink},
+            "policy": {
+                "reviewTimeout": "60s",
+                "rules": [{"name": "ask-first", "action": "review", "match": {"host": "echo.test", "path": "/held"}}]
+            }
+        },
+    }))?;
+    api.create(&PostParams::default(), &session).await?;
+    let upstream = upstream().await;
+    let (_sidecar, capture) = start_sidecar(&ns, "reviewing", &sink, dir.path(), upstream).await?;
+    let cli = target_binary("kubectl-cassette")?;
+    let decide = |verb: &str, id: &str| -> Result<String> {
+        let out = Command::new(&cli)
+            .arg("--kubeconfig")
+            .arg(cluster().kubeconfig())
+            .args([
+                verb,
+                "reviewing",
+                id,
+                "-n",
+                &ns,
+                "--reason",
+                "checked by a human",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{verb} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    // Not held: passes at once.
+    assert_eq!(
+        curl(capture, "http://echo.test/free").join().unwrap(),
+        "hello"
+    );
+
+    // Held, then approved: the agent gets the upstream's answer.
+    let waiting = curl(capture, "http://echo.test/held");
+    let id = pending_review(&api, "reviewing").await?;
+    assert!(!waiting.is_finished(), "the request waits for a decision");
+    assert!(decide("approve", &id)?.contains("approved"));
+    assert_eq!(waiting.join().unwrap(), "hello");
+
+    // Held, then denied: refused in words.
+    let waiting = curl(capture, "http://echo.test/held");
+    let id = pending_review(&api, "reviewing").await?;
+    decide("deny", &id)?;
+    let said = waiting.join().unwrap();
+    assert!(said.contains("denied"), "{said}");
+    assert!(!said.contains("hello"));
+
+    // Nothing is left pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api.get("reviewing").await?.status.unwrap_or_default();
+    assert!(
+        status.pending_reviews.is_empty(),
+        "{:?}",
+        status.pending_reviews
     );
     Ok(())
 }

@@ -648,7 +648,7 @@ async fn exchange(
         .evaluator
         .evaluate(&policy_request, jiff::Timestamp::now());
     end.rule = decision.would_block().then(|| decision.cause.label());
-    match decision.outcome() {
+    let refused = match decision.outcome() {
         cassette_rules::policy::Outcome::Forward => {
             if decision.would_block() {
                 // Audit mode: recorded as what would have been refused, and let through.
@@ -659,31 +659,18 @@ async fn exchange(
                     message: format!("audit mode, not enforced: {}", decision.reason),
                 }));
             }
+            None
         }
-        outcome => {
-            let held = outcome == cassette_rules::policy::Outcome::Hold;
-            if held {
-                // Approvals reach the sidecar through its AgentSession; without that
-                // connection a held request cannot be approved, so it is denied now rather
-                // than left hanging.
-                proxy
-                    .recorder
-                    .emit(Event::Review(cassette_recording::record::Review {
-                        exchange,
-                        id: format!("{}-{exchange}", proxy.session.name),
-                        state: cassette_recording::record::ReviewState::Denied,
-                        by: None,
-                    }));
-            }
-            let message = if held {
-                format!(
-                    "{} (held for review; this sidecar receives no approvals, so it is denied)",
-                    decision.reason
-                )
-            } else {
-                decision.reason.clone()
-            };
-            // Let the agent finish sending, so it reads the refusal instead of a reset.
+        cassette_rules::policy::Outcome::Refuse => Some(decision.reason.clone()),
+        cassette_rules::policy::Outcome::Hold => {
+            let line = format!("{} {authority}{path}", parts.method);
+            let permission = classification.as_ref().and_then(|c| c.permission.clone());
+            hold_for_review(&proxy, exchange, &decision, line, permission).await
+        }
+    };
+    if let Some(message) = refused {
+        // Let the agent finish sending, so it reads the refusal instead of a reset.
+        {
             drain(body).await;
             if let (Some(request), Some(_)) = (&push, &git) {
                 let report = cassette_rules::git::refuse_push(
@@ -865,6 +852,78 @@ async fn exchange(
         Some((end, ctx.clone())),
     );
     Response::from_parts(parts, resp_tap.boxed())
+}
+
+/// Hold a request for review: publish it (the status reporter lists it in
+/// `status.pendingReviews`), wait for an approval or the timeout, and record the outcome.
+/// `None` when approved; otherwise why it is refused.
+async fn hold_for_review(
+    proxy: &Proxy,
+    exchange: u64,
+    decision: &cassette_rules::policy::Decision,
+    request: String,
+    permission: Option<String>,
+) -> Option<String> {
+    use crate::review::Verdict;
+    use cassette_recording::record::{Review, ReviewState};
+    let record = |id: &str, state: ReviewState, by: Option<String>| {
+        proxy.recorder.emit(Event::Review(Review {
+            exchange,
+            id: id.to_string(),
+            state,
+            by,
+        }));
+    };
+    let Some(reviews) = &proxy.reviews else {
+        record(&exchange.to_string(), ReviewState::Denied, None);
+        return Some(format!(
+            "{} (held for review, but this sidecar cannot reach its AgentSession to receive approvals, so it is denied)",
+            decision.reason
+        ));
+    };
+    let id = reviews.id(exchange);
+    record(&id, ReviewState::Pending, None);
+    /// Releases the hold however the wait ends (the agent may hang up first).
+    struct Release<'a>(&'a crate::review::Reviews, &'a str);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.release(self.1);
+        }
+    }
+    let answer = reviews.hold(cassette_api::PendingReview {
+        id: id.clone(),
+        pod: reviews.pod().to_string(),
+        request,
+        permission,
+        rule: Some(decision.cause.label()),
+        requested_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+    });
+    let _release = Release(reviews, &id);
+    let timeout = proxy.session.review_timeout;
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(Verdict::Approved { by })) => {
+            record(&id, ReviewState::Approved, by);
+            None
+        }
+        Ok(Ok(Verdict::Denied { by })) => {
+            let who = by
+                .as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default();
+            record(&id, ReviewState::Denied, by.clone());
+            Some(format!("{} (review {id} denied{who})", decision.reason))
+        }
+        _ => {
+            record(&id, ReviewState::TimedOut, None);
+            Some(format!(
+                "{} (review {id}: no decision within {}s, so it is denied)",
+                decision.reason,
+                timeout.as_secs()
+            ))
+        }
+    }
 }
 
 /// Refuse a request: record why (a `blocked` record, and its exchange_end) and tell the

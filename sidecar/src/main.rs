@@ -25,6 +25,7 @@ mod original_dst;
 mod proxy;
 mod record;
 mod recording;
+mod review;
 mod rewind;
 mod session;
 mod shutdown;
@@ -305,8 +306,26 @@ async fn run(args: RunArgs) -> Result<()> {
     ca.write_bundle(&args.ca_bundle, &system)?;
     readiness.bundle_written.store(true, Ordering::Release);
 
+    // Held requests wait for approvals, which reach the sidecar with its status reports.
+    let reviews = Arc::new(review::Reviews::new(&args.pod));
+    // The pod's entry in the AgentSession status, kept fresh while the sidecar runs.
+    let reporter = match status::Reporter::connect(
+        &args,
+        recording.recorder.clone(),
+        recording.writer(),
+        reviews.clone(),
+    )
+    .await
+    {
+        Ok(reporter) => reporter.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no status reports: the API server is not reachable");
+            None
+        }
+    };
     let proxy = Arc::new(proxy::Proxy::new(
         session,
+        reporter.as_ref().map(|_| reviews.clone()),
         ca,
         Arc::new(roots),
         proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,
@@ -354,24 +373,6 @@ async fn run(args: RunArgs) -> Result<()> {
             shutdown.clone(),
         ));
     }
-    // The pod's entry in the AgentSession status, kept fresh while the sidecar runs.
-    let reporter = match status::Reporter::connect(
-        args.kubeconfig.clone(),
-        &args.namespace,
-        &args.session,
-        &args.pod,
-        &args.pod_uid,
-        recording.recorder.clone(),
-        recording.writer(),
-    )
-    .await
-    {
-        Ok(reporter) => reporter.map(Arc::new),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "no status reports: the API server is not reachable");
-            None
-        }
-    };
     let reporting = reporter.clone().map(|r| tokio::spawn(r.run()));
     tracing::info!(
         session = %args.session,

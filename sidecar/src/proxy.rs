@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Proxy {
     /// The AgentSession's policy and masking.
     pub session: Arc<crate::session::Session>,
+    /// Requests held for review; `None` when the sidecar cannot reach its AgentSession, so
+    /// no approval could ever arrive.
+    pub reviews: Option<Arc<crate::review::Reviews>>,
     pub ca: SessionCa,
     pub upstream_roots: Arc<RootCertStore>,
     pub overrides: Overrides,
@@ -32,6 +35,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         session: Arc<crate::session::Session>,
+        reviews: Option<Arc<crate::review::Reviews>>,
         ca: SessionCa,
         upstream_roots: Arc<RootCertStore>,
         overrides: Overrides,
@@ -43,6 +47,7 @@ impl Proxy {
     ) -> Self {
         Self {
             session,
+            reviews,
             ca,
             upstream_roots,
             overrides,

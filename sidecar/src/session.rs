@@ -9,10 +9,14 @@ use cassette_rules::mask::Masker;
 use cassette_rules::policy::Evaluator;
 use jiff::Timestamp;
 
+/// How long a held request waits when the session does not say.
+const DEFAULT_REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The compiled session.
 pub struct Session {
-    pub name: String,
     pub evaluator: Evaluator,
+    /// How long a request held for review waits for a decision before it is denied.
+    pub review_timeout: std::time::Duration,
     /// Lives as long as the process: body maskers borrow it while bodies stream.
     pub masker: &'static Masker,
 }
@@ -52,9 +56,18 @@ impl Session {
             fingerprint_key,
         )
         .map_err(|e| anyhow::anyhow!("AgentSession {name:?} has invalid masking: {e}"))?;
+        let review_timeout = match spec
+            .as_ref()
+            .and_then(|s| s.policy.as_ref())
+            .and_then(|p| p.review_timeout.as_deref())
+        {
+            Some(text) => cassette_rules::validate::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("spec.policy.reviewTimeout {text:?}: {e}"))?,
+            None => DEFAULT_REVIEW_TIMEOUT,
+        };
         Ok(Self {
-            name: name.to_string(),
             evaluator,
+            review_timeout,
             masker: Box::leak(Box::new(masker)),
         })
     }

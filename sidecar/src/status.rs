@@ -4,10 +4,11 @@
 //! nothing else (RBAC grants the sidecar only `agentsessions/status` patch).
 
 use crate::record::Recorder;
+use crate::review::Reviews;
 use anyhow::{Context, Result};
 use cassette_api::{AgentSession, PodRecording};
 use kube::api::{Api, Patch, PatchParams};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -22,20 +23,19 @@ pub struct Reporter {
     pod_uid: String,
     recorder: Recorder,
     writer: cassette_recording::Recorder,
+    reviews: Arc<Reviews>,
 }
 
 impl Reporter {
     /// A reporter when the sidecar can reach the API server: in a cluster (the service
     /// account token the injector mounts), or through `kubeconfig`. `None` outside both.
     pub async fn connect(
-        kubeconfig: Option<PathBuf>,
-        namespace: &str,
-        session: &str,
-        pod: &str,
-        pod_uid: &str,
+        args: &crate::RunArgs,
         recorder: Recorder,
         writer: cassette_recording::Recorder,
+        reviews: Arc<Reviews>,
     ) -> Result<Option<Self>> {
+        let kubeconfig = args.kubeconfig.clone();
         let config = match kubeconfig {
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(&path)
@@ -49,12 +49,13 @@ impl Reporter {
         };
         let client = kube::Client::try_from(config)?;
         Ok(Some(Self {
-            api: Api::namespaced(client, namespace),
-            session: session.to_string(),
-            pod: pod.to_string(),
-            pod_uid: pod_uid.to_string(),
+            api: Api::namespaced(client, &args.namespace),
+            session: args.session.clone(),
+            pod: args.pod.clone(),
+            pod_uid: args.pod_uid.clone(),
             recorder,
             writer,
+            reviews,
         }))
     }
 
@@ -79,15 +80,21 @@ impl Reporter {
         }
     }
 
-    /// Apply the entry once.
+    /// Apply the entry (and the requests held for review) once, and pass the approvals the
+    /// AgentSession holds to the held requests: the answer of the status patch carries them,
+    /// so the sidecar needs no right to read AgentSessions.
     pub async fn report(&self) -> Result<()> {
         let patch = serde_json::json!({
             "apiVersion": "cassette.dev/v1alpha1",
             "kind": "AgentSession",
-            "status": { "pods": [self.entry()] },
+            "status": {
+                "pods": [self.entry()],
+                "pendingReviews": self.reviews.pending(),
+            },
         });
         let manager = format!("cassette-sidecar-{}", self.pod);
-        self.api
+        let session = self
+            .api
             .patch_status(
                 &self.session,
                 &PatchParams::apply(&manager).force(),
@@ -95,16 +102,26 @@ impl Reporter {
             )
             .await
             .with_context(|| format!("reporting to AgentSession {:?}", self.session))?;
+        self.reviews.decide(&session.spec.approvals);
         Ok(())
     }
 
-    /// Report every few seconds until the task is dropped; failures are logged and retried.
-    pub async fn run(self: std::sync::Arc<Self>) {
+    /// Report every 10 s, every second while requests are held, and at once when a request
+    /// is held or released; failures are logged and retried.
+    pub async fn run(self: Arc<Self>) {
         loop {
             if let Err(e) = self.report().await {
                 tracing::warn!(error = %format!("{e:#}"), "status report failed; retrying");
             }
-            tokio::time::sleep(INTERVAL).await;
+            let interval = if self.reviews.is_empty() {
+                INTERVAL
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = self.reviews.changed.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
         }
     }
 }

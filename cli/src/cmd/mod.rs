@@ -2,6 +2,7 @@
 //! `--recording URI`) to recordings, reads them and prints. Exit codes are decided here and
 //! documented in `main.rs`'s help.
 
+pub mod approve;
 pub mod export;
 pub mod ls;
 pub mod replay;
