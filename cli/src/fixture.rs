@@ -60,6 +60,7 @@ fn end(exchange: u64, up: u64, down: u64, decision: Decision) -> ExchangeEnd {
         rule: None,
         classification: None,
         masked: 0,
+        masked_by: Default::default(),
         error: None,
         trailers: None,
     }

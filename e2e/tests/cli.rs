@@ -97,6 +97,7 @@ async fn record(sink: &str, spool: PathBuf, ns: &str, session: &str) -> Result<S
                 git_service: None,
             }),
             masked: 0,
+            masked_by: Default::default(),
             error: None,
             trailers: None,
         })

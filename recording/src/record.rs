@@ -311,6 +311,9 @@ pub struct ExchangeEnd {
     /// How many secrets were masked in this exchange.
     #[serde(default)]
     pub masked: u64,
+    /// The masks per detector (`google-api-key`, `authorization`, a custom pattern's name…).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub masked_by: std::collections::BTreeMap<String, u64>,
     /// Set when the exchange failed (upstream unreachable, certificate refused, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -141,6 +141,54 @@ mod tests {
         assert!(Decoder::for_encoding(Some("gzip, br")).is_none());
     }
 
+    proptest::proptest! {
+        /// A secret anywhere in a compressed body, under any chunking of the compressed
+        /// bytes, is masked in what is recorded, with the fingerprint an auditor computes.
+        #[test]
+        fn a_secret_inside_a_compressed_body_is_masked_with_its_fingerprint(
+            before in "[ -~]{0,300}",
+            after in "[ -~]{0,300}",
+            token in "[A-Za-z0-9]{36}",
+            chunk in 1usize..64,
+            encoding in proptest::sample::select(vec!["gzip", "deflate", "zstd"]),
+        ) {
+            use cassette_rules::mask::{BodyKind, Masker};
+            let secret = format!("ghp_{token}");
+            let body = format!("{before} {secret} {after}");
+            let encoded = match encoding {
+                "gzip" => {
+                    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(body.as_bytes()).unwrap();
+                    e.finish().unwrap()
+                }
+                "deflate" => {
+                    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(body.as_bytes()).unwrap();
+                    e.finish().unwrap()
+                }
+                _ => zstd::stream::encode_all(body.as_bytes(), 1).unwrap(),
+            };
+            let masker = Masker::new(None, b"auditor-key").unwrap();
+            let mut decoder = Decoder::for_encoding(Some(encoding)).unwrap();
+            let mut stream = masker.stream(BodyKind::Other);
+            let mut recorded = Vec::new();
+            for piece in encoded.chunks(chunk) {
+                let plain = decoder.feed(piece).unwrap();
+                stream.feed(&plain, &mut recorded);
+            }
+            stream.feed(&decoder.finish().unwrap(), &mut recorded);
+            let summary = stream.finish(&mut recorded);
+            let recorded = String::from_utf8_lossy(&recorded);
+            proptest::prop_assert!(!recorded.contains(&secret), "{}", recorded);
+            let fingerprint = masker.fingerprint(secret.as_bytes());
+            proptest::prop_assert!(
+                summary.hits.iter().any(|h| h.fingerprint == fingerprint),
+                "{:?}", summary
+            );
+            proptest::prop_assert!(recorded.contains(&fingerprint));
+        }
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut d = Decoder::for_encoding(Some("gzip")).unwrap();

@@ -538,8 +538,7 @@ async fn exchange(
     };
     let classification = crate::record::classify(&authority, req.method(), &path, req.headers());
     let mut end = ExchangeEndState::new(exchange, started, classification.clone());
-    end.masked
-        .fetch_add(header_masks.values().sum(), Ordering::Relaxed);
+    end.masked.add(&proxy, header_masks);
 
     if let Err(e) = proxy.recorder.request(Event::Request(head)).await {
         // onFailure: closed — traffic that cannot be recorded does not pass.
@@ -794,8 +793,7 @@ async fn exchange(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
     let (headers, header_masks) = crate::record::masked_headers(&parts.headers, masker);
-    end.masked
-        .fetch_add(header_masks.values().sum(), Ordering::Relaxed);
+    end.masked.add(&proxy, header_masks);
     proxy.recorder.emit(Event::Response(ResponseRecord {
         exchange,
         status: parts.status.as_u16(),

@@ -354,6 +354,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
             git_service: None,
         }),
         masked: 0,
+        masked_by: Default::default(),
         error: None,
         trailers: None,
     }));

@@ -15,6 +15,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+/// Masks counted per detector, shared by the parts of one exchange.
+#[derive(Clone, Default)]
+pub struct Masks(Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+impl Masks {
+    /// Count masks (and export them as metrics).
+    pub fn add(&self, proxy: &Proxy, counts: std::collections::BTreeMap<String, u64>) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (detector, n) in counts {
+            proxy
+                .metrics
+                .masked
+                .get_or_create(&crate::metrics::DetectorLabels {
+                    detector: detector.clone(),
+                })
+                .inc_by(n);
+            *all.entry(detector).or_insert(0) += n;
+        }
+    }
+
+    fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// What `exchange_end` will say, gathered while the exchange runs.
 pub struct ExchangeEndState {
     exchange: u64,
@@ -26,8 +51,8 @@ pub struct ExchangeEndState {
     pub bytes_up: Arc<AtomicU64>,
     pub decision: Decision,
     pub rule: Option<String>,
-    /// Secrets masked in this exchange (headers and both bodies).
-    pub masked: Arc<AtomicU64>,
+    /// Secrets masked in this exchange (headers and both bodies), per detector.
+    pub masked: Masks,
     trailers: Option<Vec<cassette_recording::record::Header>>,
     done: bool,
 }
@@ -48,7 +73,7 @@ impl ExchangeEndState {
             bytes_up: Arc::new(AtomicU64::new(0)),
             decision: Decision::Allow,
             rule: None,
-            masked: Arc::new(AtomicU64::new(0)),
+            masked: Masks::default(),
             trailers: None,
             done: false,
         }
@@ -109,7 +134,8 @@ impl ExchangeEndState {
             .metrics
             .added_latency
             .observe(self.sidecar.as_secs_f64());
-        let masked = self.masked.load(Ordering::Relaxed);
+        let masked_by = self.masked.snapshot();
+        let masked = masked_by.values().sum();
         proxy
             .recorder
             .exchange_done(decision == Decision::Deny, masked);
@@ -129,6 +155,7 @@ impl ExchangeEndState {
             rule: self.rule.clone(),
             classification: self.classification.clone(),
             masked,
+            masked_by,
             error,
             trailers: self.trailers.take(),
         }));
@@ -148,7 +175,7 @@ pub struct Tap {
     recorder: BodyRecorder,
     proxy: Arc<Proxy>,
     counter: Arc<AtomicU64>,
-    masked: Arc<AtomicU64>,
+    masked: Masks,
     /// The response side ends the exchange.
     end: Option<(ExchangeEndState, Arc<ConnCtx>)>,
     bytes: u64,
@@ -161,7 +188,7 @@ impl Tap {
         recorder: BodyRecorder,
         proxy: Arc<Proxy>,
         counter: Arc<AtomicU64>,
-        masked: Arc<AtomicU64>,
+        masked: Masks,
         end: Option<(ExchangeEndState, Arc<ConnCtx>)>,
     ) -> Self {
         Self {
@@ -182,14 +209,7 @@ impl Tap {
         }
         self.done = true;
         let masked = self.recorder.finish();
-        for (detector, n) in masked {
-            self.proxy
-                .metrics
-                .masked
-                .get_or_create(&crate::metrics::DetectorLabels { detector })
-                .inc_by(n);
-            self.masked.fetch_add(n, Ordering::Relaxed);
-        }
+        self.masked.add(&self.proxy, masked);
         let direction = if self.end.is_some() {
             "response"
         } else {

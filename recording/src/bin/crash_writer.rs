@@ -119,6 +119,7 @@ async fn main() -> ExitCode {
             rule: None,
             classification: None,
             masked: 0,
+            masked_by: Default::default(),
             error: None,
             trailers: None,
         });
