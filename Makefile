@@ -40,6 +40,7 @@ e2e: deps controlplane
 	$(CARGO) test -p cassette-e2e --no-fail-fast
 
 demo: deps controlplane
+	$(CARGO) build -q -p cassette-sidecar -p kubectl-cassette
 	$(CARGO) run -q -p cassette-e2e -- demo
 
 ## fuzz: each fuzz target of cassette-rules (masker, git pkt-lines, classifier) for

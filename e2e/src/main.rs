@@ -159,9 +159,176 @@ fn demo() -> Result<()> {
     kubectl(&["create", "namespace", "agents"])?;
     kubectl(&["apply", "-f", "examples/"])?;
     kubectl(&["get", "agentsessions", "-A"])?;
+    record_a_session(&kubeconfig)?;
     eprintln!("\nstopping the control plane");
     drop(plane);
     Ok(())
+}
+
+/// The recorder at work on the fix-ci session, outside a pod: the sidecar runs as an explicit
+/// proxy (no iptables needed), an agent's requests go through it to a local stand-in for
+/// Google APIs, and the recording is shown and verified as an auditor would.
+fn record_a_session(kubeconfig: &Path) -> Result<()> {
+    let target = std::env::current_exe()?
+        .parent()
+        .context("the binary's directory")?
+        .to_path_buf();
+    let (sidecar, cli) = (
+        target.join("cassette-sidecar"),
+        target.join("kubectl-cassette"),
+    );
+    if !sidecar.exists() || !cli.exists() {
+        bail!("build cassette-sidecar and kubectl-cassette first (make demo does)");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cassette-demo-")
+        .tempdir()?;
+    let upstream = stand_in_for_google()?;
+    let free = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (capture, admin, shim) = (free()?, free()?, free()?);
+    let sink = format!("file://{}", dir.path().join("sink").display());
+    let spec = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "get",
+            "agentsession",
+            "fix-ci",
+            "-n",
+            "agents",
+            "-o",
+            "jsonpath={.spec}",
+        ])
+        .output()?;
+    let spec = String::from_utf8(spec.stdout)?;
+    println!(
+        "\n$ cassette-sidecar run --session fix-ci ...   # as an explicit proxy on 127.0.0.1:{capture}"
+    );
+    let mut child = Command::new(&sidecar)
+        .arg("run")
+        .args([
+            "--session",
+            "fix-ci",
+            "--namespace",
+            "agents",
+            "--pod",
+            "agent-0",
+            "--pod-uid",
+            "demo",
+        ])
+        .arg(format!("--sink={sink}"))
+        .arg(format!("--spool={}", dir.path().join("spool").display()))
+        .arg(format!(
+            "--ca-bundle={}",
+            dir.path().join("bundle.pem").display()
+        ))
+        .arg(format!("--capture-addr=127.0.0.1:{capture}"))
+        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+        .arg(format!("--metadata-addr=127.0.0.1:{shim}"))
+        .arg(format!(
+            "--upstream-override=storage.googleapis.com=http://127.0.0.1:{upstream}"
+        ))
+        .arg("--metadata=off")
+        .arg(format!("--session-spec={spec}"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", sidecar.display()))?;
+    let bundle = dir.path().join("bundle.pem");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !bundle.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the sidecar did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let proxy = format!("http://127.0.0.1:{capture}");
+    for (what, args) in [
+        (
+            "the agent lists a bucket (the response holds a leaked token)",
+            vec!["http://storage.googleapis.com/storage/v1/b/acme-ci/o?prefix=logs%2F"],
+        ),
+        (
+            "the agent tries to delete the bucket",
+            vec![
+                "-X",
+                "DELETE",
+                "http://storage.googleapis.com/storage/v1/b/acme-ci",
+            ],
+        ),
+    ] {
+        println!("\n# {what}\n$ curl -x {proxy} {}", args.join(" "));
+        let out = Command::new("curl")
+            .args(["-sS", "-x", &proxy])
+            .args(&args)
+            .output()?;
+        println!("{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    }
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    let recording = format!("{sink}/agents/fix-ci/");
+    // The key the sidecar published in the AgentSession status: what verify checks against.
+    let key = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["get", "agentsession", "fix-ci", "-n", "agents"])
+        .arg("-o=jsonpath={.status.pods[0].publicKey}")
+        .output()?;
+    let key = String::from_utf8(key.stdout)?;
+    for args in [
+        vec!["show", "--recording", &recording],
+        vec!["verify", "--recording", &recording, "--public-key", &key],
+    ] {
+        println!("\n$ kubectl cassette {}", args.join(" "));
+        let status = Command::new(&cli)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(&args)
+            .status()?;
+        if !status.success() && args[0] == "show" {
+            bail!("kubectl cassette show failed");
+        }
+    }
+    Ok(())
+}
+
+/// A plain-HTTP stand-in for storage.googleapis.com: answers a listing whose metadata leaks a
+/// token, and 204 to anything else.
+fn stand_in_for_google() -> Result<u16> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let body = if request.starts_with("GET") {
+                r#"{"kind":"storage#objects","items":[{"name":"logs/ci-1.txt","metadata":{"deploy_token":"ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"}}]}"#
+            } else {
+                ""
+            };
+            let status = if body.is_empty() {
+                "204 No Content"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(port)
 }
 
 /// Run kubectl as a user would, echoing the command first.
