@@ -105,13 +105,9 @@ impl Recorder {
     }
 
     /// An exchange ended.
-    pub fn exchange_done(&self, blocked: bool, masked: u64) {
+    /// An exchange ended (refusals are counted where their `blocked` record is emitted).
+    pub fn exchange_done(&self, masked: u64) {
         self.counts.exchanges.fetch_add(1, Ordering::Relaxed);
-        if blocked {
-            // Blocked records are counted where they are emitted; a denial without one
-            // (a recording failure, a refused credential) is counted here.
-            let _ = blocked;
-        }
         self.counts.masked.fetch_add(masked, Ordering::Relaxed);
     }
 
@@ -340,7 +336,7 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         }
         _ => Decision::Allow,
     };
-    recorder.exchange_done(decision == Decision::Deny, 0);
+    recorder.exchange_done(0);
     recorder.emit(Event::ExchangeEnd(ExchangeEnd {
         exchange: id,
         timings: Timings::default(),

@@ -136,9 +136,7 @@ impl ExchangeEndState {
             .observe(self.sidecar.as_secs_f64());
         let masked_by = self.masked.snapshot();
         let masked = masked_by.values().sum();
-        proxy
-            .recorder
-            .exchange_done(decision == Decision::Deny, masked);
+        proxy.recorder.exchange_done(masked);
         proxy.recorder.emit(Event::ExchangeEnd(ExchangeEnd {
             exchange: self.exchange,
             timings: Timings {
