@@ -148,6 +148,27 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A binary of this workspace (`cassette-sidecar`, `kubectl-cassette`, …), built first:
+/// cargo does nothing when it is up to date, and a stale binary would test old code. Cargo's
+/// lock is free while tests run, so this works from inside `cargo test`.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", name, "--bin", name])
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("running cargo build -p {name}"))?;
+    anyhow::ensure!(status.success(), "cargo build -p {name} failed");
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary lives in target/<profile>/deps")?
+        .join(name);
+    anyhow::ensure!(path.exists(), "{} was not built", path.display());
+    Ok(path)
+}
+
 /// The repository root, for paths such as `crds/` and `examples/`.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

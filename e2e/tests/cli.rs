@@ -18,30 +18,7 @@ use serde_json::json;
 
 /// The built `kubectl-cassette` beside this test binary, built first if it is not there.
 fn binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary has no target directory")?;
-    let path = dir.join("kubectl-cassette");
-    // Build it every time: cargo does nothing when it is up to date, and a stale binary
-    // would test old code.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "kubectl-cassette",
-            "--bin",
-            "kubectl-cassette",
-        ])
-        .current_dir(cassette_e2e::repo_root())
-        .status()
-        .context("running cargo build -p kubectl-cassette")?;
-    ensure!(status.success(), "cargo build -p kubectl-cassette failed");
-    ensure!(path.exists(), "{} was not built", path.display());
-    Ok(path)
+    cassette_e2e::workspace_binary("kubectl-cassette")
 }
 
 fn cassette(bin: &PathBuf, args: &[&str]) -> Result<Output> {

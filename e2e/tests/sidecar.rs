@@ -53,19 +53,7 @@ macro_rules! require_root {
 /// The sidecar binary, copied where UID 1337 can execute it (the build tree may sit under a
 /// directory other users cannot enter).
 fn sidecar_binary(dir: &Path) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let target_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary lives in target/<profile>/deps")?;
-    let built = target_dir.join("cassette-sidecar");
-    if !built.exists() {
-        // Building from inside `cargo test` would wait on cargo's own lock.
-        bail!(
-            "{} is missing: build it first with `cargo build -p cassette-sidecar` (`make test` and `make e2e` do)",
-            built.display()
-        );
-    }
+    let built = cassette_e2e::workspace_binary("cassette-sidecar")?;
     let copy = dir.join("cassette-sidecar");
     std::fs::copy(&built, &copy).with_context(|| format!("copying {}", built.display()))?;
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
@@ -289,21 +277,11 @@ impl Drop for Pod {
     }
 }
 
-/// `kubectl-cassette` from this build, built if needed (cargo does nothing when it is up to
-/// date).
+/// `kubectl-cassette` from this build, its exit code and everything it printed.
 fn kubectl_cassette(args: &[&str]) -> Result<(i32, String)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "kubectl-cassette"])
-        .status()?;
-    anyhow::ensure!(status.success(), "cargo build -p kubectl-cassette failed");
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target dir")?
-        .join("kubectl-cassette");
-    let out = Command::new(binary).args(args).output()?;
+    let out = Command::new(cassette_e2e::workspace_binary("kubectl-cassette")?)
+        .args(args)
+        .output()?;
     Ok((
         out.status.code().unwrap_or(-1),
         format!(

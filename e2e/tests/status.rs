@@ -11,20 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn target_binary(name: &str) -> Result<std::path::PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", name])
-        .status()?;
-    anyhow::ensure!(status.success(), "cargo build -p {name} failed");
-    let exe = std::env::current_exe()?;
-    Ok(exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target dir")?
-        .join(name))
-}
-
 /// A child process killed if the test fails before it is stopped.
 struct Running(Option<std::process::Child>);
 
@@ -113,7 +99,7 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     let key = pod.public_key.clone().context("a public key")?;
 
     // The auditor's check, with the key from the status.
-    let cli = target_binary("kubectl-cassette")?;
+    let cli = cassette_e2e::workspace_binary("kubectl-cassette")?;
     let out = Command::new(cli)
         .arg("--kubeconfig")
         .arg(cluster().kubeconfig())
@@ -142,7 +128,7 @@ async fn start_sidecar(
     dir: &Path,
     upstream: u16,
 ) -> Result<(Running, u16)> {
-    let sidecar = target_binary("cassette-sidecar")?;
+    let sidecar = cassette_e2e::workspace_binary("cassette-sidecar")?;
     let (capture, admin) = (free_port(), free_port());
     let spec = serde_json::to_string(
         &Api::<AgentSession>::namespaced(cluster().client().await?, ns)
@@ -245,7 +231,7 @@ async fn held_requests_wait_for_kubectl_cassette_approve_or_deny() -> Result<()>
     api.create(&PostParams::default(), &session).await?;
     let upstream = upstream().await;
     let (_sidecar, capture) = start_sidecar(&ns, "reviewing", &sink, dir.path(), upstream).await?;
-    let cli = target_binary("kubectl-cassette")?;
+    let cli = cassette_e2e::workspace_binary("kubectl-cassette")?;
     let decide = |verb: &str, id: &str| -> Result<String> {
         let out = Command::new(&cli)
             .arg("--kubeconfig")
