@@ -9,6 +9,7 @@ pub mod controlplane;
 pub mod emulators;
 pub mod fixtures;
 pub mod netns;
+pub mod operator;
 mod pki;
 pub mod upstreams;
 

@@ -1,247 +1,38 @@
 //! The operator on a real API server: started as a local process, its webhooks registered by
 //! URL, it stamps requesters, refuses invalid sessions, injects labelled pods (and refuses
 //! the ways around the recorder), enforces namespaces, and keeps the sessions' status.
-//!
-//! Needs `target/debug/cassette-operator` (`cargo build -p cassette-operator`; `make e2e` and
-//! `make test` build it).
 
 use anyhow::{Context, Result, bail};
 use cassette_api::AgentSession;
+use cassette_e2e::operator::{Operator, OperatorConfig, http_get};
 use cassette_e2e::{cluster, fixtures};
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 const SIDECAR_IMAGE: &str = "cassette-sidecar:e2e";
 
-/// The operator process shared by the tests of this binary.
-struct Operator {
-    _child: Child,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-    metrics_port: u16,
-}
-
 static OPERATOR: OnceCell<Result<Operator, String>> = OnceCell::const_new();
 
-/// Start the operator (once, whichever test asks first), register its webhooks and wait until
-/// the API server can call them.
+/// Start the operator (once, whichever test asks first).
 async fn operator() -> &'static Operator {
     let started = OPERATOR
-        .get_or_init(|| async { start_operator().await.map_err(|e| format!("{e:#}")) })
+        .get_or_init(|| async {
+            let config = OperatorConfig {
+                sidecar_image: SIDECAR_IMAGE.into(),
+                sidecar_env: vec![("CASSETTE_METADATA".into(), "off".into())],
+            };
+            Operator::start(&config).await.map_err(|e| format!("{e:#}"))
+        })
         .await;
     match started {
         Ok(operator) => operator,
         Err(e) => panic!("the operator did not start: {e}"),
     }
-}
-
-fn operator_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary lives in target/<profile>/deps")?;
-    let binary = target.join("cassette-operator");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: build it first with `cargo build -p cassette-operator` (`make e2e` does)",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn start_operator() -> Result<Operator> {
-    let cluster = cluster();
-    let client = cluster.client().await?;
-    fixtures::install_crd(&client).await?;
-    let namespace = fixtures::namespace(&client, "cassette-system").await?;
-    let webhook_port = free_port()?;
-    let metrics_port = free_port()?;
-    let configuration = format!("cassette-e2e-{}", std::process::id());
-    register_webhooks(&client, &configuration, webhook_port).await?;
-
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("operator.log");
-    let out = std::fs::File::create(&log)?;
-    let mut command = Command::new(operator_binary()?);
-    command
-        .arg("run")
-        .args(["--namespace", &namespace])
-        .args(["--pod-name", "operator-e2e-0"])
-        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--sidecar-image", SIDECAR_IMAGE])
-        .args(["--sidecar-env", "CASSETTE_METADATA=off"])
-        .args(["--webhook-host", "127.0.0.1"])
-        .args(["--mutating-webhook-configuration", &configuration])
-        .args(["--validating-webhook-configuration", &configuration])
-        .args(["--log-format", "pretty"])
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: prctl is async-signal-safe; the operator dies with the test binary.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    // The parent-death signal fires when the spawning *thread* ends; tests' threads end with
-    // each test, so a thread that lives as long as the binary spawns the operator.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("operator".into())
-        .spawn(move || {
-            let _ = tx.send(command.spawn());
-            loop {
-                std::thread::park();
-            }
-        })?;
-    let child = rx.recv()?.context("starting cassette-operator")?;
-    let operator = Operator {
-        _child: child,
-        _dir: dir,
-        log,
-        metrics_port,
-    };
-    wait_until_wired(&client, &configuration, &operator).await?;
-    Ok(operator)
-}
-
-/// The webhook configurations as a local install has them: by URL, failing closed.
-async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Result<()> {
-    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
-    let common = |webhook: &str, path: &str, resource: &str, operations: Value| {
-        json!({
-            "name": webhook,
-            "clientConfig": {"url": url(path)},
-            "rules": [{
-                "apiGroups": [if resource == "pods" { "" } else { "cassette.dev" }],
-                "apiVersions": [if resource == "pods" { "v1" } else { "v1alpha1" }],
-                "operations": operations,
-                "resources": [resource],
-                "scope": "Namespaced"
-            }],
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10
-        })
-    };
-    let mut inject = common("inject.cassette.dev", "/inject", "pods", json!(["CREATE"]));
-    inject["objectSelector"] =
-        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "Exists"}]});
-    inject["reinvocationPolicy"] = json!("IfNeeded");
-    let mut enforce = common("enforce.cassette.dev", "/inject", "pods", json!(["CREATE"]));
-    enforce["namespaceSelector"] = json!({"matchLabels": {"cassette.dev/enforce": "true"}});
-    enforce["objectSelector"] =
-        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "DoesNotExist"}]});
-    let stamp = common(
-        "requester.agentsessions.cassette.dev",
-        "/mutate-agentsession",
-        "agentsessions",
-        json!(["CREATE", "UPDATE"]),
-    );
-    let validate = common(
-        "agentsessions.cassette.dev",
-        "/validate-agentsession",
-        "agentsessions",
-        json!(["CREATE", "UPDATE"]),
-    );
-    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [inject, enforce, stamp]
-    }))?;
-    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [validate]
-    }))?;
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mutating)
-        .await
-        .context("creating the MutatingWebhookConfiguration")?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &validating)
-        .await
-        .context("creating the ValidatingWebhookConfiguration")?;
-    Ok(())
-}
-
-/// Wait until the operator has patched its CA into every webhook and says it is ready.
-async fn wait_until_wired(client: &kube::Client, name: &str, operator: &Operator) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    loop {
-        let m = mutating.get(name).await?;
-        let v = validating.get(name).await?;
-        let patched = m
-            .webhooks
-            .iter()
-            .flatten()
-            .all(|w| w.client_config.ca_bundle.is_some())
-            && v.webhooks
-                .iter()
-                .flatten()
-                .all(|w| w.client_config.ca_bundle.is_some());
-        if patched && http_get(operator.metrics_port, "/readyz").is_ok_and(|(s, _)| s == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the operator did not wire its webhooks within 60s; its log:\n{}",
-                std::fs::read_to_string(&operator.log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// A bare HTTP/1.1 GET on loopback: status and body.
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 fn sessions_resource() -> ApiResource {
@@ -752,7 +543,7 @@ async fn the_controller_keeps_phase_expiry_uri_and_totals() -> Result<()> {
     }
 
     // The metrics saw all this.
-    let (code, metrics) = http_get(operator().await.metrics_port, "/metrics")?;
+    let (code, metrics) = http_get(operator().await.metrics_port(), "/metrics")?;
     assert_eq!(code, 200);
     assert!(
         metrics.contains("cassette_operator_admissions_total"),

@@ -1,0 +1,259 @@
+//! `cassette-operator` as a local process against the test cluster, the way a local install
+//! runs it: its webhooks registered by URL on loopback (failing closed), its serving
+//! certificate made by itself and patched into them, and the tests waiting until the API
+//! server can call it.
+
+use crate::{cluster, fixtures, workspace_binary};
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the operator is started.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// The image it injects (the e2e harness maps it back to the sidecar binary).
+    pub sidecar_image: String,
+    /// `--sidecar-env NAME=VALUE` pairs: configuration every injected sidecar gets.
+    pub sidecar_env: Vec<(String, String)>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: "cassette-sidecar:e2e".into(),
+            sidecar_env: Vec::new(),
+        }
+    }
+}
+
+/// A running operator; killed when dropped or when the test binary exits.
+pub struct Operator {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    metrics_port: u16,
+    namespace: String,
+    configuration: String,
+}
+
+impl Operator {
+    /// Install the CRD, register the webhooks, start the operator and wait until it has
+    /// patched its CA into every webhook and says it is ready.
+    pub async fn start(config: &OperatorConfig) -> Result<Self> {
+        let cluster = cluster();
+        let client = cluster.client().await?;
+        fixtures::install_crd(&client).await?;
+        let namespace = fixtures::namespace(&client, "cassette-system").await?;
+        let webhook_port = free_port()?;
+        let metrics_port = free_port()?;
+        let configuration = crate::unique_name("cassette-e2e");
+        register_webhooks(&client, &configuration, webhook_port).await?;
+
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("operator.log");
+        let out = std::fs::File::create(&log)?;
+        let mut command = Command::new(workspace_binary("cassette-operator")?);
+        command
+            .arg("run")
+            .args(["--namespace", &namespace])
+            .args(["--pod-name", "operator-e2e-0"])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--sidecar-image", &config.sidecar_image])
+            .args(["--webhook-host", "127.0.0.1"])
+            .args(["--mutating-webhook-configuration", &configuration])
+            .args(["--validating-webhook-configuration", &configuration])
+            .args(["--log-format", "pretty"])
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (name, value) in &config.sidecar_env {
+            command.args(["--sidecar-env", &format!("{name}={value}")]);
+        }
+        // SAFETY: prctl is async-signal-safe; the operator dies with the test binary.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // The parent-death signal fires when the spawning *thread* ends; tests' threads end
+        // with each test, so a thread that lives as long as the binary spawns the operator.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("operator".into())
+            .spawn(move || {
+                let _ = tx.send(command.spawn());
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        let child = rx.recv()?.context("starting cassette-operator")?;
+        let operator = Operator {
+            child: Some(child),
+            _dir: dir,
+            log,
+            metrics_port,
+            namespace,
+            configuration,
+        };
+        operator.wait_until_wired(&client).await?;
+        Ok(operator)
+    }
+
+    /// Its port for `/metrics`, `/healthz` and `/readyz` on loopback.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// The namespace it runs in (its Lease and serving-certificate Secret live there).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_until_wired(&self, client: &kube::Client) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        loop {
+            let m = mutating.get(&self.configuration).await?;
+            let v = validating.get(&self.configuration).await?;
+            let patched = m
+                .webhooks
+                .iter()
+                .flatten()
+                .all(|w| w.client_config.ca_bundle.is_some())
+                && v.webhooks
+                    .iter()
+                    .flatten()
+                    .all(|w| w.client_config.ca_bundle.is_some());
+            if patched && http_get(self.metrics_port, "/readyz").is_ok_and(|(s, _)| s == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the operator did not wire its webhooks within 60s; its log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The webhook configurations as a local install has them: by URL, failing closed.
+async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Result<()> {
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let common = |webhook: &str, path: &str, resource: &str, operations: Value| {
+        json!({
+            "name": webhook,
+            "clientConfig": {"url": url(path)},
+            "rules": [{
+                "apiGroups": [if resource == "pods" { "" } else { "cassette.dev" }],
+                "apiVersions": [if resource == "pods" { "v1" } else { "v1alpha1" }],
+                "operations": operations,
+                "resources": [resource],
+                "scope": "Namespaced"
+            }],
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10
+        })
+    };
+    let mut inject = common("inject.cassette.dev", "/inject", "pods", json!(["CREATE"]));
+    inject["objectSelector"] =
+        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "Exists"}]});
+    inject["reinvocationPolicy"] = json!("IfNeeded");
+    let mut enforce = common("enforce.cassette.dev", "/inject", "pods", json!(["CREATE"]));
+    enforce["namespaceSelector"] = json!({"matchLabels": {"cassette.dev/enforce": "true"}});
+    enforce["objectSelector"] =
+        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "DoesNotExist"}]});
+    let stamp = common(
+        "requester.agentsessions.cassette.dev",
+        "/mutate-agentsession",
+        "agentsessions",
+        json!(["CREATE", "UPDATE"]),
+    );
+    let validate = common(
+        "agentsessions.cassette.dev",
+        "/validate-agentsession",
+        "agentsessions",
+        json!(["CREATE", "UPDATE"]),
+    );
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [inject, enforce, stamp]
+    }))?;
+    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [validate]
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .context("creating the MutatingWebhookConfiguration")?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await
+        .context("creating the ValidatingWebhookConfiguration")?;
+    Ok(())
+}
+
+/// A free TCP port on loopback (free when asked; the caller binds it soon after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A bare HTTP/1.1 GET on loopback: status and body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
