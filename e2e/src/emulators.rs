@@ -166,6 +166,25 @@ impl FakeGcs {
         Ok(answer)
     }
 
+    /// The names of the objects under `prefix` (`GET /storage/v1/b/B/o?prefix=…`).
+    pub fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        let path = format!("/storage/v1/b/{bucket}/o?prefix={}", encode_path(prefix));
+        let (status, answer) = http_request(&self.net_ns, self.addr, "GET", &path, None)?;
+        if status != 200 {
+            bail!(
+                "listing gs://{bucket}/{prefix} on fake-gcs-server: HTTP {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let listing: serde_json::Value = serde_json::from_slice(&answer)?;
+        Ok(listing["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["name"].as_str().map(str::to_string))
+            .collect())
+    }
+
     fn output_path(&self) -> PathBuf {
         self.dir.path().join("fake-gcs-server.out")
     }

@@ -8,9 +8,11 @@ pub mod clients;
 pub mod controlplane;
 pub mod emulators;
 pub mod fixtures;
+pub mod kubelet;
 pub mod netns;
 pub mod operator;
 mod pki;
+pub mod relay;
 pub mod upstreams;
 
 use anyhow::{Context, Result, anyhow};
@@ -136,6 +138,30 @@ extern "C" fn stop_local() {
         // Dropping stops the processes and removes the temporary directory.
         guard.take();
     }
+}
+
+/// The cluster CA (PEM) a kubeconfig trusts, from its first cluster's
+/// `certificate-authority-data` or `certificate-authority` file.
+pub fn cluster_ca_pem(kubeconfig: &Path) -> Result<String> {
+    use base64::Engine;
+    let config = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cluster = config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .context("the kubeconfig names no cluster")?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("decoding certificate-authority-data")?;
+        return Ok(String::from_utf8(pem)?);
+    }
+    let file = cluster
+        .certificate_authority
+        .as_deref()
+        .context("the kubeconfig's cluster has no certificate authority")?;
+    Ok(std::fs::read_to_string(file)?)
 }
 
 /// A unique, DNS-safe name for test objects: `<prefix>-<pid>-<counter>`.

@@ -33,6 +33,32 @@ enum Cmd {
     /// Serve the test upstreams (fake metadata server, HTTPS echo and git, emulator proxies);
     /// run inside a test's net namespace by `cassette_e2e::upstreams::Upstreams::start`.
     Upstreams(UpstreamsArgs),
+    /// Run a program as a pod's container would see it: in a private mount namespace with the
+    /// container's volumes bind-mounted at their paths, as its user, from its working
+    /// directory. The e2e harness runs every container of a stored pod through this (inside
+    /// the pod's network namespace), since there is no kubelet.
+    Contain(ContainArgs),
+}
+
+#[derive(clap::Args)]
+struct ContainArgs {
+    /// `SOURCE:TARGET` or `SOURCE:TARGET:ro`: bind SOURCE (a host directory) at TARGET.
+    #[arg(long = "mount", value_name = "SOURCE:TARGET[:ro]")]
+    mounts: Vec<String>,
+    /// Run as this UID (with `--gid`, no supplementary groups); root when absent.
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
+    /// Set no_new_privs (the container's `allowPrivilegeEscalation: false`).
+    #[arg(long)]
+    no_new_privs: bool,
+    /// The working directory.
+    #[arg(long, default_value = "/")]
+    workdir: PathBuf,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -74,7 +100,95 @@ fn main() -> Result<()> {
         Cmd::ControlPlane { kubeconfig_out } => control_plane(kubeconfig_out),
         Cmd::Demo => demo(),
         Cmd::Upstreams(args) => upstreams(args),
+        Cmd::Contain(args) => contain(args),
     }
+}
+
+fn contain(args: ContainArgs) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let cstr = |path: &Path| CString::new(path.as_os_str().as_bytes()).context("a path with NUL");
+    let check = |rc: libc::c_int, what: String| -> Result<()> {
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context(what);
+        }
+        Ok(())
+    };
+    // SAFETY: plain syscalls on this single-threaded process before it execs.
+    unsafe {
+        check(
+            libc::unshare(libc::CLONE_NEWNS),
+            "unshare(CLONE_NEWNS)".into(),
+        )?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+            "making / private".into(),
+        )?;
+    }
+    for spec in &args.mounts {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+            bail!("--mount {spec:?}: expected SOURCE:TARGET[:ro]");
+        };
+        let read_only = match parts.next() {
+            None => false,
+            Some("ro") => true,
+            Some(other) => bail!("--mount {spec:?}: unknown option {other:?}"),
+        };
+        let (source, target) = (Path::new(source), Path::new(target));
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("creating the mount point {}", target.display()))?;
+        let (src, dst) = (cstr(source)?, cstr(target)?);
+        // SAFETY: bind mounts of existing paths in our own mount namespace.
+        unsafe {
+            check(
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ),
+                format!("binding {} at {}", source.display(), target.display()),
+            )?;
+            if read_only {
+                check(
+                    libc::mount(
+                        std::ptr::null(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ),
+                    format!("making {} read-only", target.display()),
+                )?;
+            }
+        }
+    }
+    let mut command = Command::new(&args.command[0]);
+    command.args(&args.command[1..]).current_dir(&args.workdir);
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
+        // std clears the supplementary groups when root sets a UID.
+        command.uid(uid).gid(gid);
+    }
+    if args.no_new_privs {
+        // SAFETY: prctl with constant arguments; inherited across exec.
+        unsafe {
+            check(
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                "PR_SET_NO_NEW_PRIVS".into(),
+            )?;
+        }
+    }
+    let error = command.exec();
+    Err(error).with_context(|| format!("executing {}", args.command[0]))
 }
 
 fn upstreams(args: UpstreamsArgs) -> Result<()> {

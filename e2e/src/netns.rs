@@ -46,6 +46,7 @@ pub const UPSTREAM_HOSTS: &[&str] = &[
     "pubsub.googleapis.com",
     "source.developers.google.com",
     "git.test",
+    "api.git.test",
     "echo.test",
 ];
 

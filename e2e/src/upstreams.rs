@@ -12,6 +12,7 @@ mod echo;
 mod git;
 mod metadata;
 mod proxy;
+mod pulls;
 
 use crate::netns::{Identity, Topology};
 use anyhow::{Context, Result, bail};
@@ -41,6 +42,7 @@ pub const PUBSUB_PROXY_PORT: u16 = 8086;
 /// The names on the upstream TLS certificate.
 pub const TLS_NAMES: &[&str] = &[
     "git.test",
+    "api.git.test",
     "echo.test",
     "source.developers.google.com",
     "storage.googleapis.com",

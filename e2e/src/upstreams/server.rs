@@ -6,7 +6,7 @@
 //! output.
 
 use super::{GCS_PROXY_PORT, HTTPS_PORT, LogEntry, METADATA_PORT, PUBSUB_PROXY_PORT};
-use super::{echo, git, metadata, proxy};
+use super::{echo, git, metadata, proxy, pulls};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT, WWW_AUTHENTICATE};
@@ -92,6 +92,7 @@ struct State {
     metadata: metadata::Metadata,
     gcs: Option<proxy::Backend>,
     pubsub: Option<proxy::Backend>,
+    pulls: pulls::Pulls,
     log: RequestLog,
 }
 
@@ -126,6 +127,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         metadata: metadata::Metadata::new(config.token.clone()),
         token: config.token.clone(),
         git_root: config.git_root.clone(),
+        pulls: pulls::Pulls::default(),
         gcs,
         pubsub,
         log: RequestLog::open(&config.log)?,
@@ -336,6 +338,7 @@ async fn route(
                 "pubsub.googleapis.com" => {
                     google_api(state, state.pubsub.as_ref(), "--pubsub-backend", request).await
                 }
+                "api.git.test" => state.pulls.respond(request, &state.git_root).await,
                 "source.developers.google.com" => {
                     if !git_credential_ok(&request, &state.token) {
                         return Ok(git_unauthorized(&host));

@@ -1,0 +1,672 @@
+//! The harness's stand-in for a kubelet: it runs a pod *as the API server stored it* — after
+//! the webhooks mutated it — as processes in a [`Topology`]'s pod namespace.
+//!
+//! What it does, in a kubelet's order:
+//! - volumes: `emptyDir` as a fresh directory; `projected` service-account tokens from the
+//!   TokenRequest API (bound to the pod), ConfigMaps, Secrets and downward-API files; a
+//!   `kube-root-ca.crt` ConfigMap is published first, as the controller-manager would;
+//! - environment: the container's `env` (values, `fieldRef`, Secret and ConfigMap keys) and
+//!   the `KUBERNETES_SERVICE_*` variables, which point at the `kubernetes` Service address
+//!   (10.0.0.1:443) that a relay in the net namespace forwards to the API server;
+//! - each container through `cassette-e2e contain`: its own mount namespace with its volume
+//!   mounts (read-only where the spec says), its `runAsUser`/`runAsGroup`, no_new_privs when
+//!   `allowPrivilegeEscalation` is false, its `workingDir`, `command`/`args` over the image's
+//!   entrypoint;
+//! - init containers in order, each to success; native sidecars (init containers with
+//!   `restartPolicy: Always`) started and held to their startup probe; then the containers,
+//!   to their exit; then the sidecars stopped with SIGTERM within the grace period;
+//! - the pod's status (`Running`, then `Succeeded` or `Failed` with exit codes) patched back.
+//!
+//! What it does not do: images (the caller maps each image to an entrypoint on this machine;
+//! containers that give a `command` run it from the host's filesystem), capabilities beyond
+//! what the UID implies, cgroups, restarts, and probes after start-up.
+
+use crate::netns::{Identity, Side, Topology};
+use crate::relay::Relay;
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Pod, Probe, Secret, ServiceAccount, Volume,
+};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// The `kubernetes` Service's address, as in-cluster clients dial it (the first address of
+/// the harness's service range; the API server's certificate names it).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The `kubernetes` Service's port.
+pub const KUBERNETES_SERVICE_PORT: u16 = 443;
+
+/// How a run of a pod ended.
+#[derive(Debug)]
+pub struct PodRun {
+    /// Each container's name and exit code (init containers and sidecars included).
+    pub exit_codes: BTreeMap<String, i32>,
+    /// Where each container's stdout and stderr went.
+    pub logs: BTreeMap<String, PathBuf>,
+}
+
+impl PodRun {
+    /// A container's combined output.
+    pub fn log(&self, container: &str) -> String {
+        self.logs
+            .get(container)
+            .and_then(|path| fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs stored pods in one topology's pod namespace.
+pub struct Kubelet<'t> {
+    topology: &'t Topology,
+    client: Client,
+    contain: PathBuf,
+    images: BTreeMap<String, PathBuf>,
+    dir: tempfile::TempDir,
+    _api_server: Relay,
+}
+
+impl<'t> Kubelet<'t> {
+    /// A kubelet for `topology`, talking to the cluster as `client` (an admin, as a node's
+    /// credentials would be), running containers through `contain_binary` (`cassette-e2e`).
+    /// `api_server` is the API server's address in the root namespace.
+    pub fn new(
+        topology: &'t Topology,
+        client: Client,
+        contain_binary: &Path,
+        api_server: SocketAddr,
+    ) -> Result<Self> {
+        // The Service address lives on the net side, reached over the pod's default route.
+        let out = Command::new(crate::netns::find_binary("ip"))
+            .args(["-n", topology.net_ns(), "addr", "add"])
+            .arg(format!("{KUBERNETES_SERVICE_IP}/32"))
+            .args(["dev", "lo"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "adding {KUBERNETES_SERVICE_IP} to {}: {}",
+                topology.net_ns(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let relay = Relay::out_of_namespace(
+            topology,
+            Side::Net,
+            SocketAddr::from((KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT)),
+            api_server,
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("cassette-kubelet-")
+            .tempdir()?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        Ok(Self {
+            topology,
+            client,
+            contain: contain_binary.to_path_buf(),
+            images: BTreeMap::new(),
+            dir,
+            _api_server: relay,
+        })
+    }
+
+    /// Run containers of `image` (that give no `command`) from `entrypoint`; the binary is
+    /// copied where every UID may execute it.
+    pub fn image(&mut self, image: &str, entrypoint: &Path) -> Result<()> {
+        let bin = self.dir.path().join("images");
+        fs::create_dir_all(&bin)?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+        let name = entrypoint.file_name().context("an entrypoint file name")?;
+        let copy = bin.join(name);
+        fs::copy(entrypoint, &copy).with_context(|| format!("copying {}", entrypoint.display()))?;
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+        self.images.insert(image.to_string(), copy);
+        Ok(())
+    }
+
+    /// Run the stored pod `namespace/name` to completion (its containers must exit within
+    /// `timeout`). An init container that fails or a sidecar that never starts is an error
+    /// with its output; containers that exit non-zero are reported in the result.
+    pub async fn run(&self, namespace: &str, name: &str, timeout: Duration) -> Result<PodRun> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pods.get(name).await.context("reading the stored pod")?;
+        let spec = pod.spec.clone().context("the pod has a spec")?;
+        let root = self.dir.path().join(format!("{namespace}_{name}"));
+        fs::create_dir_all(root.join("logs"))?;
+        let volumes = self.volumes(&pod, &root).await?;
+
+        let mut run = PodRun {
+            exit_codes: BTreeMap::new(),
+            logs: BTreeMap::new(),
+        };
+        self.patch_phase(&pod, "Running", None).await?;
+        let mut sidecars: Vec<(String, Child)> = Vec::new();
+        let result = async {
+            for container in spec.init_containers.iter().flatten() {
+                let log = root.join("logs").join(format!("{}.log", container.name));
+                run.logs.insert(container.name.clone(), log.clone());
+                let mut command = self.command(&pod, container, &volumes).await?;
+                command.stdout(fs::File::create(&log)?);
+                command.stderr(fs::File::options().append(true).open(&log)?);
+                let mut child = command
+                    .spawn()
+                    .with_context(|| format!("starting init container {}", container.name))?;
+                if container.restart_policy.as_deref() == Some("Always") {
+                    let started = self.wait_started(container, &mut child, &log).await;
+                    sidecars.push((container.name.clone(), child));
+                    started?;
+                    continue;
+                }
+                let status = wait_for(&mut child, &container.name, timeout).await?;
+                run.exit_codes.insert(container.name.clone(), code(status));
+                if !status.success() {
+                    bail!(
+                        "init container {} exited with {status}:\n{}",
+                        container.name,
+                        fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+            let mut running = Vec::new();
+            for container in &spec.containers {
+                let log = root.join("logs").join(format!("{}.log", container.name));
+                run.logs.insert(container.name.clone(), log.clone());
+                let mut command = self.command(&pod, container, &volumes).await?;
+                command.stdout(fs::File::create(&log)?);
+                command.stderr(fs::File::options().append(true).open(&log)?);
+                let child = command
+                    .spawn()
+                    .with_context(|| format!("starting container {}", container.name))?;
+                running.push((container.name.clone(), child));
+            }
+            for (name, mut child) in running {
+                let status = wait_for(&mut child, &name, timeout).await?;
+                run.exit_codes.insert(name, code(status));
+            }
+            Ok(())
+        }
+        .await;
+
+        // The containers are done (or the pod failed): stop the sidecars, last started first.
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .unwrap_or(30)
+                .try_into()
+                .unwrap_or(30),
+        );
+        for (name, mut child) in sidecars.into_iter().rev() {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = match wait_timeout(&mut child, grace).await? {
+                Some(status) => status,
+                None => {
+                    let _ = child.kill();
+                    child.wait()?
+                }
+            };
+            run.exit_codes.insert(name, code(status));
+        }
+        let succeeded = result.is_ok()
+            && spec
+                .containers
+                .iter()
+                .all(|c| run.exit_codes.get(&c.name) == Some(&0));
+        let phase = if succeeded { "Succeeded" } else { "Failed" };
+        self.patch_phase(&pod, phase, Some(&run)).await?;
+        result.map(|()| run)
+    }
+
+    /// What the kubelet reports: the phase, the pod's address, and terminated containers.
+    async fn patch_phase(&self, pod: &Pod, phase: &str, run: Option<&PodRun>) -> Result<()> {
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let statuses = |containers: &[Container]| -> Vec<serde_json::Value> {
+            containers
+                .iter()
+                .filter_map(|c| {
+                    let code = run?.exit_codes.get(&c.name)?;
+                    Some(json!({
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": "",
+                        "ready": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code, "reason": if *code == 0 { "Completed" } else { "Error" }}}
+                    }))
+                })
+                .collect()
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut status = json!({
+            "phase": phase,
+            "podIP": self.topology.pod_ip().to_string(),
+            "podIPs": [{"ip": self.topology.pod_ip().to_string()}],
+        });
+        if run.is_some() {
+            status["containerStatuses"] = json!(statuses(&spec.containers));
+            status["initContainerStatuses"] = json!(statuses(
+                spec.init_containers.as_deref().unwrap_or_default()
+            ));
+        }
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .with_context(|| format!("setting the pod's phase to {phase}"))?;
+        Ok(())
+    }
+
+    /// Every volume of the pod as a directory.
+    async fn volumes(&self, pod: &Pod, root: &Path) -> Result<BTreeMap<String, PathBuf>> {
+        let namespace = pod.namespace().unwrap_or_default();
+        self.publish_root_ca(&namespace).await?;
+        let mut dirs = BTreeMap::new();
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let dir = root.join("volumes").join(&volume.name);
+            fs::create_dir_all(&dir)?;
+            self.fill(pod, volume, &dir)
+                .await
+                .with_context(|| format!("volume {:?}", volume.name))?;
+            dirs.insert(volume.name.clone(), dir);
+        }
+        Ok(dirs)
+    }
+
+    async fn fill(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<()> {
+        let namespace = pod.namespace().unwrap_or_default();
+        if volume.empty_dir.is_some() {
+            // World-writable, as the kubelet makes an emptyDir.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
+            return Ok(());
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        if let Some(secret) = &volume.secret {
+            let name = secret.secret_name.as_deref().context("a secret name")?;
+            let stored = Api::<Secret>::namespaced(self.client.clone(), &namespace)
+                .get(name)
+                .await
+                .with_context(|| format!("reading Secret {name}"))?;
+            let data = stored.data.unwrap_or_default();
+            let mode = secret.default_mode.unwrap_or(0o644);
+            let items: Vec<(String, String)> = match &secret.items {
+                Some(items) => items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            for (key, path) in items {
+                let bytes = data
+                    .get(&key)
+                    .with_context(|| format!("Secret {name} has no key {key:?}"))?;
+                write(&dir.join(path), &bytes.0, mode)?;
+            }
+            return Ok(());
+        }
+        let Some(projected) = &volume.projected else {
+            bail!("the harness runs emptyDir, secret and projected volumes only");
+        };
+        let mode = projected.default_mode.unwrap_or(0o644);
+        for source in projected.sources.iter().flatten() {
+            if let Some(token) = &source.service_account_token {
+                let account = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
+                let request = TokenRequest {
+                    spec: TokenRequestSpec {
+                        audiences: token.audience.clone().into_iter().collect(),
+                        expiration_seconds: token.expiration_seconds,
+                        bound_object_ref: Some(BoundObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Pod".into()),
+                            name: Some(pod.name_any()),
+                            uid: pod.uid(),
+                        }),
+                    },
+                    ..Default::default()
+                };
+                let issued = Api::<ServiceAccount>::namespaced(self.client.clone(), &namespace)
+                    .create_token_request(&account, &PostParams::default(), &request)
+                    .await
+                    .with_context(|| format!("requesting a token for ServiceAccount {account}"))?;
+                let token_text = issued.status.context("a token")?.token;
+                write(&dir.join(&token.path), token_text.as_bytes(), mode)?;
+            }
+            if let Some(config_map) = &source.config_map {
+                let stored = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace)
+                    .get(&config_map.name)
+                    .await
+                    .with_context(|| format!("reading ConfigMap {}", config_map.name))?;
+                let data = stored.data.unwrap_or_default();
+                for item in config_map.items.iter().flatten() {
+                    let text = data.get(&item.key).with_context(|| {
+                        format!("ConfigMap {} has no key {:?}", config_map.name, item.key)
+                    })?;
+                    write(&dir.join(&item.path), text.as_bytes(), mode)?;
+                }
+            }
+            if let Some(downward) = &source.downward_api {
+                for item in downward.items.iter().flatten() {
+                    let field = item.field_ref.as_ref().context("a fieldRef")?;
+                    let text = field_value(pod, &field.field_path, self.topology.pod_ip())?;
+                    write(&dir.join(&item.path), text.as_bytes(), mode)?;
+                }
+            }
+            if source.secret.is_some() || source.cluster_trust_bundle.is_some() {
+                bail!("the harness projects tokens, ConfigMaps and the downward API only");
+            }
+        }
+        Ok(())
+    }
+
+    /// `kube-root-ca.crt`, as the controller-manager publishes it into every namespace.
+    async fn publish_root_ca(&self, namespace: &str) -> Result<()> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        if api.get_opt("kube-root-ca.crt").await?.is_some() {
+            return Ok(());
+        }
+        let ca = crate::cluster_ca_pem(crate::cluster().kubeconfig())?;
+        let config_map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "kube-root-ca.crt"},
+            "data": {"ca.crt": ca}
+        }))?;
+        match api.create(&PostParams::default(), &config_map).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e).context("publishing kube-root-ca.crt"),
+        }
+    }
+
+    /// The process for one container: `ip netns exec <pod> cassette-e2e contain … -- program`.
+    async fn command(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        volumes: &BTreeMap<String, PathBuf>,
+    ) -> Result<std::process::Command> {
+        let spec = pod.spec.as_ref().context("a pod spec")?;
+        let image = container.image.as_deref().unwrap_or_default();
+        let (program, mut args) = match container.command.as_deref() {
+            Some([program, rest @ ..]) => (PathBuf::from(program), rest.to_vec()),
+            _ => (
+                self.images.get(image).cloned().with_context(|| {
+                    format!(
+                        "container {:?}: no command, and no entrypoint known for image {image:?}",
+                        container.name
+                    )
+                })?,
+                Vec::new(),
+            ),
+        };
+        args.extend(container.args.iter().flatten().cloned());
+        let env = self.env(pod, container).await?;
+
+        let mut command = self
+            .topology
+            .pod_command(Identity::Root, &self.contain, env);
+        command.arg("contain");
+        for mount in container.volume_mounts.iter().flatten() {
+            if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
+                bail!(
+                    "container {:?}: subPath mounts are not run by the harness",
+                    container.name
+                );
+            }
+            let source = volumes.get(&mount.name).with_context(|| {
+                format!(
+                    "container {:?} mounts unknown volume {:?}",
+                    container.name, mount.name
+                )
+            })?;
+            let ro = if mount.read_only == Some(true) {
+                ":ro"
+            } else {
+                ""
+            };
+            command.arg(format!(
+                "--mount={}:{}{ro}",
+                source.display(),
+                mount.mount_path
+            ));
+        }
+        let context = container.security_context.as_ref();
+        let pod_context = spec.security_context.as_ref();
+        let uid = context
+            .and_then(|c| c.run_as_user)
+            .or_else(|| pod_context.and_then(|c| c.run_as_user))
+            .unwrap_or(0);
+        let gid = context
+            .and_then(|c| c.run_as_group)
+            .or_else(|| pod_context.and_then(|c| c.run_as_group))
+            .unwrap_or(0);
+        if uid != 0 || gid != 0 {
+            command
+                .arg(format!("--uid={uid}"))
+                .arg(format!("--gid={gid}"));
+        }
+        if context.and_then(|c| c.allow_privilege_escalation) == Some(false) {
+            command.arg("--no-new-privs");
+        }
+        if let Some(workdir) = &container.working_dir {
+            command.arg(format!("--workdir={workdir}"));
+        }
+        command.arg("--").arg(program).args(args);
+        Ok(command)
+    }
+
+    /// The container's environment as the kubelet builds it.
+    async fn env(&self, pod: &Pod, container: &Container) -> Result<Vec<(String, String)>> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let mut env = vec![
+            ("HOSTNAME".to_string(), pod.name_any()),
+            (
+                "KUBERNETES_SERVICE_HOST".into(),
+                KUBERNETES_SERVICE_IP.to_string(),
+            ),
+            (
+                "KUBERNETES_SERVICE_PORT".into(),
+                KUBERNETES_SERVICE_PORT.to_string(),
+            ),
+            (
+                "KUBERNETES_PORT".into(),
+                format!("tcp://{KUBERNETES_SERVICE_IP}:{KUBERNETES_SERVICE_PORT}"),
+            ),
+        ];
+        for EnvVar {
+            name,
+            value,
+            value_from,
+        } in container.env.iter().flatten()
+        {
+            let resolved = match (value, value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(from)) => {
+                    if let Some(field) = &from.field_ref {
+                        field_value(pod, &field.field_path, self.topology.pod_ip())?
+                    } else if let Some(key) = &from.secret_key_ref {
+                        let secret = Api::<Secret>::namespaced(self.client.clone(), &namespace)
+                            .get(&key.name)
+                            .await?;
+                        let bytes = secret
+                            .data
+                            .unwrap_or_default()
+                            .remove(&key.key)
+                            .with_context(|| {
+                                format!("Secret {} has no key {}", key.name, key.key)
+                            })?;
+                        String::from_utf8(bytes.0)?
+                    } else if let Some(key) = &from.config_map_key_ref {
+                        Api::<ConfigMap>::namespaced(self.client.clone(), &namespace)
+                            .get(&key.name)
+                            .await?
+                            .data
+                            .unwrap_or_default()
+                            .remove(&key.key)
+                            .with_context(|| {
+                                format!("ConfigMap {} has no key {}", key.name, key.key)
+                            })?
+                    } else {
+                        bail!(
+                            "env {name}: only fieldRef, secretKeyRef and configMapKeyRef are run"
+                        );
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            env.retain(|(existing, _)| existing != name);
+            env.push((name.clone(), resolved));
+        }
+        Ok(env)
+    }
+
+    /// Hold a native sidecar to its startup probe (an HTTP GET from inside the pod), failing
+    /// when the probe's budget runs out or the process exits.
+    async fn wait_started(
+        &self,
+        container: &Container,
+        child: &mut Child,
+        log: &Path,
+    ) -> Result<()> {
+        let Some(probe) = container
+            .startup_probe
+            .as_ref()
+            .or(container.readiness_probe.as_ref())
+        else {
+            return Ok(());
+        };
+        let (port, path) = http_probe(probe)?;
+        let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+        let attempts = probe.failure_threshold.unwrap_or(3).max(1);
+        // Probe faster than the period (the harness has no reason to wait), within its budget.
+        let deadline = Instant::now() + period * attempts as u32;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "sidecar {} exited ({status}) before it started:\n{}",
+                    container.name,
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if self
+                .probe_once(addr, &path)
+                .is_ok_and(|status| (200..400).contains(&status))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sidecar {} failed its startup probe (GET {path} on port {port}):\n{}",
+                    container.name,
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn probe_once(&self, addr: SocketAddr, path: &str) -> Result<u16> {
+        let mut stream = self
+            .topology
+            .connect(Side::Pod, addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.34\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 64];
+        let n = stream.read(&mut head)?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status line")
+    }
+}
+
+/// The port and path of an HTTP GET probe.
+fn http_probe(probe: &Probe) -> Result<(u16, String)> {
+    let get = probe
+        .http_get
+        .as_ref()
+        .context("only httpGet probes are run")?;
+    let port = match &get.port {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port) => {
+            u16::try_from(*port)?
+        }
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
+            bail!("named probe port {name:?} is not run by the harness")
+        }
+    };
+    Ok((port, get.path.clone().unwrap_or_else(|| "/".into())))
+}
+
+/// The downward API's fields.
+fn field_value(pod: &Pod, path: &str, pod_ip: Ipv4Addr) -> Result<String> {
+    let spec = pod.spec.as_ref();
+    Ok(match path {
+        "metadata.name" => pod.name_any(),
+        "metadata.namespace" => pod.namespace().unwrap_or_default(),
+        "metadata.uid" => pod.uid().unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "status.podIP" => pod_ip.to_string(),
+        other => bail!("fieldRef {other:?} is not run by the harness"),
+    })
+}
+
+fn write(path: &Path, bytes: &[u8], mode: i32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode as u32))?;
+    Ok(())
+}
+
+fn code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Wait for a child without blocking the runtime; `None` when it still runs after `timeout`.
+async fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait for a container to exit; kill it after `timeout` and say so.
+async fn wait_for(child: &mut Child, name: &str, timeout: Duration) -> Result<ExitStatus> {
+    match wait_timeout(child, timeout).await? {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("container {name} did not exit within {timeout:?}; it was killed")
+        }
+    }
+}
