@@ -1,6 +1,6 @@
 # cassette — the entry points a person types.
 #
-#   make demo    start a local control plane and show AgentSessions on it
+#   make demo    the seed's story end to end on a local control plane (needs root)
 #   make test    unit tests and end-to-end tests on a real kube-apiserver + etcd
 #   make lint    rustfmt, clippy (warnings denied), cargo-deny
 #   make crds    regenerate crds/ from api/ (and the chart's copy)
@@ -36,11 +36,10 @@ unit:
 	$(CARGO) test --workspace --exclude cassette-e2e
 
 e2e: deps controlplane
-	$(CARGO) build -p cassette-sidecar -p cassette-operator
 	$(CARGO) test -p cassette-e2e --no-fail-fast
 
 demo: deps controlplane
-	$(CARGO) build -q -p cassette-sidecar -p kubectl-cassette
+	$(CARGO) build -q -p cassette-sidecar -p cassette-operator -p kubectl-cassette
 	$(CARGO) run -q -p cassette-e2e -- demo
 
 ## fuzz: each fuzz target of cassette-rules (masker, git pkt-lines, classifier) for

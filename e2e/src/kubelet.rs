@@ -51,17 +51,14 @@ pub const KUBERNETES_SERVICE_PORT: u16 = 443;
 pub struct PodRun {
     /// Each container's name and exit code (init containers and sidecars included).
     pub exit_codes: BTreeMap<String, i32>,
-    /// Where each container's stdout and stderr went.
-    pub logs: BTreeMap<String, PathBuf>,
+    /// Each container's stdout and stderr, as it wrote them.
+    pub logs: BTreeMap<String, String>,
 }
 
 impl PodRun {
     /// A container's combined output.
-    pub fn log(&self, container: &str) -> String {
-        self.logs
-            .get(container)
-            .and_then(|path| fs::read_to_string(path).ok())
-            .unwrap_or_default()
+    pub fn log(&self, container: &str) -> &str {
+        self.logs.get(container).map_or("", String::as_str)
     }
 }
 
@@ -152,7 +149,6 @@ impl<'t> Kubelet<'t> {
         let result = async {
             for container in spec.init_containers.iter().flatten() {
                 let log = root.join("logs").join(format!("{}.log", container.name));
-                run.logs.insert(container.name.clone(), log.clone());
                 let mut command = self.command(&pod, container, &volumes).await?;
                 command.stdout(fs::File::create(&log)?);
                 command.stderr(fs::File::options().append(true).open(&log)?);
@@ -178,7 +174,6 @@ impl<'t> Kubelet<'t> {
             let mut running = Vec::new();
             for container in &spec.containers {
                 let log = root.join("logs").join(format!("{}.log", container.name));
-                run.logs.insert(container.name.clone(), log.clone());
                 let mut command = self.command(&pod, container, &volumes).await?;
                 command.stdout(fs::File::create(&log)?);
                 command.stderr(fs::File::options().append(true).open(&log)?);
@@ -213,6 +208,17 @@ impl<'t> Kubelet<'t> {
                 }
             };
             run.exit_codes.insert(name, code(status));
+        }
+        let names = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers);
+        for container in names {
+            let log = root.join("logs").join(format!("{}.log", container.name));
+            if let Ok(text) = fs::read_to_string(&log) {
+                run.logs.insert(container.name.clone(), text);
+            }
         }
         let succeeded = result.is_ok()
             && spec

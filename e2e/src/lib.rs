@@ -13,6 +13,7 @@ pub mod netns;
 pub mod operator;
 mod pki;
 pub mod relay;
+pub mod story;
 pub mod upstreams;
 
 use anyhow::{Context, Result, anyhow};
@@ -41,6 +42,24 @@ impl Cluster {
     /// Whether this is the harness's own control plane (and not a user's cluster).
     pub fn is_local(&self) -> bool {
         self.local
+    }
+
+    /// The API server's address, from the kubeconfig (`https://HOST:PORT`).
+    pub fn server_addr(&self) -> Result<std::net::SocketAddr> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let server = kubeconfig
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .context("the kubeconfig names no server")?;
+        let authority = server
+            .strip_prefix("https://")
+            .context("the server is not https://")?
+            .trim_end_matches('/');
+        authority
+            .parse()
+            .with_context(|| format!("the server {server} is not an IP address and port"))
     }
 
     /// A client for the current test's runtime, authenticated as the admin.
@@ -186,12 +205,13 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         .status()
         .with_context(|| format!("running cargo build -p {name}"))?;
     anyhow::ensure!(status.success(), "cargo build -p {name} failed");
+    // Test binaries live in target/<profile>/deps, cassette-e2e itself in target/<profile>.
     let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary lives in target/<profile>/deps")?
-        .join(name);
+    let mut dir = exe.parent().context("the running binary's directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("target/<profile>")?;
+    }
+    let path = dir.join(name);
     anyhow::ensure!(path.exists(), "{} was not built", path.display());
     Ok(path)
 }

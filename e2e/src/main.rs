@@ -27,8 +27,8 @@ enum Cmd {
         #[arg(long)]
         kubeconfig_out: Option<PathBuf>,
     },
-    /// Start a control plane, install the CRD, apply the example sessions, show them, and
-    /// tear everything down.
+    /// The seed's story end to end on a local control plane (needs root): the operator, a
+    /// session, the agent's pod injected and run, and what an auditor sees; then tear down.
     Demo,
     /// Serve the test upstreams (fake metadata server, HTTPS echo and git, emulator proxies);
     /// run inside a test's net namespace by `cassette_e2e::upstreams::Upstreams::start`.
@@ -257,192 +257,109 @@ async fn shutdown_signal() -> Result<()> {
     Ok(())
 }
 
+/// The seed's story on a local control plane, as `tests/full_loop.rs` plays it, narrated:
+/// alice asks for the fix-ci session, the agent's pod is stored injected and run, the agent
+/// works, and an auditor reads what happened.
 fn demo() -> Result<()> {
-    let plane = start()?;
-    let root = repo_root();
-    let kubeconfig = plane.kubeconfig_path();
-    let kubectl = |args: &[&str]| run_kubectl(&kubeconfig, &root, args);
-
-    kubectl(&["apply", "--server-side", "-f", "crds/agentsession.yaml"])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/agentsessions.cassette.dev",
-    ])?;
-    kubectl(&["create", "namespace", "agents"])?;
-    kubectl(&["apply", "-f", "examples/"])?;
-    kubectl(&["get", "agentsessions", "-A"])?;
-    record_a_session(&kubeconfig)?;
-    eprintln!("\nstopping the control plane");
-    drop(plane);
-    Ok(())
+    if let Some(reason) = cassette_e2e::netns::unavailable_reason() {
+        bail!(
+            "make demo runs the agent's pod the way a node would, in a network namespace with \
+             iptables: {reason}; run it as root"
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(play_the_story())
 }
 
-/// The recorder at work on the fix-ci session, outside a pod: the sidecar runs as an explicit
-/// proxy (no iptables needed), an agent's requests go through it to a local stand-in for
-/// Google APIs, and the recording is shown and verified as an auditor would.
-fn record_a_session(kubeconfig: &Path) -> Result<()> {
-    let target = std::env::current_exe()?
-        .parent()
-        .context("the binary's directory")?
-        .to_path_buf();
-    let (sidecar, cli) = (
-        target.join("cassette-sidecar"),
-        target.join("kubectl-cassette"),
+async fn play_the_story() -> Result<()> {
+    use cassette_e2e::story::{self, POD, SESSION, World};
+    let step = |text: &str| println!("\n\x1b[1m# {text}\x1b[0m");
+
+    step("a local control plane: kube-apiserver and etcd on loopback");
+    let cluster = cassette_e2e::cluster();
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    println!("export KUBECONFIG={}", kubeconfig.display());
+    step(
+        "cassette installed: the CRD, the webhooks (failurePolicy: Fail), cassette-operator, \
+         the chart's RBAC; git, a code host, GCS and the metadata server beyond the pod",
     );
-    if !sidecar.exists() || !cli.exists() {
-        bail!("build cassette-sidecar and kubectl-cassette first (make demo does)");
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("cassette-demo-")
-        .tempdir()?;
-    let upstream = stand_in_for_google()?;
-    let free = || -> Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (capture, admin, shim) = (free()?, free()?, free()?);
-    let sink = format!("file://{}", dir.path().join("sink").display());
-    let spec = Command::new("kubectl")
+    let world = World::start(&std::env::current_exe()?).await?;
+
+    step("alice asks for a session for the coding agent");
+    println!("$ kubectl apply -f examples/   # as alice@example.com");
+    let session = world.request_session().await?;
+    let out = Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "get",
-            "agentsession",
-            "fix-ci",
-            "-n",
-            "agents",
-            "-o",
-            "jsonpath={.spec}",
-        ])
+        .arg(world.alice_kubeconfig())
+        .args(["apply", "-f"])
+        .arg(repo_root().join("examples"))
         .output()?;
-    let spec = String::from_utf8(spec.stdout)?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if let Some(by) = &session.spec.requested_by {
+        println!("spec.requestedBy (stamped by the webhook): {}", by.username);
+    }
+
+    step("the agent's pod: its image, its command, and one label");
     println!(
-        "\n$ cassette-sidecar run --session fix-ci ...   # as an explicit proxy on 127.0.0.1:{capture}"
+        "$ kubectl apply -f {POD}.yaml   # labels: cassette.dev/session={SESSION}; \
+         command: bash -c <the story>"
     );
-    let mut child = Command::new(&sidecar)
-        .arg("run")
-        .args([
-            "--session",
-            "fix-ci",
-            "--namespace",
-            "agents",
-            "--pod",
-            "agent-0",
-            "--pod-uid",
-            "demo",
-        ])
-        .arg(format!("--sink={sink}"))
-        .arg(format!("--spool={}", dir.path().join("spool").display()))
-        .arg(format!(
-            "--ca-bundle={}",
-            dir.path().join("bundle.pem").display()
-        ))
-        .arg(format!("--capture-addr=127.0.0.1:{capture}"))
-        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-        .arg(format!("--metadata-addr=127.0.0.1:{shim}"))
-        .arg(format!(
-            "--upstream-override=storage.googleapis.com=http://127.0.0.1:{upstream}"
-        ))
-        .arg("--metadata=off")
-        .arg(format!("--session-spec={spec}"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", sidecar.display()))?;
-    let bundle = dir.path().join("bundle.pem");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !bundle.exists() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the sidecar did not start");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let stored = world.create_pod().await?;
+    println!("stored by the API server as:");
+    let spec = stored.spec.clone().unwrap_or_default();
+    for container in spec.init_containers.iter().flatten() {
+        let role = if container.restart_policy.as_deref() == Some("Always") {
+            "native sidecar, UID 1337, the pod's only token"
+        } else {
+            "init: iptables capture, checked fail-closed"
+        };
+        println!("  initContainer {:<17} {role}", container.name);
     }
-    let proxy = format!("http://127.0.0.1:{capture}");
-    for (what, args) in [
-        (
-            "the agent lists a bucket (the response holds a leaked token)",
-            vec!["http://storage.googleapis.com/storage/v1/b/acme-ci/o?prefix=logs%2F"],
-        ),
-        (
-            "the agent tries to delete the bucket",
-            vec![
-                "-X",
-                "DELETE",
-                "http://storage.googleapis.com/storage/v1/b/acme-ci",
-            ],
-        ),
-    ] {
-        println!("\n# {what}\n$ curl -x {proxy} {}", args.join(" "));
-        let out = Command::new("curl")
-            .args(["-sS", "-x", &proxy])
-            .args(&args)
-            .output()?;
-        println!("{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    for container in &spec.containers {
+        println!(
+            "  container     {:<17} UID 1000, trusts only the session CA",
+            container.name
+        );
     }
-    // SAFETY: signalling the child we started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    let recording = format!("{sink}/agents/fix-ci/");
-    // The key the sidecar published in the AgentSession status: what verify checks against.
-    let key = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["get", "agentsession", "fix-ci", "-n", "agents"])
-        .arg("-o=jsonpath={.status.pods[0].publicKey}")
-        .output()?;
-    let key = String::from_utf8(key.stdout)?;
-    for args in [
-        vec!["show", "--recording", &recording],
-        vec!["verify", "--recording", &recording, "--public-key", &key],
-    ] {
-        println!("\n$ kubectl cassette {}", args.join(" "));
-        let status = Command::new(&cli)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(&args)
-            .status()?;
-        if !status.success() && args[0] == "show" {
-            bail!("kubectl cassette show failed");
-        }
-    }
-    Ok(())
-}
 
-/// A plain-HTTP stand-in for storage.googleapis.com: answers a listing whose metadata leaks a
-/// token, and 204 to anything else.
-fn stand_in_for_google() -> Result<u16> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 8192];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let body = if request.starts_with("GET") {
-                r#"{"kind":"storage#objects","items":[{"name":"logs/ci-1.txt","metadata":{"deploy_token":"ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"}}]}"#
-            } else {
-                ""
-            };
-            let status = if body.is_empty() {
-                "204 No Content"
-            } else {
-                "200 OK"
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+    step("no kubelet here: the harness runs the stored pod in a network namespace");
+    println!("{}", story::STORY.trim_end());
+    let run = world.run_pod().await?;
+    step("what the agent saw");
+    print!("{}", run.log("agent"));
+    if run.exit_codes.get("agent") != Some(&0) {
+        bail!(
+            "the agent's story failed; the sidecar said:\n{}",
+            run.log("cassette-sidecar")
+        );
+    }
+
+    step("the operator completes the session from the sidecar's report");
+    world.wait_for_completion().await?;
+    run_kubectl(&kubeconfig, &repo_root(), &["get", "agentsessions", "-A"])?;
+
+    step("the auditor");
+    for args in [["show", SESSION], ["verify", SESSION]] {
+        println!(
+            "\n$ kubectl cassette {} -n {}",
+            args.join(" "),
+            story::NAMESPACE
+        );
+        let out = world.cassette(&args)?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "kubectl cassette {} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
             );
         }
-    });
-    Ok(port)
+    }
+    eprintln!("\nstopping everything");
+    Ok(())
 }
 
 /// Run kubectl as a user would, echoing the command first.
