@@ -99,6 +99,7 @@ pub async fn serve_shim(
                 .map(|p| p.to_string())
                 .unwrap_or_default();
             let request_headers = crate::record::headers(req.headers());
+            let started = std::time::Instant::now();
             let (response, served) = shim.handle(req).await;
             let (parts, body) = response.into_parts();
             let body = body
@@ -116,6 +117,7 @@ pub async fn serve_shim(
                     response_headers: crate::record::headers(&parts.headers),
                     body: &body,
                     served: &served,
+                    elapsed: started.elapsed(),
                 },
             );
             Ok::<_, BoxError>(Response::from_parts(parts, full(body)))

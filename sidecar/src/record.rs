@@ -296,6 +296,8 @@ pub struct MetadataExchange<'a> {
     pub response_headers: Vec<Header>,
     pub body: &'a [u8],
     pub served: &'a Served,
+    /// How long the shim took to answer (a token may come from the real metadata server).
+    pub elapsed: std::time::Duration,
 }
 
 /// Record one request the metadata shim answered: the agent asking for identity facts or a
@@ -337,9 +339,15 @@ pub fn metadata_request(recorder: &Recorder, exchange: MetadataExchange<'_>) {
         _ => Decision::Allow,
     };
     recorder.exchange_done(0);
+    let elapsed_us = exchange.elapsed.as_micros() as u64;
     recorder.emit(Event::ExchangeEnd(ExchangeEnd {
         exchange: id,
-        timings: Timings::default(),
+        // The shim is the sidecar: all of the time is its own.
+        timings: Timings {
+            total_us: elapsed_us,
+            sidecar_us: Some(elapsed_us),
+            ..Timings::default()
+        },
         bytes_up: 0,
         bytes_down: exchange.body.len() as u64,
         decision,
