@@ -272,6 +272,8 @@ pub async fn write() -> Fixture {
     .await;
     let mut e = end(4, 0, 0, Decision::Deny);
     e.rule = Some("no-push-main".into());
+    // As the sidecar ends a refused exchange: with the refusal as its error.
+    e.error = Some("push to refs/heads/main refused by rule no-push-main".into());
     e.classification = Some(Classification {
         service: None,
         permission: None,

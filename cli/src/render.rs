@@ -187,7 +187,10 @@ pub fn notes(x: &Exchange) -> Vec<String> {
     out.extend(x.tokens.iter().map(token_note));
     out.extend(x.git.iter().map(git_note));
     out.extend(x.reviews.iter().map(review_note));
-    if let Some(e) = x.end.as_ref().and_then(|e| e.error.as_ref()) {
+    // A blocked exchange ends with its refusal as the error; it is already in the note.
+    if let Some(e) = x.end.as_ref().and_then(|e| e.error.as_ref())
+        && !x.blocked.iter().any(|b| &b.message == e)
+    {
         out.push(format!("error: {e}"));
     }
     if x.end.is_none() {
@@ -680,8 +683,9 @@ mod tests {
         ] {
             assert!(push.contains(cell), "{cell:?} missing from {push:?}");
         }
-        // No response was recorded for the refused push.
+        // No response was recorded for the refused push, and its refusal is said once.
         assert_eq!(push.split_whitespace().nth(5), Some("-"), "{push}");
+        assert!(!push.contains("error:"), "{push}");
         let upload = row(&table, "uploadType=media");
         assert!(
             upload.contains("1.1KiB") && upload.contains("body truncated"),
