@@ -1,15 +1,20 @@
 //! Where sealed segments and manifests end up: a local directory (`file:///dir`) or a GCS
 //! bucket (`gs://bucket/prefix`). Every write is write-once: an object is created or the
-//! write is refused, never replaced, composed or deleted, so a locked retention policy on the
-//! bucket never gets in the way. Retrying belongs to the shipper, not here.
+//! write is refused, never replaced or composed, so a locked retention policy on the bucket
+//! never gets in the way. Retrying belongs to the shipper, not here.
+//!
+//! Deleting ([`Sink::list_stored`], [`Sink::delete`]) is for the operator's retention sweep
+//! alone; the sidecar never deletes. A hold or retention still in force keeps an object, and
+//! that is an answer ([`Deleted::Kept`]), not an error.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 mod file;
 mod gcs;
 
-pub use file::FileSink;
+pub use file::{FileSink, HOLD_FILE};
 pub use gcs::{GcsSink, install_ring_provider};
 
 /// How to reach GCS. The defaults talk to Google with application-default credentials
@@ -79,6 +84,92 @@ pub struct Listing {
     pub objects: Vec<String>,
     /// Sub-prefixes ("directories"), full keys ending in `/`.
     pub prefixes: Vec<String>,
+}
+
+/// One stored object with what the retention sweep needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Full key below the sink root.
+    pub key: String,
+    /// When it was written (GCS `timeCreated`; a file's modification time).
+    pub created: SystemTime,
+    /// The GCS generation listed. A delete names it, so an object replaced since it was
+    /// listed is left alone.
+    pub generation: Option<i64>,
+    /// Everything that may keep it, in force or not: see [`StoredObject::kept_by`].
+    pub protections: Vec<Protection>,
+}
+
+impl StoredObject {
+    /// The first protection still in force at `now`, if any: the object must not be deleted.
+    pub fn kept_by(&self, now: SystemTime) -> Option<&Protection> {
+        self.protections.iter().find(|p| p.in_force(now))
+    }
+}
+
+/// Something that keeps an object from being deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// GCS `temporaryHold`.
+    TemporaryHold,
+    /// GCS `eventBasedHold`.
+    EventBasedHold,
+    /// File sink: a `.hold` file in the object's directory holds every object there.
+    HoldFile,
+    /// Object retention: GCS `retention.retainUntilTime`, or the end a file sink recorded
+    /// beside a read-only file.
+    RetainedUntil(SystemTime),
+    /// The bucket's retention policy: GCS `retentionExpirationTime`.
+    BucketPolicyUntil(SystemTime),
+    /// File sink: a read-only file with no recorded end of retention.
+    ReadOnly,
+}
+
+impl Protection {
+    /// Whether it still keeps the object at `now`. Holds last until someone lifts them.
+    pub fn in_force(&self, now: SystemTime) -> bool {
+        match self {
+            Protection::RetainedUntil(until) | Protection::BucketPolicyUntil(until) => *until > now,
+            Protection::TemporaryHold
+            | Protection::EventBasedHold
+            | Protection::HoldFile
+            | Protection::ReadOnly => true,
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &SystemTime| {
+            jiff::Timestamp::try_from(*t)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| format!("{t:?}"))
+        };
+        match self {
+            Protection::TemporaryHold => write!(f, "a temporary hold is set"),
+            Protection::EventBasedHold => write!(f, "an event-based hold is set"),
+            Protection::HoldFile => write!(f, "a .hold file is in its directory"),
+            Protection::RetainedUntil(t) => write!(f, "object retention until {}", time(t)),
+            Protection::BucketPolicyUntil(t) => {
+                write!(f, "the bucket's retention policy until {}", time(t))
+            }
+            Protection::ReadOnly => write!(
+                f,
+                "the file is read-only with no recorded end of retention (make it writable to release it)"
+            ),
+        }
+    }
+}
+
+/// The outcome of a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// The object is gone now.
+    Deleted,
+    /// It was not there (deleted by someone else, or by bucket lifecycle).
+    AlreadyGone,
+    /// The sink kept it, and says why: a hold, retention, a newer generation, or no permission.
+    Kept(String),
 }
 
 /// A parsed sink URL.
@@ -162,6 +253,25 @@ impl Sink {
         match self {
             Sink::File(s) => s.list(prefix).await,
             Sink::Gcs(s) => s.list(prefix).await,
+        }
+    }
+
+    /// Every object below `prefix` (which ends in `/`), at any depth, with its creation time
+    /// and what protects it. For the operator's retention sweep.
+    pub async fn list_stored(&self, prefix: &str) -> Result<Vec<StoredObject>, SinkError> {
+        match self {
+            Sink::File(s) => s.list_stored(prefix).await,
+            Sink::Gcs(s) => s.list_stored(prefix).await,
+        }
+    }
+
+    /// Deletes one listed object, unless something keeps it ([`Deleted::Kept`]). For the
+    /// operator's retention sweep only. Holds and retention are enforced where they live: by
+    /// GCS itself, and by the file sink looking at its markers again just before unlinking.
+    pub async fn delete(&self, object: &StoredObject) -> Result<Deleted, SinkError> {
+        match self {
+            Sink::File(s) => s.delete(object).await,
+            Sink::Gcs(s) => s.delete(object).await,
         }
     }
 

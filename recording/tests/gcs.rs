@@ -1,6 +1,7 @@
 //! The `gs://` sink against fake-gcs-server (installed by tests/fake-gcs.sh on first use):
-//! write-once with 412 on a second write, metadata, listing, and a recorder that keeps
-//! recording through an emulator outage and ships everything once it is back.
+//! write-once with 412 on a second write, metadata, listing, the retention sweep's detailed
+//! listing and delete, and a recorder that keeps recording through an emulator outage and
+//! ships everything once it is back.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use cassette_recording::record::{Event, Gap};
 use cassette_recording::ship::Backoff;
-use cassette_recording::sink::{GcsOptions, ObjectMeta, Put};
+use cassette_recording::sink::{Deleted, GcsOptions, ObjectMeta, Protection, Put};
 use cassette_recording::{
     Completeness, Recorder, RecorderConfig, RecordingPath, Sink, list_recordings, load, verify,
 };
@@ -176,6 +177,81 @@ async fn writes_once_with_metadata_and_lists() {
     assert_eq!(recordings.len(), 1);
     assert_eq!(recordings[0].pod_dir, "p-u");
     assert_eq!(recordings[0].prefix, "ns/s1/p-u/");
+}
+
+/// fake-gcs-server v1.56 keeps object retention and reports it, but stores no holds and
+/// enforces neither holds, retention nor `ifGenerationMatch` on delete: the sweep's skip of a
+/// held object rests on the listing, which is what this checks (hold parsing and the 403/412
+/// answers of the real service are unit tests in sink/gcs.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_stored_objects_with_times_and_retention_and_deletes_them() {
+    let emulator = Emulator::start().await;
+    let sink = Sink::open(&format!("gs://{BUCKET}/pfx"), &emulator.options())
+        .await
+        .unwrap();
+    let before = std::time::SystemTime::now() - Duration::from_secs(60);
+    let plain = ObjectMeta {
+        content_type: "application/zstd",
+        ..ObjectMeta::default()
+    };
+    let retained = ObjectMeta {
+        retain_for: Some(Duration::from_secs(3600)),
+        ..plain.clone()
+    };
+    for (key, meta) in [
+        ("ns/s1/p-1/seg-000001.jsonl.zst", &plain),
+        ("ns/s1/p-1/manifest.json", &plain),
+        ("ns/s1/p-2/seg-000001.jsonl.zst", &retained),
+        ("ns/s2/p-3/seg-000001.jsonl.zst", &plain),
+    ] {
+        sink.put_once(key, "bytes".into(), meta).await.unwrap();
+    }
+
+    let stored = sink.list_stored("ns/s1/").await.unwrap();
+    let keys: Vec<&str> = stored.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "ns/s1/p-1/manifest.json",
+            "ns/s1/p-1/seg-000001.jsonl.zst",
+            "ns/s1/p-2/seg-000001.jsonl.zst",
+        ],
+        "every depth below the prefix, keys relative to the sink, other sessions left out"
+    );
+    let now = std::time::SystemTime::now();
+    for object in &stored {
+        assert!(object.created > before && object.created <= now + Duration::from_secs(5));
+        assert!(object.generation.is_some(), "{object:?}");
+    }
+    assert!(stored[0].protections.is_empty());
+    match stored[2].kept_by(now) {
+        Some(Protection::RetainedUntil(until)) => {
+            assert!(*until > now + Duration::from_secs(3000), "{until:?}")
+        }
+        other => panic!("retention not listed: {other:?}"),
+    }
+
+    assert_eq!(sink.delete(&stored[1]).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        sink.get("ns/s1/p-1/seg-000001.jsonl.zst").await.unwrap(),
+        None
+    );
+    assert_eq!(sink.delete(&stored[1]).await.unwrap(), Deleted::AlreadyGone);
+    assert_eq!(sink.delete(&stored[0]).await.unwrap(), Deleted::Deleted);
+    let recordings = list_recordings(&sink, "ns", "s1").await.unwrap();
+    assert_eq!(
+        recordings
+            .iter()
+            .map(|r| r.pod_dir.as_str())
+            .collect::<Vec<_>>(),
+        ["p-2"]
+    );
+    assert!(
+        sink.get("ns/s2/p-3/seg-000001.jsonl.zst")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 fn event(n: u64) -> Event {

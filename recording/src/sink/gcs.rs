@@ -1,7 +1,8 @@
 //! The `gs://` sink through the official `google-cloud-storage` client: uploads with
 //! `ifGenerationMatch=0` (create, never replace) and a known CRC32C, custom metadata and
 //! optional object retention. The Rust client has no list call (its admin client speaks gRPC),
-//! so listing goes through the JSON API (`GET /storage/v1/b/B/o`) with the same credentials.
+//! so listing goes through the JSON API (`GET /storage/v1/b/B/o`) with the same credentials,
+//! and so does the retention sweep's `DELETE /storage/v1/b/B/o/O?ifGenerationMatch=G`.
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
@@ -12,9 +13,12 @@ use google_cloud_storage::client::Storage;
 use google_cloud_storage::model::object::Retention;
 use google_cloud_storage::model::object::retention::Mode;
 use google_cloud_storage::retry_policy::RetryableErrors;
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::{GcsOptions, Listing, ObjectMeta, Put, SinkError, check_key};
+use super::{
+    Deleted, GcsOptions, Listing, ObjectMeta, Protection, Put, SinkError, StoredObject, check_key,
+};
 
 const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 
@@ -182,8 +186,9 @@ impl GcsSink {
         Ok(Some(out))
     }
 
-    pub(super) async fn list(&self, prefix: &str) -> Result<Listing, SinkError> {
-        let full_prefix = if prefix.is_empty() {
+    /// The object name of a key prefix; the bucket's whole sink prefix for an empty one.
+    fn full_prefix(&self, prefix: &str) -> String {
+        if prefix.is_empty() {
             if self.prefix.is_empty() {
                 String::new()
             } else {
@@ -191,92 +196,218 @@ impl GcsSink {
             }
         } else {
             self.object_name(prefix)
-        };
+        }
+    }
+
+    /// The key of an object name (the sink's prefix cut off).
+    fn key_of(&self, name: &str) -> String {
         let strip = if self.prefix.is_empty() {
             0
         } else {
             self.prefix.len() + 1
         };
+        name[strip.min(name.len())..].to_string()
+    }
+
+    async fn auth_headers(&self, op: &'static str, shown: &str) -> Result<HeaderMap, SinkError> {
+        match self.credentials.headers(http::Extensions::new()).await {
+            Ok(CacheableResource::New { data, .. }) => Ok(data),
+            Ok(CacheableResource::NotModified) => Ok(HeaderMap::new()),
+            Err(e) => Err(SinkError::Unavailable {
+                op,
+                key: shown.to_string(),
+                detail: format!("no credentials: {e}"),
+            }),
+        }
+    }
+
+    /// Every page of `GET /storage/v1/b/B/o` with these query parameters.
+    async fn list_pages(
+        &self,
+        query: &[(&str, String)],
+        shown: &str,
+    ) -> Result<Vec<ListPage>, SinkError> {
         let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
-        let shown = format!("gs://{}/{full_prefix}", self.bucket);
-        let mut listing = Listing::default();
+        let unavailable = |detail: String| SinkError::Unavailable {
+            op: "list",
+            key: shown.to_string(),
+            detail,
+        };
+        let mut pages = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
-            let mut query = vec![
-                ("prefix", full_prefix.clone()),
-                ("delimiter", "/".to_string()),
-                ("fields", "items(name),prefixes,nextPageToken".to_string()),
-            ];
+            let mut query = query.to_vec();
             if let Some(t) = &page_token {
                 query.push(("pageToken", t.clone()));
             }
-            let headers = match self.credentials.headers(http::Extensions::new()).await {
-                Ok(CacheableResource::New { data, .. }) => data,
-                Ok(CacheableResource::NotModified) => http::HeaderMap::new(),
-                Err(e) => {
-                    return Err(SinkError::Unavailable {
-                        op: "list",
-                        key: shown,
-                        detail: format!("no credentials: {e}"),
-                    });
-                }
-            };
             let response = self
                 .http
                 .get(&url)
-                .headers(headers)
+                .headers(self.auth_headers("list", shown).await?)
                 .query(&query)
                 .send()
                 .await
-                .map_err(|e| SinkError::Unavailable {
-                    op: "list",
-                    key: shown.clone(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| unavailable(e.to_string()))?;
             let status = response.status();
             if !status.is_success() {
                 let body = response.text().await.unwrap_or_default();
-                let detail = format!(
-                    "HTTP {status}: {}",
-                    body.chars().take(300).collect::<String>()
-                );
-                return Err(if status.is_server_error() || status.as_u16() == 429 {
-                    SinkError::Unavailable {
-                        op: "list",
-                        key: shown,
-                        detail,
-                    }
-                } else {
-                    SinkError::Refused {
-                        op: "list",
-                        key: shown,
-                        detail,
-                    }
-                });
+                return Err(http_error("list", shown, status, &body));
             }
-            let page: ListPage = response.json().await.map_err(|e| SinkError::Unavailable {
-                op: "list",
-                key: shown.clone(),
-                detail: format!("unreadable listing: {e}"),
-            })?;
-            listing.objects.extend(
-                page.items
-                    .into_iter()
-                    .map(|i| i.name[strip.min(i.name.len())..].to_string()),
-            );
-            listing.prefixes.extend(
-                page.prefixes
-                    .into_iter()
-                    .map(|p| p[strip.min(p.len())..].to_string()),
-            );
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => page_token = Some(t),
-                _ => break,
+            let page: ListPage = response
+                .json()
+                .await
+                .map_err(|e| unavailable(format!("unreadable listing: {e}")))?;
+            page_token = page.next_page_token.clone().filter(|t| !t.is_empty());
+            pages.push(page);
+            if page_token.is_none() {
+                return Ok(pages);
             }
+        }
+    }
+
+    pub(super) async fn list(&self, prefix: &str) -> Result<Listing, SinkError> {
+        let full_prefix = self.full_prefix(prefix);
+        let shown = format!("gs://{}/{full_prefix}", self.bucket);
+        let query = [
+            ("prefix", full_prefix),
+            ("delimiter", "/".to_string()),
+            ("fields", "items(name),prefixes,nextPageToken".to_string()),
+        ];
+        let mut listing = Listing::default();
+        for page in self.list_pages(&query, &shown).await? {
+            listing
+                .objects
+                .extend(page.items.iter().map(|i| self.key_of(&i.name)));
+            listing
+                .prefixes
+                .extend(page.prefixes.iter().map(|p| self.key_of(p)));
         }
         listing.objects.sort();
         listing.prefixes.sort();
         Ok(listing)
+    }
+
+    pub(super) async fn list_stored(&self, prefix: &str) -> Result<Vec<StoredObject>, SinkError> {
+        let full_prefix = self.full_prefix(prefix);
+        let shown = format!("gs://{}/{full_prefix}", self.bucket);
+        let query = [
+            ("prefix", full_prefix),
+            ("fields", STORED_FIELDS.to_string()),
+        ];
+        let mut out = Vec::new();
+        for page in self.list_pages(&query, &shown).await? {
+            for item in page.items {
+                let key = self.key_of(&item.name);
+                out.push(
+                    stored_object(item, key).map_err(|detail| SinkError::Unavailable {
+                        op: "list",
+                        key: shown.clone(),
+                        detail,
+                    })?,
+                );
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    pub(super) async fn delete(&self, object: &StoredObject) -> Result<Deleted, SinkError> {
+        check_key(&object.key)?;
+        let shown = self.url_of(&object.key);
+        let mut url =
+            reqwest::Url::parse(&format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket))
+                .map_err(|e| SinkError::BadUrl {
+                    url: self.endpoint.clone(),
+                    why: e.to_string(),
+                })?;
+        // One path segment: the object name's slashes are escaped.
+        url.path_segments_mut()
+            .map_err(|()| SinkError::BadUrl {
+                url: self.endpoint.clone(),
+                why: "cannot be a base URL".into(),
+            })?
+            .push(&self.object_name(&object.key));
+        let mut request = self
+            .http
+            .delete(url)
+            .headers(self.auth_headers("delete", &shown).await?);
+        if let Some(generation) = object.generation {
+            request = request.query(&[("ifGenerationMatch", generation.to_string())]);
+        }
+        let response = request.send().await.map_err(|e| SinkError::Unavailable {
+            op: "delete",
+            key: shown.clone(),
+            detail: e.to_string(),
+        })?;
+        let status = response.status();
+        let body = if status.is_success() {
+            String::new()
+        } else {
+            response.text().await.unwrap_or_default()
+        };
+        delete_outcome(status, &body, object.generation, &shown)
+    }
+}
+
+/// What `list_stored` asks the JSON API for.
+const STORED_FIELDS: &str = "items(name,generation,timeCreated,temporaryHold,eventBasedHold,\
+retention(retainUntilTime),retentionExpirationTime),nextPageToken";
+
+/// What a `DELETE` answer means. A hold, retention or a newer generation keeps the object,
+/// which is an answer, as is a missing permission: the sweep reports it and goes on.
+fn delete_outcome(
+    status: StatusCode,
+    body: &str,
+    generation: Option<i64>,
+    shown: &str,
+) -> Result<Deleted, SinkError> {
+    match status.as_u16() {
+        200..=299 => Ok(Deleted::Deleted),
+        404 => Ok(Deleted::AlreadyGone),
+        412 => Ok(Deleted::Kept(match generation {
+            Some(g) => {
+                format!("it was replaced after it was listed (generation {g} is no longer current)")
+            }
+            None => "a precondition failed".into(),
+        })),
+        403 => Ok(Deleted::Kept(format!(
+            "Cloud Storage refused the delete: {}",
+            error_message(body)
+        ))),
+        _ => Err(http_error("delete", shown, status, body)),
+    }
+}
+
+/// The `error.message` of a JSON API error body, or the body's start.
+fn error_message(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        message: String,
+    }
+    match serde_json::from_str::<Envelope>(body) {
+        Ok(e) => e.error.message,
+        Err(_) => body.chars().take(300).collect(),
+    }
+}
+
+fn http_error(op: &'static str, shown: &str, status: StatusCode, body: &str) -> SinkError {
+    let detail = format!("HTTP {status}: {}", error_message(body));
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        SinkError::Unavailable {
+            op,
+            key: shown.to_string(),
+            detail,
+        }
+    } else {
+        SinkError::Refused {
+            op,
+            key: shown.to_string(),
+            detail,
+        }
     }
 }
 
@@ -291,9 +422,76 @@ struct ListPage {
     next_page_token: Option<String>,
 }
 
+/// An object resource as listed; only `name` is asked for by `list`.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ListItem {
     name: String,
+    #[serde(default)]
+    generation: Option<String>,
+    #[serde(default)]
+    time_created: Option<String>,
+    #[serde(default)]
+    temporary_hold: Option<bool>,
+    #[serde(default)]
+    event_based_hold: Option<bool>,
+    #[serde(default)]
+    retention: Option<ItemRetention>,
+    #[serde(default)]
+    retention_expiration_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemRetention {
+    #[serde(default)]
+    retain_until_time: Option<String>,
+}
+
+/// A listed object resource as a [`StoredObject`].
+fn stored_object(item: ListItem, key: String) -> Result<StoredObject, String> {
+    let time = |what: &str, text: &str| {
+        text.parse::<jiff::Timestamp>()
+            .map(SystemTime::from)
+            .map_err(|e| format!("{}: {what} {text:?} is not a time: {e}", item.name))
+    };
+    let created = match &item.time_created {
+        Some(t) => time("timeCreated", t)?,
+        None => return Err(format!("{}: the listing has no timeCreated", item.name)),
+    };
+    let generation = match &item.generation {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| format!("{}: generation {g:?} is not a number", item.name))?,
+        ),
+        None => None,
+    };
+    let mut protections = Vec::new();
+    if item.temporary_hold == Some(true) {
+        protections.push(Protection::TemporaryHold);
+    }
+    if item.event_based_hold == Some(true) {
+        protections.push(Protection::EventBasedHold);
+    }
+    if let Some(until) = item
+        .retention
+        .as_ref()
+        .and_then(|r| r.retain_until_time.as_deref())
+    {
+        protections.push(Protection::RetainedUntil(time("retainUntilTime", until)?));
+    }
+    if let Some(until) = &item.retention_expiration_time {
+        protections.push(Protection::BucketPolicyUntil(time(
+            "retentionExpirationTime",
+            until,
+        )?));
+    }
+    Ok(StoredObject {
+        key,
+        created,
+        generation,
+        protections,
+    })
 }
 
 fn wkt_time(t: SystemTime) -> google_cloud_wkt::Timestamp {
@@ -318,5 +516,81 @@ fn classify(op: &'static str, key: &str, e: &google_cloud_storage::Error) -> Sin
             key: key.to_string(),
             detail,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_object_carries_its_time_generation_holds_and_retention() {
+        let item: ListItem = serde_json::from_value(serde_json::json!({
+            "name": "pfx/ns/s/p-u/seg-000001.jsonl.zst",
+            "generation": "1700000000000001",
+            "timeCreated": "2026-01-02T03:04:05.678Z",
+            "temporaryHold": true,
+            "eventBasedHold": false,
+            "retention": {"mode": "Unlocked", "retainUntilTime": "2026-04-02T00:00:00Z"},
+            "retentionExpirationTime": "2026-03-01T00:00:00Z"
+        }))
+        .unwrap();
+        let stored = stored_object(item, "ns/s/p-u/seg-000001.jsonl.zst".into()).unwrap();
+        let at = |t: &str| SystemTime::from(t.parse::<jiff::Timestamp>().unwrap());
+        assert_eq!(stored.created, at("2026-01-02T03:04:05.678Z"));
+        assert_eq!(stored.generation, Some(1_700_000_000_000_001));
+        assert_eq!(
+            stored.protections,
+            [
+                Protection::TemporaryHold,
+                Protection::RetainedUntil(at("2026-04-02T00:00:00Z")),
+                Protection::BucketPolicyUntil(at("2026-03-01T00:00:00Z")),
+            ]
+        );
+        // A hold outlasts every date.
+        assert_eq!(
+            stored.kept_by(at("2030-01-01T00:00:00Z")),
+            Some(&Protection::TemporaryHold)
+        );
+
+        let bare: ListItem = serde_json::from_value(serde_json::json!({
+            "name": "x", "generation": "7", "timeCreated": "2026-01-02T03:04:05Z"
+        }))
+        .unwrap();
+        let stored = stored_object(bare, "x".into()).unwrap();
+        assert!(stored.protections.is_empty());
+        let broken: ListItem =
+            serde_json::from_value(serde_json::json!({"name": "x", "timeCreated": "yesterday"}))
+                .unwrap();
+        assert!(stored_object(broken, "x".into()).is_err());
+    }
+
+    #[test]
+    fn a_refused_or_stale_delete_keeps_the_object_with_the_reason() {
+        let shown = "gs://b/ns/s/p/seg-000001.jsonl.zst";
+        let ok = |code: u16, body: &str| {
+            delete_outcome(StatusCode::from_u16(code).unwrap(), body, Some(5), shown)
+        };
+        assert_eq!(ok(204, "").unwrap(), Deleted::Deleted);
+        assert_eq!(ok(404, "").unwrap(), Deleted::AlreadyGone);
+        let held = ok(
+            403,
+            r#"{"error":{"code":403,"message":"Object 'x' is under active Temporary hold and cannot be deleted, overwritten or archived until hold is removed."}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&held, Deleted::Kept(why) if why.contains("Temporary hold")),
+            "{held:?}"
+        );
+        let stale = ok(412, "").unwrap();
+        assert!(
+            matches!(&stale, Deleted::Kept(why) if why.contains("generation 5")),
+            "{stale:?}"
+        );
+        assert!(matches!(
+            ok(503, "busy"),
+            Err(SinkError::Unavailable { .. })
+        ));
+        assert!(matches!(ok(400, "bad"), Err(SinkError::Refused { .. })));
     }
 }
