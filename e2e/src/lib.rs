@@ -74,6 +74,25 @@ impl Cluster {
         command
     }
 
+    /// `kubectl apply -f -` of a manifest (YAML or JSON, one or more documents) as the admin.
+    pub fn apply(&self, manifest: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("running kubectl apply")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(manifest.as_bytes())?;
+        anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
+        Ok(())
+    }
+
     /// A kubeconfig for a named user (client certificate; local control plane only).
     pub fn user_kubeconfig(&self, user: &str, group: Option<&str>) -> Result<PathBuf> {
         let guard = LOCAL
@@ -214,6 +233,21 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     anyhow::ensure!(path.exists(), "{} was not built", path.display());
     Ok(path)
+}
+
+/// helm, built from its Go module at the pinned version by `e2e/controlplane/build.sh` (cached).
+pub fn helm() -> Result<PathBuf> {
+    let script = repo_root().join("e2e/controlplane/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{} failed", script.display());
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM="))
+        .map(PathBuf::from)
+        .context("build.sh printed no HELM= line")
 }
 
 /// The repository root, for paths such as `crds/` and `examples/`.

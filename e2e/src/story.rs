@@ -23,9 +23,8 @@ use cassette_api::{AgentSession, AgentSessionStatus, Phase};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// The namespace the story plays in (as in `examples/`).
@@ -296,7 +295,7 @@ async fn create_secret(client: &kube::Client, name: &str, key: &str, value: &str
 
 /// alice may write AgentSessions in the namespace, nothing more; her kubeconfig.
 fn session_author() -> Result<PathBuf> {
-    kubectl_apply(
+    cluster().apply(
         &json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "session-author", "namespace": NAMESPACE},
@@ -308,7 +307,7 @@ fn session_author() -> Result<PathBuf> {
         })
         .to_string(),
     )?;
-    kubectl_apply(
+    cluster().apply(
         &json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "alice", "namespace": NAMESPACE},
@@ -323,17 +322,7 @@ fn session_author() -> Result<PathBuf> {
 /// The chart's RBAC, released into the operator's namespace with the agent's service account
 /// listed, applied for real: the sidecar reports with exactly what the chart grants.
 fn apply_chart_rbac(release_namespace: &str, service_account: &str) -> Result<()> {
-    let script = repo_root().join("e2e/controlplane/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()?;
-    anyhow::ensure!(out.status.success(), "{} failed", script.display());
-    let helm = String::from_utf8(out.stdout)?
-        .lines()
-        .find_map(|l| l.strip_prefix("HELM=").map(str::to_string))
-        .context("build.sh printed no HELM= line")?;
-    let out = Command::new(helm)
+    let out = Command::new(crate::helm()?)
         .args(["template", "cassette"])
         .arg(repo_root().join("charts/cassette"))
         .args(["--namespace", release_namespace, "--kube-version", "1.34.0"])
@@ -348,21 +337,5 @@ fn apply_chart_rbac(release_namespace: &str, service_account: &str) -> Result<()
         "helm template failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    kubectl_apply(&String::from_utf8(out.stdout)?)
-}
-
-fn kubectl_apply(manifest: &str) -> Result<()> {
-    let mut child = cluster()
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(manifest.as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-    Ok(())
+    cluster().apply(&String::from_utf8(out.stdout)?)
 }

@@ -4,24 +4,10 @@
 //! `e2e/controlplane/build.sh`.
 
 use anyhow::{Context, Result, bail};
-use cassette_e2e::{cluster, fixtures, repo_root};
+use cassette_e2e::{cluster, fixtures, helm, repo_root};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn helm() -> Result<PathBuf> {
-    let script = repo_root().join("e2e/controlplane/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()?;
-    anyhow::ensure!(out.status.success(), "{} failed", script.display());
-    String::from_utf8(out.stdout)?
-        .lines()
-        .find_map(|l| l.strip_prefix("HELM="))
-        .map(PathBuf::from)
-        .context("build.sh printed no HELM= line")
-}
 
 fn run(command: &mut Command) -> Result<String> {
     let out = command.output()?;

@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -127,31 +126,17 @@ async fn the_requester_is_stamped_from_the_authenticated_user() -> Result<()> {
     let client = cluster().client().await?;
     let ns = fixtures::namespace(&client, "stamp").await?;
     // alice may create sessions in this namespace, nothing more.
-    let kubectl_apply = |manifest: Value| -> Result<()> {
-        let mut child = cluster()
-            .kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        std::io::Write::write_all(
-            child.stdin.as_mut().context("stdin")?,
-            manifest.to_string().as_bytes(),
-        )?;
-        anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-        Ok(())
-    };
-    kubectl_apply(json!({
+    cluster().apply(&json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": "session-author", "namespace": ns},
         "rules": [{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"], "verbs": ["create", "get", "update"]}]
-    }))?;
-    kubectl_apply(json!({
+    }).to_string())?;
+    cluster().apply(&json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "alice", "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "session-author"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"}]
-    }))?;
+    }).to_string())?;
     let alice = cassette_e2e::client_from(
         &cluster().user_kubeconfig("alice@example.com", Some("agent-admins"))?,
     )
