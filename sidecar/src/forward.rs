@@ -739,20 +739,22 @@ async fn exchange(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let upstream_h2 = upstream.is_h2();
     let scheme = if upstream.tls { "https" } else { "http" };
-    parts.uri = if upstream_h2 {
-        match Uri::builder()
+    let uri = if upstream_h2 {
+        Uri::builder()
             .scheme(scheme)
             .authority(authority.as_str())
             .path_and_query(path.as_str())
             .build()
-        {
-            Ok(uri) => uri,
-            Err(e) => return refusal(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
-        }
     } else {
-        match path.parse() {
-            Ok(uri) => uri,
-            Err(e) => return refusal(StatusCode::BAD_REQUEST, &format!("bad request target: {e}")),
+        path.parse::<Uri>().map_err(http::Error::from)
+    };
+    parts.uri = match uri {
+        Ok(uri) => uri,
+        Err(e) => {
+            // Recorded like any exchange that could not be forwarded: it ends, with why.
+            let message = format!("bad request target for {authority}: {e}");
+            end.fail(&proxy, Decision::Allow, &message);
+            return refusal(StatusCode::BAD_REQUEST, &message);
         }
     };
     parts.version = if upstream_h2 {
