@@ -16,6 +16,7 @@ command -v iptables >/dev/null || need_apt+=(iptables)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3 python3-venv)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 pubsub_emulator="${CLOUDSDK_ROOT:-/usr/lib/google-cloud-sdk}/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 [ -x "$pubsub_emulator" ] || { echo "deps: the Pub/Sub emulator is required at $pubsub_emulator (it ships with the Google Cloud SDK: apt-get install google-cloud-cli-pubsub-emulator)" >&2; exit 1; }
 
@@ -31,3 +32,5 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bash "$here/../recording/tests/fake-gcs.sh" >/dev/null
 bash "$here/../e2e/clients/venv.sh" >/dev/null
+# The HAR schema check of `kubectl cassette export --har` (har-validator from npm).
+bash "$here/../cli/tests/har/install.sh" >/dev/null

@@ -513,6 +513,48 @@ async fn export_har_is_valid_har_1_2() {
     let mut broken = doc.clone();
     broken["log"]["entries"][0]["time"] = Value::from(1.0);
     assert!(validate_har(&broken).is_err());
+
+    // And the HAR schema the tools that import HAR use agrees (har-schema via har-validator,
+    // installed by cli/tests/har/install.sh; `make test` runs it through scripts/deps.sh).
+    let said = har_schema_check(&path).unwrap();
+    assert!(said.contains("valid HAR 1.2, 5 entries"), "{said}");
+    let broken_path = f.dir.path().join("broken.har");
+    let mut broken = doc.clone();
+    broken["log"]["entries"][0]["request"]["headers"] = Value::from("not a list");
+    std::fs::write(&broken_path, broken.to_string()).unwrap();
+    let refused = har_schema_check(&broken_path).unwrap_err();
+    assert!(refused.contains("not valid HAR"), "{refused}");
+}
+
+/// `node cli/tests/har/validate.js FILE`: Ok(its report) when the file is valid HAR.
+fn har_schema_check(har: &Path) -> Result<String, String> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/har");
+    let install = Command::new("bash")
+        .arg(here.join("install.sh"))
+        .output()
+        .expect("bash runs");
+    assert!(
+        install.status.success(),
+        "installing har-validator failed: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let modules = String::from_utf8(install.stdout).unwrap();
+    let out = Command::new("node")
+        .arg(here.join("validate.js"))
+        .arg(har)
+        .env("HAR_VALIDATOR_MODULES", modules.trim())
+        .output()
+        .expect("node runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(said)
+    } else {
+        Err(said)
+    }
 }
 
 #[tokio::test]
