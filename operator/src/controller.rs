@@ -1,12 +1,14 @@
 //! The AgentSession controller: for each session, the phase, conditions, expiry, recording URI
 //! and totals (summed from the entries the sidecars write into `status.pods`), written with
-//! server-side apply by one field manager; and a finalizer that keeps the session until its
-//! pods have stopped recording. Recordings are never deleted here.
+//! server-side apply by one field manager; a retention sweep of the session's recordings from
+//! `apply` (see `retention`), at most once an interval; and a finalizer that keeps the session
+//! until its pods have stopped recording. Deleting a session never deletes recordings.
 //!
-//! Read top to bottom: `run` → `reconcile` → `apply` / `cleanup` → `desired` (pure).
+//! Read top to bottom: `run` → `reconcile` → `apply` (→ `expire_recordings`) / `cleanup` →
+//! `desired` (pure).
 
-use crate::metrics::{Metrics, ReconcileLabels};
-use crate::session;
+use crate::metrics::{Metrics, ReconcileLabels, RetentionLabels};
+use crate::{retention, session};
 use cassette_api::names::SESSION_LABEL;
 use cassette_api::{AgentSession, AgentSessionStatus, Phase};
 use futures::StreamExt;
@@ -45,12 +47,15 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub retention: retention::Settings,
+    pub sweeps: retention::Schedule,
 }
 
 /// Run the controller until `stop` resolves (leadership lost or shutdown).
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
+    retention: retention::Settings,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let sessions: Api<AgentSession> = Api::all(client.clone());
@@ -65,6 +70,8 @@ pub async fn run(
         ),
         client,
         metrics,
+        sweeps: retention::Schedule::new(retention.every),
+        retention,
     });
     Controller::new(sessions, watcher::Config::default())
         // A pod starting or ending changes its session's phase.
@@ -143,6 +150,7 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
         &Patch::Apply(&patch),
     )
     .await?;
+    expire_recordings(session, ctx).await;
     // Look again right after the session expires, so its phase turns on time.
     let requeue = match session::expires_at(session) {
         Some(at) if at > now => Duration::try_from(at.duration_since(now))
@@ -152,6 +160,104 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
         _ => RESYNC,
     };
     Ok(Action::requeue(requeue))
+}
+
+/// Delete the session's recordings older than its retention, at most once an interval. A
+/// failure is reported (log, event, metric) and retried next interval; it never fails the
+/// reconcile, whose status is already written.
+async fn expire_recordings(session: &AgentSession, ctx: &Context) {
+    if session.spec.recording.retention.is_none() {
+        return; // the bucket's lifecycle decides
+    }
+    let name = session.name_any();
+    let namespace = session.namespace().unwrap_or_default();
+    if !ctx
+        .sweeps
+        .due(&format!("{namespace}/{name}"), std::time::Instant::now())
+    {
+        return;
+    }
+    let uri = session::recording_uri(&session.spec.recording.sink, &namespace, &name);
+    let retention = session
+        .spec
+        .recording
+        .retention
+        .as_deref()
+        .unwrap_or_default();
+    let result = match retention::open_sink(session, &ctx.retention).await {
+        Ok(sink) => retention::sweep(&sink, session, std::time::SystemTime::now()).await,
+        Err(e) => Err(e),
+    };
+    let sweeps = |result| {
+        ctx.metrics
+            .retention_sweeps
+            .get_or_create(&ReconcileLabels { result })
+            .inc()
+    };
+    let outcome = match result {
+        Ok(outcome) => {
+            sweeps("ok");
+            outcome
+        }
+        Err(e) => {
+            sweeps("error");
+            let note = format!(
+                "could not apply the retention ({retention}) to the recordings at {uri}: {e}; \
+                 trying again in {}s",
+                ctx.retention.every.as_secs()
+            );
+            tracing::warn!(session = %name, namespace, "{note}");
+            publish(ctx, session, EventType::Warning, "RetentionFailed", note).await;
+            return;
+        }
+    };
+    let objects = |outcome| {
+        ctx.metrics
+            .retention_objects
+            .get_or_create(&RetentionLabels { outcome })
+    };
+    objects("deleted").inc_by(outcome.deleted);
+    objects("held").inc_by(outcome.kept_objects());
+    if outcome.deleted > 0 {
+        let note = format!(
+            "deleted {} object(s) of {} recording(s) older than {retention} at {uri}",
+            outcome.deleted,
+            outcome.recordings.len(),
+        );
+        tracing::info!(session = %name, namespace, recordings = ?outcome.recordings, "{note}");
+        publish(ctx, session, EventType::Normal, "RecordingsExpired", note).await;
+    }
+    if !outcome.held.is_empty() {
+        let first = &outcome.held[0];
+        let (key, why) = first.kept.first().cloned().unwrap_or_default();
+        let note = format!(
+            "kept {} object(s) in {} recording(s) older than {retention} at {uri} under a \
+             hold or retention, such as {key}: {why}",
+            outcome.kept_objects(),
+            outcome.held.len(),
+        );
+        tracing::info!(session = %name, namespace, held = ?outcome.held, "{note}");
+        publish(ctx, session, EventType::Normal, "RecordingsHeld", note).await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    session: &AgentSession,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Retention".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "publishing an event");
+    }
 }
 
 /// The session is being deleted: wait while pods still record into it, then let it go. The
@@ -168,7 +274,11 @@ async fn cleanup(session: &AgentSession, ctx: &Context) -> Result<Action, Error>
     }
     let uri = session::recording_uri(&session.spec.recording.sink, &namespace, &name);
     let kept = match &session.spec.recording.retention {
-        Some(r) => format!("kept for their retention ({r})"),
+        // The sweep runs only while the session exists: from here on the bucket decides.
+        Some(r) => format!(
+            "kept; the operator no longer applies their retention ({r}), the bucket's own \
+             lifecycle removes them"
+        ),
         None => "kept until the bucket's own lifecycle removes them".into(),
     };
     let note = format!("AgentSession deleted; its recordings at {uri} are {kept}");

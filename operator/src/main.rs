@@ -15,6 +15,7 @@ mod crdgen;
 mod inject;
 mod leader;
 mod metrics;
+mod retention;
 mod session;
 mod stamp;
 mod webhook;
@@ -64,6 +65,9 @@ struct RunArgs {
     #[command(flatten)]
     certs: CertArgs,
 
+    #[command(flatten)]
+    retention: RetentionArgs,
+
     /// Run the controller without electing a leader (a single replica).
     #[arg(long)]
     no_leader_election: bool,
@@ -98,6 +102,20 @@ struct CertArgs {
     /// The ValidatingWebhookConfiguration whose caBundle the operator keeps current.
     #[arg(long, default_value = "cassette")]
     validating_webhook_configuration: String,
+}
+
+/// The retention sweep: how often, and how the operator reaches Cloud Storage to delete.
+#[derive(Args)]
+struct RetentionArgs {
+    /// How often each session with spec.recording.retention is swept, such as 1h or 30m.
+    #[arg(long, default_value = "1h", value_parser = cassette_rules::validate::parse_duration)]
+    retention_interval: std::time::Duration,
+    /// Cloud Storage endpoint override (an emulator); the real service when unset.
+    #[arg(long, env = "CASSETTE_GCS_ENDPOINT")]
+    gcs_endpoint: Option<String>,
+    /// Send no credentials to Cloud Storage (emulators only).
+    #[arg(long, env = "CASSETTE_GCS_ANONYMOUS")]
+    gcs_anonymous: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -214,7 +232,14 @@ async fn run(args: RunArgs) -> Result<()> {
             leader::Elector::new(client.clone(), &args.namespace, &args.lease_name, &identity);
         Some(tokio::spawn(elector.run(leading_tx, stop_rx.clone())))
     };
-    let controllers = tokio::spawn(lead(client, metrics, leading_rx, stop_rx));
+    let retention = retention::Settings {
+        gcs: cassette_recording::GcsOptions {
+            endpoint: args.retention.gcs_endpoint.clone(),
+            anonymous: args.retention.gcs_anonymous,
+        },
+        every: args.retention.retention_interval,
+    };
+    let controllers = tokio::spawn(lead(client, metrics, retention, leading_rx, stop_rx));
 
     tokio::select! {
         result = webhooks => result?.context("the webhook server stopped")?,
@@ -233,6 +258,7 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn lead(
     client: kube::Client,
     metrics: Arc<metrics::Metrics>,
+    retention: retention::Settings,
     mut leading: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 ) {
@@ -247,12 +273,17 @@ async fn lead(
         tracing::info!("leading: running the AgentSession controller");
         let mut lost = leading.clone();
         let mut stopping = stop.clone();
-        controller::run(client.clone(), metrics.clone(), async move {
-            tokio::select! {
-                _ = lost.wait_for(|l| !*l) => {}
-                _ = stopping.wait_for(|s| *s) => {}
-            }
-        })
+        controller::run(
+            client.clone(),
+            metrics.clone(),
+            retention.clone(),
+            async move {
+                tokio::select! {
+                    _ = lost.wait_for(|l| !*l) => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
+            },
+        )
         .await;
         metrics.leader.set(0);
         tracing::info!("the controller stopped");

@@ -48,6 +48,12 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionLabels {
+    /// `deleted`, or `held` (kept by a hold, retention or the sink's refusal).
+    pub outcome: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +62,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub leader: Gauge,
     pub serving_cert_expiry: Gauge,
+    pub retention_sweeps: Family<ReconcileLabels, Counter>,
+    pub retention_objects: Family<RetentionLabels, Counter>,
 }
 
 impl Metrics {
@@ -91,8 +99,22 @@ impl Metrics {
             "When the webhook serving certificate expires (Unix time)",
             serving_cert_expiry.clone(),
         );
+        let retention_sweeps = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "retention_sweeps",
+            "Retention sweeps of one session's recordings, by result",
+            retention_sweeps.clone(),
+        );
+        let retention_objects = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "retention_objects",
+            "Recording objects older than their session's retention: deleted, or held (kept by a hold, retention or the sink's refusal)",
+            retention_objects.clone(),
+        );
         Self {
             registry,
+            retention_sweeps,
+            retention_objects,
             admissions,
             reconciles,
             reconcile_seconds,
