@@ -135,7 +135,8 @@ fn error_policy(session: Arc<AgentSession>, error: &Error, _ctx: Arc<Context>) -
 async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
     let name = session.name_any();
     let namespace = session.namespace().unwrap_or_default();
-    let live = live_pods(&ctx.client, &namespace, &name).await?;
+    let pods = live_pods(&ctx.client, &namespace, &name).await?;
+    let live: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     let now = Timestamp::now();
     let status = desired(session, &live, now);
     let api: Api<AgentSession> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -150,7 +151,7 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
         &Patch::Apply(&patch),
     )
     .await?;
-    expire_recordings(session, ctx).await;
+    expire_recordings(session, ctx, &recording_dirs(&pods)).await;
     // Look again right after the session expires, so its phase turns on time.
     let requeue = match session::expires_at(session) {
         Some(at) if at > now => Duration::try_from(at.duration_since(now))
@@ -165,7 +166,7 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
 /// Delete the session's recordings older than its retention, at most once an interval. A
 /// failure is reported (log, event, metric) and retried next interval; it never fails the
 /// reconcile, whose status is already written.
-async fn expire_recordings(session: &AgentSession, ctx: &Context) {
+async fn expire_recordings(session: &AgentSession, ctx: &Context, live: &[String]) {
     if session.spec.recording.retention.is_none() {
         return; // the bucket's lifecycle decides
     }
@@ -185,7 +186,7 @@ async fn expire_recordings(session: &AgentSession, ctx: &Context) {
         .as_deref()
         .unwrap_or_default();
     let result = match retention::open_sink(session, &ctx.retention).await {
-        Ok(sink) => retention::sweep(&sink, session, std::time::SystemTime::now()).await,
+        Ok(sink) => retention::sweep(&sink, session, std::time::SystemTime::now(), live).await,
         Err(e) => Err(e),
     };
     let sweeps = |result| {
@@ -303,7 +304,7 @@ async fn cleanup(session: &AgentSession, ctx: &Context) -> Result<Action, Error>
 }
 
 /// The names of the session's pods that have not ended.
-async fn live_pods(client: &Client, namespace: &str, name: &str) -> Result<Vec<String>, Error> {
+async fn live_pods(client: &Client, namespace: &str, name: &str) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("{SESSION_LABEL}={name}")))
@@ -315,8 +316,14 @@ async fn live_pods(client: &Client, namespace: &str, name: &str) -> Result<Vec<S
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             !matches!(phase, Some("Succeeded" | "Failed"))
         })
-        .map(|p| p.name_any())
         .collect())
+}
+
+/// The recording directories (`<pod>-<uid>`) of running pods: never swept.
+fn recording_dirs(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter_map(|p| Some(format!("{}-{}", p.name_any(), p.uid()?)))
+        .collect()
 }
 
 /// The status the operator owns (everything but `pods`, which the sidecars write), from the

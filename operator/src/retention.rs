@@ -94,13 +94,16 @@ pub struct Plan {
 }
 
 /// Groups a session's objects into recordings and decides each one. A recording expires when
-/// its newest object is older than `retention`; it is held when any of its objects is under
-/// a hold or retention at `now`, so a chain is never cut in half on purpose.
+/// its newest object is older than `retention` and its pod is not among `live` (the
+/// `<pod>-<uid>` directories of pods still running: a quiet agent is not an old recording);
+/// it is held when any of its objects is under a hold or retention at `now`, so a chain is
+/// never cut in half on purpose.
 pub fn plan(
     session_prefix: &str,
     objects: Vec<StoredObject>,
     retention: Duration,
     now: SystemTime,
+    live: &[String],
 ) -> Plan {
     let mut recordings: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
     for object in objects {
@@ -118,6 +121,11 @@ pub fn plan(
     }
     let mut plan = Plan::default();
     for (prefix, mut objects) in recordings {
+        let pod_dir = prefix[session_prefix.len()..].trim_end_matches('/');
+        if live.iter().any(|l| l == pod_dir) {
+            plan.young += 1;
+            continue;
+        }
         let newest = objects.iter().map(|o| o.created).max();
         let old = newest.is_some_and(|t| now.duration_since(t).is_ok_and(|age| age > retention));
         if !old {
@@ -170,12 +178,14 @@ impl Outcome {
     }
 }
 
-/// Sweeps one session's recordings in `sink`. Without `spec.recording.retention` it deletes
-/// nothing and does not even list.
+/// Sweeps one session's recordings in `sink`, leaving alone those of the `live` pods
+/// (`<pod>-<uid>`). Without `spec.recording.retention` it deletes nothing and does not even
+/// list.
 pub async fn sweep(
     sink: &Sink,
     session: &AgentSession,
     now: SystemTime,
+    live: &[String],
 ) -> Result<Outcome, SweepError> {
     let Some(text) = session.spec.recording.retention.as_deref() else {
         return Ok(Outcome::default());
@@ -187,7 +197,7 @@ pub async fn sweep(
         session.name_any()
     );
     let objects = sink.list_stored(&prefix).await?;
-    let plan = plan(&prefix, objects, retention, now);
+    let plan = plan(&prefix, objects, retention, now, live);
     let mut outcome = Outcome {
         held: plan.held,
         young: plan.young,
@@ -302,6 +312,7 @@ mod tests {
             &sink,
             &session("fix-ci", &url, Some("90d")),
             SystemTime::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -312,6 +323,20 @@ mod tests {
         assert!(exists(root, "team/fix-ci/agent-1-bbb/"));
         assert!(exists(root, "team/other/agent-0-ccc/"));
         assert!(exists(root, "elsewhere/fix-ci/agent-0-ddd/"));
+
+        // A pod still running is not swept, however long it has been quiet.
+        recording(root, "team/fix-ci/agent-9-zzz/", 100 * DAY, &plain).await;
+        let outcome = sweep(
+            &sink,
+            &session("fix-ci", &url, Some("90d")),
+            SystemTime::now(),
+            &["agent-9-zzz".to_string()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.deleted, 0);
+        assert!(exists(root, "team/fix-ci/agent-9-zzz/"));
+        std::fs::remove_dir_all(root.join("team/fix-ci/agent-9-zzz")).unwrap();
         let listed = cassette_recording::list_recordings(&sink, "team", "fix-ci")
             .await
             .unwrap();
@@ -327,6 +352,7 @@ mod tests {
             &sink,
             &session("fix-ci", &url, Some("90d")),
             SystemTime::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -360,6 +386,7 @@ mod tests {
             &sink,
             &session("fix-ci", &url, Some("90d")),
             SystemTime::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -389,6 +416,7 @@ mod tests {
             &sink,
             &session("fix-ci", &url, Some("90d")),
             SystemTime::now(),
+            &[],
         )
         .await
         .unwrap();
@@ -409,9 +437,14 @@ mod tests {
         )
         .await;
         let (url, sink) = file_sink(root);
-        let outcome = sweep(&sink, &session("fix-ci", &url, None), SystemTime::now())
-            .await
-            .unwrap();
+        let outcome = sweep(
+            &sink,
+            &session("fix-ci", &url, None),
+            SystemTime::now(),
+            &[],
+        )
+        .await
+        .unwrap();
         assert_eq!(outcome, Outcome::default());
         assert!(exists(root, "team/fix-ci/agent-0-aaa/"));
     }
@@ -433,7 +466,7 @@ mod tests {
         ]
         .map(object)
         .to_vec();
-        let plan = plan("ns/s/", objects, DAY, now);
+        let plan = plan("ns/s/", objects, DAY, now, &[]);
         let order: Vec<&str> = plan.expired[0]
             .objects
             .iter()
