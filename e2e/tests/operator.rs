@@ -538,6 +538,74 @@ async fn the_controller_keeps_phase_expiry_uri_and_totals() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes_none() -> Result<()>
+{
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = fixtures::namespace(&client, "retention").await?;
+    let sink = tempfile::tempdir()?;
+    // Two finished recordings of the session: one from three hours ago, one from now.
+    let recording = |pod: &str, age: Duration| -> Result<std::path::PathBuf> {
+        let dir = sink.path().join(&ns).join("fix-ci").join(pod);
+        std::fs::create_dir_all(&dir)?;
+        for name in ["seg-000001.jsonl.zst", "manifest.json"] {
+            let file = std::fs::File::create(dir.join(name))?;
+            file.set_modified(std::time::SystemTime::now() - age)?;
+        }
+        Ok(dir)
+    };
+    let old = recording("agent-0-1111", Duration::from_secs(3 * 3600))?;
+    let young = recording("agent-1-2222", Duration::ZERO)?;
+
+    let mut session = session_json("fix-ci");
+    session["spec"]["recording"] = json!({
+        "sink": format!("file://{}", sink.path().display()),
+        "retention": "2h"
+    });
+    create_session(&client, &ns, session).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while old.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the recording older than the retention is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        young.join("manifest.json").exists(),
+        "the young recording went too"
+    );
+    let events = cluster()
+        .kubectl()
+        .args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .output()?;
+    let events = String::from_utf8(events.stdout)?;
+    assert!(
+        events.contains("deleted 2 object(s) of 1 recording(s) older than 2h"),
+        "{events}"
+    );
+
+    // Deleting the session takes nothing with it.
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    api.delete("fix-ci", &Default::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt("fix-ci").await?.is_some() {
+        anyhow::ensure!(Instant::now() < deadline, "the session was not released");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(young.join("manifest.json").exists());
+    assert!(young.join("seg-000001.jsonl.zst").exists());
+    Ok(())
+}
+
 async fn wait_for(
     api: &Api<AgentSession>,
     name: &str,
