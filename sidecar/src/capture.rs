@@ -100,9 +100,12 @@ pub fn refuse_connection(proxy: &Proxy, conn: u64, dst: &str, why: &str) {
 /// An explicit proxy client (`HTTPS_PROXY=http://127.0.0.1:15001`): serve HTTP/1.1 and turn
 /// each `CONNECT` into an intercepted connection.
 async fn explicit(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+    let timeout = proxy.client_timeout;
     let service = ProxyService { peer, proxy };
     let conn = hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {

@@ -365,6 +365,8 @@ async fn serve_inner(io: Box<dyn Io>, is_h2: bool, ctx: Arc<ConnCtx>, upstream: 
         hyper::server::conn::http1::Builder::new()
             .preserve_header_case(true)
             .max_buf_size(1024 * 1024)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(ctx.proxy.client_timeout)
             .serve_connection(io, service)
             .with_upgrades()
             .await

@@ -19,7 +19,6 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
 /// How long a client may take to send its first bytes (a ClientHello or a request line).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest TLS record that may carry a ClientHello.
 const MAX_HELLO: usize = 16 * 1024 + 5;
 
@@ -36,7 +35,7 @@ pub async fn connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = match read_first(&mut io).await {
+    let first = match read_first(&mut io, proxy.client_timeout).await {
         Ok(first) => first,
         Err(why) => {
             refuse_connection(&proxy, conn, &route.dst.to_string(), &why);
@@ -59,10 +58,14 @@ pub async fn connection<IO>(
     }
 }
 
-/// Read until we have the first TLS record (for TLS) or at least one byte (otherwise).
-async fn read_first<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<Bytes, String> {
+/// Read until we have the first TLS record (for TLS) or at least one byte (otherwise), within
+/// `timeout`.
+async fn read_first<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    timeout: Duration,
+) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(2048);
-    let deadline = Instant::now() + FIRST_BYTES_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         let want = if buf.first() == Some(&0x16) && buf.len() >= 5 {
             5 + u16::from_be_bytes([buf[3], buf[4]]) as usize
@@ -79,7 +82,12 @@ async fn read_first<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<Bytes, String>
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, io.read_buf(&mut buf)).await {
-            Err(_) => return Err("the client sent nothing it could be understood by in 30s".into()),
+            Err(_) => {
+                return Err(format!(
+                    "the client sent nothing it could be understood by in {}s",
+                    timeout.as_secs()
+                ));
+            }
             Ok(Err(e)) => return Err(format!("reading the client: {e}")),
             Ok(Ok(0)) => {
                 return Err("the client closed the connection before sending a request".into());
@@ -194,7 +202,16 @@ async fn tls<IO>(
     let client = match acceptor.await {
         Ok(start) => {
             let config = crate::tls::server_config(leaf.key, chosen.as_deref());
-            match start.into_stream(config).await {
+            let handshake = tokio::time::timeout(proxy.client_timeout, start.into_stream(config));
+            match handshake.await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the client did not finish its TLS handshake in {}s",
+                        proxy.client_timeout.as_secs()
+                    ),
+                ))
+            }) {
                 Ok(stream) => stream,
                 Err(e) => {
                     refuse_connection(

@@ -172,6 +172,11 @@ pub struct RunArgs {
     /// How long in-flight exchanges may take to finish on shutdown.
     #[arg(long, default_value = "20")]
     drain_seconds: u64,
+    /// Seconds an agent connection may take to finish its TLS handshake, or to send a
+    /// request's headers once it has begun one; a slower client is disconnected and the
+    /// connection recorded with why.
+    #[arg(long, env = "CASSETTE_CLIENT_TIMEOUT", default_value = "30")]
+    client_timeout_seconds: u64,
     /// Report this pod's entry in the AgentSession status through this kubeconfig (in a
     /// cluster the mounted service-account token is used without it).
     #[arg(long, env = "CASSETTE_KUBECONFIG")]
@@ -337,6 +342,7 @@ async fn run(args: RunArgs) -> Result<()> {
         broker,
         metrics.clone(),
         recording.recorder.clone(),
+        Duration::from_secs(args.client_timeout_seconds.max(1)),
     ));
 
     let mut capture_addrs = vec![args.capture_addr];

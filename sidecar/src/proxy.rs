@@ -28,6 +28,8 @@ pub struct Proxy {
     pub broker: Option<crate::broker::Broker>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// How long an agent connection may take over its TLS handshake or a request's headers.
+    pub client_timeout: std::time::Duration,
     next_conn: AtomicU64,
 }
 
@@ -44,6 +46,7 @@ impl Proxy {
         broker: Option<crate::broker::Broker>,
         metrics: Arc<Metrics>,
         recorder: Recorder,
+        client_timeout: std::time::Duration,
     ) -> Self {
         Self {
             session,
@@ -56,6 +59,7 @@ impl Proxy {
             broker,
             metrics,
             recorder,
+            client_timeout,
             next_conn: AtomicU64::new(1),
         }
     }

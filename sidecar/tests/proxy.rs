@@ -784,3 +784,142 @@ async fn passthrough_hosts_are_tunnelled_untouched_and_upgrades_are_carried() {
     assert_eq!(end["bytes_up"], 23);
     assert_eq!(end["bytes_down"], 23);
 }
+
+/// Read whatever the peer sends until it closes or `limit` passes; `None` when it is still
+/// open after `limit`.
+async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, io.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer_and_the_sidecar_goes_on() {
+    use tokio::io::AsyncWriteExt;
+    install_provider();
+    let ca = TestCa::new();
+    let good = upstream(&ca, &["echo.test"], Seen::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+    let sidecar = Sidecar::start(
+        &[
+            format!("--upstream-ca={}", ca_file.display()),
+            format!(
+                "--upstream-override=echo.test=https://127.0.0.1:{}",
+                good.port()
+            ),
+            "--client-timeout-seconds=2".into(),
+        ],
+        None,
+    );
+    let roots = roots_from_pem(&std::fs::read_to_string(sidecar.bundle()).unwrap());
+
+    // Malformed HTTP inside an intercepted TLS connection: 400, then closed.
+    let mut tls = connect_through(&sidecar, "echo.test", roots.clone()).await;
+    tls.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let said = read_until_closed(&mut tls, Duration::from_secs(10))
+        .await
+        .expect("closed");
+    assert!(said.starts_with("HTTP/1.1 400"), "{said:?}");
+
+    // Headers over the 1 MiB limit: refused, not buffered without end.
+    let mut tls = connect_through(&sidecar, "echo.test", roots.clone()).await;
+    let mut huge = b"GET /huge HTTP/1.1\r\nHost: echo.test\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 2 << 20));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let _ = tls.write_all(&huge).await;
+    let said = read_until_closed(&mut tls, Duration::from_secs(10))
+        .await
+        .expect("closed");
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 431"),
+        "{said:?}"
+    );
+
+    // A slow client that never finishes its headers is let go after the client timeout.
+    let mut tls = connect_through(&sidecar, "echo.test", roots.clone()).await;
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: echo.te")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    assert!(said.is_some(), "a client stalled mid-headers was kept open");
+
+    // A client that connects and says nothing is let go too.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.capture))
+        .await
+        .unwrap();
+    silent
+        .write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nHost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let said = read_until_closed(&mut silent, Duration::from_secs(10)).await;
+    assert!(
+        said.as_deref()
+            .is_some_and(|s| s.starts_with("HTTP/1.1 200")),
+        "a silent client was kept open: {said:?}"
+    );
+
+    // Broken TLS: a handshake record that is not a ClientHello.
+    let mut broken = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.capture))
+        .await
+        .unwrap();
+    broken
+        .write_all(b"CONNECT echo.test:443 HTTP/1.1\r\nHost: echo.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    broken
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00])
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut broken, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "broken TLS was kept open"
+    );
+
+    // After all that, the sidecar serves as before.
+    let (out, err) = sidecar.curl(&["https://echo.test/after"]);
+    assert!(out.contains("\"path\":\"/after\""), "{out} {err}");
+
+    // And each of them is in the recording, with why.
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified);
+    let closes = kinds(&records, "conn_close");
+    let errors: Vec<&str> = closes.iter().filter_map(|c| c["error"].as_str()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("timeout") || e.contains("timed out")),
+        "{errors:?}"
+    );
+    let refusals: Vec<String> = kinds(&records, "blocked")
+        .iter()
+        .map(|b| b["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|m| m.contains("sent nothing it could be understood by in 2s")),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|m| m.contains("ClientHello") || m.contains("TLS")),
+        "{refusals:?}"
+    );
+}
