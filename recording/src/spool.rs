@@ -331,7 +331,14 @@ impl Spool {
             return self.refuse(len, now, reason);
         }
         if self.outage.is_some() {
-            self.write_gap(now)?;
+            if let Err(e) = self.write_gap(now) {
+                // Still failing: this record joins the outage the gap will report.
+                return match self.refuse(len, now, String::new()) {
+                    Ok(dropped) => Ok(dropped),
+                    Err(SpoolError::Full { .. }) => Err(e),
+                    Err(other) => Err(other),
+                };
+            }
             // The gap moved the chain on: encode the record again on top of it.
             self.encode(event, now);
         }
