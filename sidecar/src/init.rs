@@ -103,56 +103,16 @@ impl Rules {
         ]);
 
         let mut filter: Vec<Vec<String>> = vec![
-            args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "RETURN",
-            ]),
-            args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-o",
-                "lo",
-                "-j",
-                "RETURN",
-            ]),
+            filter_rule(&["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
+            filter_rule(&["-o", "lo", "-j", "RETURN"]),
             // Redirected TCP leaves through lo (above); anything else TCP is established
             // traffic of a redirected connection or has been rewritten already.
-            args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-p",
-                "tcp",
-                "-j",
-                "RETURN",
-            ]),
+            filter_rule(&["-p", "tcp", "-j", "RETURN"]),
         ];
         for dns in self.dns.iter().filter(|ip| ip.is_ipv6() == v6) {
             let dst = dns.to_string();
-            filter.push(args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-p",
-                "udp",
-                "-d",
-                &dst,
-                "--dport",
-                "53",
-                "-j",
-                "RETURN",
+            filter.push(filter_rule(&[
+                "-p", "udp", "-d", &dst, "--dport", "53", "-j", "RETURN",
             ]));
         }
         let reject = if v6 {
@@ -160,11 +120,7 @@ impl Rules {
         } else {
             "icmp-port-unreachable"
         };
-        filter.push(args(&[
-            "-t",
-            "filter",
-            "-A",
-            FILTER_CHAIN,
+        filter.push(filter_rule(&[
             "-p",
             "udp",
             "-j",
@@ -173,7 +129,7 @@ impl Rules {
             reject,
         ]));
         // Everything else (ICMP, SCTP, …) from the agent: the recorder cannot carry it.
-        filter.push(args(&["-t", "filter", "-A", FILTER_CHAIN, "-j", "REJECT"]));
+        filter.push(filter_rule(&["-j", "REJECT"]));
 
         let mut all: Vec<Vec<String>> = nat.into_iter().map(|c| args(&c)).collect();
         all.extend(filter);
@@ -184,31 +140,18 @@ impl Rules {
     fn v6_reject_all(&self) -> Vec<Vec<String>> {
         let uid = self.uid.to_string();
         vec![
-            args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "RETURN",
-            ]),
-            args(&[
-                "-t",
-                "filter",
-                "-A",
-                FILTER_CHAIN,
-                "-o",
-                "lo",
-                "-j",
-                "RETURN",
-            ]),
-            args(&["-t", "filter", "-A", FILTER_CHAIN, "-j", "REJECT"]),
+            filter_rule(&["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
+            filter_rule(&["-o", "lo", "-j", "RETURN"]),
+            filter_rule(&["-j", "REJECT"]),
         ]
     }
+}
+
+/// `-t filter -A <our chain> <rest>`.
+fn filter_rule(rest: &[&str]) -> Vec<String> {
+    let mut rule = args(&["-t", "filter", "-A", FILTER_CHAIN]);
+    rule.extend(args(rest));
+    rule
 }
 
 fn args(a: &[&str]) -> Vec<String> {
