@@ -54,10 +54,11 @@ fuzz:
 ## bench: every benchmark (results and their commands in bench/RESULTS.md).
 bench: bench-recording bench-proxy bench-masking
 
-## bench-proxy: latency, throughput and memory of the sidecar beside a direct connection.
+## bench-proxy: latency, throughput and memory of the sidecar beside a direct connection,
+## nginx and mitmproxy (bench/proxy/peers.sh installs the peers once and prints their flags).
 bench-proxy:
 	$(CARGO) build --release -q -p cassette-sidecar -p cassette-bench-proxy
-	target/release/bench-proxy --sidecar target/release/cassette-sidecar --seconds 5 --connections 4
+	target/release/bench-proxy --sidecar target/release/cassette-sidecar --seconds 5 --connections 4 $$(bash bench/proxy/peers.sh)
 
 ## bench-masking: masking MB/s on JSON responses, git pushes, binary objects and logs.
 bench-masking:
