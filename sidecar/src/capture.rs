@@ -153,9 +153,8 @@ async fn proxy_request(
         capture: Capture::Connect,
     }));
     let endpoint = proxy.overrides.get(&host).cloned();
-    let dst = match resolve(&host, port).await {
+    let dst = match destination(&host, port, endpoint.is_some()).await {
         Ok(dst) => dst,
-        Err(_) if endpoint.is_some() => SocketAddr::from(([0, 0, 0, 0], port)),
         Err(e) => {
             let why = format!("cannot resolve {host}: {e}");
             refuse_connection(&proxy, conn, &format!("{host}:{port}"), &why);
@@ -189,10 +188,15 @@ async fn proxy_request(
     response
 }
 
-/// Resolve a CONNECT target to one address.
-pub async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+/// Where a proxied request for `host:port` goes, as an address: resolved once here, and that
+/// address (not the name again) is what is checked and dialled. A host with an upstream
+/// override is not looked up at all: the override says where to go.
+pub async fn destination(host: &str, port: u16, overridden: bool) -> std::io::Result<SocketAddr> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
+    }
+    if overridden {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     tokio::net::lookup_host((host, port))
         .await?

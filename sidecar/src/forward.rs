@@ -404,9 +404,8 @@ pub async fn absolute_form(
     let host = authority.host().trim_matches(['[', ']']).to_string();
     let port = authority.port_u16().unwrap_or(80);
     let endpoint = proxy.overrides.get(&host).cloned();
-    let dst = match crate::capture::resolve(&host, port).await {
+    let dst = match crate::capture::destination(&host, port, endpoint.is_some()).await {
         Ok(dst) => dst,
-        Err(_) if endpoint.is_some() => SocketAddr::from(([0, 0, 0, 0], port)),
         Err(e) => {
             return refusal(
                 StatusCode::BAD_GATEWAY,
