@@ -138,6 +138,15 @@ pub struct RequestedBy {
 /// Where and how a session is recorded.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// Whoever may edit a session must not be able to make the operator delete its recordings:
+// the sink stays, and the retention may grow or go but not shrink or appear (the shared
+// rules say the same with the values in the message).
+#[x_kube(
+    validation = Rule::new("self.sink == oldSelf.sink")
+        .message("sink cannot change: the session's recordings are there; create a new AgentSession to record elsewhere"),
+    validation = Rule::new("!has(self.retention) || (has(oldSelf.retention) && int(self.retention.substring(0, size(self.retention) - 1)) * (self.retention.endsWith('d') ? 24 : 1) >= int(oldSelf.retention.substring(0, size(oldSelf.retention) - 1)) * (oldSelf.retention.endsWith('d') ? 24 : 1))")
+        .message("retention cannot be shortened, or set after creation: it may only grow, or be removed to keep recordings until the bucket's lifecycle removes them")
+)]
 pub struct Recording {
     /// The recording destination: gs://BUCKET[/PREFIX] for Cloud Storage, or
     /// file:///ABSOLUTE/PATH for a directory on the node. Each pod records under

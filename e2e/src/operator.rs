@@ -72,6 +72,9 @@ impl Operator {
             .args(["--mutating-webhook-configuration", &configuration])
             .args(["--validating-webhook-configuration", &configuration])
             .args(["--log-format", "pretty"])
+            // Sweep on every reconcile at most a second apart, so retention tests need not
+            // wait an hour; sessions without a retention are never swept.
+            .args(["--retention-interval", "1s"])
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())

@@ -557,6 +557,8 @@ async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes
     };
     let old = recording("agent-0-1111", Duration::from_secs(3 * 3600))?;
     let young = recording("agent-1-2222", Duration::ZERO)?;
+    // As old, but of a pod this session's status does not name (an earlier `fix-ci`).
+    let earlier = recording("agent-0-0000", Duration::from_secs(3 * 3600))?;
 
     let mut session = session_json("fix-ci");
     session["spec"]["recording"] = json!({
@@ -564,6 +566,27 @@ async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes
         "retention": "2h"
     });
     create_session(&client, &ns, session).await?;
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    wait_for(&api, "fix-ci", |s| {
+        s.status.as_ref().is_some_and(|st| st.phase.is_some())
+    })
+    .await?;
+    // The first reconcile swept (nothing was the session's yet); past the operator's sweep
+    // interval (1s here), the next reconcile sweeps again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The sidecars of the two pods report, as they do: name and UID, each its own manager.
+    for (pod, uid) in [("agent-0", "1111"), ("agent-1", "2222")] {
+        let report = json!({
+            "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+            "status": {"pods": [{"name": pod, "uid": uid, "exchanges": 1}]}
+        });
+        api.patch_status(
+            "fix-ci",
+            &PatchParams::apply(&format!("cassette-sidecar-{pod}")),
+            &Patch::Apply(&report),
+        )
+        .await?;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while old.exists() {
         anyhow::ensure!(
@@ -576,6 +599,30 @@ async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes
         young.join("manifest.json").exists(),
         "the young recording went too"
     );
+    assert!(
+        earlier.join("manifest.json").exists(),
+        "the recording of a pod the session never had went too"
+    );
+
+    // Whoever may edit the session cannot make the operator delete sooner or elsewhere.
+    let sessions: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &sessions_resource());
+    for (change, refusal) in [
+        (json!({"retention": "1h"}), "retention cannot be shortened"),
+        (json!({"sink": "file:///elsewhere"}), "sink cannot change"),
+    ] {
+        let patch = json!({"spec": {"recording": change}});
+        let error = sessions
+            .patch("fix-ci", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("the edit was admitted");
+        assert!(error.to_string().contains(refusal), "{error}");
+    }
+    let longer = json!({"spec": {"recording": {"retention": "3h"}}});
+    sessions
+        .patch("fix-ci", &PatchParams::default(), &Patch::Merge(&longer))
+        .await?;
+
     let events = cluster()
         .kubectl()
         .args([
@@ -594,7 +641,6 @@ async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes
     );
 
     // Deleting the session takes nothing with it.
-    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
     api.delete("fix-ci", &Default::default()).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while api.get_opt("fix-ci").await?.is_some() {
@@ -603,6 +649,7 @@ async fn recordings_older_than_the_retention_go_and_deleting_the_session_deletes
     }
     assert!(young.join("manifest.json").exists());
     assert!(young.join("seg-000001.jsonl.zst").exists());
+    assert!(earlier.join("manifest.json").exists());
     Ok(())
 }
 

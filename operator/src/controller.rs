@@ -217,6 +217,16 @@ async fn expire_recordings(session: &AgentSession, ctx: &Context, live: &[String
             .retention_objects
             .get_or_create(&RetentionLabels { outcome })
     };
+    if !outcome.unclaimed.is_empty() || !outcome.ignored.is_empty() {
+        // Not this session's to delete: an earlier session of the same name, or strays.
+        tracing::info!(
+            session = %name,
+            namespace,
+            unclaimed = ?outcome.unclaimed,
+            ignored = ?outcome.ignored,
+            "left alone by the retention: not recordings this session's status names"
+        );
+    }
     objects("deleted").inc_by(outcome.deleted);
     objects("held").inc_by(outcome.kept_objects());
     if outcome.deleted > 0 {

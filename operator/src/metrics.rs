@@ -108,7 +108,7 @@ impl Metrics {
         let retention_objects = Family::<RetentionLabels, Counter>::default();
         registry.register(
             "retention_objects",
-            "Recording objects older than their session's retention: deleted, or held (kept by a hold, retention or the sink's refusal)",
+            "Recording objects older than their session's retention, per sweep: deleted, or held (kept by a hold, retention or the sink's refusal; counted again by every sweep that finds them held)",
             retention_objects.clone(),
         );
         Self {

@@ -4,10 +4,16 @@
 //! keeps any object of it, which is reported instead. Without `retention` nothing is deleted
 //! (the bucket's lifecycle decides). Nothing here runs when an AgentSession is deleted: the
 //! controller calls the sweep from its apply path only, on the leader, once per interval.
+//!
+//! The sweep deletes only what is provably this session's recording: directories
+//! `<pod>-<uid>` its `status.pods` names (a new session of the same name does not inherit the
+//! recordings of an earlier one), and in them only segments and the manifest, never an object
+//! whose metadata names another session.
 
 use cassette_api::AgentSession;
 use cassette_recording::segment::{MANIFEST, parse_index};
 use cassette_recording::sink::{Deleted, GcsOptions, Sink, SinkError, StoredObject};
+use cassette_rules::validate::parse_retention;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -49,30 +55,11 @@ impl Schedule {
     }
 }
 
-/// `90d` or `36h`, as the CRD admits them.
-pub fn parse_retention(text: &str) -> Result<Duration, String> {
-    let refuse =
-        || format!("{text:?} is not a retention: use whole days or hours, such as 90d or 36h");
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-    let hours = match unit {
-        "d" => 24,
-        "h" => 1,
-        _ => return Err(refuse()),
-    };
-    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(refuse());
-    }
-    let n: u64 = digits.parse().map_err(|_| refuse())?;
-    n.checked_mul(hours * 3600)
-        .map(Duration::from_secs)
-        .ok_or_else(refuse)
-}
-
 /// One pod's recording as listed: `<namespace>/<session>/<pod>-<uid>/` and its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recording {
     pub prefix: String,
-    /// In the order they are deleted: segments by number, anything else, the manifest last.
+    /// In the order they are deleted: segments by number, the manifest last.
     pub objects: Vec<StoredObject>,
 }
 
@@ -84,6 +71,41 @@ pub struct Held {
     pub kept: Vec<(String, String)>,
 }
 
+/// The session whose recordings are swept, and which of them are its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub session: &'a str,
+    /// `<pod>-<uid>` of every pod the session's status names: the recordings it made.
+    pub recorded: &'a [String],
+    /// `<pod>-<uid>` of its pods still running: never swept, however quiet.
+    pub live: &'a [String],
+}
+
+impl Scope<'_> {
+    /// `<namespace>/<session>/`.
+    pub fn prefix(&self) -> String {
+        format!("{}/{}/", self.namespace, self.session)
+    }
+
+    /// Whether `name`, in the recording directory `pod_dir`, is a recording object of this
+    /// session: a segment or the manifest, whose metadata (where the sink keeps it) names
+    /// this session and pod.
+    fn owns(&self, pod_dir: &str, name: &str, object: &StoredObject) -> bool {
+        let recording_file =
+            (name.ends_with(".jsonl.zst") && parse_index(name).is_some()) || name == MANIFEST;
+        let says = |key: &str, matches: &dyn Fn(&str) -> bool| {
+            object.metadata.get(key).is_none_or(|v| matches(v))
+        };
+        recording_file
+            && says("cassette-namespace", &|v| v == self.namespace)
+            && says("cassette-session", &|v| v == self.session)
+            && says("cassette-pod-uid", &|v| {
+                pod_dir.strip_suffix(v).is_some_and(|p| p.ends_with('-'))
+            })
+    }
+}
+
 /// What to do with a session's recordings (pure).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -91,39 +113,59 @@ pub struct Plan {
     pub held: Vec<Held>,
     /// Recordings younger than the retention.
     pub young: usize,
+    /// Recordings of pods still running.
+    pub live: usize,
+    /// Directories under the session's prefix its status does not name: an earlier session
+    /// of the same name, or something else. Left alone.
+    pub unclaimed: Vec<String>,
+    /// Objects in its recordings that are not segments or manifests of this session. Left
+    /// alone.
+    pub ignored: Vec<String>,
 }
 
 /// Groups a session's objects into recordings and decides each one. A recording expires when
-/// its newest object is older than `retention` and its pod is not among `live` (the
-/// `<pod>-<uid>` directories of pods still running: a quiet agent is not an old recording);
-/// it is held when any of its objects is under a hold or retention at `now`, so a chain is
-/// never cut in half on purpose.
+/// its newest object is older than `retention`, it is one the session `recorded` and its pod
+/// is not `live`; it is held when any of its objects is under a hold or retention at `now`,
+/// so a chain is never cut in half on purpose.
 pub fn plan(
-    session_prefix: &str,
+    scope: &Scope<'_>,
     objects: Vec<StoredObject>,
     retention: Duration,
     now: SystemTime,
-    live: &[String],
 ) -> Plan {
+    let session_prefix = scope.prefix();
+    let mut plan = Plan::default();
     let mut recordings: BTreeMap<String, Vec<StoredObject>> = BTreeMap::new();
     for object in objects {
-        let Some(rest) = object.key.strip_prefix(session_prefix) else {
+        let Some(rest) = object.key.strip_prefix(&session_prefix) else {
+            plan.ignored.push(object.key);
             continue;
         };
-        // Only objects inside a pod's directory belong to a recording.
-        let Some((pod_dir, _)) = rest.split_once('/') else {
+        // Only files directly inside a pod's directory can belong to a recording.
+        let Some((pod_dir, name)) = rest.split_once('/') else {
+            plan.ignored.push(object.key);
             continue;
         };
+        if !scope.recorded.iter().any(|r| r == pod_dir) {
+            let dir = format!("{session_prefix}{pod_dir}/");
+            if plan.unclaimed.last() != Some(&dir) {
+                plan.unclaimed.push(dir);
+            }
+            continue;
+        }
+        if !scope.owns(pod_dir, name, &object) {
+            plan.ignored.push(object.key);
+            continue;
+        }
         recordings
             .entry(format!("{session_prefix}{pod_dir}/"))
             .or_default()
             .push(object);
     }
-    let mut plan = Plan::default();
     for (prefix, mut objects) in recordings {
         let pod_dir = prefix[session_prefix.len()..].trim_end_matches('/');
-        if live.iter().any(|l| l == pod_dir) {
-            plan.young += 1;
+        if scope.live.iter().any(|l| l == pod_dir) {
+            plan.live += 1;
             continue;
         }
         let newest = objects.iter().map(|o| o.created).max();
@@ -140,22 +182,14 @@ pub fn plan(
             plan.held.push(Held { prefix, kept });
             continue;
         }
-        objects.sort_by_key(|o| deletion_rank(&o.key[prefix.len()..]));
+        // Segments first, in order; the manifest last. A sweep cut off half-way leaves the
+        // signed manifest in place, so `kubectl cassette verify` reports the segments it
+        // lists as missing rather than calling the recording open (still running); and the
+        // next sweep still finds the recording old and finishes it.
+        objects.sort_by_key(|o| parse_index(&o.key[prefix.len()..]).unwrap_or(u64::MAX));
         plan.expired.push(Recording { prefix, objects });
     }
     plan
-}
-
-/// Segments first, in order; then anything unexpected; the manifest last. A sweep cut off
-/// half-way leaves the signed manifest in place, so `kubectl cassette verify` reports the
-/// segments it lists as missing rather than calling the recording open (still running); and
-/// the next sweep still finds the recording old and finishes it.
-fn deletion_rank(name: &str) -> (u8, u64, String) {
-    match parse_index(name) {
-        Some(ix) => (0, ix, String::new()),
-        None if name == MANIFEST => (2, 0, String::new()),
-        None => (1, 0, name.to_string()),
-    }
 }
 
 /// What a sweep did.
@@ -169,6 +203,12 @@ pub struct Outcome {
     pub held: Vec<Held>,
     /// Recordings younger than the retention.
     pub young: usize,
+    /// Recordings of pods still running.
+    pub live: usize,
+    /// Directories the session's status does not name, left alone.
+    pub unclaimed: Vec<String>,
+    /// Objects in its recordings that are not its segments or manifests, left alone.
+    pub ignored: Vec<String>,
 }
 
 impl Outcome {
@@ -178,9 +218,19 @@ impl Outcome {
     }
 }
 
+/// The recording directories (`<pod>-<uid>`) the session's status names.
+pub fn recorded(session: &AgentSession) -> Vec<String> {
+    session
+        .status
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter_map(|p| Some(format!("{}-{}", p.name, p.uid.as_deref()?)))
+        .collect()
+}
+
 /// Sweeps one session's recordings in `sink`, leaving alone those of the `live` pods
-/// (`<pod>-<uid>`). Without `spec.recording.retention` it deletes nothing and does not even
-/// list.
+/// (`<pod>-<uid>`) and those its status does not name. Without `spec.recording.retention`
+/// it deletes nothing and does not even list.
 pub async fn sweep(
     sink: &Sink,
     session: &AgentSession,
@@ -191,16 +241,23 @@ pub async fn sweep(
         return Ok(Outcome::default());
     };
     let retention = parse_retention(text).map_err(SweepError::Retention)?;
-    let prefix = format!(
-        "{}/{}/",
-        session.namespace().unwrap_or_default(),
-        session.name_any()
-    );
-    let objects = sink.list_stored(&prefix).await?;
-    let plan = plan(&prefix, objects, retention, now, live);
+    let namespace = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let recorded = recorded(session);
+    let scope = Scope {
+        namespace: &namespace,
+        session: &name,
+        recorded: &recorded,
+        live,
+    };
+    let objects = sink.list_stored(&scope.prefix()).await?;
+    let plan = plan(&scope, objects, retention, now);
     let mut outcome = Outcome {
         held: plan.held,
         young: plan.young,
+        live: plan.live,
+        unclaimed: plan.unclaimed,
+        ignored: plan.ignored,
         ..Outcome::default()
     };
     'recordings: for recording in plan.expired {
@@ -241,13 +298,18 @@ pub async fn open_sink(session: &AgentSession, settings: &Settings) -> Result<Si
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cassette_api::{AgentSessionSpec, Durability, OnFailure, Recording as RecordingSpec};
+    use cassette_api::{
+        AgentSessionSpec, AgentSessionStatus, Durability, OnFailure, PodRecording,
+        Recording as RecordingSpec,
+    };
     use cassette_recording::sink::{HOLD_FILE, ObjectMeta};
     use std::path::Path;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
-    fn session(name: &str, sink: &str, retention: Option<&str>) -> AgentSession {
+    /// A session in namespace `team` whose status names the pods `recorded`
+    /// (`<pod>-<uid>`, split at the last dash).
+    fn session(name: &str, sink: &str, retention: Option<&str>, recorded: &[&str]) -> AgentSession {
         let mut s = AgentSession::new(
             name,
             AgentSessionSpec {
@@ -268,7 +330,29 @@ mod tests {
             },
         );
         s.metadata.namespace = Some("team".into());
+        s.status = Some(AgentSessionStatus {
+            pods: recorded
+                .iter()
+                .map(|dir| {
+                    let (pod, uid) = dir.rsplit_once('-').unwrap();
+                    PodRecording {
+                        name: pod.into(),
+                        uid: Some(uid.into()),
+                        ..PodRecording::default()
+                    }
+                })
+                .collect(),
+            ..AgentSessionStatus::default()
+        });
         s
+    }
+
+    fn backdate(path: &Path, age: Duration) {
+        // Owner may set times on a read-only file through a read-only handle.
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - age)
+            .unwrap();
     }
 
     /// Writes a recording of two segments and a manifest, `age` old.
@@ -279,11 +363,7 @@ mod tests {
             sink.put_once(&key, name.as_bytes().to_vec().into(), meta)
                 .await
                 .unwrap();
-            // Owner may set times on a read-only file through a read-only handle.
-            std::fs::File::open(root.join(&key))
-                .unwrap()
-                .set_modified(SystemTime::now() - age)
-                .unwrap();
+            backdate(&root.join(&key), age);
         }
     }
 
@@ -297,6 +377,8 @@ mod tests {
         (url, sink)
     }
 
+    const ALL: &[&str] = &["agent-0-aaa", "agent-1-bbb", "agent-2-eee", "agent-9-zzz"];
+
     #[tokio::test]
     async fn old_recordings_go_young_ones_and_other_sessions_stay() {
         let dir = tempfile::tempdir().unwrap();
@@ -307,15 +389,9 @@ mod tests {
         recording(root, "team/other/agent-0-ccc/", 100 * DAY, &plain).await;
         recording(root, "elsewhere/fix-ci/agent-0-ddd/", 100 * DAY, &plain).await;
         let (url, sink) = file_sink(root);
+        let fix_ci = session("fix-ci", &url, Some("90d"), ALL);
 
-        let outcome = sweep(
-            &sink,
-            &session("fix-ci", &url, Some("90d")),
-            SystemTime::now(),
-            &[],
-        )
-        .await
-        .unwrap();
+        let outcome = sweep(&sink, &fix_ci, SystemTime::now(), &[]).await.unwrap();
         assert_eq!(outcome.deleted, 3);
         assert_eq!(outcome.recordings, ["team/fix-ci/agent-0-aaa/"]);
         assert_eq!((outcome.young, outcome.held.len()), (1, 0));
@@ -326,15 +402,11 @@ mod tests {
 
         // A pod still running is not swept, however long it has been quiet.
         recording(root, "team/fix-ci/agent-9-zzz/", 100 * DAY, &plain).await;
-        let outcome = sweep(
-            &sink,
-            &session("fix-ci", &url, Some("90d")),
-            SystemTime::now(),
-            &["agent-9-zzz".to_string()],
-        )
-        .await
-        .unwrap();
-        assert_eq!(outcome.deleted, 0);
+        let live = ["agent-9-zzz".to_string()];
+        let outcome = sweep(&sink, &fix_ci, SystemTime::now(), &live)
+            .await
+            .unwrap();
+        assert_eq!((outcome.deleted, outcome.live, outcome.young), (0, 1, 1));
         assert!(exists(root, "team/fix-ci/agent-9-zzz/"));
         std::fs::remove_dir_all(root.join("team/fix-ci/agent-9-zzz")).unwrap();
         let listed = cassette_recording::list_recordings(&sink, "team", "fix-ci")
@@ -344,23 +416,115 @@ mod tests {
 
         // A recording is judged by its newest object: one fresh object keeps all of it.
         recording(root, "team/fix-ci/agent-2-eee/", 100 * DAY, &plain).await;
-        std::fs::File::open(root.join("team/fix-ci/agent-2-eee").join(MANIFEST))
-            .unwrap()
-            .set_modified(SystemTime::now() - 30 * DAY)
-            .unwrap();
-        let outcome = sweep(
-            &sink,
-            &session("fix-ci", &url, Some("90d")),
-            SystemTime::now(),
-            &[],
-        )
-        .await
-        .unwrap();
+        backdate(
+            &root.join("team/fix-ci/agent-2-eee").join(MANIFEST),
+            30 * DAY,
+        );
+        let outcome = sweep(&sink, &fix_ci, SystemTime::now(), &[]).await.unwrap();
         assert_eq!((outcome.deleted, outcome.young), (0, 2));
         assert!(
             root.join("team/fix-ci/agent-2-eee/seg-000001.jsonl.zst")
                 .exists()
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_session_of_the_same_name_leaves_the_old_recordings_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let plain = ObjectMeta::default();
+        // An earlier `fix-ci` recorded agent-0-old; the session now there recorded agent-0-new.
+        recording(root, "team/fix-ci/agent-0-old/", 100 * DAY, &plain).await;
+        recording(root, "team/fix-ci/agent-0-new/", 100 * DAY, &plain).await;
+        let (url, sink) = file_sink(root);
+        let now = session("fix-ci", &url, Some("1h"), &["agent-0-new"]);
+
+        let outcome = sweep(&sink, &now, SystemTime::now(), &[]).await.unwrap();
+        assert_eq!(outcome.recordings, ["team/fix-ci/agent-0-new/"]);
+        assert_eq!(outcome.unclaimed, ["team/fix-ci/agent-0-old/"]);
+        assert!(exists(root, "team/fix-ci/agent-0-old/"));
+    }
+
+    #[tokio::test]
+    async fn only_segments_and_the_manifest_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        recording(
+            root,
+            "team/fix-ci/agent-0-aaa/",
+            100 * DAY,
+            &ObjectMeta::default(),
+        )
+        .await;
+        let pod = root.join("team/fix-ci/agent-0-aaa");
+        std::fs::write(pod.join("notes.txt"), "kept").unwrap();
+        std::fs::create_dir(pod.join("nested")).unwrap();
+        std::fs::write(pod.join("nested/seg-000003.jsonl.zst"), "kept").unwrap();
+        for extra in ["notes.txt", "nested/seg-000003.jsonl.zst"] {
+            backdate(&pod.join(extra), 100 * DAY);
+        }
+        let (url, sink) = file_sink(root);
+        let outcome = sweep(
+            &sink,
+            &session("fix-ci", &url, Some("90d"), ALL),
+            SystemTime::now(),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.deleted, 3);
+        assert_eq!(
+            outcome.ignored,
+            [
+                "team/fix-ci/agent-0-aaa/nested/seg-000003.jsonl.zst",
+                "team/fix-ci/agent-0-aaa/notes.txt"
+            ]
+        );
+        assert!(pod.join("notes.txt").exists());
+        assert!(pod.join("nested/seg-000003.jsonl.zst").exists());
+        assert!(!pod.join(MANIFEST).exists());
+    }
+
+    #[test]
+    fn an_object_whose_metadata_names_another_session_is_not_deleted() {
+        let now = SystemTime::now();
+        let object = |name: &str, meta: &[(&str, &str)]| StoredObject {
+            key: format!("team/fix-ci/agent-0-aaa/{name}"),
+            created: now - 2 * DAY,
+            generation: Some(1),
+            protections: vec![],
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let ours = [
+            ("cassette-namespace", "team"),
+            ("cassette-session", "fix-ci"),
+            ("cassette-pod-uid", "aaa"),
+        ];
+        let objects = vec![
+            object("seg-000001.jsonl.zst", &ours),
+            object("seg-000002.jsonl.zst", &[("cassette-session", "other")]),
+            object("seg-000003.jsonl.zst", &[("cassette-namespace", "prod")]),
+            object("seg-000004.jsonl.zst", &[("cassette-pod-uid", "bbb")]),
+            object(MANIFEST, &ours[..2]),
+        ];
+        let recorded = ["agent-0-aaa".to_string()];
+        let scope = Scope {
+            namespace: "team",
+            session: "fix-ci",
+            recorded: &recorded,
+            live: &[],
+        };
+        let plan = plan(&scope, objects, DAY, now);
+        let deleted: Vec<&str> = plan.expired[0]
+            .objects
+            .iter()
+            .map(|o| &o.key["team/fix-ci/agent-0-aaa/".len()..])
+            .collect();
+        assert_eq!(deleted, ["seg-000001.jsonl.zst", MANIFEST]);
+        assert_eq!(plan.ignored.len(), 3, "{:?}", plan.ignored);
     }
 
     #[tokio::test]
@@ -381,15 +545,9 @@ mod tests {
         .await;
         std::fs::write(root.join("team/fix-ci/held-2").join(HOLD_FILE), "").unwrap();
         let (url, sink) = file_sink(root);
+        let fix_ci = session("fix-ci", &url, Some("90d"), &["retained-1", "held-2"]);
 
-        let outcome = sweep(
-            &sink,
-            &session("fix-ci", &url, Some("90d")),
-            SystemTime::now(),
-            &[],
-        )
-        .await
-        .unwrap();
+        let outcome = sweep(&sink, &fix_ci, SystemTime::now(), &[]).await.unwrap();
         assert_eq!(outcome.deleted, 0);
         assert_eq!(outcome.kept_objects(), 6);
         let held = &outcome.held[0];
@@ -412,14 +570,7 @@ mod tests {
             assert!(record.exists(), "{record:?}");
             std::fs::write(record, "2020-01-01T00:00:00Z").unwrap();
         }
-        let outcome = sweep(
-            &sink,
-            &session("fix-ci", &url, Some("90d")),
-            SystemTime::now(),
-            &[],
-        )
-        .await
-        .unwrap();
+        let outcome = sweep(&sink, &fix_ci, SystemTime::now(), &[]).await.unwrap();
         assert_eq!(outcome.recordings, ["team/fix-ci/retained-1/"]);
         assert!(!root.join("team/fix-ci/retained-1").exists());
         assert!(exists(root, "team/fix-ci/held-2/"), "a hold has no end");
@@ -439,7 +590,7 @@ mod tests {
         let (url, sink) = file_sink(root);
         let outcome = sweep(
             &sink,
-            &session("fix-ci", &url, None),
+            &session("fix-ci", &url, None, ALL),
             SystemTime::now(),
             &[],
         )
@@ -447,6 +598,23 @@ mod tests {
         .unwrap();
         assert_eq!(outcome, Outcome::default());
         assert!(exists(root, "team/fix-ci/agent-0-aaa/"));
+    }
+
+    #[tokio::test]
+    async fn a_sink_directory_that_is_not_there_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("not-mounted");
+        let (url, sink) = file_sink(&missing);
+        let error = sweep(
+            &sink,
+            &session("fix-ci", &url, Some("1h"), ALL),
+            SystemTime::now(),
+            &[],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("does not exist"), "{error}");
     }
 
     #[test]
@@ -457,16 +625,19 @@ mod tests {
             created: now - 2 * DAY,
             generation: Some(1),
             protections: vec![],
+            metadata: BTreeMap::new(),
         };
-        let objects = [
-            MANIFEST,
-            "seg-000010.jsonl.zst",
-            "stray.txt",
-            "seg-000002.jsonl.zst",
-        ]
-        .map(object)
-        .to_vec();
-        let plan = plan("ns/s/", objects, DAY, now, &[]);
+        let objects = [MANIFEST, "seg-000010.jsonl.zst", "seg-000002.jsonl.zst"]
+            .map(object)
+            .to_vec();
+        let recorded = ["p-u".to_string()];
+        let scope = Scope {
+            namespace: "ns",
+            session: "s",
+            recorded: &recorded,
+            live: &[],
+        };
+        let plan = plan(&scope, objects, DAY, now);
         let order: Vec<&str> = plan.expired[0]
             .objects
             .iter()
@@ -474,22 +645,8 @@ mod tests {
             .collect();
         assert_eq!(
             order,
-            [
-                "seg-000002.jsonl.zst",
-                "seg-000010.jsonl.zst",
-                "stray.txt",
-                MANIFEST
-            ]
+            ["seg-000002.jsonl.zst", "seg-000010.jsonl.zst", MANIFEST]
         );
-    }
-
-    #[test]
-    fn retention_reads_days_and_hours() {
-        assert_eq!(parse_retention("90d"), Ok(90 * DAY));
-        assert_eq!(parse_retention("36h"), Ok(Duration::from_secs(36 * 3600)));
-        for bad in ["", "d", "0d", "90", "1.5d", "90 days", "-1h"] {
-            assert!(parse_retention(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

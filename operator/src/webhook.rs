@@ -299,7 +299,17 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
             );
         }
     };
-    match cassette_rules::validate::agent_session(&spec) {
+    let old_spec = match request.old_object.as_ref().and_then(|o| o.data.get("spec")) {
+        Some(old) if request.operation == Operation::Update => {
+            serde_json::from_value::<AgentSessionSpec>(old.clone()).ok()
+        }
+        _ => None,
+    };
+    let checked = cassette_rules::validate::agent_session(&spec).and_then(|()| match &old_spec {
+        Some(old) => cassette_rules::validate::agent_session_update(old, &spec),
+        None => Ok(()),
+    });
+    match checked {
         Ok(()) => (response, Verdict::Allowed),
         Err(errors) => (
             response.deny(format!("AgentSession {name:?} is invalid: {errors}")),

@@ -510,8 +510,10 @@ impl Recorder {
         let key = format!("{}/{MANIFEST}", c.path.prefix());
         let meta = ObjectMeta {
             pairs: vec![
+                ("cassette-namespace".into(), c.path.namespace.clone()),
                 ("cassette-session".into(), c.path.session.clone()),
                 ("cassette-pod".into(), c.path.pod.clone()),
+                ("cassette-pod-uid".into(), c.path.pod_uid.clone()),
                 ("cassette-chain-head".into(), manifest.head.clone()),
             ],
             retain_for: c.retention,

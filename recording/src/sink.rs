@@ -98,6 +98,9 @@ pub struct StoredObject {
     pub generation: Option<i64>,
     /// Everything that may keep it, in force or not: see [`StoredObject::kept_by`].
     pub protections: Vec<Protection>,
+    /// Its custom metadata (`cassette-session`, `cassette-pod-uid`, …) where the sink keeps
+    /// any: GCS does, the file sink does not.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl StoredObject {

@@ -192,6 +192,7 @@ async fn lists_stored_objects_with_times_and_retention_and_deletes_them() {
     let before = std::time::SystemTime::now() - Duration::from_secs(60);
     let plain = ObjectMeta {
         content_type: "application/zstd",
+        pairs: vec![("cassette-session".into(), "s1".into())],
         ..ObjectMeta::default()
     };
     let retained = ObjectMeta {
@@ -224,6 +225,11 @@ async fn lists_stored_objects_with_times_and_retention_and_deletes_them() {
         assert!(object.generation.is_some(), "{object:?}");
     }
     assert!(stored[0].protections.is_empty());
+    assert_eq!(
+        stored[0].metadata.get("cassette-session").map(String::as_str),
+        Some("s1"),
+        "the retention sweep reads whose object it is from the listing"
+    );
     match stored[2].kept_by(now) {
         Some(Protection::RetainedUntil(until)) => {
             assert!(*until > now + Duration::from_secs(3000), "{until:?}")

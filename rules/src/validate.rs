@@ -116,20 +116,79 @@ fn recording(spec: &AgentSessionSpec, errors: &mut Vec<FieldError>) {
             format!("{} is out of range: use 1024 to 67108864", r.max_body_bytes),
         ));
     }
-    if let Some(retention) = &r.retention {
-        let (digits, unit) = retention.split_at(retention.len().saturating_sub(1));
-        let ok = matches!(unit, "d" | "h")
-            && !digits.is_empty()
-            && !digits.starts_with('0')
-            && digits.bytes().all(|b| b.is_ascii_digit());
-        if !ok {
+    if let Some(Err(message)) = r.retention.as_deref().map(parse_retention) {
+        errors.push(FieldError::new("spec.recording.retention", message));
+    }
+}
+
+/// Parses a retention as the CRD admits it: whole days or hours, such as `90d` or `36h`.
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    let refuse =
+        || format!("{text:?} is not a retention: use whole days or hours, such as 90d or 36h");
+    let (digits, hours) = match (text.strip_suffix('d'), text.strip_suffix('h')) {
+        (Some(digits), _) => (digits, 24),
+        (_, Some(digits)) => (digits, 1),
+        _ => return Err(refuse()),
+    };
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    let n: u64 = digits.parse().map_err(|_| refuse())?;
+    n.checked_mul(hours * 3600)
+        .map(Duration::from_secs)
+        .ok_or_else(refuse)
+}
+
+/// Checks a change to a session's spec that each spec alone cannot show wrong: whoever may
+/// edit a session must not be able to make the operator delete what it recorded. The sink
+/// cannot change (recordings already written stay where the session says they are), and the
+/// retention can be lengthened or removed (removing it keeps recordings until the bucket's
+/// lifecycle removes them) but neither shortened nor added.
+pub fn agent_session_update(
+    old: &AgentSessionSpec,
+    new: &AgentSessionSpec,
+) -> Result<(), ValidationErrors> {
+    let mut errors = Vec::new();
+    if old.recording.sink != new.recording.sink {
+        errors.push(FieldError::new(
+            "spec.recording.sink",
+            format!(
+                "cannot change from {:?}: the session's recordings are there; create a new \
+                 AgentSession to record elsewhere",
+                old.recording.sink
+            ),
+        ));
+    }
+    fn retention(r: &Option<String>) -> Option<(&str, Result<Duration, String>)> {
+        r.as_deref().map(|t| (t, parse_retention(t)))
+    }
+    match (
+        retention(&old.recording.retention),
+        retention(&new.recording.retention),
+    ) {
+        (None, Some((new, _))) => errors.push(FieldError::new(
+            "spec.recording.retention",
+            format!(
+                "cannot be set to {new:?} after creation: the session's recordings are kept \
+                 until the bucket's lifecycle removes them; create a new AgentSession for a \
+                 shorter retention"
+            ),
+        )),
+        (Some((old, Ok(before))), Some((new, Ok(after)))) if after < before => {
             errors.push(FieldError::new(
                 "spec.recording.retention",
                 format!(
-                    "{retention:?} is not a retention: use whole days or hours, such as 90d or 36h"
+                    "cannot be shortened from {old:?} to {new:?}: it may only grow, or be \
+                     removed to keep recordings until the bucket's lifecycle removes them"
                 ),
-            ));
+            ))
         }
+        _ => {}
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(errors))
     }
 }
 
@@ -488,6 +547,69 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.starts_with("spec.masking.patterns[2].regex: does not compile: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn retention_reads_days_and_hours() {
+        const DAY: Duration = Duration::from_secs(86_400);
+        assert_eq!(parse_retention("90d"), Ok(90 * DAY));
+        assert_eq!(parse_retention("36h"), Ok(Duration::from_secs(36 * 3600)));
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "90",
+            "1.5d",
+            "90 days",
+            "-1h",
+            "é",
+            "9é",
+            "99999999999999999d",
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_edit_cannot_move_the_sink_or_shorten_the_retention() {
+        let with = |sink: &str, retention: Option<&str>| {
+            let mut s = spec();
+            s.recording.sink = sink.into();
+            s.recording.retention = retention.map(Into::into);
+            s
+        };
+        let old = with("gs://audit/cassette", Some("90d"));
+        for ok in [
+            with("gs://audit/cassette", Some("90d")),
+            with("gs://audit/cassette", Some("91d")),
+            with("gs://audit/cassette", Some("2161h")),
+            with("gs://audit/cassette", None),
+        ] {
+            assert_eq!(agent_session_update(&old, &ok), Ok(()), "{ok:?}");
+        }
+        let refused = |new: &AgentSessionSpec, old: &AgentSessionSpec| {
+            agent_session_update(old, new).unwrap_err().to_string()
+        };
+        let text = refused(&with("gs://elsewhere", Some("90d")), &old);
+        assert!(
+            text.starts_with("spec.recording.sink: cannot change from \"gs://audit/cassette\""),
+            "{text}"
+        );
+        let text = refused(&with("gs://audit/cassette", Some("2159h")), &old);
+        assert!(
+            text.starts_with(
+                "spec.recording.retention: cannot be shortened from \"90d\" to \"2159h\""
+            ),
+            "{text}"
+        );
+        let text = refused(
+            &with("gs://audit/cassette", Some("1h")),
+            &with("gs://audit/cassette", None),
+        );
+        assert!(
+            text.starts_with("spec.recording.retention: cannot be set to \"1h\" after creation"),
             "{text}"
         );
     }

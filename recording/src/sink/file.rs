@@ -102,6 +102,15 @@ impl FileSink {
         let root = self.root.clone();
         let prefix = prefix.to_string();
         blocking(move || {
+            // A missing prefix is an empty listing; a missing sink is a mistake (a volume not
+            // mounted where the session says), which must not read as "nothing recorded".
+            if !root.is_dir() {
+                return Err(SinkError::Unavailable {
+                    op: "list",
+                    key: format!("file://{}", root.display()),
+                    detail: "the sink's directory does not exist here (is it mounted?)".into(),
+                });
+            }
             let mut out = Vec::new();
             walk(&root, &prefix, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -208,6 +217,7 @@ fn stored_object(path: &Path, key: &str) -> std::io::Result<Option<StoredObject>
         created: meta.modified()?,
         generation: None,
         protections,
+        metadata: Default::default(),
     }))
 }
 

@@ -351,7 +351,7 @@ impl GcsSink {
 
 /// What `list_stored` asks the JSON API for.
 const STORED_FIELDS: &str = "items(name,generation,timeCreated,temporaryHold,eventBasedHold,\
-retention(retainUntilTime),retentionExpirationTime),nextPageToken";
+retention(retainUntilTime),retentionExpirationTime,metadata),nextPageToken";
 
 /// What a `DELETE` answer means. A hold, retention or a newer generation keeps the object,
 /// which is an answer, as is a missing permission: the sweep reports it and goes on.
@@ -438,6 +438,8 @@ struct ListItem {
     #[serde(default)]
     retention: Option<ItemRetention>,
     #[serde(default)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
     retention_expiration_time: Option<String>,
 }
 
@@ -491,6 +493,7 @@ fn stored_object(item: ListItem, key: String) -> Result<StoredObject, String> {
         created,
         generation,
         protections,
+        metadata: item.metadata.unwrap_or_default(),
     })
 }
 
