@@ -18,7 +18,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
-/// How long a client may take to send its first bytes (a ClientHello or a request line).
 /// The largest TLS record that may carry a ClientHello.
 const MAX_HELLO: usize = 16 * 1024 + 5;
 

@@ -172,10 +172,11 @@ pub struct RunArgs {
     /// How long in-flight exchanges may take to finish on shutdown.
     #[arg(long, default_value = "20")]
     drain_seconds: u64,
-    /// Seconds an agent connection may take to finish its TLS handshake, or to send a
-    /// request's headers once it has begun one; a slower client is disconnected and the
-    /// connection recorded with why.
-    #[arg(long, env = "CASSETTE_CLIENT_TIMEOUT", default_value = "30")]
+    /// Seconds an agent connection may take to finish its TLS handshake or to send a
+    /// request's headers; a slower client is disconnected and the connection recorded with
+    /// why. An HTTP/1 keep-alive connection idle for as long between requests is closed too
+    /// (clients reconnect).
+    #[arg(long, env = "CASSETTE_CLIENT_TIMEOUT_SECONDS", default_value = "30")]
     client_timeout_seconds: u64,
     /// Report this pod's entry in the AgentSession status through this kubeconfig (in a
     /// cluster the mounted service-account token is used without it).
