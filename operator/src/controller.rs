@@ -132,7 +132,7 @@ fn error_policy(session: Arc<AgentSession>, error: &Error, _ctx: Arc<Context>) -
 }
 
 /// Bring the status in line with the spec, the clock and the pods.
-async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
+async fn apply(session: &AgentSession, ctx: &Arc<Context>) -> Result<Action, Error> {
     let name = session.name_any();
     let namespace = session.namespace().unwrap_or_default();
     let pods = live_pods(&ctx.client, &namespace, &name).await?;
@@ -151,7 +151,19 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
         &Patch::Apply(&patch),
     )
     .await?;
-    expire_recordings(session, ctx, &recording_dirs(&pods)).await;
+    // The sweep lists and deletes in the background: a large bucket must not hold up this
+    // session's status.
+    if session.spec.recording.retention.is_some()
+        && let Some(sweeping) = ctx
+            .sweeps
+            .start(&format!("{namespace}/{name}"), std::time::Instant::now())
+    {
+        let (session, ctx, live) = (session.clone(), ctx.clone(), recording_dirs(&pods));
+        tokio::spawn(async move {
+            expire_recordings(&session, &ctx, &live).await;
+            drop(sweeping);
+        });
+    }
     // Look again right after the session expires, so its phase turns on time.
     let requeue = match session::expires_at(session) {
         Some(at) if at > now => Duration::try_from(at.duration_since(now))
@@ -163,21 +175,12 @@ async fn apply(session: &AgentSession, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(requeue))
 }
 
-/// Delete the session's recordings older than its retention, at most once an interval. A
-/// failure is reported (log, event, metric) and retried next interval; it never fails the
-/// reconcile, whose status is already written.
+/// Delete the session's recordings older than its retention (the caller keeps it to once an
+/// interval). A failure is reported (log, event, metric) and retried next interval; it never
+/// fails the reconcile, whose status is already written.
 async fn expire_recordings(session: &AgentSession, ctx: &Context, live: &[String]) {
-    if session.spec.recording.retention.is_none() {
-        return; // the bucket's lifecycle decides
-    }
     let name = session.name_any();
     let namespace = session.namespace().unwrap_or_default();
-    if !ctx
-        .sweeps
-        .due(&format!("{namespace}/{name}"), std::time::Instant::now())
-    {
-        return;
-    }
     let uri = session::recording_uri(&session.spec.recording.sink, &namespace, &name);
     let retention = session
         .spec

@@ -15,8 +15,8 @@ use cassette_recording::segment::{MANIFEST, parse_index};
 use cassette_recording::sink::{Deleted, GcsOptions, Sink, SinkError, StoredObject};
 use cassette_rules::validate::parse_retention;
 use kube::ResourceExt;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How the operator sweeps: how it reaches GCS, and how often per session.
@@ -27,29 +27,59 @@ pub struct Settings {
 }
 
 /// Remembers when each session was last swept, so that reconciles every few minutes do not
-/// list the bucket every few minutes. In memory: a new leader sweeps once soon after it
-/// starts, which is harmless.
+/// list the bucket every few minutes, and which sweeps are running, so that a long one is
+/// never joined by a second. In memory: a new leader sweeps once soon after it starts, which
+/// is harmless.
 pub struct Schedule {
     every: Duration,
-    last: Mutex<HashMap<String, Instant>>,
+    state: Arc<Mutex<ScheduleState>>,
+}
+
+#[derive(Default)]
+struct ScheduleState {
+    last: HashMap<String, Instant>,
+    running: HashSet<String>,
+}
+
+/// A sweep under way; dropping it (however the sweep ends) lets the next one start.
+pub struct Sweeping {
+    session: String,
+    state: Arc<Mutex<ScheduleState>>,
+}
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        lock(&self.state).running.remove(&self.session);
+    }
+}
+
+fn lock(state: &Mutex<ScheduleState>) -> std::sync::MutexGuard<'_, ScheduleState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Schedule {
     pub fn new(every: Duration) -> Self {
         Self {
             every,
-            last: Mutex::new(HashMap::new()),
+            state: Arc::default(),
         }
     }
 
-    /// True (and noted) when `session` has not been swept within the interval.
-    pub fn due(&self, session: &str, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match last.get(session) {
-            Some(at) if now.saturating_duration_since(*at) < self.every => false,
+    /// Starts a sweep of `session` unless one ran within the interval or is still running.
+    pub fn start(&self, session: &str, now: Instant) -> Option<Sweeping> {
+        let mut state = lock(&self.state);
+        if state.running.contains(session) {
+            return None;
+        }
+        match state.last.get(session) {
+            Some(at) if now.saturating_duration_since(*at) < self.every => None,
             _ => {
-                last.insert(session.to_string(), now);
-                true
+                state.last.insert(session.to_string(), now);
+                state.running.insert(session.to_string());
+                Some(Sweeping {
+                    session: session.to_string(),
+                    state: self.state.clone(),
+                })
             }
         }
     }
@@ -650,12 +680,32 @@ mod tests {
     }
 
     #[test]
-    fn a_session_is_swept_at_most_once_per_interval() {
+    fn a_session_is_swept_at_most_once_per_interval_and_never_twice_at_once() {
         let schedule = Schedule::new(Duration::from_secs(3600));
         let t = Instant::now();
-        assert!(schedule.due("team/a", t));
-        assert!(!schedule.due("team/a", t + Duration::from_secs(60)));
-        assert!(schedule.due("team/b", t + Duration::from_secs(60)));
-        assert!(schedule.due("team/a", t + Duration::from_secs(3601)));
+        let first = schedule.start("team/a", t);
+        assert!(first.is_some());
+        assert!(
+            schedule
+                .start("team/a", t + Duration::from_secs(60))
+                .is_none()
+        );
+        assert!(
+            schedule
+                .start("team/b", t + Duration::from_secs(60))
+                .is_some()
+        );
+        assert!(
+            schedule
+                .start("team/a", t + Duration::from_secs(3601))
+                .is_none(),
+            "still running"
+        );
+        drop(first);
+        assert!(
+            schedule
+                .start("team/a", t + Duration::from_secs(3601))
+                .is_some()
+        );
     }
 }
