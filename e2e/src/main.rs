@@ -1,6 +1,7 @@
 //! `cassette-e2e`: run the local control plane by hand, or the demo that `make demo` shows.
 
 use anyhow::{Context, Result, bail};
+use cassette_e2e::contain::{self, Container, Mount};
 use cassette_e2e::controlplane::{Binaries, ControlPlane};
 use cassette_e2e::repo_root;
 use cassette_e2e::upstreams::server::{ServeConfig, serve};
@@ -44,7 +45,7 @@ enum Cmd {
 struct ContainArgs {
     /// `SOURCE:TARGET` or `SOURCE:TARGET:ro`: bind SOURCE (a host directory) at TARGET.
     #[arg(long = "mount", value_name = "SOURCE:TARGET[:ro]")]
-    mounts: Vec<String>,
+    mounts: Vec<Mount>,
     /// Run as this UID (with `--gid`, no supplementary groups); root when absent.
     #[arg(long, requires = "gid")]
     uid: Option<u32>,
@@ -105,90 +106,14 @@ fn main() -> Result<()> {
 }
 
 fn contain(args: ContainArgs) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    let cstr = |path: &Path| CString::new(path.as_os_str().as_bytes()).context("a path with NUL");
-    let check = |rc: libc::c_int, what: String| -> Result<()> {
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context(what);
-        }
-        Ok(())
+    let container = Container {
+        mounts: args.mounts,
+        user: args.uid.zip(args.gid),
+        no_new_privs: args.no_new_privs,
+        workdir: args.workdir,
+        command: args.command,
     };
-    // SAFETY: plain syscalls on this single-threaded process before it execs.
-    unsafe {
-        check(
-            libc::unshare(libc::CLONE_NEWNS),
-            "unshare(CLONE_NEWNS)".into(),
-        )?;
-        check(
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
-            "making / private".into(),
-        )?;
-    }
-    for spec in &args.mounts {
-        let mut parts = spec.splitn(3, ':');
-        let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
-            bail!("--mount {spec:?}: expected SOURCE:TARGET[:ro]");
-        };
-        let read_only = match parts.next() {
-            None => false,
-            Some("ro") => true,
-            Some(other) => bail!("--mount {spec:?}: unknown option {other:?}"),
-        };
-        let (source, target) = (Path::new(source), Path::new(target));
-        std::fs::create_dir_all(target)
-            .with_context(|| format!("creating the mount point {}", target.display()))?;
-        let (src, dst) = (cstr(source)?, cstr(target)?);
-        // SAFETY: bind mounts of existing paths in our own mount namespace.
-        unsafe {
-            check(
-                libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ),
-                format!("binding {} at {}", source.display(), target.display()),
-            )?;
-            if read_only {
-                check(
-                    libc::mount(
-                        std::ptr::null(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        std::ptr::null(),
-                    ),
-                    format!("making {} read-only", target.display()),
-                )?;
-            }
-        }
-    }
-    let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]).current_dir(&args.workdir);
-    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
-        // std clears the supplementary groups when root sets a UID.
-        command.uid(uid).gid(gid);
-    }
-    if args.no_new_privs {
-        // SAFETY: prctl with constant arguments; inherited across exec.
-        unsafe {
-            check(
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-                "PR_SET_NO_NEW_PRIVS".into(),
-            )?;
-        }
-    }
-    let error = command.exec();
-    Err(error).with_context(|| format!("executing {}", args.command[0]))
+    match contain::exec(&container)? {}
 }
 
 fn upstreams(args: UpstreamsArgs) -> Result<()> {
