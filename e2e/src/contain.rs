@@ -2,9 +2,10 @@
 //! The harness's kubelet runs every container through this, inside the pod's network
 //! namespace. It is not a container runtime: there is no image, no PID namespace, no cgroup.
 //!
-//! In a mount namespace of its own, the volumes are bind-mounted at their paths (read-only
-//! where asked); then the UID and GID are set and no_new_privs if asked, and the program runs
-//! from its working directory.
+//! In a mount namespace of its own, an empty tmpfs hides the host's `/var/run/secrets` and
+//! `/run/secrets`, and the volumes are bind-mounted at their paths (read-only where asked);
+//! then the UID and GID are set and no_new_privs if asked, and the program runs from its
+//! working directory. The rest of the host's filesystem stays visible.
 
 use anyhow::{Context, Result};
 use std::ffi::CString;
@@ -13,6 +14,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
+
+/// Where Kubernetes puts what it hands a container (the service-account token) and where
+/// other runtimes put their secrets. The host's own — a node's, or the harness's pod's when it
+/// runs in one — must never show through, with or without a volume mounted there.
+const SECRETS_DIRS: [&str; 2] = ["/var/run/secrets", "/run/secrets"];
 
 /// A volume mount: `SOURCE:TARGET` or `SOURCE:TARGET:ro`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +87,7 @@ pub fn exec(container: &Container) -> Result<std::convert::Infallible> {
             || "making / private".into(),
         )?;
     }
+    hide_host_secrets()?;
     for mount in &container.mounts {
         bind(mount)?;
     }
@@ -102,6 +109,37 @@ pub fn exec(container: &Container) -> Result<std::convert::Infallible> {
     }
     let error = command.exec();
     Err(error).with_context(|| format!("executing {program}"))
+}
+
+/// An empty tmpfs over each of [`SECRETS_DIRS`], before any volume is mounted beneath.
+fn hide_host_secrets() -> Result<()> {
+    let mut hidden: Vec<PathBuf> = Vec::new();
+    for dir in SECRETS_DIRS {
+        // Made on the host if missing (empty, like any mount point), so that the mount points
+        // of volumes beneath it are made in the tmpfs rather than on the host.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        // /var/run is usually a link to /run: one tmpfs then hides both.
+        let real = std::fs::canonicalize(dir).with_context(|| format!("resolving {dir}"))?;
+        if hidden.contains(&real) {
+            continue;
+        }
+        let target = cstr(&real)?;
+        // SAFETY: a mount in our own mount namespace; the strings outlive the call.
+        unsafe {
+            check(
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=0755,size=1m".as_ptr().cast(),
+                ),
+                || format!("mounting a tmpfs over {}", real.display()),
+            )?;
+        }
+        hidden.push(real);
+    }
+    Ok(())
 }
 
 /// Bind `mount.source` at `mount.target` (made if missing), read-only if asked.
