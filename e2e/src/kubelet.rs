@@ -21,6 +21,8 @@
 //! containers that give a `command` run it from the host's filesystem), capabilities beyond
 //! what the UID implies, cgroups, restarts, and probes after start-up.
 
+mod process;
+
 use crate::netns::{Identity, Side, Topology};
 use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
@@ -30,6 +32,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use process::ContainerProcess;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs;
@@ -37,7 +40,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// The `kubernetes` Service's address, as in-cluster clients dial it (the first address of
@@ -145,23 +148,19 @@ impl<'t> Kubelet<'t> {
             logs: BTreeMap::new(),
         };
         self.patch_phase(&pod, "Running", None).await?;
-        let mut sidecars: Vec<(String, Child)> = Vec::new();
+        // Each started container stops itself when dropped, so none outlives an error here.
+        let mut sidecars: Vec<(String, ContainerProcess)> = Vec::new();
         let result = async {
             for container in spec.init_containers.iter().flatten() {
                 let log = root.join("logs").join(format!("{}.log", container.name));
-                let mut command = self.command(&pod, container, &volumes).await?;
-                command.stdout(fs::File::create(&log)?);
-                command.stderr(fs::File::options().append(true).open(&log)?);
-                let mut child = command
-                    .spawn()
-                    .with_context(|| format!("starting init container {}", container.name))?;
+                let mut process = self.start(&pod, container, &volumes, &log).await?;
                 if container.restart_policy.as_deref() == Some("Always") {
-                    let started = self.wait_started(container, &mut child, &log).await;
-                    sidecars.push((container.name.clone(), child));
+                    let started = self.wait_started(container, &mut process, &log).await;
+                    sidecars.push((container.name.clone(), process));
                     started?;
                     continue;
                 }
-                let status = wait_for(&mut child, &container.name, timeout).await?;
+                let status = wait_for(&mut process, &container.name, timeout).await?;
                 run.exit_codes.insert(container.name.clone(), code(status));
                 if !status.success() {
                     bail!(
@@ -174,16 +173,11 @@ impl<'t> Kubelet<'t> {
             let mut running = Vec::new();
             for container in &spec.containers {
                 let log = root.join("logs").join(format!("{}.log", container.name));
-                let mut command = self.command(&pod, container, &volumes).await?;
-                command.stdout(fs::File::create(&log)?);
-                command.stderr(fs::File::options().append(true).open(&log)?);
-                let child = command
-                    .spawn()
-                    .with_context(|| format!("starting container {}", container.name))?;
-                running.push((container.name.clone(), child));
+                let process = self.start(&pod, container, &volumes, &log).await?;
+                running.push((container.name.clone(), process));
             }
-            for (name, mut child) in running {
-                let status = wait_for(&mut child, &name, timeout).await?;
+            for (name, mut process) in running {
+                let status = wait_for(&mut process, &name, timeout).await?;
                 run.exit_codes.insert(name, code(status));
             }
             Ok(())
@@ -197,16 +191,8 @@ impl<'t> Kubelet<'t> {
                 .try_into()
                 .unwrap_or(30),
         );
-        for (name, mut child) in sidecars.into_iter().rev() {
-            // SAFETY: signalling a child we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let status = match wait_timeout(&mut child, grace).await? {
-                Some(status) => status,
-                None => {
-                    let _ = child.kill();
-                    child.wait()?
-                }
-            };
+        while let Some((name, mut process)) = sidecars.pop() {
+            let status = process.stop(grace).await?;
             run.exit_codes.insert(name, code(status));
         }
         let names = spec
@@ -395,6 +381,20 @@ impl<'t> Kubelet<'t> {
         }
     }
 
+    /// Start one container, its output to `log`.
+    async fn start(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        volumes: &BTreeMap<String, PathBuf>,
+        log: &Path,
+    ) -> Result<ContainerProcess> {
+        let mut command = self.command(pod, container, volumes).await?;
+        command.stdout(fs::File::create(log)?);
+        command.stderr(fs::File::options().append(true).open(log)?);
+        ContainerProcess::spawn(&container.name, command)
+    }
+
     /// The process for one container: `ip netns exec <pod> cassette-e2e contain … -- program`.
     async fn command(
         &self,
@@ -542,7 +542,7 @@ impl<'t> Kubelet<'t> {
     async fn wait_started(
         &self,
         container: &Container,
-        child: &mut Child,
+        process: &mut ContainerProcess,
         log: &Path,
     ) -> Result<()> {
         let Some(probe) = container
@@ -559,7 +559,8 @@ impl<'t> Kubelet<'t> {
         let deadline = Instant::now() + period * attempts as u32;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         loop {
-            if let Some(status) = child.try_wait()? {
+            if process.has_exited()? {
+                let status = process.kill()?;
                 bail!(
                     "sidecar {} exited ({status}) before it started:\n{}",
                     container.name,
@@ -651,27 +652,16 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Wait for a child without blocking the runtime; `None` when it still runs after `timeout`.
-async fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() > deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Wait for a container to exit; kill it after `timeout` and say so.
-async fn wait_for(child: &mut Child, name: &str, timeout: Duration) -> Result<ExitStatus> {
-    match wait_timeout(child, timeout).await? {
+async fn wait_for(
+    process: &mut ContainerProcess,
+    name: &str,
+    timeout: Duration,
+) -> Result<ExitStatus> {
+    match process.wait_timeout(timeout).await? {
         Some(status) => Ok(status),
         None => {
-            let _ = child.kill();
-            let _ = child.wait();
+            process.kill()?;
             bail!("container {name} did not exit within {timeout:?}; it was killed")
         }
     }
