@@ -28,7 +28,7 @@ use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Pod, Probe, Secret, ServiceAccount, Volume,
+    ConfigMap, Container, EnvVar, Pod, PodSpec, Probe, Secret, ServiceAccount, Volume,
 };
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -141,6 +141,10 @@ impl<'t> Kubelet<'t> {
         let spec = pod.spec.clone().context("the pod has a spec")?;
         let root = self.dir.path().join(format!("{namespace}_{name}"));
         fs::create_dir_all(root.join("logs"))?;
+        // Root's alone: it holds every container's volumes (the sidecar's token among them) and
+        // containers see the host's filesystem. A container reaches its own volumes through the
+        // bind mounts `contain` makes before it drops to the container's UID.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
         let volumes = self.volumes(&pod, &root).await?;
 
         let mut run = PodRun {
@@ -258,23 +262,35 @@ impl<'t> Kubelet<'t> {
         Ok(())
     }
 
-    /// Every volume of the pod as a directory.
+    /// Every volume of the pod as a directory, owned as the kubelet would own it.
     async fn volumes(&self, pod: &Pod, root: &Path) -> Result<BTreeMap<String, PathBuf>> {
         let namespace = pod.namespace().unwrap_or_default();
         self.publish_root_ca(&namespace).await?;
+        let ownership = Ownership::of(pod.spec.as_ref().context("a pod spec")?)?;
         let mut dirs = BTreeMap::new();
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             let dir = root.join("volumes").join(&volume.name);
             fs::create_dir_all(&dir)?;
-            self.fill(pod, volume, &dir)
+            self.fill(pod, volume, &dir, ownership)
                 .await
                 .with_context(|| format!("volume {:?}", volume.name))?;
+            if let Some(gid) = ownership.fs_group {
+                // Only an emptyDir is writable; the kubelet writes the others read-only.
+                grant_group(&dir, gid, volume.empty_dir.is_none())
+                    .with_context(|| format!("volume {:?}: fsGroup {gid}", volume.name))?;
+            }
             dirs.insert(volume.name.clone(), dir);
         }
         Ok(dirs)
     }
 
-    async fn fill(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<()> {
+    async fn fill(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        dir: &Path,
+        ownership: Ownership,
+    ) -> Result<()> {
         let namespace = pod.namespace().unwrap_or_default();
         if volume.empty_dir.is_some() {
             // World-writable, as the kubelet makes an emptyDir.
@@ -334,7 +350,19 @@ impl<'t> Kubelet<'t> {
                     .await
                     .with_context(|| format!("requesting a token for ServiceAccount {account}"))?;
                 let token_text = issued.status.context("a token")?.token;
-                write(&dir.join(&token.path), token_text.as_bytes(), mode)?;
+                let path = dir.join(&token.path);
+                // As the kubelet does: a token that an fsGroup or the pod's one UID can read
+                // is readable by nobody else.
+                let token_mode = if ownership.fs_user.is_some() || ownership.fs_group.is_some() {
+                    0o600
+                } else {
+                    mode
+                };
+                write(&path, token_text.as_bytes(), token_mode)?;
+                if let Some(uid) = ownership.fs_user {
+                    std::os::unix::fs::chown(&path, Some(uid), None)
+                        .with_context(|| format!("giving {} to UID {uid}", path.display()))?;
+                }
             }
             if let Some(config_map) = &source.config_map {
                 let stored = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace)
@@ -603,6 +631,75 @@ impl<'t> Kubelet<'t> {
     }
 }
 
+/// Who owns a pod's volume files, as the kubelet decides it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ownership {
+    /// The pod's `fsGroup`: every volume's files become this group's.
+    fs_group: Option<u32>,
+    /// The UID every container of the pod runs as, when they all name the same one: projected
+    /// service-account tokens are given to it (the kubelet's `FsUser`).
+    fs_user: Option<u32>,
+}
+
+impl Ownership {
+    fn of(spec: &PodSpec) -> Result<Self> {
+        let pod = spec.security_context.as_ref();
+        let fs_group = pod
+            .and_then(|c| c.fs_group)
+            .map(|gid| id(gid, "fsGroup"))
+            .transpose()?;
+        let pod_uid = pod.and_then(|c| c.run_as_user);
+        let uids: Option<Vec<i64>> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .map(|c| {
+                c.security_context
+                    .as_ref()
+                    .and_then(|c| c.run_as_user)
+                    .or(pod_uid)
+            })
+            .collect();
+        let fs_user = match uids.as_deref() {
+            Some([first, rest @ ..]) if rest.iter().all(|uid| uid == first) => {
+                Some(id(*first, "runAsUser")?)
+            }
+            _ => None,
+        };
+        Ok(Self { fs_group, fs_user })
+    }
+}
+
+/// What the kubelet does for `fsGroup`: everything in the volume becomes the group's and
+/// readable by it (writable too in a read-write volume); directories are setgid, so that files
+/// made later stay the group's.
+fn grant_group(path: &Path, gid: u32, read_only: bool) -> Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    std::os::unix::fs::lchown(path, None, Some(gid))
+        .with_context(|| format!("giving {} to GID {gid}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mut mask = if read_only { 0o440 } else { 0o660 };
+    if meta.is_dir() {
+        mask |= 0o2110;
+        for entry in fs::read_dir(path)? {
+            grant_group(&entry?.path(), gid, read_only)?;
+        }
+    }
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(meta.permissions().mode() | mask),
+    )?;
+    Ok(())
+}
+
+/// A UID or GID from a spec (an `int64` there).
+fn id(value: i64, field: &str) -> Result<u32> {
+    u32::try_from(value).with_context(|| format!("{field} {value} is not a valid ID"))
+}
+
 /// The port and path of an HTTP GET probe.
 fn http_probe(probe: &Probe) -> Result<(u16, String)> {
     let get = probe
@@ -664,5 +761,74 @@ async fn wait_for(
             process.kill()?;
             bail!("container {name} did not exit within {timeout:?}; it was killed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_spec(value: serde_json::Value) -> PodSpec {
+        serde_json::from_value(value).expect("a pod spec")
+    }
+
+    #[test]
+    fn a_token_goes_to_the_one_uid_every_container_runs_as() -> Result<()> {
+        let shared = pod_spec(json!({
+            "securityContext": {"runAsUser": 1000},
+            "initContainers": [{"name": "setup"}],
+            "containers": [{"name": "agent", "securityContext": {"runAsUser": 1000}}]
+        }));
+        assert_eq!(
+            Ownership::of(&shared)?,
+            Ownership {
+                fs_group: None,
+                fs_user: Some(1000)
+            }
+        );
+        // An injected pod: root init, the sidecar as 1337, the agent as 1000: nobody in
+        // particular, so the token keeps its defaultMode and stays root's.
+        let injected = pod_spec(json!({
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000},
+            "initContainers": [
+                {"name": "cassette-init", "securityContext": {"runAsUser": 0}},
+                {"name": "cassette-sidecar", "securityContext": {"runAsUser": 1337}}
+            ],
+            "containers": [{"name": "agent"}]
+        }));
+        assert_eq!(
+            Ownership::of(&injected)?,
+            Ownership {
+                fs_group: Some(2000),
+                fs_user: None
+            }
+        );
+        // A container that names no UID runs as the image says: unknown here.
+        let unnamed = pod_spec(json!({
+            "containers": [{"name": "a", "securityContext": {"runAsUser": 1000}}, {"name": "b"}]
+        }));
+        assert_eq!(Ownership::of(&unnamed)?.fs_user, None);
+        Ok(())
+    }
+
+    #[test]
+    fn an_fs_group_can_read_a_read_only_volume_and_write_an_empty_dir() -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: getgid cannot fail; an owner may give a file to its own group.
+        let gid = unsafe { libc::getgid() };
+        let volume = tempfile::tempdir()?;
+        write(&volume.path().join("sub/key"), b"secret", 0o400)?;
+        grant_group(volume.path(), gid, true)?;
+        let key = fs::metadata(volume.path().join("sub/key"))?;
+        assert_eq!((key.gid(), key.mode() & 0o7777), (gid, 0o440));
+        let sub = fs::metadata(volume.path().join("sub"))?;
+        assert_eq!(sub.mode() & 0o2550, 0o2550, "{:o}", sub.mode());
+
+        let scratch = tempfile::tempdir()?;
+        write(&scratch.path().join("notes"), b"", 0o600)?;
+        grant_group(scratch.path(), gid, false)?;
+        let notes = fs::metadata(scratch.path().join("notes"))?;
+        assert_eq!(notes.mode() & 0o7777, 0o660);
+        Ok(())
     }
 }
