@@ -226,7 +226,10 @@ async fn lists_stored_objects_with_times_and_retention_and_deletes_them() {
     }
     assert!(stored[0].protections.is_empty());
     assert_eq!(
-        stored[0].metadata.get("cassette-session").map(String::as_str),
+        stored[0]
+            .metadata
+            .get("cassette-session")
+            .map(String::as_str),
         Some("s1"),
         "the retention sweep reads whose object it is from the listing"
     );
