@@ -34,7 +34,15 @@ pub(crate) struct BuiltIn {
     pub canonical: Canonical,
     /// A match whose group 1 this rejects is not a secret (`nextPageToken`).
     pub reject_key: Option<fn(&[u8]) -> bool>,
+    /// Every match contains one of these (compared ASCII case-insensitively) starting at
+    /// most `LITERAL_LEAD` bytes into it: the regex runs only near their occurrences (see
+    /// `MaskStream::find`). The test `every_match_holds_one_of_its_literals` checks it on
+    /// the samples.
+    pub literals: &'static [&'static str],
 }
+
+/// The words a secret field's name ends in, as its patterns spell them.
+const SECRET_WORDS: &[&str] = &["password", "passwd", "secret", "token", "api_key", "apikey"];
 
 /// The names built-in detectors use in masks; custom patterns may not reuse them.
 pub const BUILT_IN_NAMES: &[&str] = &[
@@ -91,14 +99,16 @@ pub(crate) fn compiled() -> &'static [(BuiltIn, Regex)] {
 /// the earlier detector names the mask.
 fn built_ins() -> Vec<BuiltIn> {
     use Canonical::*;
-    let b = |detector, name, pattern, group, canonical| BuiltIn {
-        detector,
-        name,
-        pattern,
-        group,
-        canonical,
-        reject_key: None,
-    };
+    let b =
+        |detector, name, pattern, group, canonical, literals: &'static [&'static str]| BuiltIn {
+            detector,
+            name,
+            pattern,
+            group,
+            canonical,
+            reject_key: None,
+            literals,
+        };
     vec![
         // The private_key of a service-account key file, as JSON carries it (\n escaped).
         b(
@@ -107,6 +117,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r#"(?-u)"private_key"\s{0,16}:\s{0,16}"(-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----[^"]{16,7000}?-----END[A-Z ]{0,40}PRIVATE KEY-----(?:\\n|\\r){0,4})""#,
             Some(1),
             JsonString,
+            &["\"private_key\""],
         ),
         b(
             Detector::PemPrivateKey,
@@ -114,6 +125,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=\r\n\t :,.()\\-]{16,7000}?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
             None,
             Pem,
+            &["-----BEGIN"],
         ),
         b(
             Detector::GoogleApiKey,
@@ -121,6 +133,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)AIza[0-9A-Za-z_\-]{35}",
             None,
             Raw,
+            &["AIza"],
         ),
         // Access tokens (ya29.…, sometimes with dotted parts) and refresh tokens (1//0…).
         b(
@@ -129,6 +142,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)ya29\.[0-9A-Za-z_\-]{20,2000}(?:\.[0-9A-Za-z_\-]{1,1000}){0,3}",
             None,
             Raw,
+            &["ya29."],
         ),
         b(
             Detector::GoogleOauthToken,
@@ -136,6 +150,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)1//0[0-9A-Za-z_\-]{20,500}",
             None,
             Raw,
+            &["1//0"],
         ),
         b(
             Detector::Jwt,
@@ -143,6 +158,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)eyJ[A-Za-z0-9_\-]{8,1024}\.eyJ[A-Za-z0-9_\-]{8,4096}\.[A-Za-z0-9_\-]{0,1024}",
             None,
             Raw,
+            &["eyJ"],
         ),
         b(
             Detector::GithubToken,
@@ -150,6 +166,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,251}",
             None,
             Raw,
+            &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
         ),
         b(
             Detector::GithubToken,
@@ -157,6 +174,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)github_pat_[A-Za-z0-9_]{22,251}",
             None,
             Raw,
+            &["github_pat_"],
         ),
         b(
             Detector::GitlabToken,
@@ -164,6 +182,10 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)gl(?:pat|dt|rt|ptt|ft|soat|oas|cbt|imt)-[A-Za-z0-9_\-]{20,128}",
             None,
             Raw,
+            &[
+                "glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-", "gloas-", "glcbt-",
+                "glimt-",
+            ],
         ),
         b(
             Detector::AwsKey,
@@ -171,6 +193,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
             None,
             Raw,
+            &["AKIA", "ASIA", "ABIA", "ACCA"],
         ),
         // A secret access key has no prefix; it is recognised by the name next to it.
         b(
@@ -179,6 +202,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r#"(?i-u)(?:aws_?secret_?access_?key|aws_?secret_?key|secretaccesskey)["']?\s{0,16}[:=]\s{0,16}["']?([A-Za-z0-9/+=]{40})"#,
             Some(1),
             Raw,
+            &["aws", "accesskey"],
         ),
         b(
             Detector::SlackToken,
@@ -186,6 +210,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?-u)xox[abposr]-[A-Za-z0-9\-]{10,250}",
             None,
             Raw,
+            &["xox"],
         ),
         // Credentials written out as header lines in a body (logs, curl -v, HAR files).
         b(
@@ -194,6 +219,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?i-u)(?:proxy-)?authorization\s{0,16}:\s{0,16}(?:bearer|basic|token|negotiate)\s{1,16}([A-Za-z0-9._~+/=\-]{8,4096})",
             Some(1),
             Raw,
+            &["authorization"],
         ),
         b(
             Detector::CredentialHeaders,
@@ -201,6 +227,7 @@ fn built_ins() -> Vec<BuiltIn> {
             r"(?i-u)x-goog-api-key\s{0,16}:\s{0,16}([A-Za-z0-9_\-]{8,256})",
             Some(1),
             Raw,
+            &["x-goog-api-key"],
         ),
         // "…password": "value" in JSON; group 1 is the key, group 2 the value.
         BuiltIn {
@@ -210,6 +237,7 @@ fn built_ins() -> Vec<BuiltIn> {
             group: Some(2),
             canonical: JsonString,
             reject_key: Some(is_cursor_key),
+            literals: SECRET_WORDS,
         },
         // password=value in forms, queries and env files.
         BuiltIn {
@@ -219,6 +247,7 @@ fn built_ins() -> Vec<BuiltIn> {
             group: Some(2),
             canonical: FormValue,
             reject_key: Some(is_cursor_key),
+            literals: SECRET_WORDS,
         },
     ]
 }

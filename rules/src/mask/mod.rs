@@ -39,6 +39,9 @@ const CONTEXT: usize = 4;
 
 /// The window a match must fit in to be final.
 const WINDOW: usize = MAX_SECRET_LEN + CONTEXT;
+/// How far into a built-in detector's match one of its prefilter literals starts, at most
+/// (a secret field's name: a quote and up to 64 bytes before the secret word).
+pub(crate) const LITERAL_LEAD: u64 = 72;
 
 /// Bytes of the fingerprint kept (of HMAC-SHA-256's 32).
 pub const FINGERPRINT_BYTES: usize = 12;
@@ -140,12 +143,76 @@ struct RegexDetector {
     group: Option<usize>,
     canonical: Canonical,
     reject_key: Option<fn(&[u8]) -> bool>,
+    /// Whether every match holds one of the masker's prefilter literals for it; custom
+    /// patterns have none and are always searched.
+    prefiltered: bool,
+}
+
+/// One pass over a body for the literals every built-in match contains, so that each
+/// detector's regex runs only where its literal occurs: most bodies hold none, and one
+/// multi-literal scan is far cheaper than a regex pass per detector.
+struct Prefilter {
+    literals: aho_corasick::AhoCorasick,
+    /// Per literal pattern: the detectors (indices) it stands for.
+    detectors: Vec<Vec<usize>>,
+    /// The longest literal, in bytes.
+    longest: usize,
+}
+
+impl Prefilter {
+    fn new(literals: &[(&'static str, usize)]) -> Option<Prefilter> {
+        // One pattern per distinct literal (ASCII case folded), standing for every detector
+        // that lists it.
+        let mut grouped: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (literal, detector) in literals {
+            grouped
+                .entry(literal.to_ascii_lowercase())
+                .or_default()
+                .push(*detector);
+        }
+        if grouped.is_empty() {
+            return None;
+        }
+        let automaton = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(grouped.keys())
+            // A few dozen short constant literals: building cannot fail.
+            .expect("the prefilter's literals build");
+        Some(Prefilter {
+            literals: automaton,
+            longest: grouped.keys().map(String::len).max().unwrap_or(0),
+            detectors: grouped.into_values().collect(),
+        })
+    }
+
+    /// Appends to `at` (per detector, ascending) the start of each literal occurrence in
+    /// `haystack`, which begins at absolute offset `from`; occurrences already noted (a
+    /// rescan of the last few bytes) are skipped. Every start position is tried: after a
+    /// match at `s` the search goes on from `s + 1`, so occurrences overlapping it are found
+    /// too; two literals of different detectors never start alike unless equal (one is never
+    /// the other's prefix: the test `prefilter_literals_never_hide_each_other`), so the
+    /// longest one reported at a position hides no other detector's.
+    fn scan(&self, haystack: &[u8], from: u64, at: &mut [Vec<u64>]) {
+        let mut input = aho_corasick::Input::new(haystack);
+        while let Some(m) = self.literals.find(input.clone()) {
+            let start = from + m.start() as u64;
+            for &d in &self.detectors[m.pattern().as_usize()] {
+                if at[d].last().is_none_or(|last| *last < start) {
+                    at[d].push(start);
+                }
+            }
+            input.set_start(m.start() + 1);
+        }
+    }
 }
 
 /// The masking configuration of a session, compiled: built-ins not disabled, custom
 /// patterns, JSON field paths, and the fingerprint key.
 pub struct Masker {
     detectors: Vec<RegexDetector>,
+    prefilter: Option<Prefilter>,
     json_fields: Vec<FieldPath>,
     credential_headers: bool,
     key: hmac::Key,
@@ -189,16 +256,19 @@ impl Masker {
         }
         let disabled = |d: Detector| masking.disabled_detectors.contains(&d);
         let mut detectors = Vec::new();
+        let mut literals = Vec::new();
         for (b, regex) in detectors::compiled() {
             if disabled(b.detector) {
                 continue;
             }
+            literals.extend(b.literals.iter().map(|l| (*l, detectors.len())));
             detectors.push(RegexDetector {
                 name: b.name.to_owned(),
                 regex: regex.clone(),
                 group: b.group,
                 canonical: b.canonical,
                 reject_key: b.reject_key,
+                prefiltered: !b.literals.is_empty(),
             });
         }
         for p in &masking.patterns {
@@ -213,6 +283,7 @@ impl Masker {
                 group,
                 canonical: Canonical::Raw,
                 reject_key: None,
+                prefiltered: false,
             });
         }
         let json_fields = masking
@@ -222,6 +293,7 @@ impl Masker {
             .collect();
         Ok(Masker {
             detectors,
+            prefilter: Prefilter::new(&literals),
             json_fields,
             credential_headers: !disabled(Detector::CredentialHeaders),
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
@@ -243,6 +315,8 @@ impl Masker {
             base: 0,
             emitted: 0,
             next_from: vec![0; self.detectors.len()],
+            literal_at: vec![Vec::new(); self.detectors.len()],
+            literals_scanned: 0,
             selected_end: 0,
             json,
             pending: Vec::new(),
@@ -390,6 +464,10 @@ pub struct MaskStream<'m> {
     emitted: u64,
     /// Per detector: where its next search starts.
     next_from: Vec<u64>,
+    /// Per detector: where its prefilter literals start in the buffer (absolute, ascending).
+    literal_at: Vec<Vec<u64>>,
+    /// The prefilter has scanned everything before this offset.
+    literals_scanned: u64,
     /// The end of the last masked match; later matches overlapping it are dropped.
     selected_end: u64,
     json: Option<JsonScanner>,
@@ -509,6 +587,12 @@ impl MaskStream<'_> {
         if drop > 0 {
             self.buf.drain(..drop);
             self.base = keep_from;
+            // A match starts at or after every search position, so at or after the base,
+            // and holds its literal after its start.
+            for at in &mut self.literal_at {
+                let gone = at.partition_point(|&l| l < keep_from);
+                at.drain(..gone);
+            }
         }
     }
 
@@ -527,62 +611,121 @@ impl MaskStream<'_> {
     /// Runs every detector from where it left off and returns the matches starting before
     /// `cut`, which are final: a match is at most MAX_SECRET_LEN long and the buffer holds
     /// at least a window past the cut.
+    ///
+    /// A built-in detector searches only near its literals: every match holds one starting
+    /// at most [`LITERAL_LEAD`] bytes into it, so matches start only in the `LITERAL_LEAD`
+    /// bytes up to an occurrence, and end at most `MAX_SECRET_LEN` bytes after it. Most
+    /// bodies hold few occurrences, so most bytes are read once, by the literal scan.
     fn find(&mut self, cut: u64) -> Vec<Found> {
         let mut found = Vec::new();
+        let end = self.end();
+        if let Some(p) = &self.masker.prefilter {
+            // The bytes not scanned yet, and the few before them where a literal cut off
+            // last time may start.
+            let from = self
+                .literals_scanned
+                .saturating_sub(p.longest as u64)
+                .max(self.base);
+            let rel = (from - self.base) as usize;
+            p.scan(&self.buf[rel..], from, &mut self.literal_at);
+            self.literals_scanned = end;
+        }
+        let reach = MAX_SECRET_LEN as u64;
         for (i, d) in self.masker.detectors.iter().enumerate() {
             let mut pos = self.next_from[i].max(self.base);
-            loop {
-                let rel = (pos - self.base) as usize;
-                if rel > self.buf.len() {
-                    break;
-                }
-                let hit = match d.group {
-                    None => d
-                        .regex
-                        .find_at(&self.buf, rel)
-                        .map(|m| (m.range(), m.range(), None)),
-                    Some(g) => d.regex.captures_at(&self.buf, rel).map(|c| {
-                        let whole = c.get(0).map(|m| m.range()).unwrap_or(rel..rel);
-                        let secret = c.get(g).map(|m| m.range()).unwrap_or(whole.clone());
-                        let key = c.get(1).map(|m| m.range());
-                        (whole, secret, key)
-                    }),
-                };
-                let Some((whole, secret, key)) = hit else {
-                    pos = pos.max(cut);
-                    break;
-                };
-                let start = self.base + whole.start as u64;
-                if start >= cut {
-                    pos = pos.max(cut);
-                    break;
-                }
-                let end = self.base + whole.end as u64;
-                if whole.is_empty() {
-                    // An empty match masks nothing; look again one byte further on.
-                    pos = end + 1;
-                    continue;
-                }
-                pos = end;
-                if secret.is_empty() {
-                    continue;
-                }
-                if let (Some(reject), Some(key)) = (d.reject_key, key)
-                    && reject(&self.buf[key])
-                {
-                    continue;
-                }
-                found.push(Found {
-                    start,
-                    secret_start: self.base + secret.start as u64,
-                    secret_end: self.base + secret.end as u64,
-                    detector: i,
-                    canonical: d.canonical,
-                });
+            if !(d.prefiltered && self.masker.prefilter.is_some()) {
+                pos = search(d, i, &self.buf, self.base, pos, cut, end, &mut found);
+                self.next_from[i] = pos.max(cut);
+                continue;
             }
-            self.next_from[i] = pos;
+            let at = &self.literal_at[i];
+            let mut k = at.partition_point(|&l| l < pos);
+            while k < at.len() {
+                let from = pos.max(at[k].saturating_sub(LITERAL_LEAD));
+                if from >= cut {
+                    break;
+                }
+                // Occurrences whose windows meet are searched as one stretch.
+                let mut last = at[k];
+                k += 1;
+                while k < at.len() && at[k].saturating_sub(LITERAL_LEAD) <= last + reach {
+                    last = at[k];
+                    k += 1;
+                }
+                // A match starting by `last` ends by `last + reach`: the search stops there,
+                // and finds the same matches as one over the whole buffer.
+                let until = (last + 1).min(cut);
+                let limit = end.min(last + reach);
+                pos = search(d, i, &self.buf, self.base, from, until, limit, &mut found);
+                k = k.max(at.partition_point(|&l| l < pos));
+            }
+            self.next_from[i] = pos.max(cut);
         }
         found
+    }
+}
+
+/// Searches detector `d` (index `i`) for matches starting in `[from, until)`, in the buffer
+/// (`buf`, which starts at absolute offset `base`) up to `limit`, and pushes them to `found`.
+/// Returns where its next search starts: after the last match, or `from`.
+#[allow(clippy::too_many_arguments)]
+fn search(
+    d: &RegexDetector,
+    i: usize,
+    buf: &[u8],
+    base: u64,
+    mut from: u64,
+    until: u64,
+    limit: u64,
+    found: &mut Vec<Found>,
+) -> u64 {
+    let haystack = &buf[..(limit - base) as usize];
+    loop {
+        let rel = (from - base) as usize;
+        if rel > haystack.len() {
+            return from;
+        }
+        let hit = match d.group {
+            None => d
+                .regex
+                .find_at(haystack, rel)
+                .map(|m| (m.range(), m.range(), None)),
+            Some(g) => d.regex.captures_at(haystack, rel).map(|c| {
+                let whole = c.get(0).map(|m| m.range()).unwrap_or(rel..rel);
+                let secret = c.get(g).map(|m| m.range()).unwrap_or(whole.clone());
+                let key = c.get(1).map(|m| m.range());
+                (whole, secret, key)
+            }),
+        };
+        let Some((whole, secret, key)) = hit else {
+            return from;
+        };
+        let start = base + whole.start as u64;
+        if start >= until {
+            return from;
+        }
+        let end = base + whole.end as u64;
+        if whole.is_empty() {
+            // An empty match masks nothing; look again one byte further on.
+            from = end + 1;
+            continue;
+        }
+        from = end;
+        if secret.is_empty() {
+            continue;
+        }
+        if let (Some(reject), Some(key)) = (d.reject_key, key)
+            && reject(&haystack[key])
+        {
+            continue;
+        }
+        found.push(Found {
+            start,
+            secret_start: base + secret.start as u64,
+            secret_end: base + secret.end as u64,
+            detector: i,
+            canonical: d.canonical,
+        });
     }
 }
 

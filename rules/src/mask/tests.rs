@@ -381,6 +381,105 @@ fn secrets() -> Vec<(&'static str, String, String)> {
     ]
 }
 
+/// Every kind of secret a built-in detector matches, in the forms it is written in.
+fn samples() -> Vec<String> {
+    let mut out: Vec<String> = [
+        API_KEY,
+        ACCESS_TOKEN,
+        REFRESH_TOKEN,
+        GITHUB,
+        GITHUB_PAT,
+        GITLAB,
+        AWS_ID,
+        SLACK,
+        JWT,
+        PEM,
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END RSA PRIVATE KEY-----",
+        "ASIAIOSFODNN7EXAMPLE",
+        "glrt-xYz0123456789abcdEFGH",
+        "xoxp-123456789012-abcdefgh",
+        "Authorization: Bearer abcdefgh12345678",
+        "proxy-authorization:basic dXNlcjpwYXNzd29yZA==",
+        "X-Goog-Api-Key: abcdefgh12345678",
+        "\"password\": \"correct horse\"",
+        "\"clientSecret\":\"s3cr3t\"",
+        "\"API_KEY\" : \"k\"",
+        "?db_password=hunter2&x=1",
+        " GITHUB_TOKEN=ghtoken123",
+        "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_password\": \"p\"",
+        "&bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbsecret=v",
+    ]
+    .map(String::from)
+    .to_vec();
+    for name in [
+        "aws_secret_access_key",
+        "AWS_SECRET_KEY",
+        "awssecretaccesskey",
+        "SecretAccessKey",
+    ] {
+        out.push(format!("{name} = \"{AWS_SECRET}\""));
+        out.push(format!("\"{name}\": \"{AWS_SECRET}\""));
+    }
+    out.push(format!(
+        "\"private_key\": {}",
+        serde_json::to_string(&format!("{PEM}\n")).unwrap()
+    ));
+    out
+}
+
+#[test]
+fn every_match_holds_one_of_its_literals() {
+    let mut matched = vec![0; detectors::compiled().len()];
+    for sample in samples() {
+        for (i, (b, regex)) in detectors::compiled().iter().enumerate() {
+            for m in regex.find_iter(sample.as_bytes()) {
+                matched[i] += 1;
+                let text = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase();
+                let lead = b
+                    .literals
+                    .iter()
+                    .filter_map(|l| text.find(&l.to_ascii_lowercase()))
+                    .min();
+                assert!(
+                    lead.is_some_and(|at| at as u64 <= LITERAL_LEAD),
+                    "{}: {text:?} holds none of {:?} in its first {LITERAL_LEAD} bytes",
+                    b.name,
+                    b.literals
+                );
+            }
+        }
+    }
+    for (i, (b, _)) in detectors::compiled().iter().enumerate() {
+        assert!(matched[i] > 0, "no sample for {} {:?}", b.name, b.pattern);
+    }
+}
+
+#[test]
+fn prefilter_literals_never_hide_each_other() {
+    let all: Vec<(usize, String)> = detectors::compiled()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (b, _))| b.literals.iter().map(move |l| (i, l.to_ascii_lowercase())))
+        .collect();
+    for (i, a) in &all {
+        for (j, b) in &all {
+            assert!(
+                i == j || a == b || !b.starts_with(a.as_str()),
+                "{a:?} (detector {i}) is a prefix of {b:?} (detector {j}): at a position \
+                 where both start, the prefilter reports only the longer (the same literal \
+                 in two detectors is one pattern standing for both)"
+            );
+        }
+    }
+}
+
+/// The masker without its literal prefilter: every regex searches every byte.
+fn unfiltered() -> Masker {
+    let mut m = Masker::new(None, KEY).unwrap();
+    m.prefilter = None;
+    m
+}
+
 /// Filler that cannot form a secret: lower-case letters and punctuation no detector uses.
 fn filler(len: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(
@@ -499,6 +598,35 @@ proptest! {
         let out = String::from_utf8(parts).unwrap();
         let want = mask_text(JSON_FIELD, &fp(&value));
         prop_assert!(out.contains(&want));
+    }
+
+    /// The prefilter changes nothing but speed: any body of secrets and near misses, under
+    /// any chunking, masks the same with and without it.
+    #[test]
+    fn the_prefilter_changes_nothing_but_speed(
+        picks in proptest::collection::vec(0usize..30, 1..8),
+        gaps in proptest::collection::vec("[a-zA-Z0-9_ \n\"=:.-]{0,300}", 8),
+        // Stretches with no literal, longer than a secret can be, between some of them.
+        pads in proptest::collection::vec(prop_oneof![Just(0usize), 0usize..20_000], 8),
+        chunk_len in 1usize..20_000,
+    ) {
+        let all = samples();
+        let mut body = String::new();
+        for (i, p) in picks.iter().enumerate() {
+            body.push_str(&".".repeat(pads[i]));
+            body.push_str(&gaps[i]);
+            body.push_str(&all[*p % all.len()]);
+        }
+        let plain = unfiltered();
+        let (want, want_summary) = plain.mask(BodyKind::Other, body.as_bytes());
+        let mut stream = masker().stream(BodyKind::Other);
+        let mut got = Vec::new();
+        for chunk in body.as_bytes().chunks(chunk_len) {
+            stream.feed(chunk, &mut got);
+        }
+        let summary = stream.finish(&mut got);
+        prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        prop_assert_eq!(summary, want_summary);
     }
 
     /// Arbitrary bytes never panic and come out the same length when nothing is found.
