@@ -4,37 +4,63 @@
 //! What it does, in a kubelet's order:
 //! - volumes: `emptyDir` as a fresh directory; `projected` service-account tokens from the
 //!   TokenRequest API (bound to the pod), ConfigMaps, Secrets and downward-API files; a
-//!   `kube-root-ca.crt` ConfigMap is published first, as the controller-manager would;
+//!   `kube-root-ca.crt` ConfigMap is published first, as the controller-manager would. They
+//!   live in a per-pod directory only root may enter, owned as the kubelet owns them: with
+//!   `fsGroup`, everything is the group's and group-readable (group-writable in an
+//!   `emptyDir`); a projected token goes, mode 0600, to the UID every container runs as when
+//!   they all name one, and otherwise keeps its `defaultMode`;
 //! - environment: the container's `env` (values, `fieldRef`, Secret and ConfigMap keys) and
 //!   the `KUBERNETES_SERVICE_*` variables, which point at the `kubernetes` Service address
 //!   (10.0.0.1:443) that a relay in the net namespace forwards to the API server;
-//! - each container through `cassette-e2e contain`: its own mount namespace with its volume
-//!   mounts (read-only where the spec says), its `runAsUser`/`runAsGroup`, no_new_privs when
-//!   `allowPrivilegeEscalation` is false, its `workingDir`, `command`/`args` over the image's
+//! - each container through `cassette-e2e contain` ([`crate::contain`]), as a process group
+//!   of its own: its own mount namespace in which an empty tmpfs hides the host's
+//!   `/var/run/secrets` and `/run/secrets`, its volume mounts (read-only where the spec says),
+//!   its `runAsUser`/`runAsGroup`, its `workingDir`, `command`/`args` over the image's
 //!   entrypoint;
+//! - its securityContext: `runAsNonRoot` refuses a container that would run as UID 0 (one
+//!   without a `runAsUser` too: the harness runs every image as root); `capabilities` are
+//!   computed as containerd computes them (its defaults, `add`, `drop`, `ALL`; a privileged
+//!   container keeps all) and bound the container: a root container holds exactly those, a
+//!   non-root one holds none, as under a runtime; `allowPrivilegeEscalation: false` sets
+//!   no_new_privs; `readOnlyRootFilesystem` makes the root mount read-only;
 //! - init containers in order, each to success; native sidecars (init containers with
 //!   `restartPolicy: Always`) started and held to their startup probe; then the containers,
-//!   to their exit; then the sidecars stopped with SIGTERM within the grace period;
+//!   to their exit; then the sidecars stopped, last started first, with SIGTERM and SIGKILL
+//!   after the grace period. When a container's main process ends, what is left of its process
+//!   group is killed, as a runtime tears down the container; a container left behind by an
+//!   error (or a dropped future) is stopped, SIGKILL two seconds after SIGTERM;
 //! - the pod's status (`Running`, then `Succeeded` or `Failed` with exit codes) patched back.
 //!
-//! What it does not do: images (the caller maps each image to an entrypoint on this machine;
-//! containers that give a `command` run it from the host's filesystem), capabilities beyond
-//! what the UID implies, cgroups, restarts, and probes after start-up.
+//! What it does not do:
+//! - images: the caller maps each image to an entrypoint on this machine; containers that give
+//!   a `command` run it from the host's filesystem, which every container sees, apart from its
+//!   volumes and the secrets directories. Mount points are made on the host, empty;
+//! - isolation beyond the mount namespace: no PID, user or IPC namespace (containers see each
+//!   other's and the host's processes), no cgroups (resources are not limited), no
+//!   `seccompProfile`, AppArmor or SELinux; a descendant that leaves its process group
+//!   (`setsid`) outlives its container;
+//! - a whole read-only root: `readOnlyRootFilesystem` covers the root mount only, so `/dev/shm`
+//!   and other separately mounted host filesystems stay writable where permissions allow;
+//! - a runtime's exact stop: SIGTERM goes to the container's whole process group, where a
+//!   runtime signals its PID 1 alone;
+//! - restarts, and probes after start-up.
 
 mod process;
 
+use crate::contain::CAPABILITIES;
 use crate::netns::{Identity, Side, Topology};
 use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Pod, PodSpec, Probe, Secret, ServiceAccount, Volume,
+    ConfigMap, Container, EnvVar, Pod, PodSpec, Probe, Secret, SecurityContext, ServiceAccount,
+    Volume,
 };
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use process::ContainerProcess;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -431,6 +457,8 @@ impl<'t> Kubelet<'t> {
         volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<std::process::Command> {
         let spec = pod.spec.as_ref().context("a pod spec")?;
+        // Refused before anything is made for it, as the kubelet refuses to create it.
+        let confinement = Confinement::of(spec, container)?;
         let image = container.image.as_deref().unwrap_or_default();
         let (program, mut args) = match container.command.as_deref() {
             Some([program, rest @ ..]) => (PathBuf::from(program), rest.to_vec()),
@@ -475,23 +503,27 @@ impl<'t> Kubelet<'t> {
                 mount.mount_path
             ));
         }
-        let context = container.security_context.as_ref();
-        let pod_context = spec.security_context.as_ref();
-        let uid = context
-            .and_then(|c| c.run_as_user)
-            .or_else(|| pod_context.and_then(|c| c.run_as_user))
-            .unwrap_or(0);
-        let gid = context
-            .and_then(|c| c.run_as_group)
-            .or_else(|| pod_context.and_then(|c| c.run_as_group))
-            .unwrap_or(0);
+        let Confinement {
+            uid,
+            gid,
+            no_new_privs,
+            capabilities,
+            read_only_root,
+        } = confinement;
         if uid != 0 || gid != 0 {
             command
                 .arg(format!("--uid={uid}"))
                 .arg(format!("--gid={gid}"));
         }
-        if context.and_then(|c| c.allow_privilege_escalation) == Some(false) {
+        if no_new_privs {
             command.arg("--no-new-privs");
+        }
+        if let Some(capabilities) = capabilities {
+            let names: Vec<&str> = capabilities.into_iter().collect();
+            command.arg(format!("--capabilities={}", names.join(",")));
+        }
+        if read_only_root {
+            command.arg("--read-only-root");
         }
         if let Some(workdir) = &container.working_dir {
             command.arg(format!("--workdir={workdir}"));
@@ -629,6 +661,107 @@ impl<'t> Kubelet<'t> {
             .and_then(|s| s.parse().ok())
             .context("no status line")
     }
+}
+
+/// The capabilities containerd gives a container that neither adds nor drops any.
+const RUNTIME_DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// What the stand-in enforces of a container's securityContext (its own fields over the
+/// pod's), as `cassette-e2e contain` arguments.
+#[derive(Debug, PartialEq, Eq)]
+struct Confinement {
+    uid: u32,
+    gid: u32,
+    /// `allowPrivilegeEscalation: false`.
+    no_new_privs: bool,
+    /// The capabilities it may hold; `None` for a privileged container (all of them).
+    capabilities: Option<BTreeSet<&'static str>>,
+    read_only_root: bool,
+}
+
+impl Confinement {
+    /// The container's confinement; an error for a container the kubelet would not create
+    /// (`runAsNonRoot` with root as its user).
+    fn of(spec: &PodSpec, container: &Container) -> Result<Self> {
+        let own = container.security_context.as_ref();
+        let pod = spec.security_context.as_ref();
+        let uid = own
+            .and_then(|c| c.run_as_user)
+            .or_else(|| pod.and_then(|c| c.run_as_user));
+        let gid = own
+            .and_then(|c| c.run_as_group)
+            .or_else(|| pod.and_then(|c| c.run_as_group));
+        let non_root = own
+            .and_then(|c| c.run_as_non_root)
+            .or_else(|| pod.and_then(|c| c.run_as_non_root));
+        if non_root == Some(true) && uid.unwrap_or(0) == 0 {
+            let why = if uid.is_some() {
+                "its runAsUser is 0"
+            } else {
+                "it sets no runAsUser, and the harness runs every image as root"
+            };
+            bail!(
+                "container {:?} has runAsNonRoot but would run as root ({why}); it was not \
+                 started (a kubelet reports CreateContainerConfigError)",
+                container.name
+            );
+        }
+        Ok(Self {
+            uid: id(uid.unwrap_or(0), "runAsUser")?,
+            gid: id(gid.unwrap_or(0), "runAsGroup")?,
+            no_new_privs: own.and_then(|c| c.allow_privilege_escalation) == Some(false),
+            capabilities: capabilities(own),
+            read_only_root: own.and_then(|c| c.read_only_root_filesystem) == Some(true),
+        })
+    }
+}
+
+/// A container's capabilities as containerd computes them: the runtime's defaults, all of
+/// them if `add` says ALL, none if `drop` says ALL, then the named ones added and dropped.
+/// containerd prefixes `CAP_` to each name and runc ignores names it does not know, so
+/// `CAP_NET_RAW` (or any unknown name) adds and drops nothing; so here.
+fn capabilities(context: Option<&SecurityContext>) -> Option<BTreeSet<&'static str>> {
+    if context.and_then(|c| c.privileged) == Some(true) {
+        return None;
+    }
+    let requested = context.and_then(|c| c.capabilities.as_ref());
+    let names = |list: Option<&Vec<String>>| -> Vec<String> {
+        list.into_iter()
+            .flatten()
+            .map(|name| name.to_ascii_uppercase())
+            .collect()
+    };
+    let add = names(requested.and_then(|c| c.add.as_ref()));
+    let drop = names(requested.and_then(|c| c.drop.as_ref()));
+    let mut set: BTreeSet<&'static str> = RUNTIME_DEFAULT_CAPABILITIES.into_iter().collect();
+    if add.iter().any(|name| name == "ALL") {
+        set.extend(CAPABILITIES);
+    }
+    if drop.iter().any(|name| name == "ALL") {
+        set.clear();
+    }
+    set.extend(
+        CAPABILITIES
+            .into_iter()
+            .filter(|known| add.iter().any(|name| name == known)),
+    );
+    set.retain(|known| !drop.iter().any(|name| name == known));
+    Some(set)
 }
 
 /// Who owns a pod's volume files, as the kubelet decides it.
@@ -770,6 +903,119 @@ mod tests {
 
     fn pod_spec(value: serde_json::Value) -> PodSpec {
         serde_json::from_value(value).expect("a pod spec")
+    }
+
+    fn container(value: serde_json::Value) -> Container {
+        serde_json::from_value(value).expect("a container")
+    }
+
+    fn set(names: &[&'static str]) -> Option<BTreeSet<&'static str>> {
+        Some(names.iter().copied().collect())
+    }
+
+    #[test]
+    fn injected_containers_run_with_what_their_spec_grants() -> Result<()> {
+        let spec = pod_spec(json!({
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true},
+            "containers": []
+        }));
+        let init = container(json!({
+            "name": "cassette-init",
+            "securityContext": {
+                "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": false,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]}
+            }
+        }));
+        assert_eq!(
+            Confinement::of(&spec, &init)?,
+            Confinement {
+                uid: 0,
+                gid: 0,
+                no_new_privs: true,
+                capabilities: set(&["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"]),
+                read_only_root: false,
+            }
+        );
+        let sidecar = container(json!({
+            "name": "cassette-sidecar",
+            "securityContext": {
+                "runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": true,
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}
+            }
+        }));
+        assert_eq!(
+            Confinement::of(&spec, &sidecar)?,
+            Confinement {
+                uid: 1337,
+                gid: 1337,
+                no_new_privs: true,
+                capabilities: set(&[]),
+                read_only_root: true,
+            }
+        );
+        // The agent: the pod's user, the runtime's defaults without SETUID and SETGID.
+        let agent = container(json!({
+            "name": "agent",
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["SETUID", "SETGID"]}
+            }
+        }));
+        let confined = Confinement::of(&spec, &agent)?;
+        assert_eq!((confined.uid, confined.gid), (1000, 1000));
+        let capabilities = confined.capabilities.context("bounded")?;
+        assert!(!capabilities.contains("SETUID") && !capabilities.contains("SETGID"));
+        assert!(capabilities.contains("CHOWN") && !capabilities.contains("NET_ADMIN"));
+        Ok(())
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_a_container_that_would_run_as_root() {
+        let pod_says_non_root = pod_spec(json!({
+            "securityContext": {"runAsNonRoot": true},
+            "containers": []
+        }));
+        for (agent, why) in [
+            (json!({"name": "agent"}), "sets no runAsUser"),
+            (
+                json!({"name": "agent", "securityContext": {"runAsUser": 0}}),
+                "runAsUser is 0",
+            ),
+        ] {
+            let error = Confinement::of(&pod_says_non_root, &container(agent))
+                .expect_err("a root container under runAsNonRoot")
+                .to_string();
+            assert!(
+                error.contains("container \"agent\" has runAsNonRoot") && error.contains(why),
+                "{error}"
+            );
+        }
+        let own_user = container(json!({"name": "agent", "securityContext": {"runAsUser": 1000}}));
+        assert!(Confinement::of(&pod_says_non_root, &own_user).is_ok());
+    }
+
+    #[test]
+    fn capabilities_are_computed_as_containerd_computes_them() {
+        let with = |value: serde_json::Value| -> Option<BTreeSet<&'static str>> {
+            capabilities(Some(
+                &serde_json::from_value(value).expect("a securityContext"),
+            ))
+        };
+        let defaults: BTreeSet<&str> = RUNTIME_DEFAULT_CAPABILITIES.into_iter().collect();
+        assert_eq!(capabilities(None), Some(defaults.clone()));
+        // ALL first, then the named ones: everything but CHOWN.
+        let all_but_chown =
+            with(json!({"capabilities": {"add": ["ALL"], "drop": ["chown"]}})).expect("bounded");
+        assert_eq!(all_but_chown.len(), CAPABILITIES.len() - 1);
+        assert!(!all_but_chown.contains("CHOWN"));
+        // A CAP_-prefixed name is not a name containerd knows: SETUID is not dropped.
+        assert_eq!(
+            with(json!({"capabilities": {"drop": ["CAP_SETUID"]}})),
+            Some(defaults)
+        );
+        assert_eq!(with(json!({"privileged": true})), None);
     }
 
     #[test]

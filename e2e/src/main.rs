@@ -34,10 +34,11 @@ enum Cmd {
     /// Serve the test upstreams (fake metadata server, HTTPS echo and git, emulator proxies);
     /// run inside a test's net namespace by `cassette_e2e::upstreams::Upstreams::start`.
     Upstreams(UpstreamsArgs),
-    /// Run a program as a pod's container would see it: in a private mount namespace with the
-    /// container's volumes bind-mounted at their paths, as its user, from its working
-    /// directory. The e2e harness runs every container of a stored pod through this (inside
-    /// the pod's network namespace), since there is no kubelet.
+    /// Run a program as a pod's container would see it: in a private mount namespace (the
+    /// host's secrets directories hidden, the container's volumes bind-mounted at their paths),
+    /// with its capabilities, as its user, from its working directory. The e2e harness runs
+    /// every container of a stored pod through this (inside the pod's network namespace),
+    /// since there is no kubelet.
     Contain(ContainArgs),
 }
 
@@ -54,6 +55,13 @@ struct ContainArgs {
     /// Set no_new_privs (the container's `allowPrivilegeEscalation: false`).
     #[arg(long)]
     no_new_privs: bool,
+    /// Keep only these capabilities (comma-separated, e.g. `NET_ADMIN,NET_RAW`; empty for
+    /// none); all when absent.
+    #[arg(long, value_name = "NAME,…")]
+    capabilities: Option<String>,
+    /// Make the root mount read-only (the container's `readOnlyRootFilesystem`).
+    #[arg(long)]
+    read_only_root: bool,
     /// The working directory.
     #[arg(long, default_value = "/")]
     workdir: PathBuf,
@@ -110,6 +118,13 @@ fn contain(args: ContainArgs) -> Result<()> {
         mounts: args.mounts,
         user: args.uid.zip(args.gid),
         no_new_privs: args.no_new_privs,
+        capabilities: args.capabilities.map(|list| {
+            list.split(',')
+                .filter(|name| !name.is_empty())
+                .map(String::from)
+                .collect()
+        }),
+        read_only_root: args.read_only_root,
         workdir: args.workdir,
         command: args.command,
     };
