@@ -449,10 +449,12 @@ fn confine(container: &mut Container) {
     security.allow_privilege_escalation = Some(false);
     let capabilities = security.capabilities.get_or_insert_with(Default::default);
     let drop = capabilities.drop.get_or_insert_with(Vec::new);
+    // As the runtime reads them: containerd drops `CAP_` + the upper-cased name, so
+    // `CAP_SETUID` names nothing (`CAP_CAP_SETUID`) and does not count; anything short of
+    // an exact `ALL` or the bare name gets the bare name added.
     let dropped = |cap: &str| {
-        drop.iter().any(|d| {
-            d.eq_ignore_ascii_case("ALL") || d.trim_start_matches("CAP_").eq_ignore_ascii_case(cap)
-        })
+        drop.iter()
+            .any(|d| d == "ALL" || d.eq_ignore_ascii_case(cap))
     };
     let missing: Vec<String> = ["SETUID", "SETGID"]
         .into_iter()
@@ -947,6 +949,35 @@ mod tests {
             Some(vec!["ALL".to_string()])
         );
         assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    }
+
+    #[test]
+    fn setuid_and_setgid_are_dropped_unless_the_runtime_would_drop_them_already() {
+        let drops = |given: &[&str]| {
+            let mut c = Container {
+                name: "agent".into(),
+                security_context: Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        drop: Some(given.iter().map(|d| d.to_string()).collect()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            confine(&mut c);
+            let sc = c.security_context.unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            sc.capabilities.unwrap().drop.unwrap()
+        };
+        assert_eq!(drops(&["ALL"]), ["ALL"]);
+        assert_eq!(drops(&["setuid", "SETGID"]), ["setuid", "SETGID"]);
+        // containerd reads these as CAP_CAP_SETUID and `all`-as-a-name: they drop nothing.
+        assert_eq!(
+            drops(&["CAP_SETUID", "CAP_SETGID"]),
+            ["CAP_SETUID", "CAP_SETGID", "SETUID", "SETGID"]
+        );
+        assert_eq!(drops(&["all"]), ["all", "SETUID", "SETGID"]);
     }
 
     #[test]
