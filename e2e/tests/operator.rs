@@ -410,6 +410,44 @@ async fn every_way_around_the_recorder_is_refused_with_its_reason() -> Result<()
     Ok(())
 }
 
+/// What the webhook cannot check it says: kubectl prints the admission warning.
+#[tokio::test]
+async fn a_pod_whose_uid_the_webhook_cannot_see_is_admitted_with_a_warning() -> Result<()> {
+    use std::io::Write;
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "warn").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let mut pod = agent_pod("no-uid", Some("fix-ci"));
+    pod["spec"]["containers"][0]
+        .as_object_mut()
+        .context("a container")?
+        .remove("securityContext");
+    let mut kubectl = cluster()
+        .kubectl()
+        .args(["create", "-n", &ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    kubectl
+        .stdin
+        .take()
+        .context("kubectl's stdin")?
+        .write_all(pod.to_string().as_bytes())?;
+    let out = kubectl.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Warning: container \"agent\" sets no runAsUser: if its image runs as UID 1337, its \
+             traffic is not recorded; set spec.containers[0].securityContext.runAsUser"
+        ),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_enforcing_namespace_refuses_pods_without_a_session() -> Result<()> {
     operator().await;

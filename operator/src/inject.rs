@@ -387,6 +387,33 @@ fn agent_containers(spec: &PodSpec) -> Vec<String> {
         .collect()
 }
 
+/// Admission warnings for an injected pod: what cassette cannot check. A container without a
+/// `runAsUser` (its own or the pod's) runs as its image's user, which the webhook cannot see;
+/// if that is the recorder's UID, its traffic is not captured.
+pub fn warnings(pod: &Pod) -> Vec<String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    containers_with_fields(spec)
+        .filter(|(_, c)| c.name != INIT_NAME && c.name != SIDECAR_NAME)
+        .filter(|(_, c)| {
+            pod_uid.is_none()
+                && c.security_context
+                    .as_ref()
+                    .and_then(|s| s.run_as_user)
+                    .is_none()
+        })
+        .map(|(field, c)| {
+            format!(
+                "container {:?} sets no runAsUser: if its image runs as UID {SIDECAR_UID}, its \
+                 traffic is not recorded; set {field}.securityContext.runAsUser",
+                c.name
+            )
+        })
+        .collect()
+}
+
 /// The token volumes an earlier pass recorded as removed.
 fn earlier_removals(pod: &Pod) -> Vec<String> {
     pod.metadata
@@ -949,6 +976,40 @@ mod tests {
             Some(vec!["ALL".to_string()])
         );
         assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    }
+
+    #[test]
+    fn a_container_without_a_uid_is_warned_about() {
+        let s = session("fix-ci");
+        let mut bare = pod(true);
+        for c in bare.spec.as_mut().unwrap().containers.iter_mut() {
+            c.security_context = None;
+        }
+        bare.spec.as_mut().unwrap().security_context = None;
+        let stored = injected(run(&bare, Some(&s), false));
+        let warned = warnings(&stored);
+        assert!(
+            warned.iter().any(|w| w
+                == "container \"agent\" sets no runAsUser: if its image runs as UID 1337, its \
+                    traffic is not recorded; set spec.containers[0].securityContext.runAsUser"),
+            "{warned:?}"
+        );
+        assert!(warned.iter().all(|w| w.len() <= 256), "{warned:?}");
+        // Our own containers set theirs; a pod-level UID covers every container.
+        assert!(
+            !warned
+                .iter()
+                .any(|w| w.contains(SIDECAR_NAME) || w.contains(INIT_NAME))
+        );
+        let mut with_pod_uid = bare.clone();
+        with_pod_uid.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+        assert_eq!(
+            warnings(&injected(run(&with_pod_uid, Some(&s), false))),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

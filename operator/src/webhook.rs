@@ -178,7 +178,11 @@ async fn inject_pod(
             Ok(patch) => {
                 tracing::info!(namespace, pod = ?pod.metadata.name, "injected the recorder");
                 match response.clone().with_patch(patch) {
-                    Ok(patched) => (patched, Verdict::Patched),
+                    Ok(mut patched) => {
+                        let warnings = inject::warnings(&injected);
+                        patched.warnings = (!warnings.is_empty()).then_some(warnings);
+                        (patched, Verdict::Patched)
+                    }
                     Err(e) => (
                         response.deny(format!("cassette could not encode the patch: {e}")),
                         Verdict::Error,
