@@ -765,3 +765,55 @@ fn the_ways_around_the_recorder_are_closed() -> Result<()> {
     );
     Ok(())
 }
+
+/// A process other than the recorder running as its UID (an agent image whose USER is 1337)
+/// is let out by the capture rules; the sidecar sees its socket and says so in the recording.
+#[test]
+fn a_stranger_running_as_the_recorders_uid_is_caught_in_the_recording() -> Result<()> {
+    require_root!();
+    let mut pod = Pod::start(false)?;
+    let upstream = format!("{}", pod.topology.net_ip());
+    // Connects straight to the upstream (not redirected: its UID is exempt) and holds the
+    // connection for a few of the watch's listings.
+    let mut stranger = pod.topology.pod_command(
+        Identity::user(SIDECAR_UID),
+        "/usr/bin/python3",
+        std::iter::empty::<(&str, &str)>(),
+    );
+    stranger.args([
+        "-c",
+        &format!(
+            "import socket,time\ns=socket.create_connection(('{upstream}',443),timeout=5)\n\
+             print(s.getsockname()[1],flush=True)\ntime.sleep(4)\ns.close()"
+        ),
+    ]);
+    let out = output_within(stranger, TIMEOUT)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the stranger could not connect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    let (records, _) = pod.stop_and_read()?;
+    let gaps = kinds(&records, "gap");
+    let caught = gaps.iter().find(|g| {
+        g["lost"]
+            .as_str()
+            .is_some_and(|l| l.contains(&format!(":{port} -> {upstream}:443")))
+    });
+    let caught =
+        caught.with_context(|| format!("no gap names the stranger's connection: {gaps:#?}"))?;
+    assert!(
+        caught["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("runs as the recorder's UID 1337")),
+        "{caught}"
+    );
+    assert!(
+        pod.sidecar_log().contains("its traffic is not captured"),
+        "{}",
+        pod.sidecar_log()
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 mod admin;
 mod broker;
+mod bypass;
 mod capture;
 mod credentials;
 mod decode;
@@ -345,6 +346,12 @@ async fn run(args: RunArgs) -> Result<()> {
         recording.recorder.clone(),
         Duration::from_secs(args.client_timeout_seconds.max(1)),
     ));
+
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
+    if bypass::applies(uid) {
+        tokio::spawn(bypass::watch(proxy.clone(), shutdown.clone(), uid));
+    }
 
     let mut capture_addrs = vec![args.capture_addr];
     if args.capture_addr.ip().is_loopback() && args.capture_addr.is_ipv4() {

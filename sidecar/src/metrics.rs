@@ -43,6 +43,8 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     pub ship_failures: Counter,
     pub recorded_records: Counter,
+    /// Sockets of another process running as the recorder's UID (see `bypass`).
+    pub unrecorded_sockets: Counter,
 }
 
 impl Metrics {
@@ -81,6 +83,12 @@ impl Metrics {
         );
         let connections = Counter::default();
         registry.register("connections", "Connections captured", connections.clone());
+        let unrecorded_sockets = Counter::default();
+        registry.register(
+            "unrecorded_sockets",
+            "Sockets of a process other than the recorder running as its UID, whose traffic the capture rules let out unrecorded",
+            unrecorded_sockets.clone(),
+        );
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -132,6 +140,7 @@ impl Metrics {
             upstream_latency,
             connections,
             connections_refused,
+            unrecorded_sockets,
             cert_cache_hits,
             cert_cache_misses,
             token_swaps,
