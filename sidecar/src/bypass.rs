@@ -5,12 +5,12 @@
 //! listed per network namespace with their owner's UID, and a socket owned by this UID that is
 //! not one of this process's descriptors belongs to someone else.
 //!
-//! Every [`EVERY`] the watch lists the TCP and UDP sockets of the namespace owned by this
-//! process's UID and compares them with its own descriptors, read before and after the listing
-//! so that a socket opened or closed meanwhile is not mistaken for a stranger's. A socket seen
-//! as a stranger's in two listings in a row is reported once: a `gap` record in the recording
-//! (the traffic it carries is not recorded), an error in the log, and
-//! `cassette_sidecar_unrecorded_sockets_total`.
+//! Every [`EVERY`] the watch lists the namespace's sockets (TCP, UDP, UDP-Lite, ICMP, raw; IPv4
+//! and IPv6) owned by this process's UID and compares them with its own descriptors (see
+//! [`strangers`] for why its own are never mistaken). Each stranger's socket is reported once:
+//! a `gap` record in the recording (the traffic it carries is not recorded), an error in the
+//! log, and `cassette_sidecar_unrecorded_sockets_total`. A connection opened and closed
+//! between two passes is not seen: the watch makes a bypass visible, it does not stop it.
 
 use crate::proxy::Proxy;
 use crate::shutdown::Shutdown;
@@ -77,14 +77,15 @@ pub fn parse_table(protocol: &'static str, text: &str) -> Vec<Socket> {
 }
 
 /// `0100007F:3A99` (IPv4) or 32 hex digits and a port (IPv6): the address as the kernel
-/// prints it, each 32-bit word in host (little-endian) order.
+/// prints it, each 32-bit word as a host-order number.
 fn address(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let words: Option<Vec<u32>> = (0..ip.len() / 8)
         .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
         .collect();
-    let bytes: Vec<u8> = words?.into_iter().flat_map(u32::to_le_bytes).collect();
+    // Each word as the kernel holds it in memory: network order bytes, read as a host u32.
+    let bytes: Vec<u8> = words?.into_iter().flat_map(u32::to_ne_bytes).collect();
     let ip = match <[u8; 4]>::try_from(bytes.as_slice()) {
         Ok(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
         Err(_) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes.as_slice()).ok()?)),
@@ -112,56 +113,81 @@ fn own_sockets(fd_dir: &Path) -> std::io::Result<HashSet<u64>> {
     Ok(out)
 }
 
-/// The namespace's sockets owned by `uid` that are not this process's: inode 0 (a socket no
-/// descriptor holds any more, such as TIME_WAIT) and listening sockets are left out.
-fn strangers(proc_net: &Path, fd_dir: &Path, uid: u32) -> std::io::Result<Vec<Socket>> {
-    let before = own_sockets(fd_dir)?;
-    let mut listed = Vec::new();
-    for (protocol, file) in [
-        ("tcp", "tcp"),
-        ("tcp", "tcp6"),
-        ("udp", "udp"),
-        ("udp", "udp6"),
-    ] {
+/// Every socket table of the namespace: TCP, UDP, UDP-Lite, ICMP (ping sockets) and raw
+/// sockets, each for IPv4 and IPv6. All but TCP share UDP's columns.
+const TABLES: &[(&str, &str)] = &[
+    ("tcp", "tcp"),
+    ("tcp", "tcp6"),
+    ("udp", "udp"),
+    ("udp", "udp6"),
+    ("udplite", "udplite"),
+    ("udplite", "udplite6"),
+    ("icmp", "icmp"),
+    ("icmp", "icmp6"),
+    ("raw", "raw"),
+    ("raw", "raw6"),
+];
+
+/// The namespace's sockets owned by `uid`, as one listing of every table.
+fn listing(proc_net: &Path, uid: u32) -> std::io::Result<HashMap<u64, Socket>> {
+    const LISTEN: u8 = 0x0A;
+    let mut out = HashMap::new();
+    for (protocol, file) in TABLES {
         match std::fs::read_to_string(proc_net.join(file)) {
-            Ok(text) => listed.extend(parse_table(protocol, &text)),
-            // No IPv6 in this namespace.
+            Ok(text) => out.extend(
+                parse_table(protocol, &text)
+                    .into_iter()
+                    // Inode 0: no descriptor holds it any more (TIME_WAIT, orphaned, not yet
+                    // accepted). A listening socket carries no traffic out.
+                    .filter(|s| s.uid == uid && s.inode != 0)
+                    .filter(|s| !(s.protocol == "tcp" && s.state == LISTEN))
+                    .map(|s| (s.inode, s)),
+            ),
+            // A table this kernel or namespace does not have (no IPv6, no UDP-Lite).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    let after = own_sockets(fd_dir)?;
-    const LISTEN: u8 = 0x0A;
-    Ok(listed
-        .into_iter()
-        .filter(|s| s.uid == uid && s.inode != 0)
-        .filter(|s| !(s.protocol == "tcp" && s.state == LISTEN))
-        .filter(|s| !before.contains(&s.inode) && !after.contains(&s.inode))
-        .collect())
+    Ok(out)
 }
 
-/// Remembers what each listing found, so that only a socket found twice in a row is
-/// reported, and each only once.
+/// The namespace's sockets owned by `uid` that are not this process's. The sockets are
+/// listed twice, around a second look at this process's descriptors: a socket in both
+/// listings that neither look at the descriptors found is someone else's, because one of
+/// ours still open at the second listing was open at the second look too, and one closed
+/// before it has no inode any more. So one pass decides, however short the connection, as
+/// long as it is open while the pass runs.
+fn strangers(proc_net: &Path, fd_dir: &Path, uid: u32) -> std::io::Result<Vec<Socket>> {
+    let before = own_sockets(fd_dir)?;
+    let first = listing(proc_net, uid)?;
+    let after = own_sockets(fd_dir)?;
+    let second = listing(proc_net, uid)?;
+    let mut out: Vec<Socket> = first
+        .into_values()
+        .filter(|s| second.contains_key(&s.inode))
+        .filter(|s| !before.contains(&s.inode) && !after.contains(&s.inode))
+        .collect();
+    out.sort_by_key(|s| s.inode);
+    Ok(out)
+}
+
+/// Remembers which sockets were reported, so that each is reported once.
 #[derive(Default)]
 pub struct Watch {
-    last: HashMap<u64, Socket>,
     reported: HashSet<u64>,
 }
 
 impl Watch {
-    /// Takes one listing's strangers; returns those to report now.
+    /// Takes one pass's strangers; returns those not reported yet.
     pub fn observe(&mut self, strangers: Vec<Socket>) -> Vec<Socket> {
-        let now: HashMap<u64, Socket> = strangers.into_iter().map(|s| (s.inode, s)).collect();
-        let mut report: Vec<Socket> = now
-            .values()
-            .filter(|s| self.last.contains_key(&s.inode) && !self.reported.contains(&s.inode))
-            .cloned()
+        let listed: HashSet<u64> = strangers.iter().map(|s| s.inode).collect();
+        let report: Vec<Socket> = strangers
+            .into_iter()
+            .filter(|s| !self.reported.contains(&s.inode))
             .collect();
-        report.sort_by_key(|s| s.inode);
-        self.reported.extend(report.iter().map(|s| s.inode));
         // Inodes are reused once a socket is gone: forget those no longer listed.
-        self.reported.retain(|inode| now.contains_key(inode));
-        self.last = now;
+        self.reported.retain(|inode| listed.contains(inode));
+        self.reported.extend(report.iter().map(|s| s.inode));
         report
     }
 }
@@ -252,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_stranger_seen_twice_is_reported_and_only_once() {
+    fn each_stranger_is_reported_once() {
         let sock = |inode| Socket {
             protocol: "tcp",
             local: "10.0.0.5:40000".parse().unwrap(),
@@ -262,13 +288,11 @@ mod tests {
             inode,
         };
         let mut watch = Watch::default();
-        assert!(watch.observe(vec![sock(7), sock(8)]).is_empty());
-        assert_eq!(watch.observe(vec![sock(7), sock(9)]), [sock(7)]);
-        assert!(watch.observe(vec![sock(7), sock(9)]) == [sock(9)]);
+        assert_eq!(watch.observe(vec![sock(7), sock(8)]), [sock(7), sock(8)]);
+        assert_eq!(watch.observe(vec![sock(7), sock(9)]), [sock(9)]);
         assert!(watch.observe(vec![sock(7), sock(9)]).is_empty());
         // Gone, then an inode reused by a new stranger: reported again.
         assert!(watch.observe(vec![]).is_empty());
-        assert!(watch.observe(vec![sock(7)]).is_empty());
         assert_eq!(watch.observe(vec![sock(7)]), [sock(7)]);
     }
 
