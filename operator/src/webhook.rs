@@ -179,7 +179,7 @@ async fn inject_pod(
                 tracing::info!(namespace, pod = ?pod.metadata.name, "injected the recorder");
                 match response.clone().with_patch(patch) {
                     Ok(mut patched) => {
-                        let warnings = inject::warnings(&injected);
+                        let warnings = inject::warnings(pod);
                         patched.warnings = (!warnings.is_empty()).then_some(warnings);
                         (patched, Verdict::Patched)
                     }
@@ -305,7 +305,19 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
     };
     let old_spec = match request.old_object.as_ref().and_then(|o| o.data.get("spec")) {
         Some(old) if request.operation == Operation::Update => {
-            serde_json::from_value::<AgentSessionSpec>(old.clone()).ok()
+            match serde_json::from_value::<AgentSessionSpec>(old.clone()) {
+                Ok(old) => Some(old),
+                // The change cannot be checked against what it changes: refuse it.
+                Err(e) => {
+                    return (
+                        response.deny(format!(
+                            "AgentSession {name:?} as stored has a spec cassette cannot read, so \
+                             no change to it can be checked: {e}"
+                        )),
+                        Verdict::Denied,
+                    );
+                }
+            }
         }
         _ => None,
     };
