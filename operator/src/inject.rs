@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -185,7 +186,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
     }
     let mut init = vec![
         init_container(config),
-        sidecar_container(config, session_name, &session.spec, expires_at),
+        sidecar_container(config, session, expires_at),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);
@@ -543,17 +544,21 @@ fn init_container(config: &Config) -> Container {
 
 fn sidecar_container(
     config: &Config,
-    session: &str,
-    spec: &AgentSessionSpec,
+    session: &AgentSession,
     expires_at: Option<Timestamp>,
 ) -> Container {
+    let spec = &session.spec;
     let recording = &spec.recording;
     let mut env = vec![
-        value("CASSETTE_SESSION", session),
+        value("CASSETTE_SESSION", &session.name_any()),
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
         field("POD_UID", "metadata.uid"),
         value("CASSETTE_SINK", &recording.sink),
+        value(
+            "CASSETTE_SESSION_UID",
+            session.metadata.uid.as_deref().unwrap_or_default(),
+        ),
         value(
             "CASSETTE_DURABILITY",
             match recording.durability {

@@ -106,6 +106,10 @@ pub struct Held {
 pub struct Scope<'a> {
     pub namespace: &'a str,
     pub session: &'a str,
+    /// The session's `metadata.uid`: on a sink that keeps metadata (GCS) an object is this
+    /// session's only if it carries it as `cassette-session-uid`, which the sidecar writes
+    /// and nobody who can edit the session's status can change.
+    pub session_uid: Option<&'a str>,
     /// `<pod>-<uid>` of every pod the session's status names: the recordings it made.
     pub recorded: &'a [String],
     /// `<pod>-<uid>` of its pods still running: never swept, however quiet.
@@ -127,7 +131,16 @@ impl Scope<'_> {
         let says = |key: &str, matches: &dyn Fn(&str) -> bool| {
             object.metadata.get(key).is_none_or(|v| matches(v))
         };
+        // Where the sink keeps metadata, the session's UID must be there: the status that
+        // names the pods can be written by more than the operator (the sidecars), and a pod
+        // directory of an earlier session of the same name must not become this one's.
+        let stamped = object.metadata.is_empty()
+            || object
+                .metadata
+                .get("cassette-session-uid")
+                .is_some_and(|uid| Some(uid.as_str()) == self.session_uid);
         recording_file
+            && stamped
             && says("cassette-namespace", &|v| v == self.namespace)
             && says("cassette-session", &|v| v == self.session)
             && says("cassette-pod-uid", &|v| {
@@ -277,6 +290,7 @@ pub async fn sweep(
     let scope = Scope {
         namespace: &namespace,
         session: &name,
+        session_uid: session.metadata.uid.as_deref(),
         recorded: &recorded,
         live,
     };
@@ -516,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn an_object_whose_metadata_names_another_session_is_not_deleted() {
+    fn an_object_whose_metadata_does_not_name_this_session_is_not_deleted() {
         let now = SystemTime::now();
         let object = |name: &str, meta: &[(&str, &str)]| StoredObject {
             key: format!("team/fix-ci/agent-0-aaa/{name}"),
@@ -529,21 +543,38 @@ mod tests {
                 .collect(),
         };
         let ours = [
+            ("cassette-session-uid", "s-1"),
             ("cassette-namespace", "team"),
             ("cassette-session", "fix-ci"),
             ("cassette-pod-uid", "aaa"),
         ];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut m = ours.to_vec();
+            m.retain(|(k, _)| *k != extra.0);
+            m.push(extra);
+            m
+        };
         let objects = vec![
             object("seg-000001.jsonl.zst", &ours),
-            object("seg-000002.jsonl.zst", &[("cassette-session", "other")]),
-            object("seg-000003.jsonl.zst", &[("cassette-namespace", "prod")]),
-            object("seg-000004.jsonl.zst", &[("cassette-pod-uid", "bbb")]),
-            object(MANIFEST, &ours[..2]),
+            object("seg-000002.jsonl.zst", &with(("cassette-session", "other"))),
+            object(
+                "seg-000003.jsonl.zst",
+                &with(("cassette-namespace", "prod")),
+            ),
+            object("seg-000004.jsonl.zst", &with(("cassette-pod-uid", "bbb"))),
+            // An earlier session of the same name, and an object that names none.
+            object(
+                "seg-000005.jsonl.zst",
+                &with(("cassette-session-uid", "s-0")),
+            ),
+            object("seg-000006.jsonl.zst", &ours[1..]),
+            object(MANIFEST, &ours[..3]),
         ];
         let recorded = ["agent-0-aaa".to_string()];
         let scope = Scope {
             namespace: "team",
             session: "fix-ci",
+            session_uid: Some("s-1"),
             recorded: &recorded,
             live: &[],
         };
@@ -554,7 +585,7 @@ mod tests {
             .map(|o| &o.key["team/fix-ci/agent-0-aaa/".len()..])
             .collect();
         assert_eq!(deleted, ["seg-000001.jsonl.zst", MANIFEST]);
-        assert_eq!(plan.ignored.len(), 3, "{:?}", plan.ignored);
+        assert_eq!(plan.ignored.len(), 5, "{:?}", plan.ignored);
     }
 
     #[tokio::test]
@@ -664,6 +695,7 @@ mod tests {
         let scope = Scope {
             namespace: "ns",
             session: "s",
+            session_uid: None,
             recorded: &recorded,
             live: &[],
         };

@@ -70,6 +70,10 @@ pub struct RecorderConfig {
     pub gcs: GcsOptions,
     /// Object retention to request for every object written.
     pub retention: Option<Duration>,
+    /// The AgentSession's `metadata.uid`, carried by every object written as
+    /// `cassette-session-uid`: what ties a recording to one AgentSession and not to a later
+    /// one of the same name (the operator's retention deletes only objects that carry it).
+    pub session_uid: Option<String>,
     /// Longest time between fsyncs in batched mode.
     pub batch_interval: Duration,
     /// Retry pacing for uploads.
@@ -101,6 +105,7 @@ impl RecorderConfig {
             digest_key: Vec::new(),
             gcs: GcsOptions::default(),
             retention: None,
+            session_uid: None,
             batch_interval: Duration::from_millis(10),
             backoff: Backoff::default(),
             shutdown_timeout: Duration::from_secs(30),
@@ -515,7 +520,14 @@ impl Recorder {
                 ("cassette-pod".into(), c.path.pod.clone()),
                 ("cassette-pod-uid".into(), c.path.pod_uid.clone()),
                 ("cassette-chain-head".into(), manifest.head.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                c.session_uid
+                    .clone()
+                    .map(|uid| ("cassette-session-uid".into(), uid)),
+            )
+            .collect(),
             retain_for: c.retention,
             content_type: "application/json",
         };
@@ -678,6 +690,7 @@ async fn ship_loop(inner: Arc<Inner>) {
                 &inner.config.path,
                 &compressed,
                 inner.config.retention,
+                inner.config.session_uid.as_deref(),
             )
             .await
             {

@@ -108,18 +108,23 @@ pub(crate) fn segment_meta(
     path: &RecordingPath,
     sealed: &Sealed,
     retain_for: Option<Duration>,
+    session_uid: Option<&str>,
 ) -> ObjectMeta {
+    let mut pairs = vec![
+        ("cassette-namespace".into(), path.namespace.clone()),
+        ("cassette-session".into(), path.session.clone()),
+        ("cassette-pod".into(), path.pod.clone()),
+        ("cassette-pod-uid".into(), path.pod_uid.clone()),
+        ("cassette-segment".into(), sealed.index.to_string()),
+        ("cassette-first-seq".into(), sealed.first_seq.to_string()),
+        ("cassette-last-seq".into(), sealed.last_seq.to_string()),
+        ("cassette-chain-head".into(), sealed.chain.clone()),
+    ];
+    if let Some(uid) = session_uid {
+        pairs.push(("cassette-session-uid".into(), uid.to_string()));
+    }
     ObjectMeta {
-        pairs: vec![
-            ("cassette-namespace".into(), path.namespace.clone()),
-            ("cassette-session".into(), path.session.clone()),
-            ("cassette-pod".into(), path.pod.clone()),
-            ("cassette-pod-uid".into(), path.pod_uid.clone()),
-            ("cassette-segment".into(), sealed.index.to_string()),
-            ("cassette-first-seq".into(), sealed.first_seq.to_string()),
-            ("cassette-last-seq".into(), sealed.last_seq.to_string()),
-            ("cassette-chain-head".into(), sealed.chain.clone()),
-        ],
+        pairs,
         retain_for,
         content_type: "application/zstd",
     }
@@ -133,10 +138,11 @@ pub(crate) async fn upload(
     path: &RecordingPath,
     segment: &Compressed,
     retain_for: Option<Duration>,
+    session_uid: Option<&str>,
 ) -> Result<ManifestSegment, ShipError> {
     let name = segment_name(segment.sealed.index);
     let key = format!("{}/{name}", path.prefix());
-    let meta = segment_meta(path, &segment.sealed, retain_for);
+    let meta = segment_meta(path, &segment.sealed, retain_for, session_uid);
     let put = sink.put_once(&key, segment.bytes.clone(), &meta).await?;
     if put == Put::AlreadyThere {
         tracing::info!(segment = %name, "segment was already in the sink (an earlier attempt succeeded)");

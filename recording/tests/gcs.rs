@@ -287,6 +287,7 @@ async fn an_outage_grows_the_spool_and_shipping_resumes() {
     let url = format!("gs://{BUCKET}/recordings");
     let mut config = RecorderConfig::new(&url, spool.path(), path.clone());
     config.gcs = emulator.options();
+    config.session_uid = Some("5e55-10n".into());
     config.segment_max_bytes = 2000;
     config.backoff = Backoff {
         initial: Duration::from_millis(20),
@@ -328,6 +329,23 @@ async fn an_outage_grows_the_spool_and_shipping_resumes() {
         .filter(|r| matches!(r.as_ref().unwrap().event, Event::Gap(_)))
         .count();
     assert_eq!(gaps, 120, "every record written during the outage was kept");
+
+    // Every object, segments and manifest, names the AgentSession it belongs to.
+    let stored = sink
+        .list_stored(&format!("{}/", path.prefix()))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), report.segments + 1, "{stored:?}");
+    for object in &stored {
+        assert_eq!(
+            object
+                .metadata
+                .get("cassette-session-uid")
+                .map(String::as_str),
+            Some("5e55-10n"),
+            "{object:?}"
+        );
+    }
 }
 
 async fn wait_until(mut done: impl FnMut() -> bool) {

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// The pod's UID.
     #[arg(long, env = "POD_UID", default_value = "local")]
     pod_uid: String,
+    /// The AgentSession's UID (its metadata.uid), written on every object of the recording
+    /// as cassette-session-uid: the operator's retention deletes only objects that carry it.
+    #[arg(long, env = "CASSETTE_SESSION_UID")]
+    session_uid: Option<String>,
 
     /// Where the session CA bundle (system roots + session CA) is written for the agent.
     #[arg(

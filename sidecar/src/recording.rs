@@ -71,6 +71,7 @@ pub async fn start(
     config.agent = account.clone();
     config.gcs.endpoint = args.gcs_endpoint.clone();
     config.gcs.anonymous = args.gcs_anonymous;
+    config.session_uid = args.session_uid.clone().filter(|uid| !uid.is_empty());
     let writer = cassette_recording::Recorder::start(config)
         .await
         .context("starting the recorder")?;
