@@ -227,7 +227,7 @@ async fn expire_recordings(session: &AgentSession, ctx: &Context, live: &[String
             namespace,
             unclaimed = ?outcome.unclaimed,
             ignored = ?outcome.ignored,
-            "left alone by the retention: not recordings this session's status names"
+            "left alone by the retention: not this session's recordings (a pod its status does not name, or not a segment or manifest stamped with its UID)"
         );
     }
     objects("deleted").inc_by(outcome.deleted);
