@@ -514,20 +514,10 @@ impl Recorder {
         let bytes = manifest.signed_bytes(&inner.key);
         let key = format!("{}/{MANIFEST}", c.path.prefix());
         let meta = ObjectMeta {
-            pairs: vec![
-                ("cassette-namespace".into(), c.path.namespace.clone()),
-                ("cassette-session".into(), c.path.session.clone()),
-                ("cassette-pod".into(), c.path.pod.clone()),
-                ("cassette-pod-uid".into(), c.path.pod_uid.clone()),
-                ("cassette-chain-head".into(), manifest.head.clone()),
-            ]
-            .into_iter()
-            .chain(
-                c.session_uid
-                    .clone()
-                    .map(|uid| ("cassette-session-uid".into(), uid)),
-            )
-            .collect(),
+            pairs: ship::identity_meta(&c.path, c.session_uid.as_deref())
+                .into_iter()
+                .chain([("cassette-chain-head".into(), manifest.head.clone())])
+                .collect(),
             retain_for: c.retention,
             content_type: "application/json",
         };

@@ -103,6 +103,24 @@ pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolE
     })
 }
 
+/// Whose recording an object is, as every object of it (segments and manifest) says in its
+/// metadata: what the operator's retention checks before it deletes anything.
+pub(crate) fn identity_meta(
+    path: &RecordingPath,
+    session_uid: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut pairs = vec![
+        ("cassette-namespace".into(), path.namespace.clone()),
+        ("cassette-session".into(), path.session.clone()),
+        ("cassette-pod".into(), path.pod.clone()),
+        ("cassette-pod-uid".into(), path.pod_uid.clone()),
+    ];
+    if let Some(uid) = session_uid {
+        pairs.push(("cassette-session-uid".into(), uid.to_string()));
+    }
+    pairs
+}
+
 /// The metadata every segment object carries.
 pub(crate) fn segment_meta(
     path: &RecordingPath,
@@ -110,19 +128,13 @@ pub(crate) fn segment_meta(
     retain_for: Option<Duration>,
     session_uid: Option<&str>,
 ) -> ObjectMeta {
-    let mut pairs = vec![
-        ("cassette-namespace".into(), path.namespace.clone()),
-        ("cassette-session".into(), path.session.clone()),
-        ("cassette-pod".into(), path.pod.clone()),
-        ("cassette-pod-uid".into(), path.pod_uid.clone()),
+    let mut pairs = identity_meta(path, session_uid);
+    pairs.extend([
         ("cassette-segment".into(), sealed.index.to_string()),
         ("cassette-first-seq".into(), sealed.first_seq.to_string()),
         ("cassette-last-seq".into(), sealed.last_seq.to_string()),
         ("cassette-chain-head".into(), sealed.chain.clone()),
-    ];
-    if let Some(uid) = session_uid {
-        pairs.push(("cassette-session-uid".into(), uid.to_string()));
-    }
+    ]);
     ObjectMeta {
         pairs,
         retain_for,
