@@ -77,21 +77,33 @@ impl Cluster {
 
     /// `kubectl apply -f -` of a manifest (YAML or JSON, one or more documents) as the admin.
     pub fn apply(&self, manifest: &str) -> Result<()> {
+        let out = self.kubectl_with_input(&["apply", "-f", "-"], manifest)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `kubectl <args>` as the admin with `input` on its stdin; what it printed and how it
+    /// ended (kubectl prints admission warnings on stderr).
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Result<std::process::Output> {
         use std::io::Write;
         let mut child = self
             .kubectl()
-            .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
-            .context("running kubectl apply")?;
+            .with_context(|| format!("running kubectl {}", args.join(" ")))?;
         child
             .stdin
             .take()
             .context("kubectl's stdin")?
-            .write_all(manifest.as_bytes())?;
-        anyhow::ensure!(child.wait()?.success(), "kubectl apply failed");
-        Ok(())
+            .write_all(input.as_bytes())?;
+        Ok(child.wait_with_output()?)
     }
 
     /// A kubeconfig for a named user (client certificate; local control plane only).

@@ -413,7 +413,6 @@ async fn every_way_around_the_recorder_is_refused_with_its_reason() -> Result<()
 /// What the webhook cannot check it says: kubectl prints the admission warning.
 #[tokio::test]
 async fn a_pod_whose_uid_the_webhook_cannot_see_is_admitted_with_a_warning() -> Result<()> {
-    use std::io::Write;
     operator().await;
     let client = cluster().client().await?;
     let ns = agent_namespace(&client, "warn").await?;
@@ -423,19 +422,7 @@ async fn a_pod_whose_uid_the_webhook_cannot_see_is_admitted_with_a_warning() -> 
         .as_object_mut()
         .context("a container")?
         .remove("securityContext");
-    let mut kubectl = cluster()
-        .kubectl()
-        .args(["create", "-n", &ns, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    kubectl
-        .stdin
-        .take()
-        .context("kubectl's stdin")?
-        .write_all(pod.to_string().as_bytes())?;
-    let out = kubectl.wait_with_output()?;
+    let out = cluster().kubectl_with_input(&["create", "-n", &ns, "-f", "-"], &pod.to_string())?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
