@@ -400,11 +400,8 @@ pub fn warnings(pod: &Pod) -> Vec<String> {
     containers_with_fields(spec)
         .filter(|(_, c)| c.name != INIT_NAME && c.name != SIDECAR_NAME)
         .filter(|(_, c)| {
-            pod_uid.is_none()
-                && c.security_context
-                    .as_ref()
-                    .and_then(|s| s.run_as_user)
-                    .is_none()
+            let own = c.security_context.as_ref().and_then(|s| s.run_as_user);
+            own.or(pod_uid).is_none()
         })
         .map(|(field, c)| {
             format!(
@@ -1039,12 +1036,14 @@ mod tests {
 
     #[test]
     fn the_sidecar_is_configured_from_the_session_and_the_downward_api() {
-        let s = session("fix-ci");
+        let mut s = session("fix-ci");
+        s.metadata.uid = Some("5e55-10n".into());
         let pod = injected(run(&pod(true), Some(&s), false));
         let init = pod.spec.unwrap().init_containers.unwrap();
         let env = env_of(&init[1]);
         let expect = [
             ("CASSETTE_SESSION", "fix-ci"),
+            ("CASSETTE_SESSION_UID", "5e55-10n"),
             ("POD_NAME", "fieldRef:metadata.name"),
             ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
             ("POD_UID", "fieldRef:metadata.uid"),

@@ -123,8 +123,8 @@ impl Scope<'_> {
     }
 
     /// Whether `name`, in the recording directory `pod_dir`, is a recording object of this
-    /// session: a segment or the manifest, whose metadata (where the sink keeps it) names
-    /// this session and pod.
+    /// session: a segment or the manifest whose metadata, where the sink keeps it, carries
+    /// this session's UID and names no other namespace, session or pod.
     fn owns(&self, pod_dir: &str, name: &str, object: &StoredObject) -> bool {
         let recording_file =
             (name.ends_with(".jsonl.zst") && parse_index(name).is_some()) || name == MANIFEST;

@@ -312,7 +312,8 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
                     return (
                         response.deny(format!(
                             "AgentSession {name:?} as stored has a spec cassette cannot read, so \
-                             no change to it can be checked: {e}"
+                             no change to it can be checked: {e}; delete it and create it again \
+                             from a valid spec"
                         )),
                         Verdict::Denied,
                     );
@@ -354,4 +355,67 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
         .header("content-type", "text/plain")
         .body(full(text.to_string()))
         .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::{Value, json};
+
+    fn session(retention: Value) -> Value {
+        json!({
+            "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+            "metadata": {"name": "fix-ci", "namespace": "agents"},
+            "spec": {"maxDuration": "2h", "recording": {"sink": "gs://audit/agents", "retention": retention}}
+        })
+    }
+
+    /// An UPDATE review of the session from `old` to `new`, answered by the validating hook.
+    fn update(old: Value, new: Value) -> (AdmissionResponse, Verdict) {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "1",
+                "kind": {"group": "cassette.dev", "version": "v1alpha1", "kind": "AgentSession"},
+                "resource": {"group": "cassette.dev", "version": "v1alpha1", "resource": "agentsessions"},
+                "operation": "UPDATE",
+                "userInfo": {"username": "bob"},
+                "name": "fix-ci", "namespace": "agents",
+                "object": new, "oldObject": old
+            }
+        }))
+        .expect("an AdmissionReview");
+        validate_session(review.try_into().expect("a request"))
+    }
+
+    #[test]
+    fn an_update_is_checked_against_the_stored_session() {
+        let (response, verdict) = update(session(json!("90d")), session(json!("91d")));
+        assert!(response.allowed && matches!(verdict, Verdict::Allowed));
+
+        let (response, verdict) = update(session(json!("90d")), session(json!("1h")));
+        assert!(!response.allowed && matches!(verdict, Verdict::Denied));
+        assert!(
+            response
+                .result
+                .message
+                .contains("spec.recording.retention: cannot be shortened from \"90d\" to \"1h\""),
+            "{}",
+            response.result.message
+        );
+
+        let mut unreadable = session(json!("90d"));
+        unreadable["spec"]["recording"]["maxBodyBytes"] = json!("many");
+        let (response, verdict) = update(unreadable, session(json!("90d")));
+        assert!(!response.allowed && matches!(verdict, Verdict::Denied));
+        assert!(
+            response
+                .result
+                .message
+                .contains("delete it and create it again"),
+            "{}",
+            response.result.message
+        );
+    }
 }
