@@ -31,7 +31,7 @@ pub fn applies(uid: u32) -> bool {
     uid == cassette_api::names::SIDECAR_UID
 }
 
-/// One socket of the namespace, as `/proc/net/{tcp,udp}{,6}` lists it.
+/// One socket of the namespace, as one of the `/proc/net` tables in [`TABLES`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Socket {
     pub protocol: &'static str,
@@ -211,7 +211,7 @@ pub async fn watch(proxy: Arc<Proxy>, shutdown: Shutdown, uid: u32) {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 if !warned {
-                    tracing::warn!(error = %e, "cannot list the pod's sockets; the watch for unrecorded traffic is off");
+                    tracing::warn!(error = %e, "cannot list the pod's sockets, so traffic that escapes the capture rules cannot be seen; the sidecar needs /proc (trying again every second)");
                     warned = true;
                 }
                 continue;
@@ -223,7 +223,7 @@ pub async fn watch(proxy: Arc<Proxy>, shutdown: Shutdown, uid: u32) {
                 %socket,
                 inode = socket.inode,
                 uid,
-                "a process other than the recorder runs as its UID {uid} in this pod; its traffic is not captured"
+                "a process other than the recorder runs as its UID {uid} in this pod; its traffic is not captured: set runAsUser on the agent's containers (is the image's USER {uid}?)"
             );
             proxy.metrics.unrecorded_sockets.inc();
             proxy.recorder.emit(Event::Gap(Gap {
