@@ -1,9 +1,10 @@
 //! The admin server on 15090: `/metrics`, `/healthz`, `/readyz`, and the metadata shim's
 //! listener on 15080. Both are plain HTTP/1.1 servers over a small service.
 
-use crate::forward::{Body, BoxError, full};
-use crate::metadata::Shim;
+use crate::http::{Body, BoxError, full};
+use crate::metadata::{MetadataExchange, Shim};
 use crate::metrics::Metrics;
+use crate::record::{Recording, headers};
 use crate::shutdown::Shutdown;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -85,12 +86,12 @@ fn admin(req: Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> Re
 pub async fn serve_shim(
     listener: TcpListener,
     shim: Arc<Shim>,
-    recorder: crate::record::Recorder,
+    recording: Recording,
     shutdown: Shutdown,
 ) {
     let service = move |req: Request<Incoming>| {
         let shim = shim.clone();
-        let recorder = recorder.clone();
+        let recording = recording.clone();
         async move {
             let method = req.method().to_string();
             let path = req
@@ -98,7 +99,7 @@ pub async fn serve_shim(
                 .path_and_query()
                 .map(|p| p.to_string())
                 .unwrap_or_default();
-            let request_headers = crate::record::headers(req.headers());
+            let request_headers = headers(req.headers());
             let started = std::time::Instant::now();
             let (response, served) = shim.handle(req).await;
             let (parts, body) = response.into_parts();
@@ -107,14 +108,14 @@ pub async fn serve_shim(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            crate::record::metadata_request(
-                &recorder,
-                crate::record::MetadataExchange {
+            crate::metadata::record(
+                &recording,
+                MetadataExchange {
                     method: &method,
                     path: &path,
                     request_headers,
                     status: parts.status.as_u16(),
-                    response_headers: crate::record::headers(&parts.headers),
+                    response_headers: headers(&parts.headers),
                     body: &body,
                     served: &served,
                     elapsed: started.elapsed(),

@@ -57,6 +57,14 @@ impl Broker {
     }
 }
 
+impl crate::credentials::TokenSource for Broker {
+    fn token(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + '_>> {
+        Box::pin(Broker::token(self))
+    }
+}
+
 /// Read the identity facts from the real metadata server.
 pub async fn identity(host: &str) -> Result<Identity> {
     let get = |path: &'static str| async move { get_value(host, path).await };

@@ -225,8 +225,8 @@ pub async fn watch(proxy: Arc<Proxy>, shutdown: Shutdown, uid: u32) {
                 uid,
                 "a process other than the recorder runs as its UID {uid} in this pod; its traffic is not captured: set runAsUser on the agent's containers (is the image's USER {uid}?)"
             );
-            proxy.metrics.unrecorded_sockets.inc();
-            proxy.recorder.emit(Event::Gap(Gap {
+            proxy.metrics().unrecorded_sockets.inc();
+            proxy.recording.emit(Event::Gap(Gap {
                 lost: format!("the traffic of a {socket}"),
                 reason: format!(
                     "a process other than the recorder runs as the recorder's UID {uid} in this \
@@ -299,7 +299,7 @@ mod tests {
     /// This process's own sockets are never strangers; another process's are.
     #[test]
     fn own_sockets_are_not_strangers() {
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let _mine = std::net::TcpStream::connect(addr).unwrap();

@@ -2,14 +2,18 @@
 //!
 //! A connection redirected by the capture rules carries its original destination
 //! (`SO_ORIGINAL_DST`); one that was not redirected is an explicit proxy client, which must
-//! speak HTTP `CONNECT` (or absolute-form plain HTTP). Both end in `intercept`.
+//! speak HTTP `CONNECT` (or absolute-form plain HTTP). `CONNECT` ends in `intercept`;
+//! absolute-form requests are exchanges of their own.
 
-use crate::forward::{Body, full, refusal};
+use crate::conn::{ConnCtx, refuse_connection};
+use crate::exchange::exchange;
+use crate::http::{Body, boxed, full, text_answer};
 use crate::intercept;
 use crate::original_dst::original_dst;
 use crate::proxy::{Proxy, Route, forbidden_destination};
 use crate::shutdown::Shutdown;
-use cassette_recording::record::{Blocked, Capture, ConnOpen, Event};
+use crate::upstream::Upstream;
+use cassette_recording::record::{Capture, ConnOpen, Event};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -48,7 +52,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown)
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
-    proxy.metrics.connections.inc();
+    proxy.metrics().connections.inc();
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -63,8 +67,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
     };
     match dst {
         Some(dst) => {
-            let conn = proxy.next_conn_id();
-            proxy.recorder.emit(Event::ConnOpen(ConnOpen {
+            let conn = proxy.recording.next_conn_id();
+            proxy.recording.emit(Event::ConnOpen(ConnOpen {
                 conn,
                 client: peer.to_string(),
                 dst: dst.to_string(),
@@ -83,18 +87,6 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
         }
         None => explicit(stream, peer, proxy).await,
     }
-}
-
-/// Record and count a connection refused before any request was read.
-pub fn refuse_connection(proxy: &Proxy, conn: u64, dst: &str, why: &str) {
-    proxy.metrics.connections_refused.inc();
-    debug!(conn, dst, why, "connection refused");
-    proxy.recorder.emit(Event::Blocked(Blocked {
-        exchange: None,
-        reason: "destination".into(),
-        rule: None,
-        message: format!("connection {conn} to {dst} refused: {why}"),
-    }));
 }
 
 /// An explicit proxy client (`HTTPS_PROXY=http://127.0.0.1:15001`): serve HTTP/1.1 and turn
@@ -138,15 +130,15 @@ async fn proxy_request(
 ) -> Response<Body> {
     if req.method() != Method::CONNECT {
         // Absolute-form plain HTTP through the proxy: forwarded like a redirected request.
-        return crate::forward::absolute_form(req, peer, proxy).await;
+        return absolute_form(req, peer, proxy).await;
     }
     let Some(authority) = req.uri().authority().cloned() else {
-        return refusal(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+        return text_answer(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
     };
     let host = authority.host().trim_matches(['[', ']']).to_string();
     let port = authority.port_u16().unwrap_or(443);
-    let conn = proxy.next_conn_id();
-    proxy.recorder.emit(Event::ConnOpen(ConnOpen {
+    let conn = proxy.recording.next_conn_id();
+    proxy.recording.emit(Event::ConnOpen(ConnOpen {
         conn,
         client: peer.to_string(),
         dst: format!("{host}:{port}"),
@@ -158,14 +150,14 @@ async fn proxy_request(
         Err(e) => {
             let why = format!("cannot resolve {host}: {e}");
             refuse_connection(&proxy, conn, &format!("{host}:{port}"), &why);
-            return refusal(StatusCode::BAD_GATEWAY, &why);
+            return text_answer(StatusCode::BAD_GATEWAY, &why);
         }
     };
     if endpoint.is_none()
         && let Some(why) = forbidden_destination(dst.ip())
     {
         refuse_connection(&proxy, conn, &format!("{host}:{port}"), why);
-        return refusal(StatusCode::FORBIDDEN, why);
+        return text_answer(StatusCode::FORBIDDEN, why);
     }
     let route = Route {
         host: Some(host),
@@ -186,6 +178,59 @@ async fn proxy_request(
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// Plain HTTP sent to the explicit proxy in absolute form (`GET http://host/path`): one
+/// exchange on a connection of its own.
+async fn absolute_form(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return text_answer(
+            StatusCode::BAD_REQUEST,
+            "this is a proxy: send CONNECT host:port or an absolute http:// URL",
+        );
+    };
+    if req.uri().scheme_str() != Some("http") {
+        return text_answer(
+            StatusCode::BAD_REQUEST,
+            "only http:// URLs are proxied without CONNECT",
+        );
+    }
+    let host = authority.host().trim_matches(['[', ']']).to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let endpoint = proxy.overrides.get(&host).cloned();
+    let dst = match destination(&host, port, endpoint.is_some()).await {
+        Ok(dst) => dst,
+        Err(e) => {
+            return text_answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("cannot resolve {host}: {e}"),
+            );
+        }
+    };
+    let conn = proxy.recording.next_conn_id();
+    if endpoint.is_none()
+        && let Some(why) = forbidden_destination(dst.ip())
+    {
+        refuse_connection(&proxy, conn, &format!("{host}:{port}"), why);
+        return text_answer(StatusCode::FORBIDDEN, why);
+    }
+    proxy.recording.emit(Event::ConnOpen(ConnOpen {
+        conn,
+        client: peer.to_string(),
+        dst: format!("{host}:{port}"),
+        capture: Capture::Connect,
+    }));
+    let route = Route {
+        host: Some(host),
+        dst,
+        endpoint,
+    };
+    let ctx = Arc::new(ConnCtx::new(proxy, conn, peer, route, "http", None));
+    exchange(ctx, Arc::new(Upstream::lazy()), req.map(boxed)).await
 }
 
 /// Where a proxied request for `host:port` goes, as an address: resolved once here, and that

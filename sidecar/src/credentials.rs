@@ -9,6 +9,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use http::HeaderValue;
 use http::header::{AUTHORIZATION, HeaderMap};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Where real access tokens come from: the metadata server, through the [`crate::broker`].
+pub trait TokenSource: Send + Sync + 'static {
+    /// A valid access token for the pod's Google service account.
+    fn token(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + '_>>;
+}
 
 /// Where a placeholder was replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

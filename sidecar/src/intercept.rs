@@ -5,10 +5,12 @@
 //! protocol the upstream chose), or tunnelled untouched for passthrough hosts; plain HTTP is
 //! served as is; anything else is refused and recorded, since it could not be recorded.
 
-use crate::capture::refuse_connection;
-use crate::forward::{self, ConnCtx, Upstream};
+use crate::conn::{ConnCtx, refuse_connection};
+use crate::http::{H2, HTTP11};
 use crate::proxy::{Proxy, Route};
 use crate::rewind::Rewind;
+use crate::serve;
+use crate::upstream::{Upstream, tunnel};
 use bytes::{Bytes, BytesMut};
 use cassette_recording::record::{ConnClose, Event, Tls};
 use std::net::SocketAddr;
@@ -21,8 +23,24 @@ use tracing::debug;
 /// The largest TLS record that may carry a ClientHello.
 const MAX_HELLO: usize = 16 * 1024 + 5;
 
-pub const H2: &[u8] = b"h2";
-pub const HTTP11: &[u8] = b"http/1.1";
+/// Why a connection's first bytes could not be read as anything the recorder carries.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error("TLS record too large for a ClientHello")]
+    HelloTooLarge,
+    #[error("the client sent nothing it could be understood by in {0}s")]
+    Silent(u64),
+    #[error("reading the client: {0}")]
+    Read(std::io::Error),
+    #[error("the client closed the connection before sending a request")]
+    Closed,
+    #[error("reading the ClientHello: {0}")]
+    Hello(std::io::Error),
+    #[error("the ClientHello spans more than one record")]
+    HelloSpansRecords,
+    #[error("not a valid ClientHello: {0}")]
+    InvalidHello(rustls::Error),
+}
 
 /// Handle one connection to its end.
 pub async fn connection<IO>(
@@ -37,7 +55,7 @@ pub async fn connection<IO>(
     let first = match read_first(&mut io, proxy.client_timeout).await {
         Ok(first) => first,
         Err(why) => {
-            refuse_connection(&proxy, conn, &route.dst.to_string(), &why);
+            refuse_connection(&proxy, conn, &route.dst.to_string(), &why.to_string());
             return;
         }
     };
@@ -45,8 +63,7 @@ pub async fn connection<IO>(
         tls(io, first, peer, conn, route, proxy).await;
     } else if looks_like_http(&first) {
         let ctx = Arc::new(ConnCtx::new(proxy.clone(), conn, peer, route, "http", None));
-        let upstream = Upstream::lazy();
-        forward::serve_plain(Rewind::new(first, io), ctx, upstream).await;
+        serve::plain(Rewind::new(first, io), ctx, Upstream::lazy()).await;
     } else {
         refuse_connection(
             &proxy,
@@ -62,7 +79,7 @@ pub async fn connection<IO>(
 async fn read_first<IO: AsyncRead + Unpin>(
     io: &mut IO,
     timeout: Duration,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, Unreadable> {
     let mut buf = BytesMut::with_capacity(2048);
     let deadline = Instant::now() + timeout;
     loop {
@@ -77,20 +94,13 @@ async fn read_first<IO: AsyncRead + Unpin>(
             return Ok(buf.freeze());
         }
         if want > MAX_HELLO {
-            return Err("TLS record too large for a ClientHello".into());
+            return Err(Unreadable::HelloTooLarge);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, io.read_buf(&mut buf)).await {
-            Err(_) => {
-                return Err(format!(
-                    "the client sent nothing it could be understood by in {}s",
-                    timeout.as_secs()
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("reading the client: {e}")),
-            Ok(Ok(0)) => {
-                return Err("the client closed the connection before sending a request".into());
-            }
+            Err(_) => return Err(Unreadable::Silent(timeout.as_secs())),
+            Ok(Err(e)) => return Err(Unreadable::Read(e)),
+            Ok(Ok(0)) => return Err(Unreadable::Closed),
             Ok(Ok(_)) => {}
         }
     }
@@ -111,12 +121,10 @@ struct Hello {
     alpn: Vec<Vec<u8>>,
 }
 
-fn parse_hello(record: &[u8]) -> Result<Hello, String> {
+fn parse_hello(record: &[u8]) -> Result<Hello, Unreadable> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut reader = record;
-    acceptor
-        .read_tls(&mut reader)
-        .map_err(|e| format!("reading the ClientHello: {e}"))?;
+    acceptor.read_tls(&mut reader).map_err(Unreadable::Hello)?;
     match acceptor.accept() {
         Ok(Some(accepted)) => {
             let hello = accepted.client_hello();
@@ -128,8 +136,8 @@ fn parse_hello(record: &[u8]) -> Result<Hello, String> {
                     .unwrap_or_default(),
             })
         }
-        Ok(None) => Err("the ClientHello spans more than one record".into()),
-        Err((e, _)) => Err(format!("not a valid ClientHello: {e}")),
+        Ok(None) => Err(Unreadable::HelloSpansRecords),
+        Err((e, _)) => Err(Unreadable::InvalidHello(e)),
     }
 }
 
@@ -146,7 +154,7 @@ async fn tls<IO>(
     let hello = match parse_hello(&first) {
         Ok(h) => h,
         Err(why) => {
-            refuse_connection(&proxy, conn, &route.display_host(), &why);
+            refuse_connection(&proxy, conn, &route.display_host(), &why.to_string());
             return;
         }
     };
@@ -192,9 +200,9 @@ async fn tls<IO>(
         }
     };
     if leaf.cached {
-        proxy.metrics.cert_cache_hits.inc();
+        proxy.metrics().cert_cache_hits.inc();
     } else {
-        proxy.metrics.cert_cache_misses.inc();
+        proxy.metrics().cert_cache_misses.inc();
     }
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Rewind::new(first, io));
@@ -244,7 +252,7 @@ async fn tls<IO>(
         Ok(up) => (up.verified, up.subject.clone()),
         Err(_) => (false, None),
     };
-    proxy.recorder.emit(Event::Tls(Tls {
+    proxy.recording.emit(Event::Tls(Tls {
         conn,
         sni: hello.sni.clone(),
         alpn,
@@ -254,19 +262,19 @@ async fn tls<IO>(
         passthrough: false,
     }));
 
+    let (upstream, upstream_error) = match upstream {
+        Ok(up) => (up, None),
+        Err(e) => (Upstream::failed(), Some(Arc::new(e))),
+    };
     let ctx = Arc::new(ConnCtx::new(
         proxy.clone(),
         conn,
         peer,
         route,
         "https",
-        upstream.as_ref().err().cloned(),
+        upstream_error,
     ));
-    let upstream = match upstream {
-        Ok(up) => up,
-        Err(_) => Upstream::failed(),
-    };
-    forward::serve_tls(client, is_h2, ctx, upstream).await;
+    serve::tls(client, is_h2, ctx, upstream).await;
 }
 
 /// Tunnel a passthrough host untouched; only connection metadata is recorded.
@@ -284,7 +292,7 @@ async fn passthrough<IO>(
         Some(e) => format!("{}:{}", e.host, e.port),
         None => route.dst.to_string(),
     };
-    proxy.recorder.emit(Event::Tls(Tls {
+    proxy.recording.emit(Event::Tls(Tls {
         conn,
         sni: hello.sni,
         alpn: None,
@@ -309,10 +317,10 @@ async fn passthrough<IO>(
         );
         return;
     }
-    let (up, down) = crate::forward::tunnel(io, upstream).await;
+    let (up, down) = tunnel(io, upstream).await;
     let up = up + first.len() as u64;
     debug!(conn, up, down, "passthrough closed");
-    proxy.recorder.emit(Event::ConnClose(ConnClose {
+    proxy.recording.emit(Event::ConnClose(ConnClose {
         conn,
         bytes_up: up,
         bytes_down: down,

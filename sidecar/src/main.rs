@@ -14,10 +14,10 @@ mod admin;
 mod broker;
 mod bypass;
 mod capture;
+mod conn;
 mod credentials;
-mod decode;
-mod forward;
-mod git;
+mod exchange;
+mod http;
 mod init;
 mod intercept;
 mod metadata;
@@ -25,14 +25,15 @@ mod metrics;
 mod original_dst;
 mod proxy;
 mod record;
-mod recording;
+mod refusal;
 mod review;
 mod rewind;
+mod serve;
 mod session;
 mod shutdown;
 mod status;
-mod tap;
 mod tls;
+mod upstream;
 
 #[derive(Parser)]
 #[command(
@@ -217,9 +218,10 @@ fn main() -> Result<()> {
         }
         Command::Run(args) => {
             telemetry(args.log_format.as_deref());
-            if nix_uid() != SIDECAR_UID {
+            let uid = rustix::process::getuid().as_raw();
+            if uid != SIDECAR_UID {
                 tracing::warn!(
-                    uid = nix_uid(),
+                    uid,
                     "not running as UID {SIDECAR_UID}: the capture rules will redirect the sidecar's own traffic"
                 );
             }
@@ -229,11 +231,6 @@ fn main() -> Result<()> {
                 .block_on(run(*args))
         }
     }
-}
-
-fn nix_uid() -> u32 {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() }
 }
 
 fn telemetry(format: Option<&str>) {
@@ -284,7 +281,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
 
     // The recording: started (and any crashed spool recovered) before traffic flows.
-    let recording = recording::start(
+    let started = record::writer::start(
         &args,
         identity.as_ref().map(|i| i.email.clone()),
         metrics.clone(),
@@ -322,8 +319,8 @@ async fn run(args: RunArgs) -> Result<()> {
     // The pod's entry in the AgentSession status, kept fresh while the sidecar runs.
     let reporter = match status::Reporter::connect(
         &args,
-        recording.recorder.clone(),
-        recording.writer(),
+        started.recording.clone(),
+        started.writer.clone(),
         reviews.clone(),
     )
     .await
@@ -334,25 +331,24 @@ async fn run(args: RunArgs) -> Result<()> {
             None
         }
     };
-    let proxy = Arc::new(proxy::Proxy::new(
+    let proxy = Arc::new(proxy::Proxy {
         session,
-        reporter.as_ref().map(|_| reviews.clone()),
+        reviews: reporter.as_ref().map(|_| reviews.clone()),
         ca,
-        Arc::new(roots),
-        proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,
-        args.passthrough
+        upstream_roots: Arc::new(roots),
+        overrides: proxy::Overrides::parse(args.upstream_override.iter().map(String::as_str))?,
+        passthrough: args
+            .passthrough
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
-        placeholder.clone(),
-        broker,
-        metrics.clone(),
-        recording.recorder.clone(),
-        Duration::from_secs(args.client_timeout_seconds.max(1)),
-    ));
+        placeholder: placeholder.clone(),
+        tokens: broker.map(|b| Arc::new(b) as Arc<dyn credentials::TokenSource>),
+        recording: started.recording.clone(),
+        client_timeout: Duration::from_secs(args.client_timeout_seconds.max(1)),
+    });
 
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     if bypass::applies(uid) {
         tokio::spawn(bypass::watch(proxy.clone(), shutdown.clone(), uid));
     }
@@ -387,7 +383,7 @@ async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(admin::serve_shim(
             listener,
             shim,
-            recording.recorder.clone(),
+            started.recording.clone(),
             shutdown.clone(),
         ));
     }
@@ -414,7 +410,7 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(task) = reporting {
         task.abort();
     }
-    recording
+    started
         .shutdown()
         .await
         .context("sealing and shipping the recording")?;

@@ -204,6 +204,84 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     )
 }
 
+/// One request the metadata shim answered.
+pub struct MetadataExchange<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub request_headers: Vec<cassette_recording::record::Header>,
+    pub status: u16,
+    pub response_headers: Vec<cassette_recording::record::Header>,
+    pub body: &'a [u8],
+    pub served: &'a Served,
+    /// How long the shim took to answer (a token may come from the real metadata server).
+    pub elapsed: std::time::Duration,
+}
+
+/// Record one request the shim answered: the agent asking for identity facts or a token is
+/// part of what it did, and what it was told (a placeholder) is part of what it saw.
+pub fn record(recording: &crate::record::Recording, exchange: MetadataExchange<'_>) {
+    use crate::refusal::{Cause, Refusal};
+    use cassette_recording::record::{
+        Classification, Decision, Direction, Event, ExchangeEnd, Request, Response, Timings,
+    };
+    let id = recording.next_exchange_id();
+    recording.emit(Event::Request(Request {
+        exchange: id,
+        conn: 0,
+        method: exchange.method.to_string(),
+        scheme: "http".into(),
+        authority: "metadata.google.internal".into(),
+        path: exchange.path.to_string(),
+        version: "HTTP/1.1".into(),
+        headers: exchange.request_headers,
+    }));
+    recording.whole_body(id, Direction::Request, &[]);
+    recording.emit(Event::Response(Response {
+        exchange: id,
+        status: exchange.status,
+        version: "HTTP/1.1".into(),
+        headers: exchange.response_headers,
+        trailers: None,
+    }));
+    recording.whole_body(id, Direction::Response, exchange.body);
+    let decision = match exchange.served {
+        Served::Refused(why) => {
+            Refusal::new(
+                Cause::Metadata,
+                StatusCode::from_u16(exchange.status).unwrap_or(StatusCode::FORBIDDEN),
+                format!("metadata request {} refused: {why}", exchange.path),
+            )
+            .record(recording, Some(id));
+            Decision::Deny
+        }
+        _ => Decision::Allow,
+    };
+    recording.exchange_done(0);
+    let elapsed_us = exchange.elapsed.as_micros() as u64;
+    recording.emit(Event::ExchangeEnd(ExchangeEnd {
+        exchange: id,
+        // The shim is the sidecar: all of the time is its own.
+        timings: Timings {
+            total_us: elapsed_us,
+            sidecar_us: Some(elapsed_us),
+            ..Timings::default()
+        },
+        bytes_up: 0,
+        bytes_down: exchange.body.len() as u64,
+        decision,
+        rule: None,
+        classification: Some(Classification {
+            service: Some("metadata".into()),
+            permission: None,
+            git_service: None,
+        }),
+        masked: 0,
+        masked_by: Default::default(),
+        error: None,
+        trailers: None,
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

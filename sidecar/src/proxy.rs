@@ -2,16 +2,14 @@
 //! swap, routing (upstream overrides, passthrough hosts), the destination guard, metrics and
 //! the recorder.
 
-use crate::credentials::Placeholder;
-use crate::metrics::Metrics;
-use crate::record::Recorder;
+use crate::credentials::{Placeholder, TokenSource};
+use crate::record::Recording;
 use crate::tls::SessionCa;
 use anyhow::{Context, Result, bail};
 use rustls::RootCertStore;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The shared state of the data path.
 pub struct Proxy {
@@ -23,50 +21,20 @@ pub struct Proxy {
     pub ca: SessionCa,
     pub upstream_roots: Arc<RootCertStore>,
     pub overrides: Overrides,
+    /// Hosts tunnelled without interception, lower case.
     pub passthrough: Vec<String>,
     pub placeholder: Placeholder,
-    pub broker: Option<crate::broker::Broker>,
-    pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Real tokens for the placeholder's swap; `None` outside GKE.
+    pub tokens: Option<Arc<dyn TokenSource>>,
+    pub recording: Recording,
     /// How long an agent connection may take over its TLS handshake or a request's headers.
     pub client_timeout: std::time::Duration,
-    next_conn: AtomicU64,
 }
 
 impl Proxy {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        session: Arc<crate::session::Session>,
-        reviews: Option<Arc<crate::review::Reviews>>,
-        ca: SessionCa,
-        upstream_roots: Arc<RootCertStore>,
-        overrides: Overrides,
-        passthrough: Vec<String>,
-        placeholder: Placeholder,
-        broker: Option<crate::broker::Broker>,
-        metrics: Arc<Metrics>,
-        recorder: Recorder,
-        client_timeout: std::time::Duration,
-    ) -> Self {
-        Self {
-            session,
-            reviews,
-            ca,
-            upstream_roots,
-            overrides,
-            passthrough,
-            placeholder,
-            broker,
-            metrics,
-            recorder,
-            client_timeout,
-            next_conn: AtomicU64::new(1),
-        }
-    }
-
-    /// A new connection id, unique within this sidecar's recording.
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    /// The metrics the data path exports.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.recording.metrics()
     }
 
     /// Whether `host` is tunnelled without interception.

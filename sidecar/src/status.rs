@@ -3,7 +3,7 @@
 //! with this pod's own field manager, so every sidecar owns its entry of `status.pods` and
 //! nothing else (RBAC grants the sidecar only `agentsessions/status` patch).
 
-use crate::record::Recorder;
+use crate::record::Recording;
 use crate::review::Reviews;
 use anyhow::{Context, Result};
 use cassette_api::{AgentSession, PodRecording};
@@ -21,7 +21,7 @@ pub struct Reporter {
     session: String,
     pod: String,
     pod_uid: String,
-    recorder: Recorder,
+    recording: Recording,
     writer: cassette_recording::Recorder,
     reviews: Arc<Reviews>,
 }
@@ -31,7 +31,7 @@ impl Reporter {
     /// account token the injector mounts), or through `kubeconfig`. `None` outside both.
     pub async fn connect(
         args: &crate::RunArgs,
-        recorder: Recorder,
+        recording: Recording,
         writer: cassette_recording::Recorder,
         reviews: Arc<Reviews>,
     ) -> Result<Option<Self>> {
@@ -53,7 +53,7 @@ impl Reporter {
             session: args.session.clone(),
             pod: args.pod.clone(),
             pod_uid: args.pod_uid.clone(),
-            recorder,
+            recording,
             writer,
             reviews,
         }))
@@ -61,7 +61,7 @@ impl Reporter {
 
     /// This pod's entry as it stands.
     fn entry(&self) -> PodRecording {
-        let counts = &self.recorder.counts;
+        let counts = &self.recording.counts;
         let stats = self.writer.stats();
         PodRecording {
             name: self.pod.clone(),

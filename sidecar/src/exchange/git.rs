@@ -1,13 +1,19 @@
-//! git smart HTTP in the data path: a push's ref updates are read before the push goes
-//! upstream (so they are recorded, and policy can refuse a ref), and a fetch's wants are read
-//! as the request streams. The parsing itself is `cassette_rules::git`.
+//! The git stage: a push's ref updates are read before the push goes upstream (so they are
+//! recorded, and policy can refuse a ref), and a fetch's wants are read as the request
+//! streams. The parsing itself is `cassette_rules::git`.
 
-use crate::forward::{Body, BoxError};
+use super::Exchange;
+use super::tap::{Inspect, Inspector};
+use crate::conn::ConnCtx;
+use crate::http::{Body, BoxError};
 use crate::proxy::Proxy;
-use crate::tap::Inspector;
+use crate::refusal::{Cause, Refusal};
 use bytes::Bytes;
 use cassette_recording::record::{Event, Git, RefUpdate};
-use cassette_rules::git::{Progress, ReceivePackParser, ReceivePackRequest, UploadPackParser};
+use cassette_rules::git::{
+    GitService, Phase, Progress, ReceivePackParser, ReceivePackRequest, UploadPackParser,
+};
+use http::StatusCode;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
@@ -17,9 +23,53 @@ use std::task::{Context, Poll};
 /// The most a push's command list may take before its pack starts.
 const MAX_COMMANDS: usize = 1024 * 1024;
 
+/// Why a push's command list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the push request is not valid git: {0}")]
+    Invalid(cassette_rules::git::GitError),
+    #[error("the push's command list is longer than {MAX_COMMANDS} bytes")]
+    TooLong,
+    #[error("reading the push request: {0}")]
+    Read(BoxError),
+}
+
+/// Read what git asks of the request body: a push's commands before anything goes upstream
+/// (returned, and recorded), a fetch's wants as the body streams (recorded at its end).
+/// `encoding` is the request's Content-Encoding.
+pub async fn inspect(
+    conn: &ConnCtx,
+    ex: &Exchange,
+    encoding: Option<&str>,
+    body: Body,
+) -> Result<(Body, Option<ReceivePackRequest>), Refusal> {
+    let rpc = ex.classified.git.as_ref().filter(|g| g.phase == Phase::Rpc);
+    match rpc.map(|g| g.service) {
+        Some(GitService::ReceivePack) if encoding.is_none() => match read_push(body).await {
+            Ok((rest, request)) => {
+                conn.proxy.recording.emit(push_record(ex.id, &request));
+                Ok((rest, Some(request)))
+            }
+            Err(e) => Err(Refusal::new(
+                Cause::Git,
+                StatusCode::BAD_REQUEST,
+                format!("{e}; the push was refused and recorded"),
+            )),
+        },
+        Some(GitService::UploadPack) => match FetchInspector::new(ex.id, encoding) {
+            Some(inspector) => {
+                let body = Inspect::new(body, Box::new(inspector), conn.proxy.clone());
+                Ok((http_body_util::BodyExt::boxed(body), None))
+            }
+            None => Ok((body, None)),
+        },
+        _ => Ok((body, None)),
+    }
+}
+
 /// Read a `git-receive-pack` body up to the end of its command list. Returns the bytes read
 /// (to be sent upstream first), the rest of the body, and the commands.
-pub async fn read_push(mut body: Body) -> Result<(Body, ReceivePackRequest), String> {
+async fn read_push(mut body: Body) -> Result<(Body, ReceivePackRequest), PushError> {
     let mut parser = ReceivePackParser::new();
     let mut prefix = VecDeque::new();
     let mut read = 0usize;
@@ -30,26 +80,20 @@ pub async fn read_push(mut body: Body) -> Result<(Body, ReceivePackRequest), Str
                     continue;
                 };
                 read += data.len();
-                let progress = parser
-                    .feed(&data)
-                    .map_err(|e| format!("the push request is not valid git: {e}"))?;
+                let progress = parser.feed(&data).map_err(PushError::Invalid)?;
                 prefix.push_back(data);
                 if progress == Progress::Complete {
                     break;
                 }
                 if read > MAX_COMMANDS {
-                    return Err(format!(
-                        "the push's command list is longer than {MAX_COMMANDS} bytes"
-                    ));
+                    return Err(PushError::TooLong);
                 }
             }
-            Some(Err(e)) => return Err(format!("reading the push request: {e}")),
+            Some(Err(e)) => return Err(PushError::Read(e)),
             None => break,
         }
     }
-    let request = parser
-        .finish()
-        .map_err(|e| format!("the push request is not valid git: {e}"))?;
+    let request = parser.finish().map_err(PushError::Invalid)?;
     Ok((
         Prefixed {
             prefix,
@@ -61,7 +105,7 @@ pub async fn read_push(mut body: Body) -> Result<(Body, ReceivePackRequest), Str
 }
 
 /// The record of a push's ref updates.
-pub fn push_record(exchange: u64, request: &ReceivePackRequest) -> Event {
+fn push_record(exchange: u64, request: &ReceivePackRequest) -> Event {
     Event::Git(Git {
         exchange,
         service: "receive-pack".into(),
@@ -115,7 +159,7 @@ impl HttpBody for Prefixed {
 }
 
 /// Reads a fetch's wants as the request streams, and records them at its end.
-pub struct FetchInspector {
+struct FetchInspector {
     exchange: u64,
     parser: Option<UploadPackParser>,
 }
@@ -123,7 +167,7 @@ pub struct FetchInspector {
 impl FetchInspector {
     /// `None` when the body is compressed: git gzips large negotiations, and the wants are
     /// then left out rather than guessed.
-    pub fn new(exchange: u64, content_encoding: Option<&str>) -> Option<Self> {
+    fn new(exchange: u64, content_encoding: Option<&str>) -> Option<Self> {
         if content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
             return None;
         }
@@ -149,7 +193,7 @@ impl Inspector for FetchInspector {
             let request = parser.finish();
             let mut wants = request.wants;
             wants.extend(request.want_refs);
-            proxy.recorder.emit(Event::Git(Git {
+            proxy.recording.emit(Event::Git(Git {
                 exchange: self.exchange,
                 service: "upload-pack".into(),
                 updates: Vec::new(),

@@ -1,41 +1,47 @@
-//! Starting and stopping the pod's recording (the `cassette-recording` writer), and the
-//! bridge that lets the data path hand it records.
+//! Starting and stopping the pod's recording: the `cassette-recording` writer, which spools,
+//! seals, signs and ships, seen by the data path through [`Recording`].
 
+use super::{EventSink, NotRecorded, Recording};
 use crate::RunArgs;
 use crate::metrics::Metrics;
-use crate::record::{EventSink, Recorder};
 use anyhow::{Context, Result, bail};
-
 use cassette_recording::record::Event;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The running recording.
-pub struct Recording {
-    pub recorder: Recorder,
-    writer: cassette_recording::Recorder,
-    stats: tokio::task::JoinHandle<()>,
-}
-
-struct Writer(cassette_recording::Recorder);
-
-impl EventSink for Writer {
-    fn emit(&self, event: Event) -> Result<(), String> {
-        self.0.append(event).map(|_| ()).map_err(|e| e.to_string())
+impl EventSink for cassette_recording::Recorder {
+    fn append(&self, event: Event) -> Result<(), NotRecorded> {
+        cassette_recording::Recorder::append(self, event)?;
+        Ok(())
     }
 
-    fn durable(
+    fn append_durable(
         &self,
         event: Event,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), NotRecorded>> + Send + '_>> {
         Box::pin(async move {
-            let mut ack = self.0.append(event).map_err(|e| e.to_string())?;
+            let mut ack = cassette_recording::Recorder::append(self, event)?;
             ack.durable().await;
             Ok(())
         })
     }
+
+    fn next_exchange_id(&self) -> u64 {
+        cassette_recording::Recorder::next_exchange_id(self)
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        cassette_recording::Recorder::next_conn_id(self)
+    }
+}
+
+/// The running recording: the data path's handle and the writer behind it.
+pub struct Started {
+    pub recording: Recording,
+    pub writer: cassette_recording::Recorder,
+    stats: tokio::task::JoinHandle<()>,
 }
 
 /// Start the writer (recovering and shipping what an earlier run left in the spool).
@@ -43,7 +49,7 @@ pub async fn start(
     args: &RunArgs,
     account: Option<String>,
     metrics: Arc<Metrics>,
-) -> Result<Recording> {
+) -> Result<Started> {
     let durability = match args.durability.as_str() {
         "batched" => cassette_recording::Durability::Batched,
         "strict" => cassette_recording::Durability::Strict,
@@ -75,48 +81,43 @@ pub async fn start(
     let writer = cassette_recording::Recorder::start(config)
         .await
         .context("starting the recorder")?;
-    let recorder = Recorder::new(
-        Arc::new(Writer(writer.clone())),
+    let recording = Recording::new(
+        Arc::new(writer.clone()),
         durability == cassette_recording::Durability::Strict,
         args.max_body_bytes,
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &digest_key),
         account,
+        metrics.clone(),
     );
-    // Mirror the writer's counters into the metrics.
-    let stats = {
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            let (mut last_failures, mut last_records) = (0, 0);
-            loop {
-                let s = writer.stats();
-                metrics
-                    .recorded_records
-                    .inc_by(s.records.saturating_sub(last_records));
-                last_records = s.records;
-                metrics.spool_bytes.set(s.spool_bytes as i64);
-                if s.ship_failures > last_failures {
-                    metrics
-                        .ship_failures
-                        .inc_by(s.ship_failures - last_failures);
-                    last_failures = s.ship_failures;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
-    };
-    Ok(Recording {
-        recorder,
+    let stats = tokio::spawn(mirror_stats(writer.clone(), metrics));
+    Ok(Started {
+        recording,
         writer,
         stats,
     })
 }
 
-impl Recording {
-    /// The recording crate's writer (public key, stats).
-    pub fn writer(&self) -> cassette_recording::Recorder {
-        self.writer.clone()
+/// Mirror the writer's counters into the metrics, every second.
+async fn mirror_stats(writer: cassette_recording::Recorder, metrics: Arc<Metrics>) {
+    let (mut last_failures, mut last_records) = (0, 0);
+    loop {
+        let s = writer.stats();
+        metrics
+            .recorded_records
+            .inc_by(s.records.saturating_sub(last_records));
+        last_records = s.records;
+        metrics.spool_bytes.set(s.spool_bytes as i64);
+        if s.ship_failures > last_failures {
+            metrics
+                .ship_failures
+                .inc_by(s.ship_failures - last_failures);
+            last_failures = s.ship_failures;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
 
+impl Started {
     /// Seal, ship and write the manifest.
     pub async fn shutdown(self) -> Result<()> {
         self.stats.abort();

@@ -4,6 +4,14 @@
 
 use std::io::Write;
 
+/// A body that does not decode as its Content-Encoding says.
+#[derive(Debug, thiserror::Error)]
+#[error("the {encoding} body does not decode: {source}")]
+pub struct DecodeError {
+    encoding: String,
+    source: std::io::Error,
+}
+
 /// A streaming decoder for one body.
 pub struct Decoder {
     inner: Inner,
@@ -41,7 +49,7 @@ impl Decoder {
     }
 
     /// Decode the next chunk; returns what it decoded to.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let result = match &mut self.inner {
             Inner::Gzip(d) => d.write_all(chunk).map(|()| std::mem::take(d.get_mut())),
             Inner::DeflateUndecided(head) => {
@@ -64,11 +72,14 @@ impl Decoder {
             Inner::Zstd(d) => d.write_all(chunk).map(|()| std::mem::take(d.get_mut())),
             Inner::Brotli(d) => d.write_all(chunk).map(|()| std::mem::take(d.get_mut())),
         };
-        result.map_err(|e| format!("the {} body does not decode: {e}", self.name))
+        result.map_err(|source| DecodeError {
+            encoding: self.name.clone(),
+            source,
+        })
     }
 
     /// End of body: whatever the decoder still held.
-    pub fn finish(self) -> Result<Vec<u8>, String> {
+    pub fn finish(self) -> Result<Vec<u8>, DecodeError> {
         let name = self.name;
         let result = match self.inner {
             Inner::Gzip(d) => d.finish(),
@@ -84,7 +95,10 @@ impl Decoder {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated brotli stream")
             }),
         };
-        result.map_err(|e| format!("the {name} body does not decode: {e}"))
+        result.map_err(|source| DecodeError {
+            encoding: name,
+            source,
+        })
     }
 }
 

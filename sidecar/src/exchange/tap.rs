@@ -1,0 +1,228 @@
+//! Bodies recorded as they stream: each data frame is handed to the recording before it is
+//! passed on, so nothing is buffered whole and nothing passes unrecorded. The response side
+//! also ends the exchange (`exchange_end`) when its body ends.
+
+use super::Exchange;
+use super::ledger::Ledger;
+use crate::conn::ConnCtx;
+use crate::http::{Body, BoxError, header_str};
+use crate::metrics::DirectionLabels;
+use crate::proxy::Proxy;
+use crate::record::{BodyRecorder, headers};
+use bytes::Bytes;
+use cassette_recording::record::Direction;
+use cassette_rules::mask::BodyKind;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+/// The request body, recorded (masked) as it streams, whatever happens next. `encoding` is
+/// its Content-Encoding, undone for the recording only.
+pub fn request(
+    conn: &ConnCtx,
+    ex: &Exchange,
+    headers: &HeaderMap,
+    encoding: Option<&str>,
+    body: Body,
+) -> Body {
+    let proxy = &conn.proxy;
+    let kind = BodyKind::from_content_type(header_str(headers, &http::header::CONTENT_TYPE));
+    let recorder = proxy.recording.body(
+        ex.id,
+        Direction::Request,
+        Some((proxy.session.masker, kind)),
+        encoding,
+    );
+    Tap::new(
+        body,
+        recorder,
+        proxy.clone(),
+        ex.ledger.clone(),
+        Side::Request,
+    )
+    .boxed()
+}
+
+/// Which body a tap records.
+pub enum Side {
+    /// The request's: counts bytes up.
+    Request,
+    /// The response's: ends the exchange, and counts the connection's bytes.
+    Response(Arc<ConnCtx>),
+}
+
+/// A body that records what passes through it.
+pub struct Tap {
+    inner: Body,
+    recorder: BodyRecorder,
+    proxy: Arc<Proxy>,
+    ledger: Ledger,
+    side: Side,
+    bytes: u64,
+    done: bool,
+}
+
+impl Tap {
+    pub fn new(
+        inner: Body,
+        recorder: BodyRecorder,
+        proxy: Arc<Proxy>,
+        ledger: Ledger,
+        side: Side,
+    ) -> Self {
+        Self {
+            inner,
+            recorder,
+            proxy,
+            ledger,
+            side,
+            bytes: 0,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let masked = self.recorder.finish();
+        self.ledger.add_masks(&self.proxy, masked);
+        let direction = match self.side {
+            Side::Request => "request",
+            Side::Response(_) => "response",
+        };
+        self.proxy
+            .metrics()
+            .bytes
+            .get_or_create(&DirectionLabels { direction })
+            .inc_by(self.bytes);
+        if let Side::Response(ctx) = &self.side {
+            ctx.add_bytes(self.ledger.bytes_up(), self.bytes);
+            self.ledger.end(&self.proxy, self.bytes, error);
+        }
+    }
+}
+
+impl HttpBody for Tap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.recorder.push(data);
+                    this.bytes += data.len() as u64;
+                    if let Side::Request = this.side {
+                        this.ledger.add_bytes_up(data.len() as u64);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Side::Response(_) = this.side
+                {
+                    this.ledger.set_trailers(headers(trailers));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.finish(Some(format!("the body failed: {e}")));
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.finish(None);
+        } else {
+            self.finish(Some("the body was abandoned before its end".into()));
+        }
+    }
+}
+
+/// Something that reads a body as it passes (git request parsing), and may record what it
+/// understood when the body ends.
+pub trait Inspector: Send + Sync {
+    fn data(&mut self, chunk: &[u8]);
+    fn end(&mut self, proxy: &Proxy);
+}
+
+/// A body read by an [`Inspector`] as it passes.
+pub struct Inspect {
+    inner: Body,
+    inspector: Option<Box<dyn Inspector>>,
+    proxy: Arc<Proxy>,
+}
+
+impl Inspect {
+    pub fn new(inner: Body, inspector: Box<dyn Inspector>, proxy: Arc<Proxy>) -> Self {
+        Self {
+            inner,
+            inspector: Some(inspector),
+            proxy,
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(mut inspector) = self.inspector.take() {
+            inspector.end(&self.proxy);
+        }
+    }
+}
+
+impl HttpBody for Inspect {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(data), Some(inspector)) = (f.data_ref(), &mut this.inspector) {
+                    inspector.data(data);
+                }
+            }
+            Some(Err(_)) | None => this.end(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Inspect {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

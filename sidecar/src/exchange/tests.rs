@@ -1,0 +1,550 @@
+//! The exchange's stages, each driven through [`exchange`] against a real HTTP upstream on
+//! loopback (reached through an upstream override), with the records kept in memory: every
+//! test asserts what the agent got, what the upstream saw, and what was recorded.
+
+use super::exchange;
+use crate::conn::ConnCtx;
+use crate::credentials::{Placeholder, TokenSource};
+use crate::http::{Body, full};
+use crate::proxy::{Overrides, Proxy, Route};
+use crate::record::memory::MemorySink;
+use crate::review::Reviews;
+use crate::session::Session;
+use crate::tls::SessionCa;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const REAL_TOKEN: &str = "ya29.real-token-from-the-broker";
+/// A GitHub token as an upstream might return it.
+const SECRET: &str = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+
+/// What the upstream received: method, path, Authorization, body.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Bytes,
+}
+
+/// A plain HTTP/1.1 upstream on loopback that records what it receives and answers with
+/// `answer(path)`.
+async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let log = log.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_string();
+                    let authorization = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let (status, text) = answer(&path);
+                    log.lock().unwrap().push(Seen {
+                        method,
+                        path,
+                        authorization,
+                        body,
+                    });
+                    let mut response = Response::new(full(text));
+                    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+fn echo(_: &str) -> (u16, String) {
+    (200, r#"{"ok": true}"#.into())
+}
+
+/// Tokens as the broker hands them out.
+struct FixedToken;
+
+impl TokenSource for FixedToken {
+    fn token(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + '_>> {
+        Box::pin(async { Ok(REAL_TOKEN.to_string()) })
+    }
+}
+
+/// One agent connection to `host`, served by `upstream` through an override.
+struct Pod {
+    sink: Arc<MemorySink>,
+    proxy: Arc<Proxy>,
+    ctx: Arc<ConnCtx>,
+    reviews: Arc<Reviews>,
+}
+
+impl Pod {
+    fn new(host: &str, upstream: SocketAddr, spec: Value) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (sink, recording) = MemorySink::recording();
+        let reviews = Arc::new(Reviews::new("agent-0"));
+        let session =
+            Session::load("fix-ci", Some(&spec.to_string()), None, b"auditor key").unwrap();
+        let proxy = Arc::new(Proxy {
+            session: Arc::new(session),
+            reviews: Some(reviews.clone()),
+            ca: SessionCa::generate("fix-ci", 16).unwrap(),
+            upstream_roots: Arc::new(rustls::RootCertStore::empty()),
+            overrides: Overrides::parse([format!("{host}=http://{upstream}").as_str()]).unwrap(),
+            passthrough: Vec::new(),
+            placeholder: Placeholder::generate(),
+            tokens: Some(Arc::new(FixedToken)),
+            recording,
+            client_timeout: Duration::from_secs(5),
+        });
+        let route = Route {
+            host: Some(host.to_string()),
+            dst: upstream,
+            endpoint: proxy.overrides.get(host).cloned(),
+        };
+        let peer = "10.0.0.5:40000".parse().unwrap();
+        let ctx = Arc::new(ConnCtx::new(proxy.clone(), 7, peer, route, "https", None));
+        Self {
+            sink,
+            proxy,
+            ctx,
+            reviews,
+        }
+    }
+
+    /// Send one request; returns the agent's status and body, once the exchange has ended.
+    async fn send(&self, req: Request<Body>) -> (StatusCode, String) {
+        let response = exchange(self.ctx.clone(), Arc::new(Upstream::lazy()), req).await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn end(&self) -> Value {
+        let ends = self.sink.kind("exchange_end");
+        assert_eq!(ends.len(), 1, "one exchange_end: {ends:?}");
+        ends[0].clone()
+    }
+}
+
+fn request(method: &str, uri: &str, body: &'static str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap()
+}
+
+fn no_policy() -> Value {
+    json!({"recording": {"sink": "file:///tmp/unused"}})
+}
+
+#[tokio::test]
+async fn a_forwarded_exchange_is_recorded_head_to_end() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let (status, body) = pod
+        .send(request("POST", "/v1/items", r#"{"name": "x"}"#))
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ok": true}"#));
+    let sent = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (sent.path.as_str(), &sent.body[..]),
+        ("/v1/items", &br#"{"name": "x"}"#[..])
+    );
+    let kinds: Vec<String> = pod
+        .sink
+        .json()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "request",
+            "body",
+            "body",
+            "response",
+            "body",
+            "body",
+            "exchange_end"
+        ],
+        "in the order they happened"
+    );
+    let head = &pod.sink.kind("request")[0];
+    assert_eq!(
+        (
+            &head["method"],
+            &head["authority"],
+            &head["path"],
+            &head["conn"]
+        ),
+        (
+            &json!("POST"),
+            &json!("api.test"),
+            &json!("/v1/items"),
+            &json!(7)
+        )
+    );
+    assert_eq!(pod.sink.body(1, "request"), r#"{"name": "x"}"#);
+    let end = pod.end();
+    assert_eq!(end["decision"], "allow");
+    assert_eq!(end["bytes_up"], 13);
+    assert!(end.get("error").is_none(), "{end}");
+    assert_eq!(
+        pod.proxy
+            .recording
+            .counts
+            .exchanges
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_secret_in_the_response_reaches_the_agent_and_is_masked_in_the_recording() {
+    fn leak(_: &str) -> (u16, String) {
+        (200, format!(r#"{{"token": "{SECRET}"}}"#))
+    }
+    let (addr, _) = upstream(leak).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let (_, body) = pod.send(request("GET", "/v1/config", "")).await;
+    assert!(
+        body.contains(SECRET),
+        "the agent sees what the upstream sent"
+    );
+    let recorded = pod.sink.body(1, "response");
+    assert!(!recorded.contains(SECRET), "{recorded}");
+    assert!(recorded.contains("«masked:"), "{recorded}");
+    assert_eq!(pod.end()["masked"], 1);
+    assert_eq!(
+        pod.proxy
+            .recording
+            .counts
+            .masked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_policy_denial_never_reaches_the_upstream_and_is_recorded_as_blocked() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "no-deletes", "action": "deny", "match": {"method": "DELETE"}}
+        ]}
+    });
+    let pod = Pod::new("api.test", addr, spec);
+    let (status, body) = pod
+        .send(request("DELETE", "/v1/items/1", r#"{"why": "cleanup"}"#))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.starts_with("cassette: "), "{body}");
+    assert!(body.contains("no-deletes"), "{body}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing went upstream");
+    let blocked = &pod.sink.kind("blocked")[0];
+    assert_eq!(blocked["reason"], "policy");
+    assert_eq!(
+        blocked["rule"],
+        r#"rule "no-deletes" (spec.policy.rules[0])"#
+    );
+    assert_eq!(
+        pod.sink.body(1, "request"),
+        r#"{"why": "cleanup"}"#,
+        "the body was read and recorded"
+    );
+    assert_eq!(pod.sink.kind("response")[0]["status"], 403);
+    assert!(pod.sink.body(1, "response").contains("no-deletes"));
+    let end = pod.end();
+    assert_eq!(end["decision"], "deny");
+    assert_eq!(end["rule"], blocked["rule"]);
+    assert_eq!(
+        pod.proxy
+            .recording
+            .counts
+            .blocked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_refuses_with_expiry_as_the_reason() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "expiresAt": "2020-01-01T00:00:00Z"
+    });
+    let pod = Pod::new("api.test", addr, spec);
+    let (status, body) = pod.send(request("GET", "/", "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("expired"), "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(pod.sink.kind("blocked")[0]["reason"], "expiry");
+}
+
+#[tokio::test]
+async fn audit_mode_records_what_it_would_refuse_and_lets_it_through() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"mode": "audit", "rules": [{"action": "deny", "match": {"method": "DELETE"}}]}
+    });
+    let pod = Pod::new("api.test", addr, spec);
+    let (status, _) = pod.send(request("DELETE", "/v1/items/1", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let blocked = &pod.sink.kind("blocked")[0];
+    assert_eq!(blocked["reason"], "audit");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("audit mode, not enforced")
+    );
+    assert_eq!(pod.end()["decision"], "allow");
+    assert_eq!(
+        pod.proxy
+            .recording
+            .counts
+            .blocked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "audit notes are not counted as blocked"
+    );
+}
+
+fn review_spec() -> Value {
+    json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"reviewTimeout": "1s", "rules": [
+            {"name": "ask-first", "action": "review", "match": {"method": "DELETE"}}
+        ]}
+    })
+}
+
+#[tokio::test]
+async fn a_held_request_goes_upstream_once_approved() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, review_spec());
+    let reviews = pod.reviews.clone();
+    let approver = tokio::spawn(async move {
+        loop {
+            if let Some(held) = reviews.pending().first() {
+                assert_eq!(held.request, "DELETE api.test/v1/items/1");
+                assert_eq!(
+                    held.rule.as_deref(),
+                    Some(r#"rule "ask-first" (spec.policy.rules[0])"#)
+                );
+                reviews.decide(&[cassette_api::Approval {
+                    id: held.id.clone(),
+                    decision: cassette_api::ReviewDecision::Approve,
+                    by: Some("bob@example.com".into()),
+                    at: None,
+                    reason: None,
+                }]);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let (status, _) = pod.send(request("DELETE", "/v1/items/1", "")).await;
+    approver.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap()[0].method, "DELETE");
+    let states: Vec<Value> = pod
+        .sink
+        .kind("review")
+        .iter()
+        .map(|r| json!([r["state"], r["by"]]))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            json!(["pending", null]),
+            json!(["approved", "bob@example.com"])
+        ]
+    );
+    assert!(pod.sink.kind("blocked").is_empty());
+    assert!(pod.reviews.is_empty(), "released");
+}
+
+#[tokio::test]
+async fn a_held_request_that_nobody_decides_is_refused_at_the_timeout() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, review_spec());
+    let (status, body) = pod.send(request("DELETE", "/v1/items/1", "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("no decision within 1s"), "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+    let states: Vec<Value> = pod
+        .sink
+        .kind("review")
+        .iter()
+        .map(|r| r["state"].clone())
+        .collect();
+    assert_eq!(states, [json!("pending"), json!("timed_out")]);
+    let blocked = &pod.sink.kind("blocked")[0];
+    assert_eq!(blocked["reason"], "review");
+    assert_eq!(
+        blocked["rule"],
+        r#"rule "ask-first" (spec.policy.rules[0])"#
+    );
+    assert!(pod.reviews.is_empty(), "released");
+}
+
+#[tokio::test]
+async fn the_placeholder_is_swapped_toward_google_and_the_token_never_recorded() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("storage.googleapis.com", addr, no_policy());
+    let placeholder = pod.proxy.placeholder.as_str().to_string();
+    let mut req = request("GET", "/storage/v1/b/acme/o/x", "");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {placeholder}").parse().unwrap(),
+    );
+    let (status, _) = pod.send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen.lock().unwrap()[0].authorization.as_deref(),
+        Some(format!("Bearer {REAL_TOKEN}").as_str())
+    );
+    let token = &pod.sink.kind("token")[0];
+    assert_eq!(
+        (&token["host"], &token["swap"]),
+        (&json!("storage.googleapis.com"), &json!("bearer"))
+    );
+    let everything = serde_json::to_string(&pod.sink.json()).unwrap();
+    assert!(!everything.contains(REAL_TOKEN), "{everything}");
+    let end = pod.end();
+    assert_eq!(end["classification"]["permission"], "storage.objects.get");
+}
+
+#[tokio::test]
+async fn the_placeholder_goes_as_it_is_to_hosts_that_are_not_google() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let placeholder = pod.proxy.placeholder.as_str().to_string();
+    let mut req = request("GET", "/", "");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {placeholder}").parse().unwrap(),
+    );
+    pod.send(req).await;
+    assert_eq!(
+        seen.lock().unwrap()[0].authorization.as_deref(),
+        Some(format!("Bearer {placeholder}").as_str())
+    );
+    assert!(pod.sink.kind("token").is_empty());
+}
+
+#[tokio::test]
+async fn an_upstream_that_could_not_be_reached_safely_refuses_every_request() {
+    let (addr, _) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let failed = Arc::new(ConnCtx::new(
+        pod.proxy.clone(),
+        8,
+        pod.ctx.peer,
+        pod.ctx.route.clone(),
+        "https",
+        Some(Arc::new(crate::upstream::UpstreamError::Unreachable)),
+    ));
+    let response = exchange(
+        failed,
+        Arc::new(Upstream::failed()),
+        request("GET", "/", ""),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let blocked = &pod.sink.kind("blocked")[0];
+    assert_eq!(blocked["reason"], "upstream");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.test could not be reached safely"),
+        "{blocked}"
+    );
+    assert_eq!(pod.end()["decision"], "deny");
+}
+
+#[tokio::test]
+async fn an_upstream_that_fails_ends_the_exchange_with_why() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let pod = Pod::new("api.test", addr, no_policy());
+    let (status, body) = pod.send(request("GET", "/", "")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains("api.test failed: connecting to 127.0.0.1"),
+        "{body}"
+    );
+    assert!(pod.sink.kind("blocked").is_empty(), "allowed, not blocked");
+    let end = pod.end();
+    assert_eq!(end["decision"], "allow");
+    assert!(end["error"].as_str().unwrap().contains("failed"), "{end}");
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_be_recorded_is_not_sent() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    pod.sink
+        .fail
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = pod.send(request("POST", "/v1/items", "{}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("could not be recorded"), "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_push_that_is_not_git_is_refused_with_the_git_reason() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("git.test", addr, no_policy());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/repo.git/git-receive-pack")
+        .header("content-type", "application/x-git-receive-pack-request")
+        .body(full("this is not a pkt-line"))
+        .unwrap();
+    let (status, body) = pod.send(req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("not valid git"), "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(pod.sink.kind("blocked")[0]["reason"], "git");
+}
