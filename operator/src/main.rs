@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+mod admin;
 mod certs;
 mod controller;
 mod crdgen;
+mod http;
 mod inject;
 mod leader;
 mod metrics;
@@ -165,7 +167,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let metrics = Arc::new(metrics::Metrics::new());
     let serving = Arc::new(certs::ServingCert::default());
-    let health = Arc::new(metrics::Health::new(serving.clone()));
+    let health = Arc::new(admin::Health::new(serving.clone()));
 
     // Certificates first: the webhooks cannot answer without one.
     match &args.certs.tls_dir {
@@ -215,7 +217,7 @@ async fn run(args: RunArgs) -> Result<()> {
         serving,
         health.clone(),
     ));
-    let probes = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone(), health));
+    let probes = tokio::spawn(admin::serve(args.metrics_addr, metrics.clone(), health));
 
     // The controller runs on the leader only.
     let (stop_tx, stop_rx) = watch::channel(false);

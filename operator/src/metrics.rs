@@ -1,20 +1,12 @@
-//! The operator's metrics (Prometheus text on `/metrics`) and its health (`/healthz`,
-//! `/readyz`), served over plain HTTP on their own port, away from the webhooks.
+//! The operator's metrics registry: what it counts and measures, in the Prometheus text
+//! format. Serving it (with the health probes) is `admin`'s.
 
-use bytes_body::full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which webhook answered.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -142,102 +134,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Readiness: the webhook server listens and has a certificate to present.
-pub struct Health {
-    pub webhooks_listening: AtomicBool,
-    pub serving: Arc<crate::certs::ServingCert>,
-}
-
-impl Health {
-    pub fn new(serving: Arc<crate::certs::ServingCert>) -> Self {
-        Self {
-            webhooks_listening: AtomicBool::new(false),
-            serving,
-        }
-    }
-
-    fn ready(&self) -> bool {
-        self.webhooks_listening.load(Ordering::Acquire) && self.serving.is_ready()
-    }
-}
-
-/// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let response = answer(&req, &metrics, &health);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn answer(
-    req: &Request<Incoming>,
-    metrics: &Metrics,
-    health: &Health,
-) -> Response<bytes_body::Body> {
-    let text = |status, body: String, content_type: &str| {
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(full(body))
-            .expect("a valid response")
-    };
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "GET only\n".into(),
-            "text/plain",
-        );
-    }
-    match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" if health.ready() => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the webhook server has no serving certificate yet\n".into(),
-            "text/plain",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
-    }
-}
-
-/// Response bodies: whole buffers.
-pub mod bytes_body {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-
-    pub type Body = Full<Bytes>;
-
-    pub fn full(data: impl Into<Bytes>) -> Body {
-        Full::new(data.into())
     }
 }

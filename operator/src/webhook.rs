@@ -5,8 +5,9 @@
 
 use crate::certs::ServingCert;
 use crate::inject::{self, Outcome};
-use crate::metrics::bytes_body::{Body, full};
-use crate::metrics::{Health, Metrics, Verdict, Webhook};
+use crate::admin::Health;
+use crate::http::{Body, full};
+use crate::metrics::{Metrics, Verdict, Webhook};
 use anyhow::{Context as _, Result};
 use cassette_api::names::ENFORCE_LABEL;
 use cassette_api::{AgentSession, AgentSessionSpec};

@@ -1,0 +1,362 @@
+//! What injection adds: the `cassette-init` container (capture rules), the `cassette-sidecar`
+//! native sidecar (the recorder, the pod's only service-account token), their volumes, and
+//! the agent containers' trust in the session CA and their confinement.
+
+use super::{
+    CA_BUNDLE_PATH, CA_DIR, CA_VOLUME, Config, FINGERPRINT_DIR, FINGERPRINT_VOLUME, INIT_NAME,
+    SIDECAR_NAME, SPOOL_DIR, SPOOL_VOLUME, TOKEN_DIR, TOKEN_VOLUME,
+};
+use cassette_api::names::{ADMIN_PORT, CA_BUNDLE_ENV, SIDECAR_UID};
+use cassette_api::{AgentSession, AgentSessionSpec, Durability, OnFailure};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// Keep an agent container from becoming the recorder's UID: the capture rules exempt UID
+/// 1337 and nothing else, so a root process with CAP_SETUID (granted by default) could
+/// switch to it and leave unrecorded. No setuid/setgid capabilities, and no privilege
+/// escalation through setuid binaries.
+pub(super) fn confine(container: &mut Container) {
+    let security = container
+        .security_context
+        .get_or_insert_with(Default::default);
+    security.allow_privilege_escalation = Some(false);
+    let capabilities = security.capabilities.get_or_insert_with(Default::default);
+    let drop = capabilities.drop.get_or_insert_with(Vec::new);
+    // As the runtime reads them: containerd takes `ALL` in any case and drops `CAP_` + the
+    // upper-cased name otherwise, so `CAP_SETUID` names nothing (`CAP_CAP_SETUID`) and does
+    // not count.
+    let dropped = |cap: &str| {
+        drop.iter()
+            .any(|d| d.eq_ignore_ascii_case("ALL") || d.eq_ignore_ascii_case(cap))
+    };
+    let missing: Vec<String> = ["SETUID", "SETGID"]
+        .into_iter()
+        .filter(|cap| !dropped(cap))
+        .map(String::from)
+        .collect();
+    drop.extend(missing);
+}
+
+/// Point every trust store at the session bundle, replacing whatever the container set.
+pub(super) fn trust_session_ca(container: &mut Container) {
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.retain(|e| !CA_BUNDLE_ENV.contains(&e.name.as_str()));
+    env.extend(CA_BUNDLE_ENV.iter().map(|name| value(name, CA_BUNDLE_PATH)));
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: CA_VOLUME.into(),
+            mount_path: CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+}
+
+pub(super) fn init_container(config: &Config) -> Container {
+    Container {
+        name: INIT_NAME.into(),
+        image: Some(config.sidecar_image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec!["init".into()]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            // iptables takes its lock under /run.
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                // NET_ADMIN and NET_RAW install the rules; SETUID and SETGID let the check that
+                // follows connect as another UID, which is what makes init fail closed.
+                add: Some(
+                    ["NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        resources: Some(resources("10m", "16Mi", "64Mi")),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+pub(super) fn sidecar_container(
+    config: &Config,
+    session: &AgentSession,
+    expires_at: Option<Timestamp>,
+) -> Container {
+    let spec = &session.spec;
+    let recording = &spec.recording;
+    let mut env = vec![
+        value("CASSETTE_SESSION", &session.name_any()),
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_UID", "metadata.uid"),
+        value("CASSETTE_SINK", &recording.sink),
+        value(
+            "CASSETTE_SESSION_UID",
+            session.metadata.uid.as_deref().unwrap_or_default(),
+        ),
+        value(
+            "CASSETTE_DURABILITY",
+            match recording.durability {
+                Durability::Batched => "batched",
+                Durability::Strict => "strict",
+            },
+        ),
+        value(
+            "CASSETTE_ON_FAILURE",
+            match recording.on_failure {
+                OnFailure::Closed => "closed",
+                OnFailure::Open => "open",
+            },
+        ),
+        value(
+            "CASSETTE_MAX_BODY_BYTES",
+            &recording.max_body_bytes.to_string(),
+        ),
+        value("CASSETTE_CA_BUNDLE", CA_BUNDLE_PATH),
+        value("CASSETTE_SPOOL", SPOOL_DIR),
+        value("CASSETTE_SESSION_SPEC", &sidecar_spec(spec)),
+        value("CASSETTE_LOG_FORMAT", "json"),
+    ];
+    if let Some(at) = expires_at {
+        env.push(value("CASSETTE_EXPIRES_AT", &at.to_string()));
+    }
+    let passthrough: Vec<&str> = spec
+        .policy
+        .iter()
+        .flat_map(|p| p.passthrough.iter().map(|h| h.0.as_str()))
+        .collect();
+    if !passthrough.is_empty() {
+        env.push(value("CASSETTE_PASSTHROUGH", &passthrough.join(",")));
+    }
+    let mut mounts = vec![
+        mount(CA_VOLUME, CA_DIR, false),
+        mount(SPOOL_VOLUME, SPOOL_DIR, false),
+        mount(TOKEN_VOLUME, TOKEN_DIR, true),
+    ];
+    if fingerprint_key(spec).is_some() {
+        env.push(value(
+            "CASSETTE_FINGERPRINT_KEY_FILE",
+            &format!("{FINGERPRINT_DIR}/key"),
+        ));
+        mounts.push(mount(FINGERPRINT_VOLUME, FINGERPRINT_DIR, true));
+    }
+    for (name, v) in &config.sidecar_env {
+        env.retain(|e| &e.name != name);
+        env.push(value(name, v));
+    }
+    let readyz = |period, failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/readyz".into()),
+            port: IntOrString::Int(i32::from(ADMIN_PORT)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(config.sidecar_image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        args: Some(vec!["run".into()]),
+        // A native sidecar: started before the agent's containers, stopped after them.
+        restart_policy: Some("Always".into()),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("cassette-admin".into()),
+            container_port: i32::from(ADMIN_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // The agent starts only once the sidecar records: up to two minutes for the
+        // metadata server and the spool.
+        startup_probe: Some(readyz(1, 120)),
+        readiness_probe: Some(readyz(5, 3)),
+        liveness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".into()),
+                port: IntOrString::Int(i32::from(ADMIN_PORT)),
+                ..Default::default()
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(i64::from(SIDECAR_UID)),
+            run_as_group: Some(i64::from(SIDECAR_UID)),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        resources: Some(resources("100m", "64Mi", "512Mi")),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// What the sidecar needs of the spec: policy, masking, recording. Approvals change after the
+/// pod starts and are read from the API; requestedBy is for people.
+pub(super) fn sidecar_spec(spec: &AgentSessionSpec) -> String {
+    let mut spec = spec.clone();
+    spec.approvals.clear();
+    spec.requested_by = None;
+    serde_json::to_string(&spec).expect("an AgentSession spec serializes")
+}
+
+pub(super) fn fingerprint_key(spec: &AgentSessionSpec) -> Option<&cassette_api::SecretKeyRef> {
+    spec.masking.as_ref()?.fingerprint_key.as_ref()
+}
+
+pub(super) fn volumes(config: &Config, spec: &AgentSessionSpec) -> Vec<Volume> {
+    let empty = |name: &str, limit: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(limit.into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut volumes = vec![
+        empty(CA_VOLUME, "1Mi"),
+        empty(SPOOL_VOLUME, "1Gi"),
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o444),
+                sources: Some(vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            path: "token".into(),
+                            expiration_seconds: Some(config.token_expiration_seconds),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".into(),
+                            items: Some(vec![KeyToPath {
+                                key: "ca.crt".into(),
+                                path: "ca.crt".into(),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardAPIProjection {
+                            items: Some(vec![DownwardAPIVolumeFile {
+                                path: "namespace".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.namespace".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }]),
+                        }),
+                        ..Default::default()
+                    },
+                ]),
+            }),
+            ..Default::default()
+        },
+    ];
+    if let Some(key) = fingerprint_key(spec) {
+        volumes.push(Volume {
+            name: FINGERPRINT_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(key.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: key.key.clone(),
+                    path: "key".into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+pub(super) fn value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+pub(super) fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+pub(super) fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity(cpu.into())),
+            ("memory".into(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".into(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+pub(super) fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,587 @@
+//! The injection decision, case by case.
+
+use super::*;
+use cassette_api::names::CA_BUNDLE_ENV;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use cassette_api::{AgentSessionSpec, Durability, OnFailure, Policy, Recording};
+use k8s_openapi::api::core::v1::{Capabilities, Container, PodSecurityContext, SecurityContext};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::json;
+
+const NOW: &str = "2026-11-25T09:00:00Z";
+
+fn now() -> Timestamp {
+    NOW.parse().unwrap()
+}
+
+fn session(name: &str) -> AgentSession {
+    let mut s = AgentSession::new(
+        name,
+        AgentSessionSpec {
+            agent: None,
+            requested_by: None,
+            expires_at: Some(Time("2026-11-25T10:00:00Z".parse().unwrap())),
+            max_duration: None,
+            recording: Recording {
+                sink: "gs://recordings/agents".into(),
+                max_body_bytes: 4096,
+                retention: None,
+                durability: Durability::Strict,
+                on_failure: OnFailure::Open,
+            },
+            masking: None,
+            policy: Some(Policy {
+                passthrough: vec![
+                    cassette_api::HostPattern("pinned.example.com".into()),
+                    cassette_api::HostPattern("*.bank.example".into()),
+                ],
+                ..Default::default()
+            }),
+            approvals: vec![],
+        },
+    );
+    s.metadata.namespace = Some("agents".into());
+    s
+}
+
+/// A pod as the API server hands it to the webhook: the ServiceAccount admission plugin
+/// has already mounted its token into every container.
+fn pod(labelled: bool) -> Pod {
+    let labels = labelled.then(|| BTreeMap::from([(SESSION_LABEL.into(), "fix-ci".into())]));
+    serde_json::from_value::<Pod>(json!({
+        "metadata": {"name": "agent-1", "namespace": "agents"},
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "containers": [{
+                "name": "agent",
+                "image": "agent:1",
+                "env": [{"name": "SSL_CERT_FILE", "value": "/etc/own.pem"}, {"name": "KEEP", "value": "me"}],
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "mountPath": TOKEN_DIR, "readOnly": true}]
+            }],
+            "initContainers": [{
+                "name": "setup",
+                "image": "agent:1",
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "mountPath": TOKEN_DIR, "readOnly": true}]
+            }],
+            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+            ]}}]
+        }
+    }))
+    .map(|mut p| {
+        p.metadata.labels = labels;
+        p
+    })
+    .unwrap()
+}
+
+fn run(pod: &Pod, session: Option<&AgentSession>, enforced: bool) -> Outcome {
+    inject(
+        &Config {
+            sidecar_image: "cassette-sidecar:test".into(),
+            ..Config::default()
+        },
+        &Request {
+            pod,
+            namespace: "agents",
+            enforced,
+            session,
+            now: now(),
+        },
+    )
+}
+
+fn injected(outcome: Outcome) -> Pod {
+    match outcome {
+        Outcome::Injected(pod) => *pod,
+        other => panic!("expected an injected pod, got {other:?}"),
+    }
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = e.value.clone().unwrap_or_else(|| {
+                e.value_from
+                    .as_ref()
+                    .and_then(|f| f.field_ref.as_ref())
+                    .map(|f| format!("fieldRef:{}", f.field_path))
+                    .unwrap_or_default()
+            });
+            (e.name.clone(), v)
+        })
+        .collect()
+}
+
+fn mounts_of(container: &Container) -> Vec<(String, String, bool)> {
+    container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.mount_path.clone(),
+                m.read_only.unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_labelled_pod_gets_the_init_container_and_the_native_sidecar_first() {
+    let s = session("fix-ci");
+    let pod = injected(run(&pod(true), Some(&s), false));
+    let spec = pod.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, [INIT_NAME, SIDECAR_NAME, "setup"]);
+
+    let capture = &init[0];
+    assert_eq!(capture.args, Some(vec!["init".to_string()]));
+    let sc = capture.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        caps.add.as_deref().unwrap(),
+        ["NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]
+    );
+
+    let sidecar = &init[1];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(sidecar.args, Some(vec!["run".to_string()]));
+    let probe = sidecar.startup_probe.as_ref().unwrap().http_get.as_ref();
+    assert_eq!(probe.unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(probe.unwrap().port, IntOrString::Int(15090));
+    let sc = sidecar.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(1337));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop,
+        Some(vec!["ALL".to_string()])
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+}
+
+#[test]
+fn a_container_without_a_uid_is_warned_about() {
+    // Read from the pod as written: the paths are the author's.
+    let bare = pod(true);
+    let warned = warnings(&bare);
+    assert_eq!(
+        warned,
+        [
+            "container \"setup\" sets no runAsUser: if its image runs as UID 1337, its \
+             traffic is not recorded; set spec.initContainers[0].securityContext.runAsUser",
+            "container \"agent\" sets no runAsUser: if its image runs as UID 1337, its \
+             traffic is not recorded; set spec.containers[0].securityContext.runAsUser",
+        ]
+    );
+    assert!(warned.iter().all(|w| w.len() <= 256), "{warned:?}");
+    // A pod-level UID covers every container.
+    let mut with_pod_uid = bare.clone();
+    with_pod_uid.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+        run_as_user: Some(1000),
+        ..Default::default()
+    });
+    assert_eq!(warnings(&with_pod_uid), Vec::<String>::new());
+}
+
+#[test]
+fn setuid_and_setgid_are_dropped_unless_the_runtime_would_drop_them_already() {
+    let drops = |given: &[&str]| {
+        let mut c = Container {
+            name: "agent".into(),
+            security_context: Some(SecurityContext {
+                capabilities: Some(Capabilities {
+                    drop: Some(given.iter().map(|d| d.to_string()).collect()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        confine(&mut c);
+        let sc = c.security_context.unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        sc.capabilities.unwrap().drop.unwrap()
+    };
+    assert_eq!(drops(&["ALL"]), ["ALL"]);
+    assert_eq!(drops(&["setuid", "SETGID"]), ["setuid", "SETGID"]);
+    assert_eq!(drops(&["all"]), ["all"]);
+    // containerd reads these as CAP_CAP_SETUID and CAP_CAP_SETGID: they drop nothing.
+    assert_eq!(
+        drops(&["CAP_SETUID", "CAP_SETGID"]),
+        ["CAP_SETUID", "CAP_SETGID", "SETUID", "SETGID"]
+    );
+}
+
+#[test]
+fn the_sidecar_is_configured_from_the_session_and_the_downward_api() {
+    let mut s = session("fix-ci");
+    s.metadata.uid = Some("5e55-10n".into());
+    let pod = injected(run(&pod(true), Some(&s), false));
+    let init = pod.spec.unwrap().init_containers.unwrap();
+    let env = env_of(&init[1]);
+    let expect = [
+        ("CASSETTE_SESSION", "fix-ci"),
+        ("CASSETTE_SESSION_UID", "5e55-10n"),
+        ("POD_NAME", "fieldRef:metadata.name"),
+        ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
+        ("POD_UID", "fieldRef:metadata.uid"),
+        ("CASSETTE_SINK", "gs://recordings/agents"),
+        ("CASSETTE_DURABILITY", "strict"),
+        ("CASSETTE_ON_FAILURE", "open"),
+        ("CASSETTE_MAX_BODY_BYTES", "4096"),
+        ("CASSETTE_PASSTHROUGH", "pinned.example.com,*.bank.example"),
+        ("CASSETTE_CA_BUNDLE", CA_BUNDLE_PATH),
+        ("CASSETTE_SPOOL", SPOOL_DIR),
+        ("CASSETTE_EXPIRES_AT", "2026-11-25T10:00:00Z"),
+    ];
+    for (name, value) in expect {
+        assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    let spec: AgentSessionSpec =
+        serde_json::from_str(&env["CASSETTE_SESSION_SPEC"]).expect("the spec is JSON");
+    assert_eq!(spec.recording.sink, "gs://recordings/agents");
+}
+
+#[test]
+fn only_the_sidecar_holds_a_service_account_token() {
+    let s = session("fix-ci");
+    let pod = injected(run(&pod(true), Some(&s), false));
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, [CA_VOLUME, SPOOL_VOLUME, TOKEN_VOLUME]);
+    let init = spec.init_containers.as_ref().unwrap();
+    for container in init.iter().chain(spec.containers.iter()) {
+        let holds_token = mounts_of(container)
+            .iter()
+            .any(|(name, path, _)| name == TOKEN_VOLUME || path == TOKEN_DIR);
+        assert_eq!(
+            holds_token,
+            container.name == SIDECAR_NAME,
+            "{}",
+            container.name
+        );
+    }
+    let annotation = &pod.metadata.annotations.unwrap()[INJECTED_ANNOTATION];
+    let record: serde_json::Value = serde_json::from_str(annotation).unwrap();
+    assert_eq!(
+        record["removedTokenVolumes"],
+        json!(["kube-api-access-x7k2p"])
+    );
+    assert_eq!(record["agentContainers"], json!(["setup", "agent"]));
+    assert_eq!(record["session"], json!("fix-ci"));
+}
+
+#[test]
+fn agent_containers_trust_the_bundle_read_only_and_nothing_else() {
+    let s = session("fix-ci");
+    let pod = injected(run(&pod(true), Some(&s), false));
+    let spec = pod.spec.unwrap();
+    let setup = &spec.init_containers.as_ref().unwrap()[2];
+    for container in [&spec.containers[0], setup] {
+        let env = env_of(container);
+        for name in CA_BUNDLE_ENV {
+            assert_eq!(env[name], CA_BUNDLE_PATH, "{name} in {}", container.name);
+        }
+        assert_eq!(
+            mounts_of(container),
+            [(CA_VOLUME.to_string(), CA_DIR.to_string(), true)]
+        );
+    }
+    // The container's own variables survive; its own trust store is replaced.
+    let agent = env_of(&spec.containers[0]);
+    assert_eq!(agent["KEEP"], "me");
+    assert_eq!(
+        spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "SSL_CERT_FILE")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn agent_containers_cannot_become_the_recorders_uid() {
+    let s = session("fix-ci");
+    let spec = injected(run(&pod(true), Some(&s), false)).spec.unwrap();
+    let security = spec.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let dropped = security
+        .capabilities
+        .as_ref()
+        .unwrap()
+        .drop
+        .as_ref()
+        .unwrap();
+    assert!(dropped.contains(&"SETUID".to_string()) && dropped.contains(&"SETGID".to_string()));
+}
+
+#[test]
+fn injecting_twice_changes_nothing() {
+    let s = session("fix-ci");
+    let once = injected(run(&pod(true), Some(&s), false));
+    assert_eq!(run(&once, Some(&s), false), Outcome::Unchanged);
+}
+
+#[test]
+fn a_forged_annotation_does_not_skip_injection() {
+    let s = session("fix-ci");
+    let mut forged = pod(true);
+    forged.metadata.annotations =
+        Some(BTreeMap::from([(INJECTED_ANNOTATION.into(), "{}".into())]));
+    let pod = injected(run(&forged, Some(&s), false));
+    let init = pod.spec.unwrap().init_containers.unwrap();
+    assert_eq!(init[1].name, SIDECAR_NAME);
+}
+
+#[test]
+fn a_fake_sidecar_is_replaced_by_the_real_one() {
+    let s = session("fix-ci");
+    let mut fake = pod(true);
+    fake.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+        name: SIDECAR_NAME.into(),
+        image: Some("attacker/noop".into()),
+        ..Default::default()
+    }]);
+    let pod = injected(run(&fake, Some(&s), false));
+    let init = pod.spec.unwrap().init_containers.unwrap();
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[1].image.as_deref(), Some("cassette-sidecar:test"));
+}
+
+#[test]
+fn a_fingerprint_key_is_mounted_into_the_sidecar_only() {
+    let mut s = session("fix-ci");
+    s.spec.masking = Some(cassette_api::Masking {
+        fingerprint_key: Some(cassette_api::SecretKeyRef {
+            name: "fp".into(),
+            key: "hmac".into(),
+        }),
+        ..Default::default()
+    });
+    let pod = injected(run(&pod(true), Some(&s), false));
+    let spec = pod.spec.unwrap();
+    let sidecar = &spec.init_containers.as_ref().unwrap()[1];
+    assert_eq!(
+        env_of(sidecar)["CASSETTE_FINGERPRINT_KEY_FILE"],
+        "/var/run/cassette/fingerprint/key"
+    );
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == FINGERPRINT_VOLUME)
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("fp")
+    );
+    assert!(
+        !mounts_of(&spec.containers[0])
+            .iter()
+            .any(|(n, _, _)| n == FINGERPRINT_VOLUME)
+    );
+}
+
+#[test]
+fn pods_without_the_label_pass_unless_the_namespace_enforces() {
+    assert_eq!(run(&pod(false), None, false), Outcome::NotRecorded);
+    let Outcome::Refused(message) = run(&pod(false), None, true) else {
+        panic!("an unlabelled pod in an enforcing namespace was admitted");
+    };
+    assert!(message.contains("cassette.dev/enforce=true"), "{message}");
+    assert!(
+        message.contains("add the label cassette.dev/session="),
+        "{message}"
+    );
+}
+
+type Breaker = fn(&mut Pod, &mut Option<AgentSession>);
+
+#[test]
+fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
+    let cases: &[(&str, Breaker, &str)] = &[
+        (
+            "missing session",
+            |_, s| *s = None,
+            r#"AgentSession "fix-ci" does not exist in namespace "agents""#,
+        ),
+        (
+            "expired session",
+            |_, s| {
+                s.as_mut().unwrap().spec.expires_at =
+                    Some(Time("2026-11-25T08:00:00Z".parse().unwrap()))
+            },
+            r#"AgentSession "fix-ci" expired at 2026-11-25T08:00:00Z; pods can no longer join it"#,
+        ),
+        (
+            "expired by maxDuration",
+            |_, s| {
+                let s = s.as_mut().unwrap();
+                s.spec.expires_at = None;
+                s.spec.max_duration = Some("30m".into());
+                s.metadata.creation_timestamp =
+                    Some(Time("2026-11-25T08:00:00Z".parse().unwrap()));
+            },
+            "expired at 2026-11-25T08:30:00Z",
+        ),
+        (
+            "hostNetwork",
+            |p, _| p.spec.as_mut().unwrap().host_network = Some(true),
+            "remove spec.hostNetwork",
+        ),
+        (
+            "shareProcessNamespace",
+            |p, _| p.spec.as_mut().unwrap().share_process_namespace = Some(true),
+            "remove spec.shareProcessNamespace",
+        ),
+        (
+            "privileged",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context =
+                    Some(SecurityContext {
+                        privileged: Some(true),
+                        ..Default::default()
+                    })
+            },
+            r#"container "agent" is privileged and could remove the capture rules: remove spec.containers[0].securityContext.privileged"#,
+        ),
+        (
+            "NET_ADMIN in an init container",
+            |p, _| {
+                p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].security_context =
+                    Some(SecurityContext {
+                        capabilities: Some(Capabilities {
+                            add: Some(vec!["NET_ADMIN".into()]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+            },
+            "remove it from spec.initContainers[0].securityContext.capabilities.add",
+        ),
+        (
+            "SETUID added (root could become UID 1337)",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context =
+                    Some(SecurityContext {
+                        capabilities: Some(Capabilities {
+                            add: Some(vec!["SETUID".into()]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+            },
+            "adds the capability SETUID",
+        ),
+        (
+            "allowPrivilegeEscalation",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context =
+                    Some(SecurityContext {
+                        allow_privilege_escalation: Some(true),
+                        ..Default::default()
+                    })
+            },
+            "remove spec.containers[0].securityContext.allowPrivilegeEscalation",
+        ),
+        (
+            "CAP_NET_RAW",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context =
+                    Some(SecurityContext {
+                        capabilities: Some(Capabilities {
+                            add: Some(vec!["CAP_NET_RAW".into()]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+            },
+            "adds the capability CAP_NET_RAW",
+        ),
+        (
+            "UID 1337 on the container",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context =
+                    Some(SecurityContext {
+                        run_as_user: Some(1337),
+                        ..Default::default()
+                    })
+            },
+            r#"container "agent" runs as UID 1337, the recorder's own UID, whose traffic is not captured: choose another UID in spec.containers[0].securityContext.runAsUser"#,
+        ),
+        (
+            "UID 1337 on the pod",
+            |p, _| {
+                p.spec.as_mut().unwrap().security_context = Some(PodSecurityContext {
+                    run_as_user: Some(1337),
+                    ..Default::default()
+                })
+            },
+            "choose another UID in spec.securityContext.runAsUser",
+        ),
+        (
+            "a projected token of its own",
+            |p, _| {
+                p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name =
+                    "vault-token".into()
+            },
+            r#"volume "vault-token" projects a service-account token"#,
+        ),
+        (
+            "a container named like ours",
+            |p, _| p.spec.as_mut().unwrap().containers[0].name = INIT_NAME.into(),
+            "is reserved for cassette",
+        ),
+    ];
+    for (what, breaker, expected) in cases {
+        let mut p = pod(true);
+        let mut s = Some(session("fix-ci"));
+        breaker(&mut p, &mut s);
+        match run(&p, s.as_ref(), false) {
+            Outcome::Refused(message) => assert!(
+                message.contains(expected),
+                "refusing {what}, the injector said:\n  {message}\nwhich does not contain {expected:?}"
+            ),
+            other => panic!("{what} was not refused: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_uid_1337_pod_default_is_fine_when_every_container_overrides_it() {
+    let mut p = pod(true);
+    let spec = p.spec.as_mut().unwrap();
+    spec.security_context = Some(PodSecurityContext {
+        run_as_user: Some(1337),
+        ..Default::default()
+    });
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        c.security_context = Some(SecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        });
+    }
+    let s = session("fix-ci");
+    injected(run(&p, Some(&s), false));
+}
