@@ -135,29 +135,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            telemetry(args.log_format.as_deref());
+            cassette_telemetry::init(args.log_format.as_deref());
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(run(*args))
         }
-    }
-}
-
-fn telemetry(format: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match format {
-        Some(f) => f == "json",
-        None => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 
