@@ -64,7 +64,7 @@ fn request(exchange: u64) -> Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_records_with_its_error_and_the_gap_is_recorded_after() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         println!("skipped: mounting a tmpfs needs root");
         return;
     }

@@ -22,6 +22,7 @@ mod init;
 mod intercept;
 mod metadata;
 mod metrics;
+#[allow(unsafe_code)] // getsockopt(SO_ORIGINAL_DST): the only unsafe code in the sidecar.
 mod original_dst;
 mod proxy;
 mod record;

@@ -303,8 +303,8 @@ impl Sidecar {
 
     /// Stop with SIGTERM (graceful: seal, ship, manifest) and return the records.
     async fn stop(mut self) -> (Vec<serde_json::Value>, bool) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child's pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         let status = self.child.wait().unwrap();
         assert!(
             status.success(),
