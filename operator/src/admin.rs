@@ -61,11 +61,7 @@ pub async fn serve(
     }
 }
 
-fn answer(
-    req: &Request<Incoming>,
-    metrics: &Metrics,
-    health: &Health,
-) -> Response<Body> {
+fn answer(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Body> {
     let text = |status, body: String, content_type: &str| {
         Response::builder()
             .status(status)

@@ -3,10 +3,10 @@
 //! AdmissionReview, looks up what the pure decision needs, and answers with a JSON patch or a
 //! refusal. Errors refuse too: the configurations fail closed, and so does the server.
 
-use crate::certs::ServingCert;
-use crate::inject::{self, Outcome};
 use crate::admin::Health;
+use crate::certs::ServingCert;
 use crate::http::{Body, full};
+use crate::inject::{self, Outcome};
 use crate::metrics::{Metrics, Verdict, Webhook};
 use anyhow::{Context as _, Result};
 use cassette_api::names::ENFORCE_LABEL;

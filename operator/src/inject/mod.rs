@@ -18,9 +18,9 @@ mod tests;
 
 pub use refuse::warnings;
 
-use build::{init_container, sidecar_container, trust_session_ca, confine, volumes};
-use cassette_api::names::{ENFORCE_LABEL, INJECTED_ANNOTATION, SESSION_LABEL};
+use build::{confine, init_container, sidecar_container, trust_session_ca, volumes};
 use cassette_api::AgentSession;
+use cassette_api::names::{ENFORCE_LABEL, INJECTED_ANNOTATION, SESSION_LABEL};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use refuse::{agent_containers, check};

@@ -2,10 +2,10 @@
 
 use super::*;
 use cassette_api::names::CA_BUNDLE_ENV;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use cassette_api::{AgentSessionSpec, Durability, OnFailure, Policy, Recording};
 use k8s_openapi::api::core::v1::{Capabilities, Container, PodSecurityContext, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 const NOW: &str = "2026-11-25T09:00:00Z";
@@ -343,8 +343,7 @@ fn injecting_twice_changes_nothing() {
 fn a_forged_annotation_does_not_skip_injection() {
     let s = session("fix-ci");
     let mut forged = pod(true);
-    forged.metadata.annotations =
-        Some(BTreeMap::from([(INJECTED_ANNOTATION.into(), "{}".into())]));
+    forged.metadata.annotations = Some(BTreeMap::from([(INJECTED_ANNOTATION.into(), "{}".into())]));
     let pod = injected(run(&forged, Some(&s), false));
     let init = pod.spec.unwrap().init_containers.unwrap();
     assert_eq!(init[1].name, SIDECAR_NAME);
@@ -436,8 +435,7 @@ fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
                 let s = s.as_mut().unwrap();
                 s.spec.expires_at = None;
                 s.spec.max_duration = Some("30m".into());
-                s.metadata.creation_timestamp =
-                    Some(Time("2026-11-25T08:00:00Z".parse().unwrap()));
+                s.metadata.creation_timestamp = Some(Time("2026-11-25T08:00:00Z".parse().unwrap()));
             },
             "expired at 2026-11-25T08:30:00Z",
         ),
@@ -454,11 +452,10 @@ fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
         (
             "privileged",
             |p, _| {
-                p.spec.as_mut().unwrap().containers[0].security_context =
-                    Some(SecurityContext {
-                        privileged: Some(true),
-                        ..Default::default()
-                    })
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    privileged: Some(true),
+                    ..Default::default()
+                })
             },
             r#"container "agent" is privileged and could remove the capture rules: remove spec.containers[0].securityContext.privileged"#,
         ),
@@ -479,50 +476,46 @@ fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
         (
             "SETUID added (root could become UID 1337)",
             |p, _| {
-                p.spec.as_mut().unwrap().containers[0].security_context =
-                    Some(SecurityContext {
-                        capabilities: Some(Capabilities {
-                            add: Some(vec!["SETUID".into()]),
-                            ..Default::default()
-                        }),
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["SETUID".into()]),
                         ..Default::default()
-                    })
+                    }),
+                    ..Default::default()
+                })
             },
             "adds the capability SETUID",
         ),
         (
             "allowPrivilegeEscalation",
             |p, _| {
-                p.spec.as_mut().unwrap().containers[0].security_context =
-                    Some(SecurityContext {
-                        allow_privilege_escalation: Some(true),
-                        ..Default::default()
-                    })
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    allow_privilege_escalation: Some(true),
+                    ..Default::default()
+                })
             },
             "remove spec.containers[0].securityContext.allowPrivilegeEscalation",
         ),
         (
             "CAP_NET_RAW",
             |p, _| {
-                p.spec.as_mut().unwrap().containers[0].security_context =
-                    Some(SecurityContext {
-                        capabilities: Some(Capabilities {
-                            add: Some(vec!["CAP_NET_RAW".into()]),
-                            ..Default::default()
-                        }),
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["CAP_NET_RAW".into()]),
                         ..Default::default()
-                    })
+                    }),
+                    ..Default::default()
+                })
             },
             "adds the capability CAP_NET_RAW",
         ),
         (
             "UID 1337 on the container",
             |p, _| {
-                p.spec.as_mut().unwrap().containers[0].security_context =
-                    Some(SecurityContext {
-                        run_as_user: Some(1337),
-                        ..Default::default()
-                    })
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    run_as_user: Some(1337),
+                    ..Default::default()
+                })
             },
             r#"container "agent" runs as UID 1337, the recorder's own UID, whose traffic is not captured: choose another UID in spec.containers[0].securityContext.runAsUser"#,
         ),
@@ -539,8 +532,7 @@ fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
         (
             "a projected token of its own",
             |p, _| {
-                p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name =
-                    "vault-token".into()
+                p.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].name = "vault-token".into()
             },
             r#"volume "vault-token" projects a service-account token"#,
         ),
