@@ -248,3 +248,48 @@ pub async fn destination(host: &str, port: u16, overridden: bool) -> std::io::Re
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An explicit proxy client asks for what the sidecar never forwards: refused with the
+    /// reason, and recorded as a refused destination before any request is read.
+    #[tokio::test]
+    async fn a_connect_to_the_metadata_server_is_refused_and_recorded() {
+        let (sink, proxy, _) = Proxy::for_test(
+            &serde_json::json!({"recording": {"sink": "file:///tmp/unused"}}),
+            &[],
+            None,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        tokio::spawn(serve(listener, proxy.clone(), shutdown.clone()));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: 169.254.169.254:80\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = client.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(
+            answer.contains("only reachable through the metadata shim"),
+            "{answer}"
+        );
+        let opened = &sink.kind("conn_open")[0];
+        assert_eq!(opened["dst"], "169.254.169.254:80");
+        let blocked = &sink.kind("blocked")[0];
+        assert_eq!(blocked["reason"], "destination");
+        assert!(blocked.get("exchange").is_none(), "{blocked}");
+        assert_eq!(
+            blocked["message"],
+            "connection 1 to 169.254.169.254:80 refused: the metadata server is only reachable through the metadata shim"
+        );
+        assert_eq!(proxy.metrics().connections_refused.get(), 1);
+        shutdown.trigger();
+    }
+}

@@ -44,6 +44,41 @@ impl Proxy {
     }
 }
 
+#[cfg(test)]
+impl Proxy {
+    /// A proxy for unit tests: the session `spec` (JSON), upstream `overrides`, records kept
+    /// in memory, tokens from `tokens`, reviews answered through the returned `Reviews`.
+    pub fn for_test(
+        spec: &serde_json::Value,
+        overrides: &[&str],
+        tokens: Option<Arc<dyn TokenSource>>,
+    ) -> (
+        Arc<crate::record::memory::MemorySink>,
+        Arc<Proxy>,
+        Arc<crate::review::Reviews>,
+    ) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (sink, recording) = crate::record::memory::MemorySink::recording();
+        let reviews = Arc::new(crate::review::Reviews::new("agent-0"));
+        let session =
+            crate::session::Session::load("fix-ci", Some(&spec.to_string()), None, b"auditor key")
+                .unwrap();
+        let proxy = Arc::new(Proxy {
+            session: Arc::new(session),
+            reviews: Some(reviews.clone()),
+            ca: SessionCa::generate("fix-ci", 16).unwrap(),
+            upstream_roots: Arc::new(RootCertStore::empty()),
+            overrides: Overrides::parse(overrides.iter().copied()).unwrap(),
+            passthrough: Vec::new(),
+            placeholder: Placeholder::generate(),
+            tokens,
+            recording,
+            client_timeout: std::time::Duration::from_secs(5),
+        });
+        (sink, proxy, reviews)
+    }
+}
+
 /// `*.example.com` matches any subdomain (not the apex); anything else matches exactly.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {

@@ -4,13 +4,11 @@
 
 use super::exchange;
 use crate::conn::ConnCtx;
-use crate::credentials::{Placeholder, TokenSource};
+use crate::credentials::TokenSource;
 use crate::http::{Body, full};
-use crate::proxy::{Overrides, Proxy, Route};
+use crate::proxy::{Proxy, Route};
 use crate::record::memory::MemorySink;
 use crate::review::Reviews;
-use crate::session::Session;
-use crate::tls::SessionCa;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -108,23 +106,11 @@ struct Pod {
 
 impl Pod {
     fn new(host: &str, upstream: SocketAddr, spec: Value) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (sink, recording) = MemorySink::recording();
-        let reviews = Arc::new(Reviews::new("agent-0"));
-        let session =
-            Session::load("fix-ci", Some(&spec.to_string()), None, b"auditor key").unwrap();
-        let proxy = Arc::new(Proxy {
-            session: Arc::new(session),
-            reviews: Some(reviews.clone()),
-            ca: SessionCa::generate("fix-ci", 16).unwrap(),
-            upstream_roots: Arc::new(rustls::RootCertStore::empty()),
-            overrides: Overrides::parse([format!("{host}=http://{upstream}").as_str()]).unwrap(),
-            passthrough: Vec::new(),
-            placeholder: Placeholder::generate(),
-            tokens: Some(Arc::new(FixedToken)),
-            recording,
-            client_timeout: Duration::from_secs(5),
-        });
+        let (sink, proxy, reviews) = Proxy::for_test(
+            &spec,
+            &[format!("{host}=http://{upstream}").as_str()],
+            Some(Arc::new(FixedToken)),
+        );
         let route = Route {
             host: Some(host.to_string()),
             dst: upstream,
