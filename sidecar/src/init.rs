@@ -71,24 +71,28 @@ impl Rules {
             "-t", "nat", "-A", NAT_CHAIN, "-d", loopback, "-j", "RETURN",
         ]);
         let metadata_port = self.metadata_port.to_string();
-        if !v6 {
-            nat.push(vec![
-                "-t",
-                "nat",
-                "-A",
-                NAT_CHAIN,
-                "-p",
-                "tcp",
-                "-d",
-                "169.254.169.254/32",
-                "--dport",
-                "80",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &metadata_port,
-            ]);
-        }
+        // GCE's metadata server: 169.254.169.254, and fd20:ce::254 on IPv6.
+        let metadata = if v6 {
+            "fd20:ce::254/128"
+        } else {
+            "169.254.169.254/32"
+        };
+        nat.push(vec![
+            "-t",
+            "nat",
+            "-A",
+            NAT_CHAIN,
+            "-p",
+            "tcp",
+            "-d",
+            metadata,
+            "--dport",
+            "80",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &metadata_port,
+        ]);
         nat.push(vec![
             "-t",
             "nat",
@@ -397,6 +401,11 @@ mod tests {
         assert!(v4.iter().any(|c| c.contains("-p udp -j REJECT")));
         let v6: Vec<String> = rules.commands(true).iter().map(|c| c.join(" ")).collect();
         assert!(!v6.iter().any(|c| c.contains("169.254.169.254")));
+        assert!(
+            v6.iter()
+                .any(|c| c.contains("-d fd20:ce::254/128 --dport 80 -j REDIRECT --to-ports 15080")),
+            "GCE's IPv6 metadata address goes to the shim: {v6:#?}"
+        );
         assert!(
             !v6.iter().any(|c| c.contains("10.96.0.10")),
             "v4 resolvers stay out of ip6tables"

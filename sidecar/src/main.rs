@@ -337,15 +337,8 @@ async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(bypass::watch(proxy.clone(), shutdown.clone(), uid));
     }
 
-    let mut capture_addrs = vec![args.capture_addr];
-    if args.capture_addr.ip().is_loopback() && args.capture_addr.is_ipv4() {
-        // IPv6 is redirected to [::1]; a namespace without IPv6 simply has no such listener.
-        capture_addrs.push(SocketAddr::from((
-            std::net::Ipv6Addr::LOCALHOST,
-            args.capture_addr.port(),
-        )));
-    }
-    for (i, addr) in capture_addrs.iter().enumerate() {
+    // IPv6 is redirected to [::1]; a namespace without IPv6 simply has no such listener.
+    for (i, addr) in loopback_pair(args.capture_addr).iter().enumerate() {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 tokio::spawn(capture::serve(listener, proxy.clone(), shutdown.clone()));
@@ -355,21 +348,29 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     if let Some(identity) = identity {
-        let listener = tokio::net::TcpListener::bind(args.metadata_addr)
-            .await
-            .with_context(|| format!("binding the metadata shim {}", args.metadata_addr))?;
         let shim = Arc::new(metadata::Shim {
             identity,
             placeholder,
             allow_identity_tokens: args.allow_identity_tokens,
             metadata_host: broker::metadata_host(),
         });
-        tokio::spawn(admin::serve_shim(
-            listener,
-            shim,
-            started.recording.clone(),
-            shutdown.clone(),
-        ));
+        // fd20:ce::254 is redirected to [::1]: the shim listens there too, where IPv6 exists.
+        for (i, addr) in loopback_pair(args.metadata_addr).iter().enumerate() {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tokio::spawn(admin::serve_shim(
+                        listener,
+                        shim.clone(),
+                        started.recording.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) if i > 0 => tracing::warn!(%addr, error = %e, "no IPv6 metadata shim"),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("binding the metadata shim {addr}"));
+                }
+            }
+        }
     }
     let reporting = reporter.clone().map(|r| tokio::spawn(r.run()));
     tracing::info!(
@@ -406,6 +407,19 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A loopback IPv4 listener's address and its IPv6 twin on `[::1]` (capture rules redirect
+/// IPv6 there); any other address alone.
+fn loopback_pair(addr: SocketAddr) -> Vec<SocketAddr> {
+    let mut addrs = vec![addr];
+    if addr.ip().is_loopback() && addr.is_ipv4() {
+        addrs.push(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            addr.port(),
+        )));
+    }
+    addrs
 }
 
 async fn wait_for_signal() -> Result<()> {

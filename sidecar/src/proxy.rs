@@ -148,6 +148,9 @@ impl Overrides {
     }
 }
 
+/// GCE's metadata server on IPv6, `fd20:ce::254`.
+pub const GCE_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254);
+
 /// Why a destination may not be reached through the sidecar, if it may not.
 ///
 /// The sidecar's own upstream connections bypass the capture rules (it runs as UID 1337), so
@@ -172,7 +175,11 @@ pub fn forbidden_destination(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() => {
             Some("this address cannot be a destination")
         }
-        IpAddr::V6(v6) if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => {
+        // GCE's IPv6 metadata server (and EC2's, which a pod may also sit beside).
+        IpAddr::V6(v6)
+            if v6 == GCE_METADATA_V6
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) =>
+        {
             Some("the metadata server is only reachable through the metadata shim")
         }
         IpAddr::V6(v6) if v6.is_loopback() => {
@@ -254,6 +261,8 @@ mod tests {
             "::ffff:169.254.169.254",
             "::ffff:127.0.0.1",
             "fd00:ec2::254",
+            // GCE's IPv6 metadata server.
+            "fd20:ce::254",
             "fe80::1",
             "0.0.0.0",
         ] {
