@@ -53,6 +53,13 @@ pub enum Event {
     Git(Git),
     /// Something could not be recorded; says what and why.
     Gap(Gap),
+    /// Bytes of a connection carried without HTTP: a passthrough TLS tunnel, or the protocol
+    /// an allowed upgrade switched to.
+    Stream(Stream),
+    /// One WebSocket message of an upgraded exchange.
+    Message(Message),
+    /// One DNS query the agent made, and its answer.
+    Dns(Dns),
     /// A client connection closed.
     ConnClose(ConnClose),
     /// The end of a segment: signs the chain head. Written by the spool only.
@@ -77,6 +84,9 @@ impl Event {
             Event::Token(_) => "token",
             Event::Git(_) => "git",
             Event::Gap(_) => "gap",
+            Event::Stream(_) => "stream",
+            Event::Message(_) => "message",
+            Event::Dns(_) => "dns",
             Event::ConnClose(_) => "conn_close",
             Event::Seal(_) => "seal",
             Event::SessionEnd(_) => "session_end",
@@ -94,6 +104,8 @@ impl Event {
             Event::Review(r) => Some(r.exchange),
             Event::Token(t) => Some(t.exchange),
             Event::Git(g) => Some(g.exchange),
+            Event::Stream(s) => s.exchange,
+            Event::Message(m) => Some(m.exchange),
             _ => None,
         }
     }
@@ -101,6 +113,10 @@ impl Event {
 
 /// An HTTP header as recorded: `[name, value]`, in the order seen.
 pub type Header = (String, String);
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -249,6 +265,104 @@ pub struct Body {
     /// Whether bytes past `maxBodyBytes` were left out (final record only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+}
+
+/// Which way the bytes of a stream or a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    /// Agent → upstream.
+    Up,
+    /// Upstream → agent.
+    Down,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Up => "up",
+            Flow::Down => "down",
+        }
+    }
+}
+
+/// `stream`: bytes of a connection the recorder carried without reading HTTP in them, cut
+/// like a body: pieces at `offset` (`text` or `base64`, at most `maxBodyBytes` stored per
+/// direction), then a `final` record with the full length, the keyed digest and whether
+/// storage was truncated. Each record's `time` is when its bytes passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    pub conn: ConnId,
+    /// The exchange whose upgrade started the stream; absent for a passthrough tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeId>,
+    pub direction: Flow,
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    #[serde(rename = "final", default, skip_serializing_if = "is_false")]
+    pub last: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+}
+
+/// `message`: one WebSocket message (its frames joined), masked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub exchange: ExchangeId,
+    pub direction: Flow,
+    /// `text`, `binary`, `close`, `ping` or `pong`.
+    pub opcode: String,
+    /// The payload's length on the wire, stored or not.
+    pub length: u64,
+    /// The payload (masked), when valid UTF-8 …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// … or standard base64 when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Whether bytes past `maxBodyBytes` were left out of `text`/`base64`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    /// Secrets masked in the payload.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub masked: u64,
+}
+
+/// `dns`: a query the agent sent (to whichever resolver it named) and what the sidecar did
+/// with it: forwarded to the cluster's resolver, or refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The agent's socket.
+    pub client: String,
+    /// The resolver the agent addressed, when the kernel says (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<String>,
+    /// The resolver the sidecar forwarded to; absent when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// The query's name, lower case, without the trailing dot.
+    pub name: String,
+    /// The query type: `A`, `AAAA`, `TXT`, …
+    pub qtype: String,
+    /// The response code: `NOERROR`, `NXDOMAIN`, `REFUSED`, …
+    pub rcode: String,
+    /// The answers, each `TYPE value` (`A 10.0.0.5`, `CNAME x.example.`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Time from the query to the answer.
+    pub elapsed_us: u64,
 }
 
 /// What was decided about an exchange.
@@ -475,6 +589,41 @@ mod tests {
                 bytes_up: 0,
                 bytes_down: 0,
                 error: None,
+            }),
+            Event::Stream(Stream {
+                conn: 2,
+                exchange: None,
+                direction: Flow::Up,
+                offset: 0,
+                text: Some("\u{16}".into()),
+                base64: None,
+                last: false,
+                length: None,
+                digest: None,
+                truncated: None,
+            }),
+            Event::Message(Message {
+                exchange: 3,
+                direction: Flow::Down,
+                opcode: "text".into(),
+                length: 2,
+                text: Some("hi".into()),
+                base64: None,
+                truncated: false,
+                masked: 0,
+            }),
+            Event::Dns(Dns {
+                transport: "udp".into(),
+                client: "10.0.0.5:4000".into(),
+                asked: None,
+                resolver: Some("10.96.0.10:53".into()),
+                name: "example.com".into(),
+                qtype: "A".into(),
+                rcode: "NOERROR".into(),
+                answers: vec!["A 93.184.216.34".into()],
+                decision: Decision::Allow,
+                rule: None,
+                elapsed_us: 900,
             }),
         ];
         for e in events {
