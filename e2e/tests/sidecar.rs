@@ -13,6 +13,7 @@ use cassette_e2e::emulators::{FakeGcs, PubsubEmulator};
 use cassette_e2e::netns::{self, Identity, Topology};
 use cassette_e2e::upstreams::{LogEntry, PROJECT_ID, Upstreams, UpstreamsConfig};
 use serde_json::Value;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,6 +74,11 @@ struct Pod {
 
 impl Pod {
     fn start(with_pubsub: bool) -> Result<Self> {
+        Self::start_with(with_pubsub, &[])
+    }
+
+    /// A pod whose sidecar gets `env` on top of what the injector sets.
+    fn start_with(with_pubsub: bool, env: &[(&str, &str)]) -> Result<Self> {
         let topology = Topology::create().context("creating the namespaces")?;
         let gcs = FakeGcs::start(&topology).context("starting fake-gcs-server")?;
         gcs.create_bucket(BUCKET)?;
@@ -106,7 +112,7 @@ impl Pod {
             topology,
         };
         pod.init()?;
-        pod.run_sidecar()?;
+        pod.run_sidecar(env)?;
         Ok(pod)
     }
 
@@ -133,7 +139,7 @@ impl Pod {
     }
 
     /// `cassette-sidecar run` as UID 1337, then wait for /readyz.
-    fn run_sidecar(&mut self) -> Result<()> {
+    fn run_sidecar(&mut self, extra: &[(&str, &str)]) -> Result<()> {
         let binary = self.dir.path().join("cassette-sidecar");
         let root = self.dir.path();
         let env = [
@@ -171,6 +177,9 @@ impl Pod {
             ("CASSETTE_LOG_FORMAT", "pretty".into()),
             ("RUST_LOG", "info".into()),
         ];
+        let env = env
+            .into_iter()
+            .chain(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let mut run = self
             .topology
             .pod_command(Identity::user(SIDECAR_UID), &binary, env);
@@ -651,12 +660,114 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
     Ok(())
 }
 
+/// A TCP listener on `addr` in the net namespace that writes a line to `log` for every
+/// connection it accepts: where an attacker would want the agent's bytes to go.
+fn attacker(pod: &Pod, addr: std::net::SocketAddrV4, log: &Path) -> Result<Child> {
+    let ip = addr.ip().to_string();
+    let add = pod
+        .topology
+        .net_command(Identity::Root, "ip", std::iter::empty::<(&str, &str)>());
+    let mut add = add;
+    add.args(["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    output_within(add, TIMEOUT)?;
+    let mut listen = pod.topology.net_command(
+        Identity::Root,
+        "/usr/bin/python3",
+        std::iter::empty::<(&str, &str)>(),
+    );
+    listen.args([
+        "-c",
+        &format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('{ip}',{port}))\ns.listen(8)\nopen('{log}','w').close()\n\
+             while True:\n  c,a=s.accept()\n  open('{log}','a').write('accepted %s\\n'%(a,))\n  c.close()",
+            port = addr.port(),
+            log = log.display()
+        ),
+    ]);
+    let child = listen.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the attacker's listener did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// `openssl s_client` as the agent: connect to `connect`, name `sni`, send a request line.
+fn s_client(pod: &Pod, connect: &str, sni: &str) -> Result<std::process::Output> {
+    let mut client = pod.agent(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            connect,
+            "-servername",
+            sni,
+            "-ign_eof",
+        ],
+    );
+    client.stdin(Stdio::piped());
+    let mut child = client
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"GET / HTTP/1.0\r\nHost: git.test\r\n\r\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    Ok(child.wait_with_output()?)
+}
+
+/// Each way an agent could try to get bytes past the recorder, and what must happen:
+///
+/// | attack | expected |
+/// |---|---|
+/// | curl to the metadata server's real address (port 80, and another port) | the shim's placeholder, or nothing |
+/// | the sidecar as an explicit proxy, asked for the metadata server | refused: "metadata shim" |
+/// | UDP to 443 (QUIC) | refused by the capture rules |
+/// | IPv6 to anything | refused by the capture rules |
+/// | the sidecar's own admin port | answers, with nothing secret |
+/// | `openssl s_client -connect ATTACKER:443 -servername <passthrough host>` | refused, recorded as `destination`: the attacker never sees a connection |
+/// | the passthrough host at its own address | tunnelled, its bytes recorded both ways as `stream` records |
 #[test]
 fn the_ways_around_the_recorder_are_closed() -> Result<()> {
     require_root!();
-    let mut pod = Pod::start(false)?;
+    let mut pod = Pod::start_with(false, &[("CASSETTE_PASSTHROUGH", "git.test")])?;
     let real = pod.upstreams.token().to_string();
     let metadata = pod.topology.metadata_ip();
+
+    // A passthrough host asked for at an address of the agent's choosing: no tunnel there.
+    let attacker_addr =
+        std::net::SocketAddrV4::new(Ipv4Addr::new(10, 231, pod.topology.subnet(), 9), 443);
+    let attacker_log = pod.dir.path().join("attacker.log");
+    let mut listener = attacker(&pod, attacker_addr, &attacker_log)?;
+    let picked = s_client(&pod, &attacker_addr.to_string(), "git.test")?;
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let reached = std::fs::read_to_string(&attacker_log)?;
+    assert!(
+        reached.is_empty(),
+        "a passthrough tunnel went to the agent's choice of address: {reached}\n{}",
+        String::from_utf8_lossy(&picked.stderr)
+    );
+    // The passthrough host at its own address is tunnelled (the upstream's certificate is
+    // the test CA's, which the agent does not trust: s_client shows it anyway).
+    let tunnelled = s_client(&pod, "git.test:443", "git.test")?;
+    let said = String::from_utf8_lossy(&tunnelled.stdout);
+    assert!(
+        said.contains("BEGIN CERTIFICATE") && said.contains("cassette-e2e upstream CA"),
+        "the passthrough host was not tunnelled: {said}\n{}",
+        String::from_utf8_lossy(&tunnelled.stderr)
+    );
 
     // The metadata server's real address answers with the shim's placeholder (port 80) or
     // not at all (any other port).
@@ -762,6 +873,40 @@ fn the_ways_around_the_recorder_are_closed() -> Result<()> {
             .as_str()
             .is_some_and(|m| m.contains("metadata"))),
         "the attempts are recorded as blocked: {blocked:?}"
+    );
+    assert!(
+        blocked.iter().any(|b| b["reason"] == "destination"
+            && b["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&attacker_addr.to_string())
+                    && m.contains("not an address of git.test"))),
+        "the passthrough to the agent's address is recorded as refused: {blocked:?}"
+    );
+    let passthrough: Vec<&Value> = kinds(&records, "tls")
+        .into_iter()
+        .filter(|t| t["passthrough"] == true)
+        .collect();
+    let conn = passthrough.first().context("the tunnel's tls record")?["conn"].clone();
+    let streams: Vec<&Value> = kinds(&records, "stream")
+        .into_iter()
+        .filter(|s| s["conn"] == conn)
+        .collect();
+    for direction in ["up", "down"] {
+        let last = streams
+            .iter()
+            .find(|s| s["direction"] == direction && s["final"] == true)
+            .with_context(|| format!("the tunnel's {direction} stream ends: {streams:?}"))?;
+        assert!(last["length"].as_u64().unwrap_or(0) > 0, "{last}");
+    }
+    let first_up = streams
+        .iter()
+        .find(|s| s["direction"] == "up" && s["offset"] == 0)
+        .context("the ClientHello is recorded")?;
+    assert!(
+        first_up["base64"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("Fg")),
+        "the tunnel's first bytes are the ClientHello (a TLS handshake record): {first_up}"
     );
     Ok(())
 }

@@ -8,11 +8,13 @@
 use crate::conn::{ConnCtx, refuse_connection};
 use crate::http::{H2, HTTP11};
 use crate::proxy::{Proxy, Route};
+use crate::refusal::{Cause, Refusal};
 use crate::rewind::Rewind;
 use crate::serve;
 use crate::upstream::{Upstream, tunnel};
 use bytes::{Bytes, BytesMut};
-use cassette_recording::record::{ConnClose, Event, Tls};
+use cassette_recording::record::{ConnClose, Event, Flow, Tls};
+use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,8 +160,10 @@ async fn tls<IO>(
             return;
         }
     };
-    // CONNECT named the host already; a redirected connection only has the SNI.
-    if route.host.is_none() {
+    // CONNECT named the host already (and the sidecar resolved it); a redirected connection
+    // only has the SNI, and goes where the agent chose.
+    let named_by_agent = route.host.is_none();
+    if named_by_agent {
         route.host = hello.sni.clone();
     }
     if route.endpoint.is_none()
@@ -170,7 +174,7 @@ async fn tls<IO>(
     let host = route.display_host();
 
     if proxy.is_passthrough(&host) {
-        passthrough(io, first, conn, route, hello, proxy).await;
+        passthrough(io, first, conn, route, named_by_agent, hello, proxy).await;
         return;
     }
 
@@ -277,20 +281,35 @@ async fn tls<IO>(
     serve::tls(client, is_h2, ctx, upstream).await;
 }
 
-/// Tunnel a passthrough host untouched; only connection metadata is recorded.
+/// Tunnel a passthrough host without interception: only to one of the host's own addresses,
+/// only if the policy lets the host through, and with its bytes recorded both ways (TLS
+/// records: the recorder cannot read them, an auditor can still see what passed and when).
 async fn passthrough<IO>(
     io: IO,
     first: Bytes,
     conn: u64,
     route: Route,
+    named_by_agent: bool,
     hello: Hello,
     proxy: Arc<Proxy>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let host = route.display_host();
+    if let Err(refusal) = passthrough_allowed(&proxy, &host) {
+        refusal.record(&proxy.recording, None);
+        proxy.metrics().connections_refused.inc();
+        return;
+    }
     let target = match &route.endpoint {
         Some(e) => format!("{}:{}", e.host, e.port),
-        None => route.dst.to_string(),
+        None => {
+            if named_by_agent && let Err(why) = own_address(&host, route.dst).await {
+                refuse_connection(&proxy, conn, &route.dst.to_string(), &why);
+                return;
+            }
+            route.dst.to_string()
+        }
     };
     proxy.recording.emit(Event::Tls(Tls {
         conn,
@@ -308,6 +327,9 @@ async fn passthrough<IO>(
             return;
         }
     };
+    let mut up = proxy.recording.stream(conn, None, Flow::Up, None);
+    let mut down = proxy.recording.stream(conn, None, Flow::Down, None);
+    up.push(&first);
     if let Err(e) = upstream.write_all(&first).await {
         refuse_connection(
             &proxy,
@@ -317,15 +339,101 @@ async fn passthrough<IO>(
         );
         return;
     }
-    let (up, down) = tunnel(io, upstream).await;
-    let up = up + first.len() as u64;
-    debug!(conn, up, down, "passthrough closed");
+    let (sent, received) = tunnel(io, upstream, &mut up, &mut down).await;
+    let sent = sent + first.len() as u64;
+    debug!(conn, sent, received, "passthrough closed");
     proxy.recording.emit(Event::ConnClose(ConnClose {
         conn,
-        bytes_up: up,
-        bytes_down: down,
+        bytes_up: sent,
+        bytes_down: received,
         error: None,
     }));
+}
+
+/// Whether the session's policy lets `host` through as a tunnel: a rule (or the default) that
+/// would refuse a request to it refuses the tunnel, and so does expiry. A tunnel cannot wait
+/// for a review: a rule that asks for one refuses it.
+fn passthrough_allowed(proxy: &Proxy, host: &str) -> Result<(), Refusal> {
+    use cassette_rules::policy::{self, Outcome};
+    let request = policy::Request::new(host, "CONNECT", "/");
+    let decision = proxy
+        .session
+        .evaluator
+        .evaluate(&request, jiff::Timestamp::now());
+    let rule = decision.would_block().then(|| decision.cause.label());
+    let cause = match decision.cause {
+        policy::Cause::Expired { .. } => Cause::Expiry,
+        _ => Cause::Policy,
+    };
+    match decision.outcome() {
+        Outcome::Forward => {
+            if decision.would_block() {
+                Refusal::new(
+                    Cause::Audit,
+                    StatusCode::OK,
+                    format!(
+                        "audit mode, not enforced: passthrough to {host}: {}",
+                        decision.reason
+                    ),
+                )
+                .by_rule(rule)
+                .record(&proxy.recording, None);
+            }
+            Ok(())
+        }
+        Outcome::Refuse => Err(Refusal::new(
+            cause,
+            StatusCode::FORBIDDEN,
+            format!("passthrough to {host} refused: {}", decision.reason),
+        )
+        .by_rule(rule)),
+        Outcome::Hold => Err(Refusal::new(
+            Cause::Policy,
+            StatusCode::FORBIDDEN,
+            format!(
+                "passthrough to {host} refused: {} (a tunnel cannot be held for review)",
+                decision.reason
+            ),
+        )
+        .by_rule(rule)),
+    }
+}
+
+/// Whether `dst`, where the agent's connection was headed, is one of `host`'s own addresses as
+/// the sidecar resolves them. Without this, the agent could name a passthrough host in its
+/// ClientHello and open an uninspected tunnel to any address.
+async fn own_address(host: &str, dst: SocketAddr) -> Result<(), String> {
+    let resolved: Vec<std::net::IpAddr> = match tokio::net::lookup_host((host, dst.port())).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(e) => {
+            return Err(format!(
+                "{host} cannot be resolved to check the destination: {e}"
+            ));
+        }
+    };
+    let canonical = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    if resolved
+        .iter()
+        .any(|ip| canonical(*ip) == canonical(dst.ip()))
+    {
+        return Ok(());
+    }
+    let listed: Vec<String> = resolved.iter().map(|ip| ip.to_string()).collect();
+    Err(format!(
+        "{} is not an address of {host} (which resolves to {}): a passthrough host is tunnelled only to its own addresses",
+        dst.ip(),
+        if listed.is_empty() {
+            "nothing".to_string()
+        } else {
+            listed.join(", ")
+        }
+    ))
 }
 
 #[cfg(test)]

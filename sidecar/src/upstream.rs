@@ -252,17 +252,35 @@ async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, UpstreamError> {
     }
 }
 
-/// Copy both ways until both sides are done, counting what went each way even when a side
-/// ends abruptly (a TLS peer that closes without close_notify is the common case).
-pub async fn tunnel<A: Io, B: Io>(client: A, server: B) -> (u64, u64) {
+/// Something that sees the bytes of one direction of a tunnel as they pass (and records
+/// them), and hears when that direction ends.
+pub trait Observe: Send {
+    fn bytes(&mut self, chunk: &[u8]);
+    fn end(&mut self);
+}
+
+/// Copy both ways until both sides are done, showing every chunk to its direction's observer
+/// before it is written on, and counting what went each way even when a side ends abruptly
+/// (a TLS peer that closes without close_notify is the common case).
+pub async fn tunnel<A: Io, B: Io>(
+    client: A,
+    server: B,
+    up: &mut dyn Observe,
+    down: &mut dyn Observe,
+) -> (u64, u64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut from: R, mut to: W) -> u64 {
+    async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        mut from: R,
+        mut to: W,
+        observer: &mut dyn Observe,
+    ) -> u64 {
         let mut buf = vec![0u8; 16 * 1024];
         let mut total = 0;
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    observer.bytes(&buf[..n]);
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -270,13 +288,14 @@ pub async fn tunnel<A: Io, B: Io>(client: A, server: B) -> (u64, u64) {
                 }
             }
         }
+        observer.end();
         let _ = to.shutdown().await;
         total
     }
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
     tokio::join!(
-        pump(client_read, server_write),
-        pump(server_read, client_write)
+        pump(client_read, server_write, up),
+        pump(server_read, client_write, down)
     )
 }

@@ -7,7 +7,7 @@ use crate::conn::ConnCtx;
 use crate::http::{Body, boxed, full, header_str, strip_hop_by_hop, version_str};
 use crate::record::masked_headers;
 use crate::upstream::tunnel;
-use cassette_recording::record::{Decision, Direction, Event, Response as ResponseRecord};
+use cassette_recording::record::{Decision, Direction, Event, Flow, Response as ResponseRecord};
 use cassette_rules::mask::BodyKind;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -42,9 +42,21 @@ pub fn relay(
     }));
 
     if let (Some(upstream_up), Some(client_up)) = (upstream_upgrade, client_upgrade) {
-        // A tunnel (websocket): both sides upgrade and bytes are copied; the exchange is
-        // recorded with its byte counts.
+        // A tunnel: both sides upgrade and the bytes are copied, recorded (masked) as streams
+        // of the exchange.
         let (proxy, conn, ledger) = (proxy.clone(), conn.clone(), ex.ledger.clone());
+        let mut up = proxy.recording.stream(
+            conn.conn,
+            Some(ex.id),
+            Flow::Up,
+            Some((masker, BodyKind::Other)),
+        );
+        let mut down = proxy.recording.stream(
+            conn.conn,
+            Some(ex.id),
+            Flow::Down,
+            Some((masker, BodyKind::Other)),
+        );
         tokio::spawn(async move {
             let (client, server) = match tokio::join!(client_up, upstream_up) {
                 (Ok(c), Ok(s)) => (c, s),
@@ -53,9 +65,17 @@ pub fn relay(
                     return;
                 }
             };
-            let (up, down) = tunnel(TokioIo::new(client), TokioIo::new(server)).await;
-            conn.add_bytes(up, down);
-            ledger.tunnel(&proxy, up, down);
+            let (sent, received) = tunnel(
+                TokioIo::new(client),
+                TokioIo::new(server),
+                &mut up,
+                &mut down,
+            )
+            .await;
+            ledger.add_masks(&proxy, up.finish());
+            ledger.add_masks(&proxy, down.finish());
+            conn.add_bytes(sent, received);
+            ledger.tunnel(&proxy, sent, received);
         });
         return Response::from_parts(parts, full(""));
     }

@@ -13,14 +13,16 @@ mod decode;
 mod headers;
 #[cfg(test)]
 pub mod memory;
+mod stream;
 pub mod writer;
 
 pub use body::BodyRecorder;
 pub use headers::{headers, masked_headers};
+pub use stream::StreamRecorder;
 
 use crate::http::BoxError;
 use crate::metrics::Metrics;
-use cassette_recording::record::{Blocked, Direction, Event};
+use cassette_recording::record::{Blocked, Direction, Event, Flow};
 use cassette_rules::mask::{BodyKind, Masker};
 use ring::hmac;
 use std::future::Future;
@@ -163,6 +165,26 @@ impl Recording {
             &self.digest_key,
             mask,
             content_encoding,
+        )
+    }
+
+    /// A recorder for one direction of a stream on connection `conn` (of `exchange`, when an
+    /// upgrade started it), masked with `mask` when the bytes are readable.
+    pub fn stream(
+        &self,
+        conn: u64,
+        exchange: Option<u64>,
+        direction: Flow,
+        mask: Option<(&'static Masker, BodyKind)>,
+    ) -> StreamRecorder {
+        StreamRecorder::new(
+            self.clone(),
+            conn,
+            exchange,
+            direction,
+            self.max_body_bytes,
+            &self.digest_key,
+            mask,
         )
     }
 
