@@ -22,6 +22,9 @@ pub struct RecordingObjects {
     pub segments: Vec<SegmentObject>,
     /// `manifest.json`, once the session ended.
     pub manifest: Option<Vec<u8>>,
+    /// Everything else in the recording's place (a sub-directory ends in `/`): nothing the
+    /// recorder writes, so verify names each as a fault.
+    pub foreign: Vec<String>,
 }
 
 /// One pod's recording within a session.
@@ -83,16 +86,29 @@ pub async fn load(sink: &Sink, prefix: &str) -> Result<RecordingObjects, ReadErr
     let listing = sink.list(&prefix).await?;
     let mut names: Vec<(u64, String)> = Vec::new();
     let mut has_manifest = false;
+    let mut foreign = Vec::new();
     for key in listing.objects {
         let name = key[prefix.len()..].to_string();
         if name == MANIFEST {
             has_manifest = true;
         } else if let Some(ix) = parse_index(&name) {
             names.push((ix, name));
+        } else {
+            foreign.push(name);
         }
     }
+    foreign.extend(
+        listing
+            .prefixes
+            .iter()
+            .map(|p| p[prefix.len()..].to_string()),
+    );
+    foreign.sort();
     names.sort();
-    let mut objects = RecordingObjects::default();
+    let mut objects = RecordingObjects {
+        foreign,
+        ..RecordingObjects::default()
+    };
     for (_, name) in names {
         // An object listed and then gone is left for verify to report as missing.
         if let Some(bytes) = sink.get(&format!("{prefix}{name}")).await? {

@@ -677,7 +677,7 @@ mod tests {
         segments.sort_by(|a, b| a.name.cmp(&b.name));
         RecordingObjects {
             segments,
-            manifest: None,
+            ..RecordingObjects::default()
         }
     }
 

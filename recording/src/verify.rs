@@ -42,12 +42,9 @@ pub enum Completeness {
     /// A valid manifest covers exactly the segments present.
     Complete,
     /// No manifest: the session is still running, or its recorder died before writing one.
-    /// Records after the last seal cannot be checked against a signature; nothing is claimed
-    /// about segments that may come later.
-    Open {
-        /// The last segment does not end with a seal (a live spool, or a cut-off tail).
-        unsealed_tail: bool,
-    },
+    /// Every segment present is sealed and verifies, but nothing is claimed about segments
+    /// that may come later.
+    Open,
 }
 
 /// One segment as read.
@@ -125,6 +122,9 @@ pub enum Problem {
     DigestMismatch { expected: String, found: String },
     /// A segment is present that the manifest does not list.
     NotInManifest,
+    /// An object in the recording's place that is neither a segment nor a manifest: the
+    /// recorder did not write it.
+    ForeignObject,
     /// The manifest's totals (records, last chain) disagree with the segments.
     ManifestMismatch { what: String },
 }
@@ -166,7 +166,10 @@ impl fmt::Display for Problem {
             ),
             Problem::Corrupt { error } => write!(f, "cannot be decompressed: {error}"),
             Problem::TornLine => write!(f, "ends in the middle of a record (truncated)"),
-            Problem::NotSealed => write!(f, "ends without a seal (truncated)"),
+            Problem::NotSealed => write!(
+                f,
+                "ends without a seal: the recorder ships only sealed segments, so it was cut short or written by someone else"
+            ),
             Problem::RecordsAfterSeal => write!(f, "records follow the seal"),
             Problem::Malformed { error } => write!(f, "not a record: {error}"),
             Problem::ChainBroken { expected, found } => write!(
@@ -213,6 +216,10 @@ impl fmt::Display for Problem {
                 "sha256 {found} differs from the manifest's {expected} (the object was altered)"
             ),
             Problem::NotInManifest => write!(f, "not listed in the manifest"),
+            Problem::ForeignObject => write!(
+                f,
+                "neither a segment nor a manifest: the recorder did not write it (someone else can write to this recording's place in the sink)"
+            ),
             Problem::ManifestMismatch { what } => write!(f, "disagrees with the segments: {what}"),
         }
     }
@@ -284,13 +291,14 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
         faults: Vec::new(),
         missing_key_reported: false,
     };
+    for name in &objects.foreign {
+        walk.fault(name, None, None, Problem::ForeignObject);
+    }
     let mut summaries = Vec::new();
     let mut seen = BTreeSet::new();
     let mut next_index = 1u64;
     let mut highest = 0u64;
-    let count = objects.segments.len();
-
-    for (i, object) in objects.segments.iter().enumerate() {
+    for object in &objects.segments {
         let name = object.name.as_str();
         let index = parse_index(name);
         match index {
@@ -315,20 +323,11 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
                 next_index = next_index.max(ix + 1);
             }
         }
-        let is_last = i + 1 == count;
-        let summary = walk_segment(
-            &mut walk,
-            name,
-            index,
-            &object.bytes,
-            is_last && objects.manifest.is_none(),
-        );
-        summaries.push(summary);
+        summaries.push(walk_segment(&mut walk, name, index, &object.bytes));
     }
 
-    let unsealed_tail = summaries.last().is_some_and(|s| !s.sealed);
     let completeness = match &objects.manifest {
-        None => Completeness::Open { unsealed_tail },
+        None => Completeness::Open,
         Some(bytes) => {
             check_manifest(&mut walk, objects, bytes);
             Completeness::Complete
@@ -350,7 +349,6 @@ fn walk_segment(
     name: &str,
     index: Option<u64>,
     bytes: &[u8],
-    may_be_open: bool,
 ) -> SegmentSummary {
     let mut summary = SegmentSummary {
         name: name.to_string(),
@@ -456,7 +454,7 @@ fn walk_segment(
         walk.prev = split.chain.to_string();
         walk.next_seq = seq + 1;
     }
-    if !summary.sealed && !may_be_open && summary.records > 0 {
+    if !summary.sealed {
         walk.fault(name, summary.last_seq, None, Problem::NotSealed);
     }
     summary

@@ -118,3 +118,65 @@ async fn segments_roll_by_age_and_batched_acks_become_durable() {
     );
     recorder.shutdown().await.unwrap();
 }
+
+fn gap(n: u64) -> Event {
+    Event::Gap(cassette_recording::record::Gap {
+        lost: format!("nothing ({n})"),
+        reason: "padding to fill segments ".repeat(4),
+        records: Some(n),
+        bytes: None,
+        from: None,
+        to: None,
+    })
+}
+
+/// A short config on a file sink for the bucket attacks below: small segments, quick
+/// retries, and a shutdown that gives up after a few seconds (instead of 30).
+fn small(sink_url: &str, spool: &std::path::Path) -> RecorderConfig {
+    let mut config = RecorderConfig::new(sink_url, spool, path());
+    config.segment_max_bytes = 1500;
+    config.shutdown_timeout = Duration::from_secs(4);
+    config.backoff = cassette_recording::ship::Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+    };
+    config
+}
+
+async fn read_back(sink_url: &str) -> cassette_recording::RecordingObjects {
+    let sink = Sink::open(sink_url, &GcsOptions::default()).await.unwrap();
+    load(&sink, &format!("{}/", path().prefix())).await.unwrap()
+}
+
+/// Objects in a recording's directory that are neither segments nor the manifest were not
+/// written by the recorder: verify names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_recorder_did_not_write_are_invalid() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let recorder = Recorder::start(small(&sink_url, spool.path()))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        recorder.record(gap(n)).await.unwrap();
+    }
+    recorder.shutdown().await.unwrap();
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let dir = out.path().join(path().prefix());
+    let objects = read_back(&sink_url).await;
+    assert!(verify(&objects, Some(&key)).is_ok());
+
+    std::fs::write(dir.join("notes.txt"), b"instructions for the next agent").unwrap();
+    std::fs::create_dir_all(dir.join("more")).unwrap();
+    std::fs::write(dir.join("more/seg-000001.jsonl.zst"), b"x").unwrap();
+    let objects = read_back(&sink_url).await;
+    let verdict = verify(&objects, Some(&key));
+    let named: Vec<&str> = verdict
+        .faults
+        .iter()
+        .filter_map(|f| f.object.as_deref())
+        .collect();
+    assert!(named.contains(&"notes.txt"), "{:#?}", verdict.faults);
+    assert!(named.contains(&"more/"), "{:#?}", verdict.faults);
+}

@@ -115,9 +115,54 @@ fn a_wrong_expected_key_is_named() {
     );
 }
 
+/// The next segment written by someone who is not the recorder, into a live recording (no
+/// manifest yet): its records chain on from the last seal as the recorder's would (SHA-256 is
+/// public), but nobody can sign them. The sidecar ships only sealed segments, so this is not
+/// an "unsealed tail" of a recorder that died: it is an object the recorder did not write.
 #[test]
-fn an_unsealed_tail_is_open_not_tampered() {
-    // A recording whose recorder died: no manifest, last segment without its seal.
+fn a_shipped_segment_without_a_seal_is_invalid() {
+    let mut objects = fixture().objects.clone();
+    objects.manifest = None;
+    let last = plain(objects.segments.last().unwrap());
+    let last_line = last
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap();
+    let tip: serde_json::Value = serde_json::from_slice(last_line).unwrap();
+    let mut prev = tip["chain"].as_str().unwrap().to_string();
+    let first = tip["seq"].as_u64().unwrap() + 1;
+    let mut text = Vec::new();
+    for (n, seq) in (first..first + 3).enumerate() {
+        let event = Event::Gap(Gap {
+            lost: format!("nothing, forged record {n}"),
+            reason: "the agent wrote this".into(),
+            records: None,
+            bytes: None,
+            from: None,
+            to: None,
+        });
+        let canonical =
+            cassette_recording::chain::canonical(seq, "2026-05-01T12:00:00.000000000Z", &event);
+        let link = cassette_recording::chain::link(&prev, &canonical);
+        text.extend(cassette_recording::chain::line(&canonical, &link));
+        prev = link;
+    }
+    let name = format!("seg-{:06}.jsonl.zst", objects.segments.len() + 1);
+    objects.segments.push(SegmentObject {
+        name: name.clone(),
+        bytes: recompress(&text),
+    });
+    let report = check(&objects);
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| f.problem == Problem::NotSealed && f.object.as_deref() == Some(&name)),
+        "{:#?}",
+        report.faults
+    );
+
+    // The recorder's own last segment cut before its seal is the same: not the recorder's.
     let mut objects = fixture().objects.clone();
     objects.manifest = None;
     let last = objects.segments.last_mut().unwrap();
@@ -125,22 +170,38 @@ fn an_unsealed_tail_is_open_not_tampered() {
     let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
     last.bytes = recompress(&lines[..lines.len() - 1].concat());
     let report = check(&objects);
-    assert!(report.is_ok(), "{:#?}", report.faults);
-    assert_eq!(
-        report.completeness,
-        Completeness::Open {
-            unsealed_tail: true
-        }
-    );
-    // With the manifest present the same cut is a fault.
-    objects.manifest = fixture().objects.manifest.clone();
-    let report = check(&objects);
     assert!(
         report
             .faults
             .iter()
-            .any(|f| f.problem == Problem::NotSealed)
+            .any(|f| f.problem == Problem::NotSealed),
+        "{:#?}",
+        report.faults
     );
+}
+
+/// A manifest the agent wrote in place of the recorder's: it lists the real segments with
+/// their real digests and totals, but it is signed with the agent's key. (This was INVALID
+/// before too; kept as the regression test of that attack.)
+#[test]
+fn a_manifest_signed_by_another_key_is_invalid() {
+    let mut objects = fixture().objects.clone();
+    let (mut manifest, _, _) =
+        cassette_recording::Manifest::parse(objects.manifest.as_ref().unwrap()).unwrap();
+    let agent = cassette_recording::key::SessionKey::generate().unwrap();
+    manifest.public_key = agent.public_key_base64();
+    objects.manifest = Some(manifest.signed_bytes(&agent));
+    for key in [Some(fixture().key.as_slice()), None] {
+        let report = verify(&objects, key);
+        assert!(
+            report
+                .faults
+                .iter()
+                .any(|f| f.problem == Problem::BadManifestSignature),
+            "{:#?}",
+            report.faults
+        );
+    }
 }
 
 #[test]

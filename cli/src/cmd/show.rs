@@ -85,14 +85,7 @@ fn header(
         };
         match report.completeness {
             Completeness::Complete => format!("verified, sealed and closed by its manifest; {key}"),
-            Completeness::Open { unsealed_tail } => format!(
-                "verified so far, no manifest yet{}; {key}",
-                if unsealed_tail {
-                    ", last segment unsealed"
-                } else {
-                    ""
-                }
-            ),
+            Completeness::Open => format!("verified so far, no manifest yet; {key}"),
         }
     };
     format!(

@@ -161,7 +161,7 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
     );
     let verdict = if !report.faults.is_empty() || !extra.is_empty() {
         Verdict::Invalid
-    } else if matches!(report.completeness, Completeness::Open { .. }) {
+    } else if report.completeness == Completeness::Open {
         Verdict::Incomplete
     } else {
         Verdict::Ok
@@ -172,14 +172,8 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
             recording.label
         ),
         Verdict::Incomplete => {
-            let tail = match report.completeness {
-                Completeness::Open {
-                    unsealed_tail: true,
-                } => "; the last segment is not sealed, so its records are not signed yet",
-                _ => "",
-            };
             println!(
-                "INCOMPLETE  {}: {summary}; no manifest.json yet (the session is live, or its recorder died before closing it){tail}. What is there verifies.",
+                "INCOMPLETE  {}: {summary}; no manifest.json yet (the session is live, or its recorder died before closing it). What is there verifies.",
                 recording.label
             );
         }
