@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use cassette_api::{AgentSession, PodRecording};
-use cassette_recording::segment::{MANIFEST, parse_index};
+use cassette_recording::segment::{is_manifest_name, parse_index};
 use cassette_recording::{GcsOptions, RecordingObjects, Sink};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
@@ -219,7 +219,7 @@ pub async fn discover(uri: &str, gcs: &GcsOptions) -> Result<Vec<Recording>> {
             .filter(|n| parse_index(n).is_some())
             .cloned()
             .collect();
-        let has_manifest = names.iter().any(|n| n == MANIFEST);
+        let has_manifest = names.iter().any(|n| is_manifest_name(n));
         if !segment_names.is_empty() || has_manifest {
             let label = prefix
                 .trim_end_matches('/')

@@ -45,6 +45,10 @@ fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
 fn decompress(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap())
@@ -115,13 +119,14 @@ async fn verify_names_a_flipped_byte() {
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(text.starts_with("INVALID     agent-0-5f1c:"), "{text}");
+    let name = file_name(seg);
+    assert!(name.starts_with("seg-000002-"), "{name}");
     assert!(
-        text.contains("FAULT seg-000002.jsonl.zst line 2 (seq ") && text.contains("chain broken"),
+        text.contains(&format!("FAULT {name} line 2 (seq ")) && text.contains("chain broken"),
         "{text}"
     );
     assert!(
-        text.contains("FAULT seg-000002.jsonl.zst: sha256")
-            && text.contains("the object was altered"),
+        text.contains(&format!("FAULT {name}: sha256")) && text.contains("the object was altered"),
         "{text}"
     );
 }
@@ -129,7 +134,9 @@ async fn verify_names_a_flipped_byte() {
 #[tokio::test]
 async fn verify_names_a_dropped_segment() {
     let f = fixture::write().await;
-    std::fs::remove_file(&segments(&f.recording_dir)[1]).unwrap();
+    let segs = segments(&f.recording_dir);
+    std::fs::remove_file(&segs[1]).unwrap();
+    let (second, third) = (file_name(&segs[1]), file_name(&segs[2]));
     let out = cassette(&[
         "verify",
         "--recording",
@@ -140,13 +147,15 @@ async fn verify_names_a_dropped_segment() {
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(
-        text.contains("FAULT seg-000003.jsonl.zst: segment 2 is missing before this one"),
+        text.contains(&format!(
+            "FAULT {third}: segment 2 is missing before this one"
+        )),
         "{text}"
     );
     assert!(
-        text.contains(
-            "FAULT manifest.json: lists seg-000002.jsonl.zst, which is not in the recording"
-        ),
+        text.contains(&format!(
+            "FAULT manifest.json: lists {second}, which is not in the recording"
+        )),
         "{text}"
     );
 }

@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use crate::record::Record;
-use crate::segment::{MANIFEST, parse_index};
+use crate::segment::{MANIFEST, SegmentName, is_manifest_name};
 use crate::sink::{Sink, SinkError};
 
 /// One object of a recording: its name (without the recording's prefix) and bytes.
@@ -22,6 +22,9 @@ pub struct RecordingObjects {
     pub segments: Vec<SegmentObject>,
     /// `manifest.json`, once the session ended.
     pub manifest: Option<Vec<u8>>,
+    /// Manifests under another name (`manifest-<random>.json`): where a recorder writes its
+    /// manifest when `manifest.json` was taken by someone else.
+    pub other_manifests: Vec<SegmentObject>,
     /// Everything else in the recording's place (a sub-directory ends in `/`): nothing the
     /// recorder writes, so verify names each as a fault.
     pub foreign: Vec<String>,
@@ -84,15 +87,15 @@ pub async fn load(sink: &Sink, prefix: &str) -> Result<RecordingObjects, ReadErr
         format!("{prefix}/")
     };
     let listing = sink.list(&prefix).await?;
-    let mut names: Vec<(u64, String)> = Vec::new();
-    let mut has_manifest = false;
+    let mut names: Vec<(SegmentName, String)> = Vec::new();
+    let mut manifests = Vec::new();
     let mut foreign = Vec::new();
     for key in listing.objects {
         let name = key[prefix.len()..].to_string();
-        if name == MANIFEST {
-            has_manifest = true;
-        } else if let Some(ix) = parse_index(&name) {
-            names.push((ix, name));
+        if is_manifest_name(&name) {
+            manifests.push(name);
+        } else if let Some(n) = SegmentName::parse(&name) {
+            names.push((n, name));
         } else {
             foreign.push(name);
         }
@@ -105,6 +108,7 @@ pub async fn load(sink: &Sink, prefix: &str) -> Result<RecordingObjects, ReadErr
     );
     foreign.sort();
     names.sort();
+    manifests.sort();
     let mut objects = RecordingObjects {
         foreign,
         ..RecordingObjects::default()
@@ -115,8 +119,15 @@ pub async fn load(sink: &Sink, prefix: &str) -> Result<RecordingObjects, ReadErr
             objects.segments.push(SegmentObject { name, bytes });
         }
     }
-    if has_manifest {
-        objects.manifest = sink.get(&format!("{prefix}{MANIFEST}")).await?;
+    for name in manifests {
+        let Some(bytes) = sink.get(&format!("{prefix}{name}")).await? else {
+            continue;
+        };
+        if name == MANIFEST {
+            objects.manifest = Some(bytes);
+        } else {
+            objects.other_manifests.push(SegmentObject { name, bytes });
+        }
     }
     Ok(objects)
 }
@@ -132,30 +143,61 @@ pub fn decode_segment(name: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 impl RecordingObjects {
-    /// All records in order. Stops at the first segment or line that cannot be read; use
-    /// [`crate::verify::verify`] to learn whether what was read is intact.
+    /// All records of all segment objects, in order. Stops at the first segment or line that
+    /// cannot be read; use [`crate::verify::verify`] to learn whether what was read is intact,
+    /// and [`RecordingObjects::records_of`] to read only what verify took for the recording.
     pub fn records(&self) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
-        self.segments.iter().flat_map(|segment| {
-            let lines: Vec<Result<Record, ReadError>> =
-                match decode_segment(&segment.name, &segment.bytes) {
-                    Err(source) => vec![Err(ReadError::Decompress {
-                        name: segment.name.clone(),
-                        source,
-                    })],
-                    Ok(text) => text
-                        .split(|b| *b == b'\n')
-                        .enumerate()
-                        .filter(|(_, l)| !l.is_empty())
-                        .map(|(i, l)| {
-                            serde_json::from_slice::<Record>(l).map_err(|e| ReadError::Record {
-                                name: segment.name.clone(),
-                                line: i + 1,
-                                error: e.to_string(),
+        self.records_where(|_| true)
+    }
+
+    /// The records of the segments `report` took for the recording's (its `segments` that end
+    /// with a seal), in order: a segment the manifest does not list, a second object claiming
+    /// a segment's number, or one without a seal is not the recorder's and never reads as
+    /// part of the recording.
+    pub fn records_of<'a>(
+        &'a self,
+        report: &'a crate::verify::Report,
+    ) -> impl Iterator<Item = Result<Record, ReadError>> + 'a {
+        self.records_where(move |name| report.segments.iter().any(|s| s.sealed && s.name == name))
+    }
+
+    /// The segment objects `records_of(report)` leaves out, by name.
+    pub fn left_out<'a>(&'a self, report: &'a crate::verify::Report) -> Vec<&'a str> {
+        self.segments
+            .iter()
+            .filter(|o| !report.segments.iter().any(|s| s.sealed && s.name == o.name))
+            .map(|o| o.name.as_str())
+            .collect()
+    }
+
+    fn records_where<'a>(
+        &'a self,
+        keep: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = Result<Record, ReadError>> + 'a {
+        self.segments
+            .iter()
+            .filter(move |s| keep(&s.name))
+            .flat_map(|segment| {
+                let lines: Vec<Result<Record, ReadError>> =
+                    match decode_segment(&segment.name, &segment.bytes) {
+                        Err(source) => vec![Err(ReadError::Decompress {
+                            name: segment.name.clone(),
+                            source,
+                        })],
+                        Ok(text) => text
+                            .split(|b| *b == b'\n')
+                            .enumerate()
+                            .filter(|(_, l)| !l.is_empty())
+                            .map(|(i, l)| {
+                                serde_json::from_slice::<Record>(l).map_err(|e| ReadError::Record {
+                                    name: segment.name.clone(),
+                                    line: i + 1,
+                                    error: e.to_string(),
+                                })
                             })
-                        })
-                        .collect(),
-                };
-            lines
-        })
+                            .collect(),
+                    };
+                lines
+            })
     }
 }

@@ -512,7 +512,7 @@ impl Recorder {
             segments,
         };
         let bytes = manifest.signed_bytes(&inner.key);
-        let key = format!("{}/{MANIFEST}", c.path.prefix());
+        let mut key = format!("{}/{MANIFEST}", c.path.prefix());
         let meta = ObjectMeta {
             pairs: ship::identity_meta(&c.path, c.session_uid.as_deref())
                 .into_iter()
@@ -525,6 +525,13 @@ impl Recorder {
         loop {
             match inner.sink.put_once(&key, bytes.clone().into(), &meta).await {
                 Ok(_) => break,
+                Err(e) if e.is_conflict() && key.ends_with(&format!("/{MANIFEST}")) => {
+                    // Someone else wrote `manifest.json`: the recorder's own goes under a
+                    // name nobody can guess, where verify finds it (and names the other).
+                    let instead = crate::segment::fallback_manifest_name();
+                    tracing::warn!(taken = %key, %instead, "manifest.json was taken in the sink by an object the recorder did not write");
+                    key = format!("{}/{instead}", c.path.prefix());
+                }
                 Err(e) if e.is_conflict() || tokio::time::Instant::now() >= deadline => {
                     return Err(ShutdownError::Manifest(e));
                 }
@@ -655,7 +662,7 @@ async fn ship_loop(inner: Arc<Inner>) {
             inner.ship_wake.notified().await;
             continue;
         };
-        let compressed = match compress(&dir, &sealed).await {
+        let mut compressed = match compress(&dir, &sealed).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, segment = sealed.index, "cannot compress a sealed segment");
@@ -697,6 +704,25 @@ async fn ship_loop(inner: Arc<Inner>) {
                     inner.pending.send_replace(q.len());
                     break;
                 }
+                Err(ship::ShipError::Sink(e)) if e.is_conflict() => {
+                    // Someone else wrote an object under this segment's name: nothing will
+                    // make the write-once upload succeed. Ship it under a fresh name and say
+                    // so in the recording; the object in the way is not the recorder's, and
+                    // verify names it.
+                    match ship::rename(&dir, &mut compressed) {
+                        Ok(taken) => {
+                            if let Some(front) = lock(&inner.queue).front_mut() {
+                                front.name = compressed.sealed.name.clone();
+                            }
+                            taken_name(&inner, &taken, &compressed.sealed.name.object(), &e);
+                        }
+                        Err(rename) => {
+                            tracing::error!(error = %rename, "cannot rename a segment whose name was taken");
+                            lock(&inner.stats).last_ship_error = Some(rename.to_string());
+                            tokio::time::sleep(inner.config.backoff.max).await;
+                        }
+                    }
+                }
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "shipping a segment failed; retrying");
@@ -709,6 +735,30 @@ async fn ship_loop(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// Records that a segment's name was taken in the sink by someone else, and under which name
+/// it went instead. After `session_end` nothing can be recorded any more: then the log says it.
+fn taken_name(inner: &Arc<Inner>, taken: &str, instead: &str, error: &SinkError) {
+    tracing::warn!(%taken, %instead, %error, "a segment's name was taken in the sink by an object the recorder did not write");
+    let gap = Event::Gap(Gap {
+        lost: format!(
+            "nothing: the segment meant to be {taken} was shipped as {instead}, because {taken} was already taken by an object this recorder did not write"
+        ),
+        reason: format!(
+            "the sink refused the write-once upload ({error}); whoever wrote {taken} can write to this recording's place in the sink"
+        ),
+        records: None,
+        bytes: None,
+        from: None,
+        to: None,
+    });
+    let recorder = Recorder {
+        inner: inner.clone(),
+    };
+    if let Err(e) = recorder.append(gap) {
+        tracing::warn!(error = %e, %taken, "the taken name could not be recorded in the recording");
     }
 }
 

@@ -8,26 +8,113 @@ use crate::key::{self, SessionKey};
 /// File name of the manifest in a recording.
 pub const MANIFEST: &str = "manifest.json";
 
-/// `seg-000042.jsonl.zst`: the name of segment 42 once sealed and compressed.
-pub fn segment_name(index: u64) -> String {
-    format!("seg-{index:06}.jsonl.zst")
+/// Hex digits of the random part of a name.
+const TOKEN_LEN: usize = 16;
+
+/// A fresh random part for a name: 16 lowercase hex digits (64 bits from the system's
+/// random source), so that nobody can create a recording's next object before the recorder
+/// does.
+pub fn random_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; TOKEN_LEN / 2];
+    // The system random source failing is not something to record around: a name must not
+    // be guessable, and a fixed fallback would be.
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random source works");
+    crate::chain::hex(&b)
 }
 
-/// `seg-000042.jsonl`: the spool file of segment 42 while it is written.
-pub fn spool_name(index: u64) -> String {
-    format!("seg-{index:06}.jsonl")
+/// A segment's name: its number, and the random part that makes the name impossible to
+/// guess ahead (`None` only in recordings written before names had one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentName {
+    pub index: u64,
+    pub token: Option<String>,
 }
 
-/// The segment number in a name made by [`segment_name`] or [`spool_name`].
-pub fn parse_index(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix("seg-")?;
-    let digits = rest
-        .strip_suffix(".jsonl.zst")
-        .or_else(|| rest.strip_suffix(".jsonl"))?;
-    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+impl SegmentName {
+    /// Segment `index` with a fresh random part.
+    pub fn fresh(index: u64) -> Self {
+        SegmentName {
+            index,
+            token: Some(random_token()),
+        }
     }
-    digits.parse().ok()
+
+    /// The same segment under a fresh random part (its name was taken).
+    pub fn renamed(&self) -> Self {
+        Self::fresh(self.index)
+    }
+
+    fn stem(&self) -> String {
+        match &self.token {
+            Some(t) => format!("seg-{:06}-{t}", self.index),
+            None => format!("seg-{:06}", self.index),
+        }
+    }
+
+    /// `seg-000042-9f86d081884c7d65.jsonl.zst`: the object, sealed and compressed.
+    pub fn object(&self) -> String {
+        format!("{}.jsonl.zst", self.stem())
+    }
+
+    /// `seg-000042-9f86d081884c7d65.jsonl`: the spool file while it is written.
+    pub fn spool(&self) -> String {
+        format!("{}.jsonl", self.stem())
+    }
+
+    /// Takes apart a name made by [`SegmentName::object`] or [`SegmentName::spool`] (or the
+    /// older `seg-NNNNNN.jsonl[.zst]`).
+    pub fn parse(name: &str) -> Option<SegmentName> {
+        let rest = name.strip_prefix("seg-")?;
+        let stem = rest
+            .strip_suffix(".jsonl.zst")
+            .or_else(|| rest.strip_suffix(".jsonl"))?;
+        let (digits, token) = match stem.split_once('-') {
+            Some((d, t)) => (d, Some(t)),
+            None => (stem, None),
+        };
+        if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if let Some(t) = token
+            && (t.len() != TOKEN_LEN || !t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        {
+            return None;
+        }
+        Some(SegmentName {
+            index: digits.parse().ok()?,
+            token: token.map(str::to_string),
+        })
+    }
+}
+
+/// `seg-000042.jsonl.zst`: the name segment 42 had before names carried a random part.
+pub fn segment_name(index: u64) -> String {
+    SegmentName { index, token: None }.object()
+}
+
+/// The segment number in a segment's name (either form, object or spool file).
+pub fn parse_index(name: &str) -> Option<u64> {
+    SegmentName::parse(name).map(|n| n.index)
+}
+
+/// Whether `name` is a manifest's: `manifest.json`, or `manifest-<random>.json`, the name a
+/// recorder writes its manifest under when someone else took `manifest.json`.
+pub fn is_manifest_name(name: &str) -> bool {
+    name == MANIFEST
+        || name
+            .strip_prefix("manifest-")
+            .and_then(|r| r.strip_suffix(".json"))
+            .is_some_and(|t| {
+                t.len() == TOKEN_LEN && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+}
+
+/// `manifest-<random>.json`: where a manifest goes when `manifest.json` was taken.
+pub fn fallback_manifest_name() -> String {
+    format!("manifest-{}.json", random_token())
 }
 
 /// Where one pod's recording lives below a sink: `<namespace>/<session>/<pod>-<pod-uid>`.
@@ -149,6 +236,29 @@ mod tests {
         assert_eq!(parse_index("seg-1234567.jsonl"), Some(1234567));
         assert_eq!(parse_index("seg-12.jsonl"), None);
         assert_eq!(parse_index("manifest.json"), None);
+
+        let a = SegmentName::fresh(9);
+        let b = SegmentName::fresh(10);
+        assert!(a.object() < b.object(), "a listing shows segments in order");
+        assert_eq!(SegmentName::parse(&a.object()), Some(a.clone()));
+        assert_eq!(SegmentName::parse(&a.spool()), Some(a.clone()));
+        assert_ne!(a.renamed(), a, "a fresh random part each time");
+        assert_ne!(SegmentName::fresh(9), a);
+        let token = a.token.clone().unwrap();
+        assert_eq!(token.len(), 16);
+        // Only the recorder's shape of random part is a segment name.
+        for bad in [
+            "seg-000001-.jsonl.zst",
+            "seg-000001-XYZ.jsonl.zst",
+            "seg-000001-0123456789abcdef0.jsonl.zst",
+            "seg-000001-0123456789ABCDEF.jsonl.zst",
+        ] {
+            assert_eq!(SegmentName::parse(bad), None, "{bad}");
+        }
+        assert!(is_manifest_name(MANIFEST));
+        assert!(is_manifest_name(&fallback_manifest_name()));
+        assert!(!is_manifest_name("manifest-x.json"));
+        assert!(!is_manifest_name("manifest.json.bak"));
     }
 
     #[test]

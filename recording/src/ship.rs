@@ -10,7 +10,7 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::chain::sha256_hex;
-use crate::segment::{ManifestSegment, RecordingPath, segment_name, spool_name};
+use crate::segment::{ManifestSegment, RecordingPath};
 use crate::sink::{ObjectMeta, Put, Sink, SinkError};
 use crate::spool::{Sealed, SpoolError, append_ledger};
 
@@ -60,11 +60,11 @@ pub(crate) struct Compressed {
     pub replaced: u64,
 }
 
-/// Compresses `seg-N.jsonl` into `seg-N.jsonl.zst` (via a temporary file, fsynced, renamed) and
-/// removes the `.jsonl`. If an earlier run compressed it already, reads that.
+/// Compresses `seg-N-R.jsonl` into `seg-N-R.jsonl.zst` (via a temporary file, fsynced,
+/// renamed) and removes the `.jsonl`. If an earlier run compressed it already, reads that.
 pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolError> {
-    let zst = dir.join(segment_name(sealed.index));
-    let jsonl = dir.join(spool_name(sealed.index));
+    let zst = dir.join(sealed.name.object());
+    let jsonl = dir.join(sealed.name.spool());
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SpoolError::Io { path: p, source }
@@ -85,7 +85,7 @@ pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolE
     encoder.include_checksum(true).map_err(io(&zst))?;
     encoder.write_all(&text).map_err(io(&zst))?;
     let bytes = encoder.finish().map_err(io(&zst))?;
-    let tmp = dir.join(format!("{}.tmp", segment_name(sealed.index)));
+    let tmp = dir.join(format!("{}.tmp", sealed.name.object()));
     let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(&bytes)
         .and_then(|_| f.sync_all())
@@ -152,7 +152,7 @@ pub(crate) async fn upload(
     retain_for: Option<Duration>,
     session_uid: Option<&str>,
 ) -> Result<ManifestSegment, ShipError> {
-    let name = segment_name(segment.sealed.index);
+    let name = segment.sealed.name.object();
     let key = format!("{}/{name}", path.prefix());
     let meta = segment_meta(path, &segment.sealed, retain_for, session_uid);
     let put = sink.put_once(&key, segment.bytes.clone(), &meta).await?;
@@ -173,6 +173,26 @@ pub(crate) async fn upload(
         source,
     })?;
     Ok(entry)
+}
+
+/// Gives a compressed segment a fresh name, because its name was taken in the sink by an
+/// object the recorder did not write. The spool file is renamed first (and the directory
+/// fsynced), so a restart ships it under the new name too. Returns the old object name.
+pub(crate) fn rename(dir: &Path, segment: &mut Compressed) -> Result<String, SpoolError> {
+    let old = segment.sealed.name.object();
+    let name = segment.sealed.name.renamed();
+    let to = dir.join(name.object());
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SpoolError::Io { path: p, source }
+    };
+    fs::rename(&segment.path, &to).map_err(io(&to))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    segment.path = to;
+    segment.sealed.name = name;
+    Ok(old)
 }
 
 /// Why shipping one segment failed.

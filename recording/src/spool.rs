@@ -3,9 +3,11 @@
 //! It is synchronous and single-writer (the recorder holds it behind a mutex); fsync
 //! scheduling and shipping live in `recorder` and `ship`.
 //!
-//! Layout: `key.pk8` (the session key), `seg-NNNNNN.jsonl` (open, or sealed and waiting),
-//! `seg-NNNNNN.jsonl.zst` (compressed, waiting to ship), `shipped.jsonl` (one line per segment
-//! the sink acknowledged), `manifest.json` (a copy, once the recording is closed).
+//! Layout: `key.pk8` (the session key), `seg-NNNNNN-<random>.jsonl` (open, or sealed and
+//! waiting), `seg-NNNNNN-<random>.jsonl.zst` (compressed, waiting to ship under that name),
+//! `shipped.jsonl` (one line per segment the sink acknowledged), `manifest.json` (a copy, once
+//! the recording is closed). A segment's name is chosen when its file is opened, so a restarted
+//! recorder ships it under the name an earlier attempt may already have used.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -16,7 +18,7 @@ use std::time::Instant;
 use crate::chain::{self, GENESIS};
 use crate::key::SessionKey;
 use crate::record::{Event, Gap, Seal};
-use crate::segment::{ManifestSegment, parse_index, spool_name};
+use crate::segment::{ManifestSegment, SegmentName, parse_index};
 
 pub(crate) const KEY_FILE: &str = "key.pk8";
 pub(crate) const LEDGER_FILE: &str = "shipped.jsonl";
@@ -26,6 +28,8 @@ pub(crate) const CLOSED_FILE: &str = "manifest.json";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sealed {
     pub index: u64,
+    /// Its name (the object's, with `.zst`; the spool file's, without).
+    pub name: SegmentName,
     pub first_seq: u64,
     pub last_seq: u64,
     /// `chain` of the seal record.
@@ -98,6 +102,8 @@ pub(crate) struct Spool {
     /// The open segment, when it has a file.
     file: Option<Arc<File>>,
     segment: u64,
+    /// The open segment's name, once its file exists.
+    segment_name: Option<SegmentName>,
     segment_bytes: u64,
     segment_first_seq: Option<u64>,
     segment_opened: Instant,
@@ -155,7 +161,7 @@ impl Spool {
 
         // Local segments, by number. A .jsonl that also has its .zst was compressed and only
         // its removal was missed.
-        let mut local: Vec<(u64, PathBuf)> = Vec::new();
+        let mut local: Vec<(SegmentName, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -164,8 +170,8 @@ impl Spool {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
-            if let Some(ix) = parse_index(&name) {
-                local.push((ix, path));
+            if let Some(n) = SegmentName::parse(&name) {
+                local.push((n, path));
             }
         }
         local.sort();
@@ -173,12 +179,12 @@ impl Spool {
         let mut spool_bytes = 0;
         let mut i = 0;
         while i < local.len() {
-            let (ix, path) = &local[i];
-            let (ix, path) = (*ix, path.clone());
+            let (seg, path) = local[i].clone();
+            let ix = seg.index;
             i += 1;
             recovery.restarted = true;
             let is_zst = path.extension().is_some_and(|e| e == "zst");
-            if !is_zst && local.get(i).is_some_and(|(n, _)| *n == ix) {
+            if !is_zst && local.get(i).is_some_and(|(n, _)| *n == seg) {
                 // seg-N.jsonl followed by seg-N.jsonl.zst: the compressed one is complete.
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
@@ -212,6 +218,7 @@ impl Spool {
             let seal = if summary.sealed {
                 Sealed {
                     index: ix,
+                    name: seg.clone(),
                     first_seq: summary.first_seq,
                     last_seq: summary.last_seq,
                     chain: summary.last_chain,
@@ -237,6 +244,7 @@ impl Spool {
                 recovery.recovered_segments.push(ix);
                 let s = Sealed {
                     index: ix,
+                    name: seg.clone(),
                     first_seq: summary.first_seq,
                     last_seq: tip.next_seq,
                     chain: link.clone(),
@@ -258,6 +266,7 @@ impl Spool {
             limits,
             file: None,
             segment: last_index + 1,
+            segment_name: None,
             segment_bytes: 0,
             segment_first_seq: None,
             segment_opened: Instant::now(),
@@ -422,7 +431,7 @@ impl Spool {
     fn write_buf(&mut self, now: &str) -> Result<Appended, SpoolError> {
         let _ = now;
         let file = self.open_segment()?;
-        let path = self.dir.join(spool_name(self.segment));
+        let path = self.segment_path();
         if let Err(e) = (&*file).write_all(&self.buf) {
             let _ = file.set_len(self.segment_bytes);
             return Err(io_err(&path)(e));
@@ -445,7 +454,8 @@ impl Spool {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let path = self.dir.join(spool_name(self.segment));
+        let name = SegmentName::fresh(self.segment);
+        let path = self.dir.join(name.spool());
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -454,10 +464,19 @@ impl Spool {
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
         self.file = Some(file.clone());
+        self.segment_name = Some(name);
         self.segment_bytes = 0;
         self.segment_first_seq = None;
         self.segment_opened = Instant::now();
         Ok(file)
+    }
+
+    /// The open segment's file (a name is chosen when it is opened).
+    fn segment_path(&self) -> PathBuf {
+        match &self.segment_name {
+            Some(n) => self.dir.join(n.spool()),
+            None => self.dir.join(format!("seg-{:06}.jsonl", self.segment)),
+        }
     }
 
     /// Seals the open segment (if it has records): a `seal` record signing the chain head,
@@ -478,12 +497,17 @@ impl Spool {
         let Appended::Written { seq, chain } = self.write_buf(now)? else {
             unreachable!("write_buf writes or fails")
         };
-        let path = self.dir.join(spool_name(self.segment));
+        let path = self.segment_path();
         if let Some(f) = self.file.take() {
             f.sync_all().map_err(io_err(&path))?;
         }
+        let name = self
+            .segment_name
+            .take()
+            .expect("a segment with records has a file and a name");
         self.sealed.push(Sealed {
             index: self.segment,
+            name,
             first_seq,
             last_seq: seq,
             chain,
@@ -691,7 +715,7 @@ mod tests {
         }
         let sealed = spool.take_sealed();
         assert!(!sealed.is_empty(), "600-byte segments roll");
-        let open = dir.path().join(spool_name(spool.segment));
+        let open = spool.segment_path();
         let last_seq = spool.next_seq() - 1;
         drop(spool);
         // A crash in the middle of a write.
@@ -738,7 +762,7 @@ mod tests {
         let Appended::Written { seq, .. } = spool.append(&gap(50), NOW).unwrap() else {
             panic!("written")
         };
-        let text = fs::read_to_string(dir.path().join(spool_name(1))).unwrap();
+        let text = fs::read_to_string(spool.segment_path()).unwrap();
         let gap_line = text.lines().nth((seq - 1) as usize).unwrap();
         assert!(gap_line.contains("\"kind\":\"gap\""), "{gap_line}");
         assert!(

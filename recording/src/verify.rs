@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::chain::{self, GENESIS};
 use crate::key;
-use crate::read::{RecordingObjects, decode_segment};
-use crate::segment::{Manifest, parse_index};
+use crate::read::{RecordingObjects, SegmentObject, decode_segment};
+use crate::segment::{MANIFEST, Manifest, parse_index};
 
 /// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +39,11 @@ impl Report {
 /// Whether the recording is closed by a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completeness {
-    /// A valid manifest covers exactly the segments present.
+    /// A manifest signed with the session key covers exactly the segments present.
     Complete,
-    /// No manifest: the session is still running, or its recorder died before writing one.
-    /// Every segment present is sealed and verifies, but nothing is claimed about segments
-    /// that may come later.
+    /// No manifest (signed with the session key): the session is still running, or its
+    /// recorder died before writing one. Every segment present is sealed and verifies, but
+    /// nothing is claimed about segments that may come later.
     Open,
 }
 
@@ -120,11 +120,13 @@ pub enum Problem {
     ManifestSegmentMissing { name: String },
     /// A segment's bytes differ from the digest the manifest holds for it.
     DigestMismatch { expected: String, found: String },
-    /// A segment is present that the manifest does not list.
+    /// A segment is present that the manifest does not list: the recorder did not write it.
     NotInManifest,
     /// An object in the recording's place that is neither a segment nor a manifest: the
     /// recorder did not write it.
     ForeignObject,
+    /// A second manifest that verifies: a recorder writes one.
+    ExtraManifest,
     /// The manifest's totals (records, last chain) disagree with the segments.
     ManifestMismatch { what: String },
 }
@@ -149,7 +151,9 @@ impl fmt::Display for Fault {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::SegmentName => write!(f, "not a segment name (seg-NNNNNN.jsonl.zst)"),
+            Problem::SegmentName => {
+                write!(f, "not a segment name (seg-NNNNNN-<random>.jsonl.zst)")
+            }
             Problem::OutOfOrder { after } => write!(f, "listed after segment {after}"),
             Problem::DuplicateSegment { index } => {
                 write!(f, "segment {index} appears more than once")
@@ -215,11 +219,15 @@ impl fmt::Display for Problem {
                 f,
                 "sha256 {found} differs from the manifest's {expected} (the object was altered)"
             ),
-            Problem::NotInManifest => write!(f, "not listed in the manifest"),
+            Problem::NotInManifest => write!(
+                f,
+                "not listed in the signed manifest: the recorder did not write it (someone else can write to this recording's place in the sink)"
+            ),
             Problem::ForeignObject => write!(
                 f,
                 "neither a segment nor a manifest: the recorder did not write it (someone else can write to this recording's place in the sink)"
             ),
+            Problem::ExtraManifest => write!(f, "a second manifest signed with the session key"),
             Problem::ManifestMismatch { what } => write!(f, "disagrees with the segments: {what}"),
         }
     }
@@ -294,13 +302,63 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
     for name in &objects.foreign {
         walk.fault(name, None, None, Problem::ForeignObject);
     }
+    // A manifest that verifies decides which segments are the recording's; without one,
+    // every segment present is taken for the recorder's and must hold up on its own.
+    let manifest = choose_manifest(&mut walk, objects);
+    let walked: Vec<&SegmentObject> = match &manifest {
+        Some((_, m)) => {
+            let listed: BTreeSet<&str> = m.segments.iter().map(|s| s.name.as_str()).collect();
+            objects
+                .segments
+                .iter()
+                .filter(|o| {
+                    let ours = listed.contains(o.name.as_str());
+                    if !ours {
+                        walk.fault(&o.name, None, None, Problem::NotInManifest);
+                    }
+                    ours
+                })
+                .collect()
+        }
+        None => objects.segments.iter().collect(),
+    };
+
     let mut summaries = Vec::new();
     let mut seen = BTreeSet::new();
     let mut next_index = 1u64;
     let mut highest = 0u64;
-    for object in &objects.segments {
+    let mut i = 0;
+    while i < walked.len() {
+        // Objects that claim one segment number: the one whose records follow on from the
+        // chain is the recording's, the others are named as duplicates.
+        let index = parse_index(&walked[i].name);
+        let mut end = i + 1;
+        while end < walked.len() && index.is_some() && parse_index(&walked[end].name) == index {
+            end += 1;
+        }
+        let group = &walked[i..end];
+        let pick = if group.len() > 1 {
+            group
+                .iter()
+                .position(|o| chains_from(o, &walk.prev))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        for (k, o) in group.iter().enumerate() {
+            if k != pick {
+                walk.fault(
+                    &o.name,
+                    None,
+                    None,
+                    Problem::DuplicateSegment {
+                        index: index.unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        let object = group[pick];
         let name = object.name.as_str();
-        let index = parse_index(name);
         match index {
             None => walk.fault(name, None, None, Problem::SegmentName),
             Some(ix) => {
@@ -324,12 +382,13 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
             }
         }
         summaries.push(walk_segment(&mut walk, name, index, &object.bytes));
+        i = end;
     }
 
-    let completeness = match &objects.manifest {
+    let completeness = match &manifest {
         None => Completeness::Open,
-        Some(bytes) => {
-            check_manifest(&mut walk, objects, bytes);
+        Some((name, m)) => {
+            check_manifest(&mut walk, objects, name, m);
             Completeness::Complete
         }
     };
@@ -342,6 +401,84 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
         completeness,
         faults: walk.faults,
     }
+}
+
+/// Whether a segment's first record chains on from `prev`.
+fn chains_from(object: &SegmentObject, prev: &str) -> bool {
+    let Ok(text) = decode_segment(&object.name, &object.bytes) else {
+        return false;
+    };
+    let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
+    chain::split_line(first).is_ok_and(|split| split.expected_chain(prev) == split.chain)
+}
+
+/// The key `session_start` announces first, before anything is walked: what a manifest is
+/// checked with when the auditor gave no key.
+fn announced_key(objects: &RecordingObjects) -> Option<Vec<u8>> {
+    for object in &objects.segments {
+        let Ok(text) = decode_segment(&object.name, &object.bytes) else {
+            continue;
+        };
+        for line in text.split(|b| *b == b'\n') {
+            if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(line)
+                && probe.kind == "session_start"
+            {
+                return probe.public_key.as_deref().and_then(key::decode_public_key);
+            }
+        }
+    }
+    None
+}
+
+/// The manifest signed with the session key, among `manifest.json` and any manifest under a
+/// fallback name; every other one is a fault.
+fn choose_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects) -> Option<(String, Manifest)> {
+    let candidates = objects
+        .manifest
+        .iter()
+        .map(|b| (MANIFEST, b.as_slice()))
+        .chain(
+            objects
+                .other_manifests
+                .iter()
+                .map(|o| (o.name.as_str(), o.bytes.as_slice())),
+        );
+    let key = walk
+        .expected_key
+        .map(<[u8]>::to_vec)
+        .or_else(|| announced_key(objects));
+    let mut chosen: Option<(String, Manifest)> = None;
+    for (name, bytes) in candidates {
+        let (manifest, canonical, signature) = match Manifest::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                walk.fault(
+                    name,
+                    None,
+                    None,
+                    Problem::ManifestUnreadable {
+                        error: e.to_string(),
+                    },
+                );
+                continue;
+            }
+        };
+        let Some(k) = &key else {
+            if !walk.missing_key_reported {
+                walk.missing_key_reported = true;
+                walk.fault(name, None, None, Problem::NoPublicKey);
+            }
+            continue;
+        };
+        if !Manifest::signature_valid(k, &canonical, &signature) {
+            walk.fault(name, None, None, Problem::BadManifestSignature);
+        } else if chosen.is_some() {
+            walk.fault(name, None, None, Problem::ExtraManifest);
+        } else {
+            chosen = Some((name.to_string(), manifest));
+        }
+    }
+    chosen
 }
 
 fn walk_segment(
@@ -572,46 +709,19 @@ fn check_seal(
     }
 }
 
-fn check_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects, bytes: &[u8]) {
-    const NAME: &str = crate::segment::MANIFEST;
-    let (manifest, canonical, signature) = match Manifest::parse(bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            walk.fault(
-                NAME,
-                None,
-                None,
-                Problem::ManifestUnreadable {
-                    error: e.to_string(),
-                },
-            );
-            return;
-        }
-    };
-    match walk
-        .expected_key
-        .map(<[u8]>::to_vec)
-        .or_else(|| walk.key.clone())
-    {
-        Some(k) => {
-            if !Manifest::signature_valid(&k, &canonical, &signature) {
-                walk.fault(NAME, None, None, Problem::BadManifestSignature);
-            }
-        }
-        None => {
-            if !walk.missing_key_reported {
-                walk.missing_key_reported = true;
-                walk.fault(NAME, None, None, Problem::NoPublicKey);
-            }
-        }
-    }
+fn check_manifest(
+    walk: &mut Walk<'_>,
+    objects: &RecordingObjects,
+    name: &str,
+    manifest: &Manifest,
+) {
     if walk
         .key_b64
         .as_deref()
         .is_some_and(|k| k != manifest.public_key)
     {
         walk.fault(
-            NAME,
+            name,
             None,
             None,
             Problem::ManifestMismatch {
@@ -624,11 +734,10 @@ fn check_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects, bytes: &[u8])
         .iter()
         .map(|o| (o.name.as_str(), o.bytes.as_slice()))
         .collect();
-    let listed: BTreeSet<&str> = manifest.segments.iter().map(|s| s.name.as_str()).collect();
     for entry in &manifest.segments {
         match present.get(entry.name.as_str()) {
             None => walk.fault(
-                NAME,
+                name,
                 None,
                 None,
                 Problem::ManifestSegmentMissing {
@@ -651,14 +760,9 @@ fn check_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects, bytes: &[u8])
             }
         }
     }
-    for o in &objects.segments {
-        if !listed.contains(o.name.as_str()) {
-            walk.fault(&o.name, None, None, Problem::NotInManifest);
-        }
-    }
     if manifest.records != walk.records {
         walk.fault(
-            NAME,
+            name,
             None,
             None,
             Problem::ManifestMismatch {
@@ -668,7 +772,7 @@ fn check_manifest(walk: &mut Walk<'_>, objects: &RecordingObjects, bytes: &[u8])
     }
     if manifest.head != walk.prev {
         walk.fault(
-            NAME,
+            name,
             None,
             None,
             Problem::ManifestMismatch {

@@ -112,9 +112,11 @@ async fn segments_roll_by_age_and_batched_acks_become_durable() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let shipped = recorder.stats().last_shipped_segment.unwrap();
     assert_eq!(
-        recorder.stats().last_shipped_segment.as_deref(),
-        Some("seg-000001.jsonl.zst")
+        cassette_recording::segment::SegmentName::parse(&shipped).map(|n| n.index),
+        Some(1),
+        "{shipped}"
     );
     recorder.shutdown().await.unwrap();
 }
@@ -146,6 +148,130 @@ fn small(sink_url: &str, spool: &std::path::Path) -> RecorderConfig {
 async fn read_back(sink_url: &str) -> cassette_recording::RecordingObjects {
     let sink = Sink::open(sink_url, &GcsOptions::default()).await.unwrap();
     load(&sink, &format!("{}/", path().prefix())).await.unwrap()
+}
+
+/// The agent, reaching the bucket first, creates the names the sidecar will use for this pod
+/// (they were `seg-000001.jsonl.zst`, `seg-000002.jsonl.zst`, …, and `manifest.json`).
+/// Shipping must not stall on them, and the recording must still close and verify, with
+/// the squatters named as objects the recorder did not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_squatted_ahead_of_the_recorder_stop_nothing() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let dir = out.path().join(path().prefix());
+    std::fs::create_dir_all(&dir).unwrap();
+    let squatted = [
+        "seg-000001.jsonl.zst",
+        "seg-000002.jsonl.zst",
+        "seg-000003.jsonl.zst",
+        "manifest.json",
+    ];
+    for name in squatted {
+        std::fs::write(dir.join(name), b"the agent was here").unwrap();
+    }
+    let recorder = Recorder::start(small(&sink_url, spool.path()))
+        .await
+        .unwrap();
+    for n in 0..20 {
+        recorder.record(gap(n)).await.unwrap();
+    }
+    let report = recorder
+        .shutdown()
+        .await
+        .expect("the recording closes although its names were taken");
+    assert!(report.segments >= 3, "{report:?}");
+
+    let objects = read_back(&sink_url).await;
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    let named: Vec<&str> = verdict
+        .faults
+        .iter()
+        .filter_map(|f| f.object.as_deref())
+        .collect();
+    for name in squatted {
+        assert!(
+            named.contains(&name),
+            "{name} not named: {:#?}",
+            verdict.faults
+        );
+    }
+    // Only the squatters are at fault: every record the recorder wrote is there and signed.
+    assert!(
+        verdict
+            .faults
+            .iter()
+            .all(|f| f.object.as_deref().is_some_and(|o| squatted.contains(&o))),
+        "{:#?}",
+        verdict.faults
+    );
+    assert_eq!(verdict.records, report.records);
+    assert_eq!(verdict.completeness, Completeness::Complete);
+}
+
+/// A name the recorder chose was taken by someone else before it could write it (as if the
+/// name had leaked). The write-once upload is refused; the segment goes out under another
+/// name, the recording says so in a `gap` record, and shipping goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_by_someone_else_is_a_gap_and_shipping_goes_on() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let mut config = small(&sink_url, spool.path());
+    config.segment_max_bytes = 1 << 20;
+    let recorder = Recorder::start(config).await.unwrap();
+    recorder.record(gap(0)).await.unwrap();
+    // The open segment's name, as the spool holds it: the name it will be shipped under.
+    let open: Vec<String> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-") && n.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let taken = format!("{}.zst", open[0]);
+    let dir = out.path().join(path().prefix());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&taken), b"not the recorder's").unwrap();
+    recorder.seal_now().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorder.stats().segments_shipped < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shipping stalled on the taken name: {:?}",
+            recorder.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 1..10 {
+        recorder.record(gap(n)).await.unwrap();
+    }
+    let report = recorder
+        .shutdown()
+        .await
+        .expect("shipping goes on past the taken name");
+
+    let objects = read_back(&sink_url).await;
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert_eq!(verdict.records, report.records, "nothing was lost");
+    assert!(
+        verdict
+            .faults
+            .iter()
+            .all(|f| f.object.as_deref() == Some(taken.as_str())),
+        "only the taken name is at fault: {:#?}",
+        verdict.faults
+    );
+    assert!(!verdict.faults.is_empty());
+    let gaps: Vec<String> = objects
+        .records_of(&verdict)
+        .filter_map(|r| match r.unwrap().event {
+            Event::Gap(g) if g.lost.contains(&taken) => Some(g.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.len(), 1, "the recording says what happened to {taken}");
 }
 
 /// Objects in a recording's directory that are neither segments nor the manifest were not

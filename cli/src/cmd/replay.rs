@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cassette_recording::Record;
 use cassette_recording::read::decode_segment;
-use cassette_recording::segment::{MANIFEST, parse_index};
+use cassette_recording::segment::{is_manifest_name, parse_index};
 use tokio::time::Instant;
 
 use super::{Target, records_of, resolve_some, single};
@@ -102,7 +102,7 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
         let closed = listing
             .objects
             .iter()
-            .any(|k| k.ends_with(&format!("/{MANIFEST}")));
+            .any(|k| is_manifest_name(&k[recording.prefix.len()..]));
         for (ix, name) in fresh {
             if ix != next_index {
                 eprintln!(
