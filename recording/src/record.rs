@@ -93,6 +93,18 @@ impl Event {
         }
     }
 
+    /// The connection this event names, when it names one.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Event::ConnOpen(c) => Some(c.conn),
+            Event::Tls(t) => Some(t.conn),
+            Event::Request(r) => Some(r.conn),
+            Event::ConnClose(c) => Some(c.conn),
+            Event::Stream(s) => Some(s.conn),
+            _ => None,
+        }
+    }
+
     /// The exchange this event belongs to, when it belongs to one.
     pub fn exchange(&self) -> Option<ExchangeId> {
         match self {

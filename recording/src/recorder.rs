@@ -269,6 +269,8 @@ impl Recorder {
             })??;
         let key = spool.key().clone();
         let synced_from = spool.next_seq();
+        // Ids go on after the highest an earlier run recorded, shipped or in the spool.
+        let marks = spool.id_marks();
         let inner = Arc::new(Inner {
             digest_key: hmac::Key::new(hmac::HMAC_SHA256, &config.digest_key),
             config,
@@ -283,8 +285,8 @@ impl Recorder {
             stats: Mutex::new(RecorderStats::default()),
             closing: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
-            next_exchange: AtomicU64::new(1),
-            next_conn: AtomicU64::new(1),
+            next_exchange: AtomicU64::new(marks.exchange + 1),
+            next_conn: AtomicU64::new(marks.conn + 1),
         });
         let recorder = Recorder { inner };
         let recovered = lock(&recorder.inner.spool).take_sealed();
@@ -406,12 +408,15 @@ impl Recorder {
         }
     }
 
-    /// A fresh exchange id for this recording.
+    /// A fresh exchange id: unique in the whole recording, across restarts of the recorder
+    /// (a restarted recorder goes on after the highest id recorded before). Take every
+    /// exchange id from here; the review id of an exchange can then be derived from it.
     pub fn next_exchange_id(&self) -> ExchangeId {
         self.inner.next_exchange.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A fresh connection id for this recording.
+    /// A fresh connection id: unique in the whole recording, across restarts, as
+    /// [`Recorder::next_exchange_id`].
     pub fn next_conn_id(&self) -> crate::record::ConnId {
         self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
     }

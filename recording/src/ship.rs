@@ -167,7 +167,7 @@ pub(crate) async fn upload(
         bytes: segment.bytes.len() as u64,
         sha256: sha256_hex(&segment.bytes),
     };
-    append_ledger(dir, &entry)?;
+    append_ledger(dir, &entry, segment.sealed.marks)?;
     fs::remove_file(&segment.path).map_err(|source| SpoolError::Io {
         path: segment.path.clone(),
         source,

@@ -24,6 +24,30 @@ pub(crate) const KEY_FILE: &str = "key.pk8";
 pub(crate) const LEDGER_FILE: &str = "shipped.jsonl";
 pub(crate) const CLOSED_FILE: &str = "manifest.json";
 
+/// The highest exchange and connection ids recorded so far: a restarted recorder hands out
+/// ids above them, so an id names one exchange (one connection) of the whole recording.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct IdMarks {
+    #[serde(default)]
+    pub exchange: u64,
+    #[serde(default)]
+    pub conn: u64,
+}
+
+impl IdMarks {
+    fn note(&mut self, exchange: Option<u64>, conn: Option<u64>) {
+        self.exchange = self.exchange.max(exchange.unwrap_or(0));
+        self.conn = self.conn.max(conn.unwrap_or(0));
+    }
+
+    fn max(self, other: IdMarks) -> IdMarks {
+        IdMarks {
+            exchange: self.exchange.max(other.exchange),
+            conn: self.conn.max(other.conn),
+        }
+    }
+}
+
 /// A sealed segment waiting to be shipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sealed {
@@ -34,6 +58,8 @@ pub(crate) struct Sealed {
     pub last_seq: u64,
     /// `chain` of the seal record.
     pub chain: String,
+    /// The ids recorded up to the end of this segment, for the ledger.
+    pub marks: IdMarks,
 }
 
 /// Where the last record left the chain.
@@ -108,6 +134,7 @@ pub(crate) struct Spool {
     segment_first_seq: Option<u64>,
     segment_opened: Instant,
     tip: Tip,
+    marks: IdMarks,
     spool_bytes: u64,
     sealed: Vec<Sealed>,
     outage: Option<Outage>,
@@ -143,7 +170,7 @@ impl Spool {
         }
         let mut recovery = Recovery::default();
         let key = Arc::new(load_or_create_key(dir, &mut recovery)?);
-        let ledger = read_ledger(dir)?;
+        let (ledger, mut marks) = read_ledger_marks(dir)?;
         recovery.restarted |= !ledger.is_empty();
 
         let mut tip = Tip {
@@ -205,6 +232,7 @@ impl Spool {
                 recovery.torn_bytes += torn;
                 text
             };
+            marks = marks.max(id_marks(&text));
             let Some(summary) = summarize(&text) else {
                 // No complete record: nothing to keep.
                 fs::remove_file(&path).map_err(io_err(&path))?;
@@ -222,6 +250,7 @@ impl Spool {
                     first_seq: summary.first_seq,
                     last_seq: summary.last_seq,
                     chain: summary.last_chain,
+                    marks,
                 }
             } else {
                 // Cut short by a crash: seal it now, marked as recovered.
@@ -248,6 +277,7 @@ impl Spool {
                     first_seq: summary.first_seq,
                     last_seq: tip.next_seq,
                     chain: link.clone(),
+                    marks,
                 };
                 tip = Tip {
                     next_seq: tip.next_seq + 1,
@@ -271,6 +301,7 @@ impl Spool {
             segment_first_seq: None,
             segment_opened: Instant::now(),
             tip,
+            marks,
             spool_bytes,
             sealed,
             outage: None,
@@ -286,6 +317,11 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The highest exchange and connection ids recorded so far, by this run or earlier ones.
+    pub fn id_marks(&self) -> IdMarks {
+        self.marks
     }
 
     /// seq the next record will get.
@@ -353,6 +389,7 @@ impl Spool {
         }
         match self.write_buf(now) {
             Ok(written) => {
+                self.marks.note(event.exchange(), event.conn());
                 if self.segment_bytes >= self.limits.segment_max_bytes {
                     self.seal(now)?;
                 }
@@ -511,6 +548,7 @@ impl Spool {
             first_seq,
             last_seq: seq,
             chain,
+            marks: self.marks,
         });
         self.segment += 1;
         self.segment_first_seq = None;
@@ -566,31 +604,56 @@ fn load_or_create_key(dir: &Path, recovery: &mut Recovery) -> Result<SessionKey,
     }
 }
 
+/// One line of the ledger: a shipped segment as the manifest will list it, and the ids
+/// recorded up to its end (the spool no longer holds its records to find them in).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LedgerEntry {
+    #[serde(flatten)]
+    segment: ManifestSegment,
+    #[serde(default)]
+    ids: IdMarks,
+}
+
 /// The segments the sink has acknowledged, from the ledger (a torn last line is ignored: its
 /// segment is still in the spool and will be shipped again, which the sink accepts).
 pub(crate) fn read_ledger(dir: &Path) -> Result<Vec<ManifestSegment>, SpoolError> {
+    Ok(read_ledger_marks(dir)?.0)
+}
+
+/// The ledger's segments and the highest ids they recorded.
+fn read_ledger_marks(dir: &Path) -> Result<(Vec<ManifestSegment>, IdMarks), SpoolError> {
     let path = dir.join(LEDGER_FILE);
     let text = match fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(e) => return Err(io_err(&path)(e)),
     };
     let mut out: Vec<ManifestSegment> = Vec::new();
+    let mut marks = IdMarks::default();
     for line in text.split(|b| *b == b'\n') {
-        if let Ok(entry) = serde_json::from_slice::<ManifestSegment>(line)
-            && !out.iter().any(|e| e.name == entry.name)
-        {
-            out.push(entry);
+        if let Ok(entry) = serde_json::from_slice::<LedgerEntry>(line) {
+            marks = marks.max(entry.ids);
+            if !out.iter().any(|e| e.name == entry.segment.name) {
+                out.push(entry.segment);
+            }
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, marks))
 }
 
 /// Appends a shipped segment to the ledger, durably.
-pub(crate) fn append_ledger(dir: &Path, entry: &ManifestSegment) -> Result<(), SpoolError> {
+pub(crate) fn append_ledger(
+    dir: &Path,
+    entry: &ManifestSegment,
+    ids: IdMarks,
+) -> Result<(), SpoolError> {
     let path = dir.join(LEDGER_FILE);
-    let mut line = serde_json::to_vec(entry).expect("ledger entries serialize");
+    let entry = LedgerEntry {
+        segment: entry.clone(),
+        ids,
+    };
+    let mut line = serde_json::to_vec(&entry).expect("ledger entries serialize");
     line.push(b'\n');
     let mut f = OpenOptions::new()
         .create(true)
@@ -643,6 +706,25 @@ struct SeqKind<'a> {
     seq: u64,
     #[serde(borrow)]
     kind: std::borrow::Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct Ids {
+    #[serde(default)]
+    exchange: Option<u64>,
+    #[serde(default)]
+    conn: Option<u64>,
+}
+
+/// The highest exchange and connection ids in a segment's complete lines.
+fn id_marks(text: &[u8]) -> IdMarks {
+    let mut marks = IdMarks::default();
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if let Ok(ids) = serde_json::from_slice::<Ids>(line) {
+            marks.note(ids.exchange, ids.conn);
+        }
+    }
+    marks
 }
 
 /// First and last seq, last chain and whether it ends sealed, of a segment's complete lines.
@@ -768,6 +850,50 @@ mod tests {
         assert!(
             gap_line.contains(&format!("\"records\":{refused}")),
             "{gap_line}"
+        );
+    }
+
+    fn request(exchange: u64, conn: u64) -> Event {
+        Event::Request(crate::record::Request {
+            exchange,
+            conn,
+            method: "GET".into(),
+            scheme: "https".into(),
+            authority: "example.com".into(),
+            path: "/".into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![],
+        })
+    }
+
+    #[test]
+    fn ids_recorded_before_a_restart_are_found_shipped_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), limits(), NOW).unwrap();
+        spool.append(&request(7, 3), NOW).unwrap();
+        spool.seal(NOW).unwrap();
+        // Segment 1 is shipped: only the ledger remembers it.
+        let shipped = spool.take_sealed().pop().unwrap();
+        let entry = ManifestSegment {
+            name: shipped.name.object(),
+            first_seq: shipped.first_seq,
+            last_seq: shipped.last_seq,
+            chain: shipped.chain.clone(),
+            bytes: 0,
+            sha256: String::new(),
+        };
+        append_ledger(dir.path(), &entry, shipped.marks).unwrap();
+        fs::remove_file(dir.path().join(shipped.name.spool())).unwrap();
+        // Segment 2 is still open when the recorder dies.
+        spool.append(&request(4, 9), NOW).unwrap();
+        drop(spool);
+        let (spool, _) = Spool::open(dir.path(), limits(), NOW).unwrap();
+        assert_eq!(
+            spool.id_marks(),
+            IdMarks {
+                exchange: 7,
+                conn: 9
+            }
         );
     }
 

@@ -130,3 +130,75 @@ async fn acknowledged_records_survive_sigkill() {
         "seed {seed}: acknowledged records lost: {lost:?}"
     );
 }
+
+/// Exchange and connection ids name one exchange and one connection of the recording, also
+/// across restarts: a recorder killed and started again on its spool goes on after the ids it
+/// handed out before, whether those records were still in the spool or already shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_unique_across_restarts() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = |finish: bool| {
+        let mut cmd = Command::new(WRITER);
+        cmd.args([
+            spool.path().to_str().unwrap(),
+            out.path().to_str().unwrap(),
+            "batched",
+        ]);
+        if finish {
+            cmd.arg("--finish");
+        }
+        cmd
+    };
+    for _ in 0..3 {
+        let mut child = run(false)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the writer");
+        // Enough exchanges (three acks each) that some segments ship (4 KiB segments) and
+        // some stay in the spool.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for _ in 0..450 {
+            lines.next().expect("an ack").unwrap();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(run(true).status().unwrap().success());
+
+    let sink = Sink::open(
+        &format!("file://{}", out.path().display()),
+        &GcsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let recordings = list_recordings(&sink, "crash", "test").await.unwrap();
+    let objects = load(&sink, &recordings[0].prefix).await.unwrap();
+    let mut exchanges = BTreeMap::new();
+    let mut conns = BTreeMap::new();
+    let mut starts = 0;
+    for r in objects.records() {
+        let r = r.unwrap();
+        match &r.event {
+            cassette_recording::Event::SessionStart(_) => starts += 1,
+            cassette_recording::Event::Request(q) => {
+                if let Some(first) = exchanges.insert(q.exchange, r.seq) {
+                    panic!(
+                        "exchange {} names the request at seq {first} and the one at seq {}",
+                        q.exchange, r.seq
+                    );
+                }
+                if let Some(first) = conns.insert(q.conn, r.seq) {
+                    panic!(
+                        "connection {} opened at seq {first} and again at seq {}",
+                        q.conn, r.seq
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(starts, 4, "three restarts and a final run");
+    assert!(exchanges.len() >= 450, "{} exchanges", exchanges.len());
+}

@@ -74,10 +74,11 @@ async fn main() -> ExitCode {
     };
     loop {
         let exchange = recorder.next_exchange_id();
+        let conn = recorder.next_conn_id();
         let events = [
             Event::Request(Request {
                 exchange,
-                conn: 1,
+                conn,
                 method: "GET".into(),
                 scheme: "https".into(),
                 authority: "example.test".into(),
