@@ -126,6 +126,16 @@ impl BodyEncoder {
     }
 }
 
+/// What `session_start` says about the key bodies are digested with (`digest_key_id`): the
+/// first 12 bytes of HMAC-SHA-256(key, `cassette-digest-key-id-v1`), lowercase hex.
+pub fn digest_key_id(key: &[u8]) -> String {
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, key),
+        b"cassette-digest-key-id-v1",
+    );
+    hex(&tag.as_ref()[..12])
+}
+
 /// The digest a final `body` record carries for `bytes` under `key`, for checking a candidate
 /// body against a recording.
 pub fn body_digest(key: &[u8], bytes: &[u8]) -> String {

@@ -263,6 +263,10 @@ mod format_md {
                     crate::key::decode_public_key(&s.public_key).unwrap(),
                     pair.public_key().as_ref()
                 );
+                assert_eq!(
+                    s.digest_key_id.as_deref(),
+                    Some(crate::body::digest_key_id(b"example-digest-key").as_str())
+                );
             }
             if let crate::record::Event::Body(b) = &record.event
                 && b.last

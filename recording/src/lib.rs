@@ -22,7 +22,7 @@
 //! };
 //! let mut config = RecorderConfig::new("file:///var/lib/cassette/out", "/var/lib/cassette/spool", path);
 //! config.durability = Durability::Strict;
-//! config.digest_key = b"per-session digest key".to_vec();
+//! config.digest_key = b"the session's fingerprint key".to_vec(); // see RecorderConfig::digest_key
 //! let recorder = Recorder::start(config).await?;
 //! println!("public key: {}", recorder.public_key());
 //!

@@ -159,6 +159,11 @@ pub struct SessionStart {
     /// True when the recorder restarted on a spool that an earlier run left behind.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restarted: bool,
+    /// Which key the `digest` of bodies is keyed with, from here on: the first 12 bytes of
+    /// HMAC-SHA-256(key, `cassette-digest-key-id-v1`), hex. It tells whoever holds a key
+    /// whether it is this one, and nobody else anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_key_id: Option<String>,
 }
 
 /// How a connection reached the sidecar.

@@ -64,7 +64,13 @@ pub struct RecorderConfig {
     pub spool_limit_bytes: u64,
     /// Body bytes stored per message; the rest is counted and digested only.
     pub max_body_bytes: u64,
-    /// Key of the HMAC-SHA-256 digest of bodies.
+    /// The key of the HMAC-SHA-256 `digest` of every body: give the session's fingerprint key
+    /// (the bytes of `spec.masking.fingerprintKey`'s Secret, or the key the sidecar made when
+    /// the session names none), so that an auditor who holds it can check a candidate for a
+    /// body that was not stored (`kubectl cassette search --body-file`). Left empty, the
+    /// recorder makes a random key that never leaves it (its digests can then be checked by
+    /// nobody); bodies are never digested with an empty key. `session_start` names the key
+    /// used (`digest_key_id`).
     pub digest_key: Vec<u8>,
     /// How to reach GCS (endpoint override for emulators, credentials).
     pub gcs: GcsOptions,
@@ -222,6 +228,7 @@ struct Inner {
     spool: Mutex<Spool>,
     key: Arc<crate::key::SessionKey>,
     digest_key: hmac::Key,
+    digest_key_id: String,
     sink: Sink,
     /// Records durable so far (all seq below it are fsynced).
     synced: watch::Sender<u64>,
@@ -271,8 +278,21 @@ impl Recorder {
         let synced_from = spool.next_seq();
         // Ids go on after the highest an earlier run recorded, shipped or in the spool.
         let marks = spool.id_marks();
+        let digest_key = if config.digest_key.is_empty() {
+            let mut k = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k).map_err(
+                |_| SpoolError::Io {
+                    path: config.spool_dir.clone(),
+                    source: std::io::Error::other("the system random source failed"),
+                },
+            )?;
+            k.to_vec()
+        } else {
+            config.digest_key.clone()
+        };
         let inner = Arc::new(Inner {
-            digest_key: hmac::Key::new(hmac::HMAC_SHA256, &config.digest_key),
+            digest_key: hmac::Key::new(hmac::HMAC_SHA256, &digest_key),
+            digest_key_id: crate::body::digest_key_id(&digest_key),
             config,
             key,
             spool: Mutex::new(spool),
@@ -325,6 +345,7 @@ impl Recorder {
             agent: c.agent.clone(),
             requested_by: c.requested_by.clone(),
             restarted: recovery.restarted,
+            digest_key_id: Some(recorder.inner.digest_key_id.clone()),
         });
         recorder.record(start).await?;
         if !recovery.recovered_segments.is_empty() {
@@ -399,13 +420,24 @@ impl Recorder {
     pub fn body(&self, exchange: ExchangeId, direction: Direction) -> BodyWriter {
         BodyWriter {
             recorder: self.clone(),
-            encoder: BodyEncoder::new(
-                exchange,
-                direction,
-                self.inner.config.max_body_bytes,
-                &self.inner.digest_key,
-            ),
+            encoder: self.body_encoder(exchange, direction),
         }
+    }
+
+    /// The pure encoder of one body, for callers that append its records themselves (the
+    /// sidecar's streaming bodies): `maxBodyBytes` and the digest key are this recorder's.
+    pub fn body_encoder(&self, exchange: ExchangeId, direction: Direction) -> BodyEncoder {
+        BodyEncoder::new(
+            exchange,
+            direction,
+            self.inner.config.max_body_bytes,
+            &self.inner.digest_key,
+        )
+    }
+
+    /// `digest_key_id` of the key bodies are digested with (see [`RecorderConfig::digest_key`]).
+    pub fn digest_key_id(&self) -> &str {
+        &self.inner.digest_key_id
     }
 
     /// A fresh exchange id: unique in the whole recording, across restarts of the recorder

@@ -306,3 +306,53 @@ async fn objects_the_recorder_did_not_write_are_invalid() {
     assert!(named.contains(&"notes.txt"), "{:#?}", verdict.faults);
     assert!(named.contains(&"more/"), "{:#?}", verdict.faults);
 }
+
+/// A recorder that gets no digest key must not digest bodies with an empty one (anyone could
+/// then confirm a guess of a body that was not stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_never_digested_with_an_empty_key() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let recorder = Recorder::start(small(&sink_url, spool.path()))
+        .await
+        .unwrap();
+    let mut body = recorder.body(1, Direction::Response);
+    body.write(b"hello").await.unwrap();
+    let summary = body.finish().await.unwrap();
+    assert_ne!(
+        summary.digest,
+        cassette_recording::body::body_digest(b"", b"hello")
+    );
+    recorder.shutdown().await.unwrap();
+}
+
+/// The key given is the key bodies are digested with, and `session_start` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_start_names_the_digest_key() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let mut config = small(&sink_url, spool.path());
+    config.digest_key = b"the session's fingerprint key".to_vec();
+    let recorder = Recorder::start(config).await.unwrap();
+    let mut body = recorder.body(1, Direction::Response);
+    body.write(b"hello").await.unwrap();
+    let summary = body.finish().await.unwrap();
+    assert_eq!(
+        summary.digest,
+        cassette_recording::body::body_digest(b"the session's fingerprint key", b"hello")
+    );
+    recorder.shutdown().await.unwrap();
+    let objects = read_back(&sink_url).await;
+    let start = objects.records().next().unwrap().unwrap();
+    match start.event {
+        Event::SessionStart(s) => assert_eq!(
+            s.digest_key_id.as_deref(),
+            Some(
+                cassette_recording::body::digest_key_id(b"the session's fingerprint key").as_str()
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+}
