@@ -63,6 +63,6 @@ pub use recorder::{
     Ack, BodySummary, BodyWriter, Durability, OnFailure, RecordError, Recorder, RecorderConfig,
     RecorderStats, ShutdownError, ShutdownReport, StartError,
 };
-pub use segment::{Manifest, RecordingPath};
+pub use segment::{Manifest, RecordingPath, UnshippedSegment};
 pub use sink::{GcsOptions, Sink, SinkError, SinkUrl};
 pub use verify::{Completeness, Fault, Problem, Report, verify};

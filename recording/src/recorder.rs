@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::body::BodyEncoder;
 use crate::record::{Direction, Event, ExchangeId, Gap, SessionEnd, SessionStart};
-use crate::segment::{MANIFEST, Manifest, RecordingPath};
+use crate::segment::{MANIFEST, Manifest, RecordingPath, UnshippedSegment};
 use crate::ship::{self, Backoff, Compressed};
 use crate::sink::{GcsOptions, ObjectMeta, Sink, SinkError};
 use crate::spool::{self, Appended, Sealed, Spool, SpoolError, SpoolLimits};
@@ -84,7 +84,8 @@ pub struct RecorderConfig {
     pub batch_interval: Duration,
     /// Retry pacing for uploads.
     pub backoff: Backoff,
-    /// How long `shutdown` keeps trying to ship before leaving the rest in the spool.
+    /// How long [`Recorder::shutdown`] takes at most ([`Recorder::shutdown_by`] takes a
+    /// deadline instead).
     pub shutdown_timeout: Duration,
 }
 
@@ -145,11 +146,22 @@ pub enum ShutdownError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error(
-        "{pending} segment(s) could not be shipped within {timeout:?} (last error: {last_error}); they stay in the spool and are shipped on the next start"
+        "{} segment(s) could not be shipped before the deadline (last error: {last_error}): {}; {}, and {} lists them",
+        unshipped.len(),
+        unshipped.join(", "),
+        match manifest {
+            Some(m) => format!("the signed manifest {m} lists them as unshipped"),
+            None => "the manifest could not be written either".to_string(),
+        },
+        report.display()
     )]
     Unshipped {
-        pending: usize,
-        timeout: Duration,
+        /// The names they would have had in the sink.
+        unshipped: Vec<String>,
+        /// URL of the manifest that lists them, when it could be written.
+        manifest: Option<String>,
+        /// `unshipped.json` in the spool, which lists them too.
+        report: PathBuf,
         last_error: String,
     },
     #[error("the manifest could not be written: {0}")]
@@ -493,12 +505,27 @@ impl Recorder {
         self.inner.ship_wake.notify_one();
     }
 
-    /// Ends the recording: `session_end`, seal, ship every segment, write the signed
-    /// `manifest.json`. Later `record` calls fail. On error whatever was not shipped stays in
-    /// the spool for the next start.
+    /// Ends the recording within `RecorderConfig::shutdown_timeout`: see
+    /// [`Recorder::shutdown_by`].
     pub async fn shutdown(&self) -> Result<ShutdownReport, ShutdownError> {
+        self.shutdown_by(tokio::time::Instant::now() + self.inner.config.shutdown_timeout)
+            .await
+    }
+
+    /// Ends the recording by `deadline` (for a pod being deleted: when SIGTERM came plus its
+    /// grace period, less what the caller needs after): `session_end`, seal, ship every
+    /// segment, write the signed `manifest.json`. Later `record` calls fail.
+    ///
+    /// Shipping may use the time up to a reserve kept for the manifest (a fifth of what is
+    /// left, at most 5 s). What is not shipped by then is not dropped in silence: the signed
+    /// manifest lists it as `unshipped`, and `unshipped.json` in the spool lists it too (for
+    /// the caller to hand on, e.g. as the container's termination message, when even the
+    /// manifest could not be written); both cases are [`ShutdownError::Unshipped`].
+    pub async fn shutdown_by(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<ShutdownReport, ShutdownError> {
         let inner = &self.inner;
-        let deadline = tokio::time::Instant::now() + inner.config.shutdown_timeout;
         {
             let mut spool = lock(&inner.spool);
             spool.finish(
@@ -513,18 +540,17 @@ impl Recorder {
         }
         inner.closing.send_replace(true);
         inner.sync_wake.notify_one();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ship_until = deadline - (left / 5).min(Duration::from_secs(5));
         let mut pending = inner.pending.subscribe();
-        let drained = tokio::time::timeout_at(deadline, pending.wait_for(|n| *n == 0)).await;
-        if drained.is_err() {
-            let last_error = lock(&inner.stats)
-                .last_ship_error
-                .clone()
-                .unwrap_or_default();
-            return Err(ShutdownError::Unshipped {
-                pending: *inner.pending.borrow(),
-                timeout: inner.config.shutdown_timeout,
-                last_error,
-            });
+        let _ = tokio::time::timeout_at(ship_until, pending.wait_for(|n| *n == 0)).await;
+        // Nothing ships after this: the manifest must say exactly what is in the sink.
+        let tasks: Vec<JoinHandle<()>> = lock(&inner.tasks).drain(..).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
         let (records, head, dir) = {
             let spool = lock(&inner.spool);
@@ -535,6 +561,16 @@ impl Recorder {
             )
         };
         let segments = spool::read_ledger(&dir)?;
+        let unshipped: Vec<UnshippedSegment> = lock(&inner.queue)
+            .iter()
+            .filter(|s| !segments.iter().any(|m| m.name == s.name.object()))
+            .map(|s| UnshippedSegment {
+                name: s.name.object(),
+                first_seq: s.first_seq,
+                last_seq: s.last_seq,
+                chain: s.chain.clone(),
+            })
+            .collect();
         let c = &inner.config;
         let manifest = Manifest {
             version: 1,
@@ -547,21 +583,75 @@ impl Recorder {
             records,
             head,
             segments,
+            unshipped,
         };
         let bytes = manifest.signed_bytes(&inner.key);
+        let written = self.write_manifest(&bytes, &manifest.head, deadline).await;
+        if !manifest.unshipped.is_empty() {
+            let last_error = lock(&inner.stats)
+                .last_ship_error
+                .clone()
+                .unwrap_or_default();
+            let report = dir.join(spool::UNSHIPPED_FILE);
+            let doc = serde_json::json!({
+                "recording": self.recording_uri(),
+                "manifest": written.as_ref().ok().map(|key| inner.sink.url_of(key)),
+                "unshipped": manifest.unshipped,
+                "last_error": last_error,
+            });
+            std::fs::write(&report, doc.to_string() + "\n").map_err(|source| SpoolError::Io {
+                path: report.clone(),
+                source,
+            })?;
+            if written.is_ok() {
+                self.mark_closed(&dir, &bytes)?;
+            }
+            return Err(ShutdownError::Unshipped {
+                unshipped: manifest.unshipped.iter().map(|s| s.name.clone()).collect(),
+                manifest: written.ok().map(|key| inner.sink.url_of(&key)),
+                report,
+                last_error,
+            });
+        }
+        let key = written.map_err(ShutdownError::Manifest)?;
+        self.mark_closed(&dir, &bytes)?;
+        Ok(ShutdownReport {
+            records,
+            segments: manifest.segments.len(),
+            manifest: inner.sink.url_of(&key),
+        })
+    }
+
+    /// Writes the signed manifest once, retrying until `deadline`; returns its key.
+    async fn write_manifest(
+        &self,
+        bytes: &[u8],
+        head: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, SinkError> {
+        let c = &self.inner.config;
         let mut key = format!("{}/{MANIFEST}", c.path.prefix());
         let meta = ObjectMeta {
             pairs: ship::identity_meta(&c.path, c.session_uid.as_deref())
                 .into_iter()
-                .chain([("cassette-chain-head".into(), manifest.head.clone())])
+                .chain([("cassette-chain-head".into(), head.to_string())])
                 .collect(),
             retain_for: c.retention,
             content_type: "application/json",
         };
         let mut attempt = 0;
         loop {
-            match inner.sink.put_once(&key, bytes.clone().into(), &meta).await {
-                Ok(_) => break,
+            let put = self.inner.sink.put_once(&key, bytes.to_vec().into(), &meta);
+            let result = match tokio::time::timeout_at(deadline, put).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::Unavailable {
+                    op: "write",
+                    key: self.inner.sink.url_of(&key),
+                    detail: "the shutdown deadline passed".into(),
+                }),
+            };
+            match result {
+                Ok(_) => return Ok(key),
                 Err(e) if e.is_conflict() && key.ends_with(&format!("/{MANIFEST}")) => {
                     // Someone else wrote `manifest.json`: the recorder's own goes under a
                     // name nobody can guess, where verify finds it (and names the other).
@@ -570,27 +660,25 @@ impl Recorder {
                     key = format!("{}/{instead}", c.path.prefix());
                 }
                 Err(e) if e.is_conflict() || tokio::time::Instant::now() >= deadline => {
-                    return Err(ShutdownError::Manifest(e));
+                    return Err(e);
                 }
                 Err(e) => {
                     attempt += 1;
-                    lock(&inner.stats).last_ship_error = Some(e.to_string());
-                    tokio::time::sleep(c.backoff.delay(attempt)).await;
+                    lock(&self.inner.stats).last_ship_error = Some(e.to_string());
+                    let wake = tokio::time::Instant::now() + c.backoff.delay(attempt);
+                    tokio::time::sleep_until(wake.min(deadline)).await;
                 }
             }
         }
+    }
+
+    /// Keeps a copy of the manifest in the spool: the spool is closed, nothing more is
+    /// recorded into it.
+    fn mark_closed(&self, dir: &std::path::Path, bytes: &[u8]) -> Result<(), SpoolError> {
         let local = dir.join(spool::CLOSED_FILE);
-        std::fs::write(&local, &bytes).map_err(|source| SpoolError::Io {
+        std::fs::write(&local, bytes).map_err(|source| SpoolError::Io {
             path: local,
             source,
-        })?;
-        for task in lock(&inner.tasks).drain(..) {
-            task.abort();
-        }
-        Ok(ShutdownReport {
-            records,
-            segments: manifest.segments.len(),
-            manifest: inner.sink.url_of(&key),
         })
     }
 }
@@ -693,6 +781,7 @@ async fn sync_loop(inner: Arc<Inner>) {
 
 async fn ship_loop(inner: Arc<Inner>) {
     let dir = inner.config.spool_dir.clone();
+    let mut closing = inner.closing.subscribe();
     loop {
         let next = lock(&inner.queue).front().cloned();
         let Some(sealed) = next else {
@@ -768,7 +857,15 @@ async fn ship_loop(inner: Arc<Inner>) {
                         stats.ship_failures += 1;
                         stats.last_ship_error = Some(e.to_string());
                     }
-                    tokio::time::sleep(inner.config.backoff.delay(attempt)).await;
+                    let mut delay = inner.config.backoff.delay(attempt);
+                    if *closing.borrow() {
+                        // Shutting down against a deadline: keep trying, often.
+                        delay = delay.min(Duration::from_secs(1));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = closing.changed() => {}
+                    }
                 }
             }
         }

@@ -167,6 +167,22 @@ pub struct Manifest {
     /// `chain` of the last record of the recording.
     pub head: String,
     pub segments: Vec<ManifestSegment>,
+    /// Segments the recorder sealed but could not ship before its deadline (the pod was
+    /// going away): signed here so that the loss is on the record, not silent. Absent when
+    /// empty, as in every manifest written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unshipped: Vec<UnshippedSegment>,
+}
+
+/// A segment the manifest lists as sealed but not shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnshippedSegment {
+    /// The name it would have had in the sink.
+    pub name: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// `chain` of its seal.
+    pub chain: String,
 }
 
 /// Why manifest bytes could not be taken apart.
@@ -275,6 +291,7 @@ mod tests {
             records: 0,
             head: "h".into(),
             segments: vec![],
+            unshipped: vec![],
         };
         let bytes = m.signed_bytes(&key);
         let (parsed, canonical, sig) = Manifest::parse(&bytes).unwrap();

@@ -23,6 +23,8 @@ use crate::segment::{ManifestSegment, SegmentName, parse_index};
 pub(crate) const KEY_FILE: &str = "key.pk8";
 pub(crate) const LEDGER_FILE: &str = "shipped.jsonl";
 pub(crate) const CLOSED_FILE: &str = "manifest.json";
+/// What a shutdown could not ship before its deadline, for the caller to hand on.
+pub const UNSHIPPED_FILE: &str = "unshipped.json";
 
 /// The highest exchange and connection ids recorded so far: a restarted recorder hands out
 /// ids above them, so an id names one exchange (one connection) of the whole recording.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::chain::{self, GENESIS};
 use crate::key;
 use crate::read::{RecordingObjects, SegmentObject, decode_segment};
-use crate::segment::{MANIFEST, Manifest, parse_index};
+use crate::segment::{MANIFEST, Manifest, UnshippedSegment, parse_index};
 
 /// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub enum Completeness {
     /// recorder died before writing one. Every segment present is sealed and verifies, but
     /// nothing is claimed about segments that may come later.
     Open,
+    /// The signed manifest covers the segments present and says these were sealed but not
+    /// shipped before the recorder's deadline: a gap on the record, not tampering.
+    Unshipped(Vec<UnshippedSegment>),
 }
 
 /// One segment as read.
@@ -58,6 +61,8 @@ pub struct SegmentSummary {
     pub sealed: bool,
     /// Sealed on restart after a crash.
     pub recovered: bool,
+    /// `chain` of its last record.
+    pub chain: Option<String>,
 }
 
 /// One thing wrong, and where.
@@ -307,7 +312,12 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
     let manifest = choose_manifest(&mut walk, objects);
     let walked: Vec<&SegmentObject> = match &manifest {
         Some((_, m)) => {
-            let listed: BTreeSet<&str> = m.segments.iter().map(|s| s.name.as_str()).collect();
+            let listed: BTreeSet<&str> = m
+                .segments
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain(m.unshipped.iter().map(|s| s.name.as_str()))
+                .collect();
             objects
                 .segments
                 .iter()
@@ -388,8 +398,12 @@ pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report
     let completeness = match &manifest {
         None => Completeness::Open,
         Some((name, m)) => {
-            check_manifest(&mut walk, objects, name, m);
-            Completeness::Complete
+            let absent = check_manifest(&mut walk, objects, &summaries, name, m);
+            if absent.is_empty() {
+                Completeness::Complete
+            } else {
+                Completeness::Unshipped(absent)
+            }
         }
     };
     let head = (walk.records > 0).then(|| walk.prev.clone());
@@ -495,6 +509,7 @@ fn walk_segment(
         last_seq: None,
         sealed: false,
         recovered: false,
+        chain: None,
     };
     let text = match decode_segment(name, bytes) {
         Ok(t) => t,
@@ -590,6 +605,7 @@ fn walk_segment(
         }
         walk.prev = split.chain.to_string();
         walk.next_seq = seq + 1;
+        summary.chain = Some(walk.prev.clone());
     }
     if !summary.sealed {
         walk.fault(name, summary.last_seq, None, Problem::NotSealed);
@@ -709,12 +725,15 @@ fn check_seal(
     }
 }
 
+/// Checks the chosen manifest against what was read; returns the segments it lists as
+/// unshipped that are indeed not there.
 fn check_manifest(
     walk: &mut Walk<'_>,
     objects: &RecordingObjects,
+    summaries: &[SegmentSummary],
     name: &str,
     manifest: &Manifest,
-) {
+) -> Vec<UnshippedSegment> {
     if walk
         .key_b64
         .as_deref()
@@ -760,26 +779,67 @@ fn check_manifest(
             }
         }
     }
-    if manifest.records != walk.records {
+    // Unshipped segments: the recorder stopped shipping at its deadline, so they are the
+    // recording's last ones. One may be there after all (its upload landed as the recorder
+    // stopped): then it must be the segment the manifest signed.
+    let mut absent = Vec::new();
+    for entry in &manifest.unshipped {
+        match summaries.iter().find(|s| s.name == entry.name) {
+            Some(s) if s.chain.as_deref() != Some(entry.chain.as_str()) => walk.fault(
+                &entry.name,
+                None,
+                None,
+                Problem::ManifestMismatch {
+                    what: format!(
+                        "the manifest lists it as unshipped with chain {}, its last record has {}",
+                        entry.chain,
+                        s.chain.as_deref().unwrap_or("none")
+                    ),
+                },
+            ),
+            Some(_) => {}
+            None => absent.push(entry.clone()),
+        }
+    }
+    let unread: u64 = absent
+        .iter()
+        .map(|s| s.last_seq.saturating_sub(s.first_seq) + 1)
+        .sum();
+    if manifest.records != walk.records + unread {
         walk.fault(
             name,
             None,
             None,
             Problem::ManifestMismatch {
-                what: format!("{} records listed, {} read", manifest.records, walk.records),
+                what: format!(
+                    "{} records listed, {} read{}",
+                    manifest.records,
+                    walk.records,
+                    if unread > 0 {
+                        format!(" and {unread} unshipped")
+                    } else {
+                        String::new()
+                    }
+                ),
             },
         );
     }
-    if manifest.head != walk.prev {
+    let last = absent
+        .iter()
+        .max_by_key(|s| s.last_seq)
+        .filter(|s| walk.records == 0 || s.last_seq >= walk.next_seq)
+        .map_or(walk.prev.as_str(), |s| s.chain.as_str());
+    if manifest.head != last {
         walk.fault(
             name,
             None,
             None,
             Problem::ManifestMismatch {
-                what: format!("last chain {} listed, {} read", manifest.head, walk.prev),
+                what: format!("last chain {} listed, {} read", manifest.head, last),
             },
         );
     }
+    absent
 }
 
 fn base64_of(raw: &[u8]) -> String {

@@ -356,3 +356,113 @@ async fn session_start_names_the_digest_key() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The segments a recorder cannot ship before its deadline (the pod is being deleted) are
+/// not dropped in silence: the signed manifest lists them, so `verify` shows the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_shipped_in_time_is_a_gap_in_the_manifest() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sink_url = format!("file://{}", out.path().display());
+    let mut config = small(&sink_url, spool.path());
+    config.segment_max_bytes = 1 << 20;
+    config.shutdown_timeout = Duration::from_secs(2);
+    let recorder = Recorder::start(config).await.unwrap();
+    recorder.record(gap(0)).await.unwrap();
+    recorder.seal_now().unwrap();
+    let mut ack = recorder.record(gap(1)).await.unwrap();
+    ack.durable().await;
+    // Segment 1 ships; segment 2's name is blocked in the sink (a directory stands there),
+    // so every attempt to write it fails, and segment 3 waits behind it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorder.stats().segments_shipped < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let open: Vec<String> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-") && n.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let blocked = out
+        .path()
+        .join(path().prefix())
+        .join(format!("{}.zst", open[0]));
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    recorder.seal_now().unwrap();
+    recorder.record(gap(2)).await.unwrap();
+    let err = recorder.shutdown().await.unwrap_err();
+    assert!(
+        matches!(err, cassette_recording::ShutdownError::Unshipped { .. }),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&blocked).unwrap();
+
+    let manifest = out.path().join(path().prefix()).join("manifest.json");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("a manifest was written")).unwrap();
+    let unshipped = manifest["unshipped"]
+        .as_array()
+        .expect("unshipped segments");
+    assert_eq!(unshipped.len(), 2, "{manifest}");
+    assert_eq!(manifest["segments"].as_array().unwrap().len(), 1);
+
+    // verify: what is there is intact, and the gap is the manifest's, signed.
+    let objects = read_back(&sink_url).await;
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert!(verdict.is_ok(), "{:#?}", verdict.faults);
+    match &verdict.completeness {
+        Completeness::Unshipped(gap) => {
+            assert_eq!(gap.len(), 2);
+            assert_eq!(gap[0].first_seq, verdict.records);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The spool is closed: its manifest is final.
+    assert!(spool.path().join("unshipped.json").exists());
+    assert!(spool.path().join("manifest.json").exists());
+
+    // Segment 2's upload may land after all as the recorder stops: it is then checked
+    // against the chain the manifest signed for it, and only segment 3 is missing.
+    let second = unshipped[0]["name"].as_str().unwrap();
+    std::fs::copy(
+        spool.path().join(second),
+        out.path().join(path().prefix()).join(second),
+    )
+    .unwrap();
+    let objects = read_back(&sink_url).await;
+    let verdict = verify(&objects, Some(&key));
+    assert!(verdict.is_ok(), "{:#?}", verdict.faults);
+    match &verdict.completeness {
+        Completeness::Unshipped(gap) => assert_eq!(gap.len(), 1, "{gap:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// When even the manifest cannot be written (the sink is gone), the spool keeps a report
+/// that names what was not shipped, for the sidecar to hand on (its termination message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_nothing_can_be_written_the_spool_keeps_a_report() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // A file where the sink's directory should be: every write fails.
+    let root = out.path().join("sink");
+    std::fs::write(&root, b"not a directory").unwrap();
+    let sink_url = format!("file://{}", root.display());
+    let mut config = small(&sink_url, spool.path());
+    config.shutdown_timeout = Duration::from_secs(2);
+    let recorder = Recorder::start(config).await.unwrap();
+    for n in 0..10 {
+        recorder.record(gap(n)).await.unwrap();
+    }
+    let err = recorder.shutdown().await.unwrap_err();
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(spool.path().join("unshipped.json")).expect("a local report"),
+    )
+    .unwrap();
+    let listed = report["unshipped"].as_array().unwrap();
+    assert!(listed.len() >= 2, "{report}");
+    assert!(err.to_string().contains("unshipped.json"), "{err}");
+}

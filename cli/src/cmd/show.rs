@@ -83,9 +83,15 @@ fn header(
         } else {
             "key not checked against an expected one"
         };
-        match report.completeness {
+        match &report.completeness {
             Completeness::Complete => format!("verified, sealed and closed by its manifest; {key}"),
             Completeness::Open => format!("verified so far, no manifest yet; {key}"),
+            Completeness::Unshipped(gap) => format!(
+                "verified; its manifest says {} segment(s) were sealed but never shipped (seq {}..={}); {key}",
+                gap.len(),
+                gap.first().map_or(0, |s| s.first_seq),
+                gap.last().map_or(0, |s| s.last_seq),
+            ),
         }
     };
     format!(

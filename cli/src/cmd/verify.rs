@@ -161,7 +161,7 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
     );
     let verdict = if !report.faults.is_empty() || !extra.is_empty() {
         Verdict::Invalid
-    } else if report.completeness == Completeness::Open {
+    } else if report.completeness != Completeness::Complete {
         Verdict::Incomplete
     } else {
         Verdict::Ok
@@ -171,12 +171,23 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
             "OK          {}: {summary}; every chain link, seal and the manifest verify",
             recording.label
         ),
-        Verdict::Incomplete => {
-            println!(
+        Verdict::Incomplete => match &report.completeness {
+            Completeness::Unshipped(gap) => println!(
+                "INCOMPLETE  {}: {summary}; closed by its signed manifest, which says {} sealed segment(s) (seq {}..={}) could not be shipped before the recorder's deadline: {}. What is there verifies.",
+                recording.label,
+                gap.len(),
+                gap.first().map_or(0, |s| s.first_seq),
+                gap.last().map_or(0, |s| s.last_seq),
+                gap.iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => println!(
                 "INCOMPLETE  {}: {summary}; no manifest.json yet (the session is live, or its recorder died before closing it). What is there verifies.",
                 recording.label
-            );
-        }
+            ),
+        },
         Verdict::Invalid => println!(
             "INVALID     {}: {} fault(s) ({summary})",
             recording.label,
