@@ -782,6 +782,7 @@ async fn sync_loop(inner: Arc<Inner>) {
 async fn ship_loop(inner: Arc<Inner>) {
     let dir = inner.config.spool_dir.clone();
     let mut closing = inner.closing.subscribe();
+    let mut retention_noted = false;
     loop {
         let next = lock(&inner.queue).front().cloned();
         let Some(sealed) = next else {
@@ -818,6 +819,13 @@ async fn ship_loop(inner: Arc<Inner>) {
             .await
             {
                 Ok(entry) => {
+                    if !retention_noted
+                        && inner.config.retention.is_some()
+                        && let Some(why) = inner.sink.retention_refused()
+                    {
+                        retention_noted = true;
+                        retention_refused(&inner, &entry.name, why);
+                    }
                     lock(&inner.spool).adjust_spool_bytes(compressed.bytes.len() as u64, 0);
                     {
                         let mut stats = lock(&inner.stats);
@@ -869,6 +877,27 @@ async fn ship_loop(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// Records that the bucket refused object retention, so objects from `from` on carry none.
+fn retention_refused(inner: &Arc<Inner>, from: &str, why: &str) {
+    let gap = Event::Gap(Gap {
+        lost: format!(
+            "object retention: {from} and the objects after it were written without retention, so the bucket's own policy alone keeps them"
+        ),
+        reason: format!("the bucket refused object retention: {why}"),
+        records: None,
+        bytes: None,
+        from: None,
+        to: None,
+    });
+    if let Err(e) = (Recorder {
+        inner: inner.clone(),
+    })
+    .append(gap)
+    {
+        tracing::warn!(error = %e, "the refused retention could not be recorded in the recording");
     }
 }
 

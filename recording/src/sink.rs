@@ -243,6 +243,15 @@ impl Sink {
         }
     }
 
+    /// Why the sink refused object retention, once it has (GCS only; objects are then
+    /// written without it).
+    pub fn retention_refused(&self) -> Option<&str> {
+        match self {
+            Sink::File(_) => None,
+            Sink::Gcs(s) => s.retention_refused(),
+        }
+    }
+
     /// Reads `key`; `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
         match self {

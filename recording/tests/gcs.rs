@@ -355,3 +355,43 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `RecorderConfig.retention` reaches every object the recorder writes as GCS object
+/// retention (retainUntilTime), segments and manifest alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_object_carries_the_sessions_retention() {
+    let emulator = Emulator::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let path = RecordingPath {
+        namespace: "ns".into(),
+        session: "retained".into(),
+        pod: "agent".into(),
+        pod_uid: "2".into(),
+    };
+    let url = format!("gs://{BUCKET}/recordings");
+    let mut config = RecorderConfig::new(&url, spool.path(), path.clone());
+    config.gcs = emulator.options();
+    config.segment_max_bytes = 2000;
+    config.retention = Some(Duration::from_secs(90 * 86_400));
+    let before = std::time::SystemTime::now();
+    let recorder = Recorder::start(config).await.unwrap();
+    for n in 0..20 {
+        recorder.record(event(n)).await.unwrap();
+    }
+    let report = recorder.shutdown().await.unwrap();
+    let sink = Sink::open(&url, &emulator.options()).await.unwrap();
+    let stored = sink
+        .list_stored(&format!("{}/", path.prefix()))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), report.segments + 1, "{stored:?}");
+    for object in &stored {
+        let until = object.protections.iter().find_map(|p| match p {
+            Protection::RetainedUntil(t) => Some(*t),
+            _ => None,
+        });
+        let until = until.unwrap_or_else(|| panic!("{} has no retention: {object:?}", object.key));
+        let days = until.duration_since(before).unwrap().as_secs_f64() / 86_400.0;
+        assert!((89.9..90.1).contains(&days), "{}: {days} days", object.key);
+    }
+}

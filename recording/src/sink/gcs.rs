@@ -25,6 +25,8 @@ const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 /// A GCS bucket (and prefix within it) as a sink.
 #[derive(Clone)]
 pub struct GcsSink {
+    /// Set once the bucket refused object retention: why (objects go without it from then).
+    retention_refused: std::sync::Arc<std::sync::OnceLock<String>>,
     client: Storage,
     credentials: Credentials,
     http: reqwest::Client,
@@ -100,6 +102,7 @@ impl GcsSink {
                 why: format!("cannot build an HTTP client: {e}"),
             })?;
         Ok(GcsSink {
+            retention_refused: Default::default(),
             client,
             credentials,
             http,
@@ -125,11 +128,40 @@ impl GcsSink {
         format!("gs://{}/{}", self.bucket, self.object_name(key))
     }
 
+    /// Why the bucket refused object retention, once it has: objects are written without it.
+    pub fn retention_refused(&self) -> Option<&str> {
+        self.retention_refused.get().map(String::as_str)
+    }
+
     pub(super) async fn put_once(
         &self,
         key: &str,
         bytes: bytes::Bytes,
         meta: &ObjectMeta,
+    ) -> Result<Put, SinkError> {
+        let retain = meta
+            .retain_for
+            .filter(|_| self.retention_refused().is_none());
+        match self.put_once_with(key, bytes.clone(), meta, retain).await {
+            Err(SinkError::Refused { detail, .. })
+                if retain.is_some() && refuses_retention(&detail) =>
+            {
+                // The bucket does not take object retention (not enabled on it, or no
+                // permission to set it): the record matters more than its retention.
+                tracing::warn!(%detail, "the bucket refused object retention; objects are written without it");
+                let _ = self.retention_refused.set(detail);
+                self.put_once_with(key, bytes, meta, None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn put_once_with(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        meta: &ObjectMeta,
+        retain: Option<Duration>,
     ) -> Result<Put, SinkError> {
         check_key(key)?;
         let name = self.object_name(key);
@@ -141,7 +173,7 @@ impl GcsSink {
             .set_metadata(meta.pairs.clone())
             .set_content_type(meta.content_type)
             .with_known_crc32c(crc);
-        if let Some(period) = meta.retain_for {
+        if let Some(period) = retain {
             let until = wkt_time(SystemTime::now() + period);
             write = write.set_retention(
                 Retention::new()
@@ -347,6 +379,12 @@ impl GcsSink {
         };
         delete_outcome(status, &body, object.generation, &shown)
     }
+}
+
+/// Whether a refused write was refused for its object retention: the bucket does not have
+/// object retention enabled, or the writer may not set it (`storage.objects.setRetention`).
+fn refuses_retention(detail: &str) -> bool {
+    detail.to_ascii_lowercase().contains("retention")
 }
 
 /// What `list_stored` asks the JSON API for.
@@ -566,6 +604,19 @@ mod tests {
             serde_json::from_value(serde_json::json!({"name": "x", "timeCreated": "yesterday"}))
                 .unwrap();
         assert!(stored_object(broken, "x".into()).is_err());
+    }
+
+    #[test]
+    fn a_write_refused_for_its_retention_is_told_apart() {
+        assert!(refuses_retention(
+            "the service reports an error with code INVALID_ARGUMENT: Object retention is not enabled for this bucket."
+        ));
+        assert!(refuses_retention(
+            "HTTP 403: sidecar@p.iam.gserviceaccount.com does not have storage.objects.setRetention access"
+        ));
+        assert!(!refuses_retention(
+            "HTTP 403: sidecar@p.iam.gserviceaccount.com does not have storage.objects.create access"
+        ));
     }
 
     #[test]
