@@ -25,13 +25,15 @@ const USAGE_OR_IO: u8 = 3;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (verify: every recording verifies and is closed by its manifest;
-     search: at least one exchange carried a candidate secret)
+  0  success (verify: every recording verifies against a key you trust and is closed by its
+     manifest; search: at least one exchange carried a candidate)
   1  verify: a recording is tampered with or invalid (each fault is printed with its
-     segment, line and seq); search: no exchange carried any candidate secret
-  2  verify: incomplete — no manifest yet (a live session, or a recorder that died), or an
-     unsealed tail; what is there verifies
-  3  usage error, or something could not be read (API server, sink, files)";
+     segment, line and seq); search: no exchange carried any candidate
+  2  verify: incomplete — no manifest yet (a live session, or a recorder that died), or a
+     manifest that lists segments the recorder could not ship; what is there verifies
+  3  usage error, or something could not be read (API server, sink, files)
+  4  verify: unchecked — what is there holds together, but no key you trust vouches for it
+     (pass --public-key, or name the AgentSession so its status gives the pod's key)";
 
 const RECORDING_HELP: &str = "Read the recording(s) at or below this file:// or gs:// URI (a recording, a session, or a sink) instead of asking the API server. gs:// is read with application-default credentials";
 
@@ -154,22 +156,32 @@ enum Command {
         #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
         interval: f64,
     },
-    /// Verify chain, seals, manifest and key of every recording of a session.
+    /// Verify chain, seals, manifest, key and place of every recording of a session.
     #[command(after_help = "\
 Exit codes:
-  0  every recording verifies and is closed by a signed manifest
-  1  tampered or invalid: a fault was found (each is printed with segment, line and seq),
-     the key differs from the expected one, or segments the status reports are missing
-  2  incomplete: no manifest.json yet (live session, or recorder died) or an unsealed
-     last segment, and what is there verifies; also when nothing was shipped yet
+  0  OK          every recording verifies against a key you trust and is closed by its
+                 signed manifest
+  1  INVALID     tampered or invalid: a fault was found (each is printed with segment, line
+                 and seq), the key differs from the one you trust, the recording names
+                 another session or pod than the place it sits at, an object is there that
+                 the recorder did not write, or segments the status reports are missing
+  2  INCOMPLETE  no manifest yet (live session, or recorder died), or a signed manifest that
+                 lists segments the recorder could not ship before its deadline; what is
+                 there verifies against a key you trust; also when nothing was shipped yet
   3  usage error, or the API server, the sink or a file could not be read
+  4  UNCHECKED   what is there holds together, but only against the key the recording
+                 announces itself, and anyone can make a key: no key you trust vouches for it
 
-The expected key is --public-key, else the pod's status.pods[].publicKey of the AgentSession.")]
+The key you trust is --public-key (for every recording; pinning it is also how a recording is
+verified with no cluster at all), else the pod's status.pods[].publicKey in the AgentSession.
+When several checks fail the worst decides: 1, then 4, then 2.")]
     Verify {
         #[command(flatten)]
         target: TargetArgs,
-        /// The expected Ed25519 public key (standard base64 of 32 bytes), for every recording.
-        #[arg(long, value_name = "B64")]
+        /// The key to trust: standard base64 of the 32-byte Ed25519 public key, or a file
+        /// holding one or more such keys separated by white space (one per pod), e.g.
+        /// `kubectl get asess NAME -o jsonpath='{.status.pods[*].publicKey}' > keys`.
+        #[arg(long, value_name = "KEY|FILE")]
         public_key: Option<String>,
     },
     /// Export a session's exchanges as HAR 1.2, or its records as JSON lines.

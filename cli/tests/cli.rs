@@ -4,6 +4,8 @@
 
 #[path = "../src/fixture.rs"]
 mod fixture;
+#[path = "support/forge.rs"]
+mod forge;
 
 use std::io::Read;
 use std::path::Path;
@@ -87,10 +89,10 @@ async fn verify_passes_on_a_good_recording() {
     assert!(text.contains("checked against --public-key"), "{text}");
     assert!(text.contains("1 ok, 0 incomplete, 0 invalid"), "{text}");
 
-    // Without an expected key it still verifies, and says the key was not anchored.
+    // Without a key to trust it holds together, and that is all it can say.
     let out = cassette(&["verify", "--recording", &f.session_uri]);
-    assert_eq!(code(&out), 0);
-    assert!(stdout(&out).contains("NOT checked against an expected key"));
+    assert_eq!(code(&out), 4);
+    assert!(stdout(&out).contains("NOT checked against a key you trust"));
 }
 
 #[tokio::test]
@@ -232,7 +234,7 @@ fn usage_errors_exit_3() {
     let help = cassette(&["verify", "--help"]);
     assert_eq!(code(&help), 0);
     assert!(
-        stdout(&help).contains("2  incomplete"),
+        stdout(&help).contains("2  INCOMPLETE"),
         "exit codes are documented"
     );
 }
@@ -656,4 +658,148 @@ async fn search_finds_which_exchanges_carried_a_secret() {
     ]);
     assert_eq!(code(&out), 1);
     assert!(stdout(&out).contains("0 match(es)"));
+}
+
+/// The recording's path, as the fixture writes it.
+fn fixture_path() -> cassette_recording::RecordingPath {
+    cassette_recording::RecordingPath {
+        namespace: "agents".into(),
+        session: "fix-ci".into(),
+        pod: "agent-0".into(),
+        pod_uid: "5f1c".into(),
+    }
+}
+
+/// What the agent writes when it reaches the sink: a whole recording of its own, chained and
+/// signed with a key it made, at the very place the sidecar records its pod.
+fn forged_recording(sink_root: &Path) -> (forge::Forger, std::path::PathBuf) {
+    use cassette_recording::record::{Event, Request};
+    let mut f = forge::Forger::new(fixture_path());
+    f.start(false);
+    f.add(Event::Request(Request {
+        exchange: 1,
+        conn: 1,
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "example.com".into(),
+        path: "/nothing-to-see".into(),
+        version: "HTTP/1.1".into(),
+        headers: vec![],
+    }));
+    f.seal();
+    let manifest = f.finish();
+    let dir = f.write(sink_root, Some(&manifest));
+    (f, dir)
+}
+
+#[tokio::test]
+async fn verify_without_a_key_it_could_check_exits_4() {
+    let f = fixture::write().await;
+    let out = cassette(&["verify", "--recording", &f.session_uri]);
+    assert_eq!(
+        code(&out),
+        4,
+        "a recording checked only against the key it announces itself is not OK"
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("UNCHECKED   agent-0-5f1c:"), "{text}");
+    assert!(text.contains("pass --public-key"), "{text}");
+    assert!(
+        text.contains("0 ok, 0 incomplete, 0 invalid, 1 unchecked"),
+        "{text}"
+    );
+
+    // The agent's own recording at the pod's place: consistent with itself, so only a key
+    // the auditor holds tells it apart.
+    let dir = tempfile::tempdir().unwrap();
+    forged_recording(dir.path());
+    let uri = format!("file://{}/agents/fix-ci/", dir.path().display());
+    let out = cassette(&["verify", "--recording", &uri]);
+    assert_eq!(code(&out), 4, "a forged recording must not verify as OK");
+    let out = cassette(&["verify", "--recording", &uri, "--public-key", &f.public_key]);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("signed with key"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn verify_takes_the_pinned_key_from_a_file() {
+    let f = fixture::write().await;
+    let key = f.dir.path().join("agent-0.pub");
+    // As `kubectl get asess fix-ci -o jsonpath='{.status.pods[*].publicKey}'` prints it.
+    std::fs::write(&key, format!("{}\n", f.public_key)).unwrap();
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        stdout(&out).contains(&format!("checked against --public-key {}", key.display())),
+        "{}",
+        stdout(&out)
+    );
+    let other = f.dir.path().join("other.pub");
+    std::fs::write(&other, "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n").unwrap();
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1);
+    std::fs::write(&other, "not a key\n").unwrap();
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 3, "an unreadable pinned key is a usage error");
+}
+
+#[test]
+fn verify_help_documents_every_exit_code() {
+    let help = stdout(&cassette(&["verify", "--help"]));
+    for line in [
+        "0  OK",
+        "1  INVALID",
+        "2  INCOMPLETE",
+        "3  usage error",
+        "4  UNCHECKED",
+    ] {
+        assert!(help.contains(line), "{line:?} not in\n{help}");
+    }
+    assert!(help.contains("--public-key <KEY|FILE>"), "{help}");
+}
+
+#[tokio::test]
+async fn a_recording_copied_under_another_session_is_invalid() {
+    let f = fixture::write().await;
+    let sink = f.dir.path().join("sink");
+    // The same bytes, under another session's and another pod's directory.
+    for (place, names) in [
+        ("agents/release/agent-0-5f1c", "session fix-ci"),
+        ("agents/fix-ci/agent-1-5f1c", "pod agent-0 (uid 5f1c)"),
+        ("prod/fix-ci/agent-0-5f1c", "namespace agents"),
+    ] {
+        let to = sink.join(place);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&f.recording_dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        let uri = format!("file://{}/", to.display());
+        let out = cassette(&["verify", "--recording", &uri, "--public-key", &f.public_key]);
+        assert_eq!(code(&out), 1, "{place}");
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("names {names}")) && text.contains("but sits at"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&to).unwrap();
+    }
 }

@@ -65,4 +65,4 @@ pub use recorder::{
 };
 pub use segment::{Manifest, RecordingPath, UnshippedSegment};
 pub use sink::{GcsOptions, Sink, SinkError, SinkUrl};
-pub use verify::{Completeness, Fault, Problem, Report, verify};
+pub use verify::{Completeness, Expected, Fault, Place, Problem, Report, verify, verify_expecting};

@@ -134,6 +134,9 @@ pub enum Problem {
     ExtraManifest,
     /// The manifest's totals (records, last chain) disagree with the segments.
     ManifestMismatch { what: String },
+    /// The recording (its `session_start` or manifest) names another namespace, session or
+    /// pod than the place it sits at.
+    WrongPlace { names: String, sits_at: String },
 }
 
 impl fmt::Display for Fault {
@@ -234,6 +237,10 @@ impl fmt::Display for Problem {
             ),
             Problem::ExtraManifest => write!(f, "a second manifest signed with the session key"),
             Problem::ManifestMismatch { what } => write!(f, "disagrees with the segments: {what}"),
+            Problem::WrongPlace { names, sits_at } => write!(
+                f,
+                "names {names}, but sits at {sits_at}: it is another recording, copied or moved here"
+            ),
         }
     }
 }
@@ -256,10 +263,21 @@ struct Probe<'a> {
     signature: Option<String>,
     #[serde(default)]
     recovered: bool,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
+    pod_uid: Option<String>,
 }
 
 struct Walk<'k> {
     expected_key: Option<&'k [u8]>,
+    /// How the expected key(s) are shown in a mismatch.
+    expected_shown: String,
+    place: Option<&'k Place>,
     key: Option<Vec<u8>>,
     key_b64: Option<String>,
     prev: String,
@@ -291,11 +309,116 @@ impl Walk<'_> {
     }
 }
 
+/// What the auditor expects of a recording, beyond holding up on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Public keys (raw 32 bytes) the auditor trusts, e.g. from the AgentSession status or
+    /// pinned by hand: the recording must be signed by one of them. Empty, the key its own
+    /// `session_start` announces is used, which shows consistency and nothing about who
+    /// wrote it (anyone can make a key and sign a recording with it).
+    pub keys: Vec<Vec<u8>>,
+    /// Where the recording sits: its `session_start` records and manifest must name this
+    /// namespace, session, pod and pod UID (a recording copied under another session's or
+    /// pod's place is not that session's recording).
+    pub place: Option<Place>,
+}
+
+/// A recording's place below its sink: `<namespace>/<session>/<pod>-<pod-uid>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub namespace: String,
+    pub session: String,
+    /// `<pod>-<pod-uid>`.
+    pub pod_dir: String,
+}
+
+impl Place {
+    /// The place of a recording from its URL or key prefix: its last three path components.
+    pub fn of(location: &str) -> Option<Place> {
+        let mut parts = location
+            .trim_end_matches('/')
+            .rsplit('/')
+            .filter(|p| !p.is_empty());
+        let pod_dir = parts.next()?.to_string();
+        let session = parts.next()?.to_string();
+        let namespace = parts.next()?.to_string();
+        if namespace.ends_with(':') {
+            return None;
+        }
+        Some(Place {
+            namespace,
+            session,
+            pod_dir,
+        })
+    }
+
+    /// What is wrong when a recording that names `who` sits here.
+    fn mismatch(&self, who: &Identity<'_>) -> Option<Problem> {
+        let mut names = Vec::new();
+        if who.namespace != self.namespace {
+            names.push(format!("namespace {}", who.namespace));
+        }
+        if who.session != self.session {
+            names.push(format!("session {}", who.session));
+        }
+        if format!("{}-{}", who.pod, who.pod_uid) != self.pod_dir {
+            names.push(format!("pod {} (uid {})", who.pod, who.pod_uid));
+        }
+        (!names.is_empty()).then(|| Problem::WrongPlace {
+            names: names.join(", "),
+            sits_at: format!("{}/{}/{}", self.namespace, self.session, self.pod_dir),
+        })
+    }
+}
+
+/// Whose recording a record or manifest says it is.
+struct Identity<'a> {
+    namespace: &'a str,
+    session: &'a str,
+    pod: &'a str,
+    pod_uid: &'a str,
+}
+
 /// Verifies a recording. `expected_key` is the raw 32-byte public key the auditor trusts (from
 /// the AgentSession status); without it the key announced in `session_start` is used.
 pub fn verify(objects: &RecordingObjects, expected_key: Option<&[u8]>) -> Report {
+    verify_expecting(
+        objects,
+        &Expected {
+            keys: expected_key.map(<[u8]>::to_vec).into_iter().collect(),
+            place: None,
+        },
+    )
+}
+
+/// Verifies a recording against what the auditor expects: signed by one of `expected.keys`,
+/// and naming `expected.place`.
+pub fn verify_expecting(objects: &RecordingObjects, expected: &Expected) -> Report {
+    // With several trusted keys (one per pod of a session), the one the recording announces
+    // is checked, if it is among them; otherwise the first, and every signature fails.
+    let chosen = match expected.keys.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => {
+            let announced = announced_key(objects);
+            Some(
+                many.iter()
+                    .find(|k| Some(*k) == announced.as_ref())
+                    .unwrap_or(&many[0])
+                    .clone(),
+            )
+        }
+    };
+    let expected_shown = expected
+        .keys
+        .iter()
+        .map(|k| base64_of(k))
+        .collect::<Vec<_>>()
+        .join(" or ");
     let mut walk = Walk {
-        expected_key,
+        expected_key: chosen.as_deref(),
+        expected_shown,
+        place: expected.place.as_ref(),
         key: None,
         key_b64: None,
         prev: GENESIS.to_string(),
@@ -595,7 +718,20 @@ fn walk_segment(
         walk.records += 1;
 
         match probe.kind.as_ref() {
-            "session_start" => on_session_start(walk, name, seq, line_no, probe.public_key),
+            "session_start" => {
+                if let Some(place) = walk.place {
+                    let names = Identity {
+                        namespace: probe.namespace.as_deref().unwrap_or_default(),
+                        session: probe.session.as_deref().unwrap_or_default(),
+                        pod: probe.pod.as_deref().unwrap_or_default(),
+                        pod_uid: probe.pod_uid.as_deref().unwrap_or_default(),
+                    };
+                    if let Some(problem) = place.mismatch(&names) {
+                        walk.fault(name, Some(seq), Some(line_no), problem);
+                    }
+                }
+                on_session_start(walk, name, seq, line_no, probe.public_key)
+            }
             "seal" => {
                 summary.sealed = true;
                 summary.recovered = probe.recovered;
@@ -647,7 +783,7 @@ fn on_session_start(
             if let Some(expected) = walk.expected_key
                 && expected != raw.as_slice()
             {
-                let expected = base64_of(expected);
+                let expected = walk.expected_shown.clone();
                 walk.fault(
                     name,
                     Some(seq),
@@ -734,6 +870,17 @@ fn check_manifest(
     name: &str,
     manifest: &Manifest,
 ) -> Vec<UnshippedSegment> {
+    if let Some(place) = walk.place {
+        let names = Identity {
+            namespace: &manifest.namespace,
+            session: &manifest.session,
+            pod: &manifest.pod,
+            pod_uid: &manifest.pod_uid,
+        };
+        if let Some(problem) = place.mismatch(&names) {
+            walk.fault(name, None, None, problem);
+        }
+    }
     if walk
         .key_b64
         .as_deref()

@@ -316,3 +316,61 @@ proptest! {
         prop_assert!(names(&report).contains(&name), "{:?} not in {:#?}", name, report.faults);
     }
 }
+
+/// A recording names its place (session_start, manifest): copied under another session's or
+/// pod's place, it is not that place's recording.
+#[test]
+fn a_recording_at_another_place_is_named() {
+    use cassette_recording::{Expected, Place, verify_expecting};
+    let expect = |place: &str| Expected {
+        keys: vec![fixture().key.clone()],
+        place: Place::of(place),
+    };
+    let report = verify_expecting(&fixture().objects, &expect("file:///sink/ns/s/p-u/"));
+    assert!(report.is_ok(), "{:#?}", report.faults);
+    let report = verify_expecting(&fixture().objects, &expect("gs://b/pfx/ns/other/p-u"));
+    let wrong: Vec<_> = report
+        .faults
+        .iter()
+        .filter(|f| matches!(&f.problem, Problem::WrongPlace { names, .. } if names == "session s"))
+        .map(|f| f.object.clone().unwrap())
+        .collect();
+    assert!(
+        wrong.iter().any(|o| o.starts_with("seg-000001")),
+        "{wrong:?}"
+    );
+    assert!(wrong.iter().any(|o| o == "manifest.json"), "{wrong:?}");
+    let report = verify_expecting(&fixture().objects, &expect("ns/s/p-v"));
+    assert!(report.faults.iter().any(
+        |f| matches!(&f.problem, Problem::WrongPlace { names, .. } if names == "pod p (uid u)")
+    ));
+    assert_eq!(Place::of("gs://bucket"), None);
+}
+
+/// With one key per pod of a session pinned, each recording must be signed by one of them.
+#[test]
+fn any_of_several_pinned_keys_will_do_but_one_must() {
+    use cassette_recording::{Expected, verify_expecting};
+    let other = || {
+        cassette_recording::key::SessionKey::generate()
+            .unwrap()
+            .public_key()
+            .to_vec()
+    };
+    let keys = vec![other(), fixture().key.clone(), other()];
+    let report = verify_expecting(&fixture().objects, &Expected { keys, place: None });
+    assert!(report.is_ok(), "{:#?}", report.faults);
+    let report = verify_expecting(
+        &fixture().objects,
+        &Expected {
+            keys: vec![other(), other()],
+            place: None,
+        },
+    );
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| matches!(&f.problem, Problem::PublicKeyMismatch { expected, .. } if expected.contains(" or ")))
+    );
+}

@@ -39,7 +39,13 @@ pub async fn run(
             .as_ref()
             .and_then(|p| p.public_key.as_deref())
             .and_then(cassette_recording::key::decode_public_key);
-        let report = cassette_recording::verify(&objects, expected.as_deref());
+        let report = cassette_recording::verify_expecting(
+            &objects,
+            &cassette_recording::Expected {
+                keys: expected.iter().cloned().collect(),
+                place: cassette_recording::Place::of(&recording.url),
+            },
+        );
         println!(
             "{}",
             header(recording, &timeline, &report, expected.is_some())
@@ -81,7 +87,7 @@ fn header(
         let key = if anchored {
             "key matches the AgentSession status"
         } else {
-            "key not checked against an expected one"
+            "key NOT checked against one you trust (kubectl cassette verify --public-key)"
         };
         match &report.completeness {
             Completeness::Complete => format!("verified, sealed and closed by its manifest; {key}"),

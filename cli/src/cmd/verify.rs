@@ -1,38 +1,92 @@
-//! `verify`: every recording of a session checked with `cassette_recording::verify` against
-//! the key the AgentSession status publishes for its pod (or `--public-key`), plus what only
-//! the status can tell: a pod that reported shipping segments that are not in the sink.
+//! `verify`: every recording of a session checked with `cassette_recording::verify_expecting`
+//! against a key the auditor trusts — the pod's key in the AgentSession status, or one pinned
+//! with `--public-key` — and against the place it sits at, plus what only the status can
+//! tell: a pod that reported shipping segments that are not in the sink. A recording checked
+//! only against the key it announces itself is UNCHECKED, never OK: anyone can make a key
+//! and sign a recording with it.
 
-use anyhow::{Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use cassette_recording::segment::parse_index;
-use cassette_recording::{Completeness, Report};
+use cassette_recording::{Completeness, Expected, Place, Report};
 
 use super::{Target, resolve};
 use crate::locate::{Access, Recording};
 
-/// Exit codes of `verify`.
+/// Exit codes of `verify` (main.rs documents them in `--help`; 3 is every command's).
 pub const OK: i32 = 0;
 pub const INVALID: i32 = 1;
 pub const INCOMPLETE: i32 = 2;
+pub const UNCHECKED: i32 = 4;
 
-/// The verdict on one recording.
+/// The verdict on one recording, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Verdict {
     Ok,
     Incomplete,
+    Unchecked,
     Invalid,
 }
 
+impl Verdict {
+    fn code(self) -> i32 {
+        match self {
+            Verdict::Ok => OK,
+            Verdict::Incomplete => INCOMPLETE,
+            Verdict::Unchecked => UNCHECKED,
+            Verdict::Invalid => INVALID,
+        }
+    }
+}
+
+/// Keys pinned with `--public-key`: the key itself (standard base64 of 32 bytes), or a file
+/// holding one or more, separated by white space (as `kubectl get agentsession S -o
+/// jsonpath='{.status.pods[*].publicKey}'` prints them).
+struct Pinned {
+    keys: Vec<Vec<u8>>,
+    shown: String,
+}
+
+fn pinned(arg: &str) -> Result<Pinned> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --public-key {}", path.display()))?;
+        let mut keys = Vec::new();
+        for word in text.split_whitespace() {
+            match cassette_recording::key::decode_public_key(word) {
+                Some(k) => keys.push(k),
+                None => bail!(
+                    "--public-key {}: {word:?} is not a public key (standard base64 of 32 bytes)",
+                    path.display()
+                ),
+            }
+        }
+        if keys.is_empty() {
+            bail!("--public-key {} holds no key", path.display());
+        }
+        return Ok(Pinned {
+            keys,
+            shown: format!("--public-key {}", path.display()),
+        });
+    }
+    match cassette_recording::key::decode_public_key(arg.trim()) {
+        Some(k) => Ok(Pinned {
+            keys: vec![k],
+            shown: "--public-key".to_string(),
+        }),
+        None => bail!(
+            "--public-key {arg:?} is neither a public key (standard base64 of 32 bytes) nor a file"
+        ),
+    }
+}
+
 pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> Result<i32> {
-    let expected_override = match public_key {
-        Some(b64) => match cassette_recording::key::decode_public_key(b64.trim()) {
-            Some(raw) => Some(raw),
-            None => bail!("--public-key is not 32 bytes of standard base64: {b64:?}"),
-        },
-        None => None,
-    };
+    let pinned = public_key.map(pinned).transpose()?;
     let resolved = resolve(access, target).await?;
     let mut worst = Verdict::Ok;
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
 
     // Pods the status knows that have no recording in the sink.
     if let Some(session) = &resolved.session {
@@ -81,57 +135,61 @@ pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> 
 
     for recording in &resolved.recordings {
         let objects = recording.load().await?;
-        let (expected, key_source) = match (&expected_override, &recording.status) {
-            (Some(k), _) => (Some(k.clone()), "checked against --public-key".to_string()),
+        let (keys, key_source) = match (&pinned, &recording.status) {
+            (Some(p), _) => (p.keys.clone(), Some(format!("checked against {}", p.shown))),
             (None, Some(pod)) => match pod.public_key.as_deref() {
                 Some(b64) => match cassette_recording::key::decode_public_key(b64) {
                     Some(raw) => (
-                        Some(raw),
-                        format!(
+                        vec![raw],
+                        Some(format!(
                             "checked against the AgentSession status (pods[{}].publicKey)",
                             pod.name
-                        ),
+                        )),
                     ),
                     None => bail!(
                         "the AgentSession status has an unreadable publicKey for pod {}: {b64:?}",
                         pod.name
                     ),
                 },
-                None => (None, unanchored("its status entry has no publicKey")),
+                None => (Vec::new(), None),
             },
-            (None, None) if resolved.session.is_some() => (
-                None,
-                unanchored("the AgentSession status does not list this pod"),
-            ),
-            (None, None) => (None, unanchored("no --public-key was given")),
+            (None, None) => (Vec::new(), None),
         };
-        let report = cassette_recording::verify(&objects, expected.as_deref());
+        let why_unchecked = match (&pinned, &recording.status) {
+            (None, Some(_)) => "its status entry has no publicKey",
+            (None, None) if resolved.session.is_some() => {
+                "the AgentSession status does not list this pod"
+            }
+            _ => "no --public-key was given",
+        };
+        let expected = Expected {
+            keys,
+            place: Place::of(&recording.url),
+        };
+        let report = cassette_recording::verify_expecting(&objects, &expected);
         let mut extra = Vec::new();
         if let Some(claim) = shipped_beyond(recording, &report) {
             extra.push(claim);
         }
-        let verdict = print_report(recording, &report, &extra, &key_source);
+        let verdict = print_report(
+            recording,
+            &report,
+            &extra,
+            key_source.as_deref(),
+            why_unchecked,
+        );
         counts[verdict as usize] += 1;
         worst = worst.max(verdict);
     }
     println!(
-        "{}: {} ok, {} incomplete, {} invalid",
+        "{}: {} ok, {} incomplete, {} invalid, {} unchecked",
         resolved.title(),
         counts[Verdict::Ok as usize],
         counts[Verdict::Incomplete as usize],
-        counts[Verdict::Invalid as usize]
+        counts[Verdict::Invalid as usize],
+        counts[Verdict::Unchecked as usize],
     );
-    Ok(match worst {
-        Verdict::Ok => OK,
-        Verdict::Incomplete => INCOMPLETE,
-        Verdict::Invalid => INVALID,
-    })
-}
-
-fn unanchored(why: &str) -> String {
-    format!(
-        "NOT checked against an expected key ({why}): the recording is only shown to be consistent with the key it announces itself; pass --public-key"
-    )
+    Ok(worst.code())
 }
 
 /// A recording without a manifest cannot show that segments are missing at its end; the
@@ -152,7 +210,13 @@ fn shipped_beyond(recording: &Recording, report: &Report) -> Option<String> {
     })
 }
 
-fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &str) -> Verdict {
+fn print_report(
+    recording: &Recording,
+    report: &Report,
+    extra: &[String],
+    key: Option<&str>,
+    why_unchecked: &str,
+) -> Verdict {
     let sealed = report.segments.iter().filter(|s| s.sealed).count();
     let summary = format!(
         "{} segment(s), {} record(s), {sealed} sealed",
@@ -161,6 +225,8 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
     );
     let verdict = if !report.faults.is_empty() || !extra.is_empty() {
         Verdict::Invalid
+    } else if key.is_none() {
+        Verdict::Unchecked
     } else if report.completeness != Completeness::Complete {
         Verdict::Incomplete
     } else {
@@ -169,6 +235,10 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
     match verdict {
         Verdict::Ok => println!(
             "OK          {}: {summary}; every chain link, seal and the manifest verify",
+            recording.label
+        ),
+        Verdict::Unchecked => println!(
+            "UNCHECKED   {}: {summary}; it holds together, but only against the key it announces itself, and anyone can make a key and sign a recording with it ({why_unchecked}): pass --public-key with the key the pod's sidecar published",
             recording.label
         ),
         Verdict::Incomplete => match &report.completeness {
@@ -196,7 +266,13 @@ fn print_report(recording: &Recording, report: &Report, extra: &[String], key: &
     }
     println!("            {}", recording.url);
     if let Some(k) = &report.public_key {
-        println!("            announced key {k}; {key}");
+        match key {
+            Some(source) => println!("            announced key {k}; {source}"),
+            None => println!("            announced key {k}; NOT checked against a key you trust"),
+        }
+    }
+    if verdict == Verdict::Unchecked && report.completeness != Completeness::Complete {
+        println!("            and it is not closed by a signed manifest");
     }
     for s in report.segments.iter().filter(|s| s.recovered) {
         println!(
