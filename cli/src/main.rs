@@ -2,11 +2,34 @@
 //! replay what an agent did, verify that nothing was altered, export HAR or JSON lines, and
 //! prove whether a given secret crossed a session. This file only wires the commands.
 
+// Printing goes through `output`, which stops quietly when the reader of standard output
+// goes away (`| head`) instead of panicking as std's macros do. Defined before the modules so
+// that every one of them uses these.
+macro_rules! println {
+    () => {
+        $crate::output::print(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!($($arg)*))
+    };
+}
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        $crate::output::eprint(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cmd;
 #[cfg(test)]
 mod fixture;
 mod har;
 mod locate;
+mod output;
 mod render;
 mod search;
 mod timeline;
@@ -31,7 +54,9 @@ Exit codes:
      segment, line and seq); search: no exchange carried any candidate
   2  verify: incomplete — no manifest yet (a live session, or a recorder that died), or a
      manifest that lists segments the recorder could not ship; what is there verifies
-  3  usage error, or something could not be read (API server, sink, files)
+  3  usage error, or something could not be read (API server, sink, files) or the output
+     not written (a reader that goes away, as `| head` does, is not an error: the command
+     stops writing and exits with the code it would have had)
   4  verify: unchecked — what is there holds together, but no key you trust vouches for it
      (pass --public-key, or name the AgentSession so its status gives the pod's key)";
 
@@ -246,7 +271,12 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_OR_IO);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    if let Some(failure) = output::failure() {
+        eprintln!("error: {failure}");
+        return ExitCode::from(USAGE_OR_IO);
+    }
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");

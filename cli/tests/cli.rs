@@ -803,3 +803,64 @@ async fn a_recording_copied_under_another_session_is_invalid() {
         std::fs::remove_dir_all(&to).unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_cli_exits_quietly_when_its_output_is_closed() {
+    let f = fixture::write().await;
+    for args in [
+        vec![
+            "verify",
+            "--recording",
+            &f.session_uri,
+            "--public-key",
+            &f.public_key,
+        ],
+        vec!["show", "--recording", &f.session_uri],
+        vec!["export", "--recording", &f.session_uri, "--jsonl", "-"],
+    ] {
+        // `kubectl cassette verify … | head -0`: the reader is gone before the first line.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-cassette"))
+            .args(&args)
+            .env("KUBECONFIG", "/nonexistent")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.is_empty(),
+            "{args:?}: nothing to say about it: {stderr}"
+        );
+        if args[0] == "verify" {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "the verdict still decides the exit code"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_output_that_cannot_be_written_is_an_error() {
+    let f = fixture::write().await;
+    // /dev/full: every write fails with "No space left on device", which is not the reader
+    // going away and must not pass for success.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-cassette"))
+        .args(["show", "--recording", &f.session_uri])
+        .env("KUBECONFIG", "/nonexistent")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot write the output"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

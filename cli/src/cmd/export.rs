@@ -1,7 +1,6 @@
 //! `export --har FILE`: HAR 1.2 of every exchange; `export --jsonl FILE`: the records as
 //! they are, byte for byte (so the chain can still be checked by hand). `-` is stdout.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -35,6 +34,9 @@ pub async fn har(access: &Access, target: &Target, out: &Path) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(&doc)?;
     bytes.push(b'\n');
     write_out(out, &bytes)?;
+    if crate::output::closed() {
+        return Ok(());
+    }
     eprintln!(
         "wrote {entries} entr{} from {} recording(s) to {}",
         if entries == 1 { "y" } else { "ies" },
@@ -59,6 +61,9 @@ pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
         }
     }
     write_out(out, &bytes)?;
+    if crate::output::closed() {
+        return Ok(());
+    }
     eprintln!(
         "wrote {segments} segment(s) of {} recording(s) to {}",
         resolved.recordings.len(),
@@ -69,9 +74,7 @@ pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
 
 fn write_out(out: &Path, bytes: &[u8]) -> Result<()> {
     if out == Path::new("-") {
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(bytes)?;
-        stdout.flush()?;
+        crate::output::write_all(bytes);
         return Ok(());
     }
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))

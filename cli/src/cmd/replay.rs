@@ -75,6 +75,9 @@ pub async fn run(
     }
     all.sort_by_key(|a| a.0);
     for (_, pod, record) in &all {
+        if crate::output::closed() {
+            break;
+        }
         if let Some(line) = render::replay_line(record, pod) {
             pacer.wait_for(&record.time).await;
             println!("{line}");
@@ -122,6 +125,9 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
                 }
                 let record: Record = serde_json::from_slice(line)
                     .with_context(|| format!("{name} line {}: not a record", i + 1))?;
+                if crate::output::closed() {
+                    return Ok(());
+                }
                 if let Some(out) = render::replay_line(&record, &recording.label) {
                     pacer.wait_for(&record.time).await;
                     println!("{out}");
@@ -132,7 +138,7 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
             }
             next_index = ix + 1;
         }
-        if closed {
+        if closed || crate::output::closed() {
             return Ok(());
         }
         tokio::time::sleep(interval).await;
