@@ -129,6 +129,7 @@ pub fn entry(x: &Exchange, pod: &str) -> Value {
         "cache": {},
         "timings": timings,
         "_exchange": x.id,
+        "_run": x.run,
         "_pod": pod,
         "_decision": decision(x),
         "_masked": crate::render::masked(x),

@@ -159,9 +159,10 @@ enum Command {
     Show {
         #[command(flatten)]
         target: TargetArgs,
-        /// Show this exchange in full (heads, timings, decision) instead of the table.
+        /// Show this exchange in full (heads, timings, decision) instead of the table: N as
+        /// the table numbers it (RUN.N where a recorder reused ids after a restart).
         #[arg(long, value_name = "N")]
-        exchange: Option<u64>,
+        exchange: Option<String>,
         /// With --exchange: print the request and response bodies too.
         #[arg(long, requires = "exchange")]
         bodies: bool,
@@ -332,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             target,
             exchange,
             bodies,
-        } => cmd::show::run(&access, &target.target(), exchange, bodies).await?,
+        } => cmd::show::run(&access, &target.target(), exchange.as_deref(), bodies).await?,
         Command::Replay {
             target,
             speed,

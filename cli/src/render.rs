@@ -237,7 +237,7 @@ pub fn table(t: &Timeline) -> String {
                 let end = x.end.as_ref();
                 lines.push(Line::Row(vec![
                     clock(&x.first_time),
-                    x.id.to_string(),
+                    x.label.clone(),
                     cut(method, 8),
                     cut(x.host(), 36),
                     cut(path, 48),
@@ -343,7 +343,7 @@ pub fn table(t: &Timeline) -> String {
 /// bodies (text as is, binary as a hexdump).
 pub fn exchange(x: &Exchange, bodies: bool) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "exchange {}", x.id);
+    let _ = writeln!(out, "exchange {}", x.label);
     let _ = writeln!(out, "  started     {}", printable(&x.first_time, false));
     if let Some(r) = &x.request {
         let _ = writeln!(out, "  connection  {}", r.conn);
@@ -730,7 +730,7 @@ mod tests {
     #[tokio::test]
     async fn exchange_detail_with_bodies() {
         let (_f, t) = crate::timeline::fixture_timeline().await;
-        let listing = exchange(&t.exchanges[&1], true);
+        let listing = exchange(&t.exchanges[&(1, 1)], true);
         assert!(listing.contains("> GET https://storage.googleapis.com/storage/v1/b/logs/o?prefix=ci%2F&maxResults=2 HTTP/2"), "{listing}");
         assert!(listing.contains("> authorization: Bearer «masked:google-oauth-token:"));
         assert!(listing.contains("< HTTP/2 200"));
@@ -741,7 +741,7 @@ mod tests {
             "{listing}"
         );
 
-        let upload = exchange(&t.exchanges[&5], true);
+        let upload = exchange(&t.exchanges[&(1, 5)], true);
         assert!(
             upload.contains("[request body: 1.1KiB binary, digest hmac-sha256:"),
             "{upload}"
@@ -756,7 +756,7 @@ mod tests {
             "{upload}"
         );
 
-        let heads_only = exchange(&t.exchanges[&1], false);
+        let heads_only = exchange(&t.exchanges[&(1, 1)], false);
         assert!(
             heads_only.contains("(--bodies prints it; 35 byte(s) stored)"),
             "{heads_only}"

@@ -68,7 +68,8 @@ impl std::fmt::Display for Place {
 /// An exchange that carried one of the candidate secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    pub exchange: u64,
+    /// The exchange's label (`N`, or `RUN.N` where ids were reused after a restart).
+    pub exchange: String,
     pub time: String,
     pub host: String,
     pub method: String,
@@ -134,7 +135,7 @@ fn found(x: &Exchange, direction: &'static str, place: Place, mask: &Mask, c: &s
         .map(|r| (r.method.clone(), r.path.clone()))
         .unwrap_or_default();
     Found {
-        exchange: x.id,
+        exchange: x.label.clone(),
         time: x.first_time.clone(),
         host: x.host().to_string(),
         method,

@@ -2,6 +2,10 @@
 //! response, bodies, end, and what happened to them) and the events between them, in the
 //! order they were recorded. Pure: it takes records and never checks integrity (`verify`
 //! does that).
+//!
+//! An exchange is keyed by its id *and* the recorder run it belongs to (the `session_start`
+//! it follows): recorders before ids survived restarts started again at 1 after a crash, and
+//! two exchanges must never be merged into one.
 
 use std::collections::BTreeMap;
 
@@ -67,10 +71,19 @@ impl BodyData {
     }
 }
 
+/// An exchange's key: the recorder run it belongs to (1 for the first `session_start`, 0
+/// before any) and its id.
+pub type ExchangeKey = (u32, u64);
+
 /// Everything recorded about one exchange.
 #[derive(Debug, Clone, Default)]
 pub struct Exchange {
     pub id: u64,
+    /// The recorder run (the `session_start` it follows, from 1).
+    pub run: u32,
+    /// How the auditor names it: its id, or `<run>.<id>` where a recorder reused the id
+    /// after a restart.
+    pub label: String,
     /// Time of the exchange's first record.
     pub first_time: String,
     /// seq of the exchange's first record.
@@ -92,9 +105,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn new(id: u64, record: &Record) -> Self {
+    fn new((run, id): ExchangeKey, record: &Record) -> Self {
         Exchange {
             id,
+            run,
+            label: id.to_string(),
             first_time: record.time.clone(),
             first_seq: record.seq,
             ..Default::default()
@@ -122,7 +137,7 @@ pub enum Item {
     /// The recorder started (or restarted).
     Start { time: String, start: SessionStart },
     /// An exchange, at the time of its first record.
-    Exchange(u64),
+    Exchange(ExchangeKey),
     /// A refusal that belongs to no exchange (e.g. a connection refused before any request).
     Blocked { time: String, blocked: Blocked },
     /// Something was not recorded.
@@ -135,7 +150,7 @@ pub enum Item {
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
     pub items: Vec<Item>,
-    pub exchanges: BTreeMap<u64, Exchange>,
+    pub exchanges: BTreeMap<ExchangeKey, Exchange>,
     /// Records taken in.
     pub records: u64,
     /// Time of the first and last record.
@@ -143,8 +158,10 @@ pub struct Timeline {
     pub last_time: Option<String>,
     /// Whether `session_end` was seen.
     pub ended: bool,
-    /// TLS facts by connection, to attach to the exchanges that use it.
-    tls_by_conn: BTreeMap<u64, Tls>,
+    /// TLS facts by connection (of a run), to attach to the exchanges that use it.
+    tls_by_conn: BTreeMap<(u32, u64), Tls>,
+    /// The recorder run records belong to: the number of `session_start`s so far.
+    run: u32,
 }
 
 impl Timeline {
@@ -154,11 +171,56 @@ impl Timeline {
         for r in records {
             t.push(r);
         }
+        // Ids a recorder reused after a restart are shown with their run.
+        let mut runs: BTreeMap<u64, u32> = BTreeMap::new();
+        for (_, id) in t.exchanges.keys() {
+            *runs.entry(*id).or_default() += 1;
+        }
+        for ((run, id), x) in &mut t.exchanges {
+            if runs[id] > 1 {
+                x.label = format!("{run}.{id}");
+            }
+        }
         t
     }
 
-    /// Takes in the next record (for `replay --follow`, which feeds them as they arrive).
-    pub fn push(&mut self, record: &Record) {
+    /// The exchange an auditor names: `N`, or `R.N` for exchange N of recorder run R.
+    pub fn find(&self, name: &str) -> Result<&Exchange, String> {
+        let parse = |s: &str| s.trim().parse::<u64>().ok();
+        let wanted: Vec<&Exchange> = match name.split_once('.') {
+            Some((run, id)) => match (parse(run), parse(id)) {
+                (Some(run), Some(id)) => u32::try_from(run)
+                    .ok()
+                    .and_then(|run| self.exchanges.get(&(run, id)))
+                    .into_iter()
+                    .collect(),
+                _ => return Err(format!("{name:?} is not an exchange: use N or RUN.N")),
+            },
+            None => match parse(name) {
+                Some(id) => self.exchanges.values().filter(|x| x.id == id).collect(),
+                None => return Err(format!("{name:?} is not an exchange: use N or RUN.N")),
+            },
+        };
+        match wanted.as_slice() {
+            [one] => Ok(one),
+            [] => {
+                let last = self.exchanges.values().map(|x| x.id).max().unwrap_or(0);
+                Err(format!(
+                    "has no exchange {name} (its exchanges are numbered 1 to {last})"
+                ))
+            }
+            many => Err(format!(
+                "has more than one exchange {name}: its recorder restarted and numbered from 1 again; choose {}",
+                many.iter()
+                    .map(|x| x.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+        }
+    }
+
+    /// Takes in the next record.
+    fn push(&mut self, record: &Record) {
         self.records += 1;
         if self.first_time.is_none() {
             self.first_time = Some(record.time.clone());
@@ -166,12 +228,15 @@ impl Timeline {
         self.last_time = Some(record.time.clone());
         let time = record.time.clone();
         match &record.event {
-            Event::SessionStart(s) => self.items.push(Item::Start {
-                time,
-                start: s.clone(),
-            }),
+            Event::SessionStart(s) => {
+                self.run += 1;
+                self.items.push(Item::Start {
+                    time,
+                    start: s.clone(),
+                })
+            }
             Event::Tls(tls) => {
-                self.tls_by_conn.insert(tls.conn, tls.clone());
+                self.tls_by_conn.insert((self.run, tls.conn), tls.clone());
             }
             Event::Gap(g) => self.items.push(Item::Gap {
                 time,
@@ -191,10 +256,10 @@ impl Timeline {
             event => {
                 if let Some(id) = event.exchange() {
                     let tls = match event {
-                        Event::Request(r) => self.tls_by_conn.get(&r.conn).cloned(),
+                        Event::Request(r) => self.tls_by_conn.get(&(self.run, r.conn)).cloned(),
                         _ => None,
                     };
-                    let x = self.exchange_mut(id, record);
+                    let x = self.exchange_mut((self.run, id), record);
                     if tls.is_some() {
                         x.tls = tls;
                     }
@@ -204,13 +269,13 @@ impl Timeline {
         }
     }
 
-    fn exchange_mut(&mut self, id: u64, record: &Record) -> &mut Exchange {
-        if !self.exchanges.contains_key(&id) {
-            self.items.push(Item::Exchange(id));
+    fn exchange_mut(&mut self, key: ExchangeKey, record: &Record) -> &mut Exchange {
+        if !self.exchanges.contains_key(&key) {
+            self.items.push(Item::Exchange(key));
         }
         self.exchanges
-            .entry(id)
-            .or_insert_with(|| Exchange::new(id, record))
+            .entry(key)
+            .or_insert_with(|| Exchange::new(key, record))
     }
 
     /// The exchanges in recorded order.
@@ -298,10 +363,63 @@ mod tests {
             ),
         ];
         let t = Timeline::build(&records);
-        let body = &t.exchanges[&1].response_body;
+        let body = &t.exchanges[&(0, 1)].response_body;
         assert_eq!(body.bytes, b"ab\xff\x00");
         assert!(body.binary && body.complete && body.truncated && !body.damaged);
         assert_eq!(body.full_length(), 10);
+    }
+
+    #[test]
+    fn an_id_reused_after_a_restart_is_another_exchange() {
+        let start = |seq, restarted: bool| {
+            rec(
+                seq,
+                "2026-05-01T12:00:00.000000000Z",
+                &format!(
+                    r#""kind":"session_start","namespace":"n","session":"s","pod":"p","pod_uid":"u","public_key":"k","recorder":"r","durability":"batched","on_failure":"closed","max_body_bytes":1{}"#,
+                    if restarted {
+                        r#","restarted":true"#
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        };
+        let request = |seq, time, host: &str, exchange| {
+            rec(
+                seq,
+                time,
+                &format!(
+                    r#""kind":"request","exchange":{exchange},"conn":1,"method":"GET","scheme":"https","authority":"{host}","path":"/","version":"HTTP/1.1","headers":[]"#
+                ),
+            )
+        };
+        let records = [
+            start(0, false),
+            request(1, "2026-05-01T12:01:00.000000000Z", "a.example", 1),
+            request(2, "2026-05-01T12:02:00.000000000Z", "b.example", 2),
+            start(3, true),
+            request(4, "2026-05-01T12:05:00.000000000Z", "c.example", 1),
+        ];
+        let t = Timeline::build(&records);
+        assert_eq!(t.exchanges.len(), 3);
+        let labels: Vec<(&str, &str, &str)> = t
+            .exchanges_in_order()
+            .map(|x| (x.label.as_str(), x.host(), x.first_time.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("1.1", "a.example", "2026-05-01T12:01:00.000000000Z"),
+                ("2", "b.example", "2026-05-01T12:02:00.000000000Z"),
+                ("2.1", "c.example", "2026-05-01T12:05:00.000000000Z"),
+            ]
+        );
+        assert_eq!(t.find("2").unwrap().host(), "b.example");
+        assert_eq!(t.find("2.1").unwrap().host(), "c.example");
+        assert!(t.find("1").unwrap_err().contains("1.1 or 2.1"));
+        assert!(t.find("9").unwrap_err().contains("no exchange 9"));
+        assert!(t.find("x").is_err());
     }
 
     #[test]

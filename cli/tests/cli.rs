@@ -864,3 +864,109 @@ async fn an_output_that_cannot_be_written_is_an_error() {
     assert!(stderr.contains("cannot write the output"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A recording as recorders before the fix wrote it when their sidecar restarted after a
+/// crash: exchange and connection ids started again at 1.
+fn restarted_recording(sink_root: &Path) -> String {
+    use cassette_recording::record::{Event, Request, Response};
+    let mut f = forge::Forger::new(fixture_path());
+    let exchange = |f: &mut forge::Forger, time: &str, host: &str| {
+        f.add_at(
+            time,
+            Event::Request(Request {
+                exchange: 1,
+                conn: 1,
+                method: "GET".into(),
+                scheme: "https".into(),
+                authority: host.into(),
+                path: "/".into(),
+                version: "HTTP/1.1".into(),
+                headers: vec![],
+            }),
+        );
+        f.add_at(
+            time,
+            Event::Response(Response {
+                exchange: 1,
+                status: 200,
+                version: "HTTP/1.1".into(),
+                headers: vec![],
+                trailers: None,
+            }),
+        );
+    };
+    f.start(false);
+    exchange(
+        &mut f,
+        "2026-05-01T12:01:00.000000000Z",
+        "before-the-crash.example",
+    );
+    f.seal();
+    f.start(true);
+    exchange(
+        &mut f,
+        "2026-05-01T12:05:00.000000000Z",
+        "after-the-restart.example",
+    );
+    let manifest = f.finish();
+    f.write(sink_root, Some(&manifest));
+    format!("file://{}/agents/fix-ci/", sink_root.display())
+}
+
+#[test]
+fn exchanges_with_the_same_id_before_and_after_a_restart_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = restarted_recording(dir.path());
+
+    let out = cassette(&["show", "--recording", &uri]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.contains("2 exchange(s)"), "{text}");
+    let row = |host: &str| {
+        text.lines()
+            .find(|l| l.contains(host))
+            .unwrap_or_else(|| panic!("no row for {host} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        row("before-the-crash.example").starts_with("12:01:00"),
+        "{text}"
+    );
+    assert!(
+        row("after-the-restart.example").starts_with("12:05:00"),
+        "{text}"
+    );
+
+    // `--exchange 1` could be either: the CLI says which ones there are.
+    let out = cassette(&["show", "--recording", &uri, "--exchange", "1"]);
+    assert_eq!(code(&out), 3);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("1.1") && err.contains("2.1"), "{err}");
+    let out = cassette(&["show", "--recording", &uri, "--exchange", "2.1"]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("after-the-restart.example"));
+
+    let har = dir.path().join("out.har");
+    let out = cassette(&[
+        "export",
+        "--recording",
+        &uri,
+        "--har",
+        har.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0);
+    let doc: Value = serde_json::from_slice(&std::fs::read(&har).unwrap()).unwrap();
+    let urls: Vec<&str> = doc["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "https://before-the-crash.example/",
+            "https://after-the-restart.example/"
+        ]
+    );
+}

@@ -12,19 +12,16 @@ use crate::timeline::Timeline;
 pub async fn run(
     access: &Access,
     target: &Target,
-    exchange: Option<u64>,
+    exchange: Option<&str>,
     bodies: bool,
 ) -> Result<()> {
     let resolved = resolve_some(access, target).await?;
-    if let Some(id) = exchange {
+    if let Some(name) = exchange {
         let recording = single(&resolved, "show --exchange")?;
         let (timeline, _) = timeline_of(recording).await?;
-        let Some(x) = timeline.exchanges.get(&id) else {
-            let last = timeline.exchanges.keys().next_back().copied().unwrap_or(0);
-            bail!(
-                "recording {} has no exchange {id} (its exchanges are numbered 1 to {last})",
-                recording.label
-            );
+        let x = match timeline.find(name) {
+            Ok(x) => x,
+            Err(why) => bail!("recording {} {why}", recording.label),
         };
         print!("{}", render::exchange(x, bodies));
         return Ok(());
