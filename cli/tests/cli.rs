@@ -970,3 +970,79 @@ fn exchanges_with_the_same_id_before_and_after_a_restart_stay_apart() {
         ]
     );
 }
+
+/// What someone who can write to the bucket adds to a live recording: the next segment, its
+/// records chained on from the last seal (SHA-256 is public), without a seal (nobody but
+/// the recorder can sign). show, export and replay must not read it as part of the
+/// recording.
+#[tokio::test]
+async fn readers_leave_out_a_segment_the_recorder_did_not_write() {
+    use cassette_recording::record::{Event, Request};
+    let f = fixture::write().await;
+    std::fs::remove_file(f.recording_dir.join("manifest.json")).unwrap();
+    let last = segments(&f.recording_dir).pop().unwrap();
+    let text = decompress(&last);
+    let tip: Value = serde_json::from_slice(
+        text.split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    let seq = tip["seq"].as_u64().unwrap() + 1;
+    let event = Event::Request(Request {
+        exchange: 99,
+        conn: 99,
+        method: "GET".into(),
+        scheme: "https".into(),
+        authority: "nothing-happened-here.example".into(),
+        path: "/".into(),
+        version: "HTTP/1.1".into(),
+        headers: vec![],
+    });
+    let canonical =
+        cassette_recording::chain::canonical(seq, "2026-05-01T13:00:00.000000000Z", &event);
+    let link = cassette_recording::chain::link(tip["chain"].as_str().unwrap(), &canonical);
+    let forged = cassette_recording::chain::line(&canonical, &link);
+    let name = "seg-000099.jsonl.zst";
+    std::fs::write(
+        f.recording_dir.join(name),
+        zstd::stream::encode_all(&forged[..], 3).unwrap(),
+    )
+    .unwrap();
+
+    let out = cassette(&["show", "--recording", &f.session_uri]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        !stdout(&out).contains("nothing-happened-here"),
+        "{}",
+        stdout(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("left out {name}")), "{stderr}");
+    for args in [
+        vec!["export", "--recording", &f.session_uri, "--jsonl", "-"],
+        vec!["replay", "--recording", &f.session_uri, "--speed", "0"],
+        vec![
+            "replay",
+            "--recording",
+            &f.session_uri,
+            "--speed",
+            "0",
+            "--follow",
+        ],
+    ] {
+        let out = cassette(&args);
+        assert!(
+            !stdout(&out).contains("nothing-happened-here"),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+        // (--follow stops at the recording's session_end, before it gets there.)
+        if !args.contains(&"--follow") {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(&format!("left out {name}")),
+                "{args:?}"
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use cassette_recording::read::decode_segment;
 
-use super::{Target, records_of, resolve_some};
+use super::{Target, load, resolve_some};
 use crate::har;
 use crate::locate::Access;
 use crate::timeline::Timeline;
@@ -15,8 +15,7 @@ pub async fn har(access: &Access, target: &Target, out: &Path) -> Result<()> {
     let resolved = resolve_some(access, target).await?;
     let mut timelines = Vec::new();
     for recording in &resolved.recordings {
-        let objects = recording.load().await?;
-        let (records, warning) = records_of(&objects);
+        let (records, warning) = load(recording).await?.records(&recording.label);
         if let Some(w) = warning {
             eprintln!(
                 "warning: {}: reading stopped at an unreadable record ({w}); the export ends there",
@@ -51,8 +50,19 @@ pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
     let mut bytes = Vec::new();
     let mut segments = 0;
     for recording in &resolved.recordings {
-        let objects = recording.load().await?;
-        for segment in &objects.segments {
+        let loaded = load(recording).await?;
+        let left_out = loaded.objects.left_out(&loaded.report);
+        if !left_out.is_empty() {
+            eprintln!(
+                "warning: {}: left out {}, which the recorder did not write (run `kubectl cassette verify`)",
+                recording.label,
+                left_out.join(", ")
+            );
+        }
+        for segment in &loaded.objects.segments {
+            if left_out.contains(&segment.name.as_str()) {
+                continue;
+            }
             let text = decode_segment(&segment.name, &segment.bytes).with_context(|| {
                 format!("{}/{}: cannot decompress", recording.label, segment.name)
             })?;

@@ -103,31 +103,74 @@ pub async fn resolve_some(access: &Access, target: &Target) -> Result<Resolved> 
     Ok(resolved)
 }
 
-/// A recording's records in order, and a warning when reading stopped early.
-pub fn records_of(objects: &cassette_recording::RecordingObjects) -> (Vec<Record>, Option<String>) {
-    let mut records = Vec::new();
-    for r in objects.records() {
-        match r {
-            Ok(r) => records.push(r),
-            Err(e) => return (records, Some(e.to_string())),
-        }
-    }
-    (records, None)
+/// A recording loaded and checked: what `show`, `replay`, `export` and `search` read.
+pub struct Loaded {
+    pub objects: cassette_recording::RecordingObjects,
+    /// `verify` against the pod's key in the AgentSession status (when there is one) and the
+    /// recording's place.
+    pub report: cassette_recording::Report,
+    /// Whether `report` was checked against a key from the status.
+    pub anchored: bool,
 }
 
-/// Loads a recording and builds its timeline; prints a warning for unreadable tails.
-pub async fn timeline_of(
-    recording: &Recording,
-) -> Result<(Timeline, cassette_recording::RecordingObjects)> {
+impl Loaded {
+    /// The records of the segments verify took for the recorder's, in order, and a warning
+    /// when reading stopped early. Objects someone else put in the recording's place — a
+    /// segment the manifest does not list, one without a seal, a second claim to a number —
+    /// are not read as part of it: they are named in a warning.
+    pub fn records(&self, label: &str) -> (Vec<Record>, Option<String>) {
+        let left_out = self.objects.left_out(&self.report);
+        if !left_out.is_empty() {
+            eprintln!(
+                "warning: {label}: left out {}, which the recorder did not write (run `kubectl cassette verify`)",
+                left_out.join(", ")
+            );
+        }
+        let mut records = Vec::new();
+        for r in self.objects.records_of(&self.report) {
+            match r {
+                Ok(r) => records.push(r),
+                Err(e) => return (records, Some(e.to_string())),
+            }
+        }
+        (records, None)
+    }
+}
+
+/// Loads a recording and checks it (against its pod's key in the status, when known).
+pub async fn load(recording: &Recording) -> Result<Loaded> {
     let objects = recording.load().await?;
-    let (records, warning) = records_of(&objects);
+    let key = recording
+        .status
+        .as_ref()
+        .and_then(|p| p.public_key.as_deref())
+        .and_then(cassette_recording::key::decode_public_key);
+    let report = cassette_recording::verify_expecting(
+        &objects,
+        &cassette_recording::Expected {
+            keys: key.iter().cloned().collect(),
+            place: cassette_recording::Place::of(&recording.url),
+        },
+    );
+    Ok(Loaded {
+        objects,
+        report,
+        anchored: key.is_some(),
+    })
+}
+
+/// Loads a recording and builds its timeline; prints a warning for unreadable tails and for
+/// objects left out.
+pub async fn timeline_of(recording: &Recording) -> Result<(Timeline, Loaded)> {
+    let loaded = load(recording).await?;
+    let (records, warning) = loaded.records(&recording.label);
     if let Some(w) = warning {
         eprintln!(
             "warning: {}: reading stopped at an unreadable record ({w}); run `kubectl cassette verify`",
             recording.label
         );
     }
-    Ok((Timeline::build(&records), objects))
+    Ok((Timeline::build(&records), loaded))
 }
 
 /// The one recording a command that works on a single recording was given.

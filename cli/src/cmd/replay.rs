@@ -10,7 +10,7 @@ use cassette_recording::read::decode_segment;
 use cassette_recording::segment::{is_manifest_name, parse_index};
 use tokio::time::Instant;
 
-use super::{Target, records_of, resolve_some, single};
+use super::{Target, load, resolve_some, single};
 use crate::locate::{Access, Recording};
 use crate::render;
 use crate::timeline::parse_time;
@@ -60,8 +60,7 @@ pub async fn run(
     // Several pods: one timeline, merged by recorded time.
     let mut all: Vec<(jiff::Timestamp, String, Record)> = Vec::new();
     for recording in &resolved.recordings {
-        let objects = recording.load().await?;
-        let (records, warning) = records_of(&objects);
+        let (records, warning) = load(recording).await?.records(&recording.label);
         if let Some(w) = warning {
             eprintln!(
                 "warning: {}: reading stopped at an unreadable record ({w})",
@@ -86,8 +85,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether a segment that just appeared in a live recording is the recorder's next one: it
+/// chains on from the last record followed and ends with a seal (the recorder ships nothing
+/// else; `verify` checks the signatures).
+fn follows_on(text: &[u8], prev: &str) -> Option<String> {
+    let mut lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let first = cassette_recording::chain::split_line(lines.next()?).ok()?;
+    let last_line = lines.next_back().unwrap_or(first.body);
+    let last = cassette_recording::chain::split_line(last_line).ok()?;
+    let sealed = serde_json::from_slice::<Record>(last_line)
+        .is_ok_and(|r| matches!(r.event, cassette_recording::Event::Seal(_)));
+    (first.expected_chain(prev) == first.chain && sealed).then(|| last.chain.to_string())
+}
+
 async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration) -> Result<()> {
     let mut next_index = 1u64;
+    let mut prev = cassette_recording::chain::GENESIS.to_string();
+    let mut left_out = std::collections::BTreeSet::new();
     loop {
         let listing = recording
             .sink
@@ -107,6 +121,9 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
             .iter()
             .any(|k| is_manifest_name(&k[recording.prefix.len()..]));
         for (ix, name) in fresh {
+            if ix < next_index || left_out.contains(&name) {
+                continue; // a second claim to a number already followed, or not the recorder's
+            }
             if ix != next_index {
                 eprintln!(
                     "warning: {}: segment {next_index} is missing; continuing with {name}",
@@ -119,6 +136,15 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
             };
             let text = decode_segment(&name, &bytes)
                 .with_context(|| format!("{name}: cannot decompress"))?;
+            let Some(head) = follows_on(&text, &prev) else {
+                eprintln!(
+                    "warning: {}: left out {name}, which does not follow on from the recording or has no seal: the recorder did not write it (run `kubectl cassette verify`)",
+                    recording.label
+                );
+                left_out.insert(name);
+                continue;
+            };
+            prev = head;
             for (i, line) in text.split(|b| *b == b'\n').enumerate() {
                 if line.is_empty() {
                     continue;

@@ -30,22 +30,10 @@ pub async fn run(
         if i > 0 {
             println!();
         }
-        let (timeline, objects) = timeline_of(recording).await?;
-        let expected = recording
-            .status
-            .as_ref()
-            .and_then(|p| p.public_key.as_deref())
-            .and_then(cassette_recording::key::decode_public_key);
-        let report = cassette_recording::verify_expecting(
-            &objects,
-            &cassette_recording::Expected {
-                keys: expected.iter().cloned().collect(),
-                place: cassette_recording::Place::of(&recording.url),
-            },
-        );
+        let (timeline, loaded) = timeline_of(recording).await?;
         println!(
             "{}",
-            header(recording, &timeline, &report, expected.is_some())
+            header(recording, &timeline, &loaded.report, loaded.anchored)
         );
         print!("{}", render::table(&timeline));
     }
