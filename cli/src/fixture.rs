@@ -84,10 +84,19 @@ pub const SERVICE_ACCOUNT_KEY: &str = r#"{
 }"#;
 
 /// What the agent posted: the key file, and the database password beside it.
-fn service_account_upload() -> Vec<u8> {
+pub fn service_account_upload() -> Vec<u8> {
     let key: serde_json::Value = serde_json::from_str(SERVICE_ACCOUNT_KEY).expect("key json");
     serde_json::to_vec(&serde_json::json!({"title": "creds", "key": key, "db_password": SECRET}))
         .expect("json")
+}
+
+/// The binary the agent uploaded in exchange 5: 1100 bytes, of which 1024 are stored.
+pub fn upload_blob() -> Vec<u8> {
+    (0..=255u8)
+        .cycle()
+        .take(1100)
+        .map(|b| b.wrapping_mul(37) | 0x80)
+        .collect()
 }
 
 /// Writes the fixture recording and closes it (sealed segments and a signed manifest).
@@ -104,7 +113,8 @@ pub async fn write() -> Fixture {
     let mut config = RecorderConfig::new(sink.clone(), dir.path().join("spool"), path);
     config.max_body_bytes = 1024;
     config.segment_max_bytes = 2048;
-    config.digest_key = b"digest-key".to_vec();
+    // As the sidecar does: bodies are digested with the session's fingerprint key.
+    config.digest_key = FINGERPRINT_KEY.to_vec();
     config.agent = Some("coding-agent".into());
     config.requested_by = Some("alice@example.com".into());
     let rec = Recorder::start(config).await.expect("recorder starts");
@@ -293,11 +303,7 @@ pub async fn write() -> Fixture {
         headers: h(&[("content-type", "application/octet-stream")]),
     }))
     .await;
-    let blob: Vec<u8> = (0..=255u8)
-        .cycle()
-        .take(1100)
-        .map(|b| b.wrapping_mul(37) | 0x80)
-        .collect();
+    let blob = upload_blob();
     let mut body = rec.body(5, Direction::Request);
     body.write(&blob).await.expect("body");
     body.finish().await.expect("body");

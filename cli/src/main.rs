@@ -218,19 +218,33 @@ When several checks fail the worst decides: 1, then 4, then 2.")]
         #[command(flatten)]
         format: ExportFormat,
     },
-    /// Find the exchanges that carried a secret, by its masked fingerprint.
+    /// Find the exchanges that carried a secret (by its masked fingerprint), or a body (by the
+    /// digest every body keeps, also where it was too long to store).
     #[command(after_help = "\
-Exit codes: 0 at least one match, 1 no match, 3 usage error or unreadable input.
+Exit codes: 0 at least one match, 1 no match, 3 usage error, unreadable input, or a key that
+is not the one the recording's digests use.
 
-The fingerprint key is read from the Secret named in spec.masking.fingerprintKey with your
-own credentials, or from --key-file (the key's exact bytes, as the Secret holds them:
+--secret-file F: every candidate secret in F (a service-account key's private_key, a token,
+an env file's values) is fingerprinted and looked for in the masks of headers, URLs and
+bodies. --body-file F: F is compared with every recorded body, stored or not (bodies longer
+than maxBodyBytes keep their length and a keyed digest): as it is, and masked the way the
+session masks (its spec.masking; the built-in detectors with --recording alone), since bodies
+are recorded with their secrets masked.
+
+Both use the session's fingerprint key, read from the Secret named in
+spec.masking.fingerprintKey with your own credentials, or from --key-file (the key's exact
+bytes, as the Secret holds them:
 kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
+    #[command(group = clap::ArgGroup::new("candidate").required(true).multiple(true).args(["secret_file", "body_file"]))]
     Search {
         #[command(flatten)]
         target: TargetArgs,
         /// A file holding the secret: a service-account JSON key, a token, a PEM key, an env file.
         #[arg(long, value_name = "FILE")]
-        secret_file: PathBuf,
+        secret_file: Option<PathBuf>,
+        /// A file that may be what a recorded body was (its bytes, decoded, as sent or seen).
+        #[arg(long, value_name = "FILE")]
+        body_file: Option<PathBuf>,
         /// The fingerprint key, instead of the Secret the AgentSession names.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
@@ -359,10 +373,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Search {
             target,
             secret_file,
+            body_file,
             key_file,
         } => {
-            return cmd::search::run(&access, &target.target(), &secret_file, key_file.as_deref())
-                .await;
+            return cmd::search::run(
+                &access,
+                &target.target(),
+                cmd::search::Candidates {
+                    secret_file: secret_file.as_deref(),
+                    body_file: body_file.as_deref(),
+                },
+                key_file.as_deref(),
+            )
+            .await;
         }
     }
     Ok(0)

@@ -1,7 +1,9 @@
 //! `search --secret-file`: which exchanges carried a given secret, proven by fingerprint.
 //! The recording never holds a secret, only `«masked:<detector>:<fingerprint>»`; the auditor
 //! fingerprints the candidate secrets of a file with the session's fingerprint key and looks
-//! for those fingerprints. Pure: the key and the file's bytes come from the caller.
+//! for those fingerprints. `search --body-file`: which recorded bodies were a given file,
+//! proven by the keyed digest every body keeps (also the ones too long to store). Pure: the
+//! key and the file's bytes come from the caller.
 //!
 //! The fingerprint and the candidates of a file are `cassette-rules`' own (the masker's
 //! contract: first 12 bytes of HMAC-SHA-256, lowercase hex, over the canonical secret), so a
@@ -123,6 +125,57 @@ pub fn search(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
         );
         for (name, value) in x.end.iter().flat_map(|e| e.trailers.iter().flatten()) {
             look("response", Place::Trailer(name.clone()), value);
+        }
+    }
+    out
+}
+
+/// A recorded body a candidate file matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyMatch {
+    pub exchange: String,
+    pub time: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    /// `request` (sent by the agent) or `response` (seen by it).
+    pub direction: &'static str,
+    /// Full length and bytes stored.
+    pub length: u64,
+    pub stored: u64,
+    /// How the candidate was turned into what was recorded: `as it is`, or `after masking`.
+    pub how: String,
+}
+
+/// The bodies of the timeline whose digest is one of `wanted` (how, digest), only in the runs
+/// `runs` keep (the recorder runs whose digest key is the caller's).
+pub fn body_matches(
+    timeline: &Timeline,
+    wanted: &[(String, String)],
+    runs: impl Fn(u32) -> bool,
+) -> Vec<BodyMatch> {
+    let mut out = Vec::new();
+    for x in timeline.exchanges_in_order().filter(|x| runs(x.run)) {
+        for (direction, body) in [("request", &x.request_body), ("response", &x.response_body)] {
+            let Some(digest) = &body.digest else { continue };
+            if let Some((how, _)) = wanted.iter().find(|(_, d)| d == digest) {
+                let (method, path) = x
+                    .request
+                    .as_ref()
+                    .map(|r| (r.method.clone(), r.path.clone()))
+                    .unwrap_or_default();
+                out.push(BodyMatch {
+                    exchange: x.label.clone(),
+                    time: x.first_time.clone(),
+                    host: x.host().to_string(),
+                    method,
+                    path,
+                    direction,
+                    length: body.full_length(),
+                    stored: body.bytes.len() as u64,
+                    how: how.clone(),
+                });
+            }
         }
     }
     out

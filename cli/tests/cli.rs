@@ -1046,3 +1046,69 @@ async fn readers_leave_out_a_segment_the_recorder_did_not_write() {
         }
     }
 }
+
+#[tokio::test]
+async fn search_checks_a_candidate_body_against_what_was_not_stored() {
+    let f = fixture::write().await;
+    let key = f.dir.path().join("key");
+    std::fs::write(&key, fixture::FINGERPRINT_KEY).unwrap();
+    let search = |file: &Path, key: &Path| {
+        cassette(&[
+            "search",
+            "--recording",
+            &f.session_uri,
+            "--body-file",
+            file.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+    };
+
+    // Exchange 5 stored 1024 of its 1100 bytes; the auditor holds a file it may have been.
+    let blob = f.dir.path().join("blob.bin");
+    std::fs::write(&blob, fixture::upload_blob()).unwrap();
+    let out = search(&blob, &key);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    let hit = text
+        .lines()
+        .find(|l| l.contains("#5"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        hit.contains("request body")
+            && hit.contains("PUT")
+            && hit.contains("1100 bytes, 1024 stored"),
+        "{hit}"
+    );
+
+    // A body that was masked before it was recorded matches once masked the same way.
+    let upload = f.dir.path().join("upload.json");
+    std::fs::write(&upload, fixture::service_account_upload()).unwrap();
+    let out = search(&upload, &key);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    let hit = text
+        .lines()
+        .find(|l| l.contains("#3"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(hit.contains("after masking"), "{hit}");
+
+    // One byte off: no match.
+    let mut other = fixture::upload_blob();
+    other[1099] ^= 1;
+    std::fs::write(&blob, other).unwrap();
+    let out = search(&blob, &key);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("0 match(es)"), "{}", stdout(&out));
+
+    // The wrong key is said to be wrong, not taken for "no match".
+    let wrong = f.dir.path().join("wrong-key");
+    std::fs::write(&wrong, b"some other key").unwrap();
+    let out = search(&blob, &wrong);
+    assert_eq!(code(&out), 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the key this recording"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

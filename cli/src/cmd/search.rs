@@ -1,67 +1,94 @@
-//! `search --secret-file F`: which exchanges carried the secret(s) in F. The key comes from
-//! the Secret named in `spec.masking.fingerprintKey` (read with the auditor's own
-//! credentials) or `--key-file`.
+//! `search --secret-file F`: which exchanges carried the secret(s) in F; `search --body-file
+//! F`: which recorded bodies were F, stored or not. The key comes from the Secret named in
+//! `spec.masking.fingerprintKey` (read with the auditor's own credentials) or `--key-file`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use cassette_recording::body::{body_digest, digest_key_id};
+use cassette_rules::mask::{BodyKind, Masker};
 
-use super::{Target, resolve_some, timeline_of};
+use super::{Resolved, Target, resolve_some, timeline_of};
 use crate::locate::Access;
 use crate::render::{clock, printable};
-use crate::search::{candidates, fingerprint, search};
+use crate::search::{body_matches, candidates, fingerprint, search};
+use crate::timeline::{Item, Timeline};
 
 /// Exit codes of `search`.
 pub const FOUND: i32 = 0;
 pub const NOT_FOUND: i32 = 1;
 
+/// What to look for.
+pub struct Candidates<'a> {
+    pub secret_file: Option<&'a Path>,
+    pub body_file: Option<&'a Path>,
+}
+
 pub async fn run(
     access: &Access,
     target: &Target,
-    secret_file: &Path,
+    what: Candidates<'_>,
     key_file: Option<&Path>,
 ) -> Result<i32> {
-    let file = std::fs::read(secret_file)
-        .with_context(|| format!("cannot read {}", secret_file.display()))?;
-    let candidates = candidates(&file);
-    if candidates.is_empty() {
-        bail!(
-            "{} holds no candidate secret (it is empty)",
-            secret_file.display()
-        );
-    }
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let secrets = what.secret_file.map(read).transpose()?;
+    let body = what.body_file.map(read).transpose()?;
     let resolved = resolve_some(access, target).await?;
     let key = match key_file {
-        Some(path) => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-        }
-        None => {
-            let (Some(session), Some(cluster)) = (&resolved.session, &resolved.cluster) else {
-                bail!("without an AgentSession to name the fingerprint key, pass --key-file");
-            };
-            let Some(secret) = session
-                .spec
-                .masking
-                .as_ref()
-                .and_then(|m| m.fingerprint_key.as_ref())
-            else {
-                bail!(
-                    "{} sets no spec.masking.fingerprintKey, so each pod fingerprinted with a key of its own that never left it; such masks cannot be searched (pass --key-file if you hold the key)",
-                    resolved.title()
-                );
-            };
-            cluster.secret_key(&secret.name, &secret.key).await?
-        }
+        Some(path) => read(path)?,
+        None => session_key(&resolved).await?,
     };
+    let mut total = 0;
+    if let (Some(file), Some(path)) = (&secrets, what.secret_file) {
+        total += search_secrets(&resolved, file, path, &key).await?;
+    }
+    if let (Some(file), Some(path)) = (&body, what.body_file) {
+        total += search_bodies(&resolved, file, path, &key).await?;
+    }
+    Ok(if total > 0 { FOUND } else { NOT_FOUND })
+}
+
+/// The fingerprint key from the Secret the AgentSession names.
+async fn session_key(resolved: &Resolved) -> Result<Vec<u8>> {
+    let (Some(session), Some(cluster)) = (&resolved.session, &resolved.cluster) else {
+        bail!("without an AgentSession to name the fingerprint key, pass --key-file");
+    };
+    let Some(secret) = session
+        .spec
+        .masking
+        .as_ref()
+        .and_then(|m| m.fingerprint_key.as_ref())
+    else {
+        bail!(
+            "{} sets no spec.masking.fingerprintKey, so each pod fingerprinted with a key of its own that never left it; such masks cannot be searched (pass --key-file if you hold the key)",
+            resolved.title()
+        );
+    };
+    cluster.secret_key(&secret.name, &secret.key).await
+}
+
+async fn search_secrets(
+    resolved: &Resolved,
+    file: &[u8],
+    path: &Path,
+    key: &[u8],
+) -> Result<usize> {
+    let candidates = candidates(file);
+    if candidates.is_empty() {
+        bail!("{} holds no candidate secret (it is empty)", path.display());
+    }
     let wanted: Vec<(String, String)> = candidates
         .iter()
-        .map(|c| (c.source.clone(), fingerprint(&key, &c.value)))
+        .map(|c| (c.source.clone(), fingerprint(key, &c.value)))
         .collect();
     println!(
         "searching {} for {} candidate secret(s) from {}:",
         resolved.title(),
         wanted.len(),
-        secret_file.display()
+        path.display()
     );
     for (source, fp) in &wanted {
         println!("  {fp}  {}", printable(source, false));
@@ -98,5 +125,121 @@ pub async fn run(
             );
         }
     }
-    Ok(if total > 0 { FOUND } else { NOT_FOUND })
+    Ok(total)
+}
+
+/// The `digest_key_id` of each recorder run (1-based, as the timeline counts them).
+fn run_key_ids(timeline: &Timeline) -> Vec<(u32, Option<String>)> {
+    timeline
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Start { start, .. } => Some(start.digest_key_id.clone()),
+            _ => None,
+        })
+        .zip(1u32..)
+        .map(|(id, run)| (run, id))
+        .collect()
+}
+
+async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]) -> Result<usize> {
+    // What the sidecar would have recorded for this file: the bytes as they are, or with
+    // their secrets masked (JSON bodies also by field), under the session's masking.
+    let masking = resolved
+        .session
+        .as_ref()
+        .and_then(|s| s.spec.masking.as_ref());
+    let masker = Masker::new(masking, key)
+        .map_err(|e| anyhow::anyhow!("cannot build the session's masking: {e}"))?;
+    let mut wanted = vec![("as it is".to_string(), body_digest(key, file))];
+    for kind in [BodyKind::Json, BodyKind::Other] {
+        let (masked, summary) = masker.mask(kind, file);
+        let digest = body_digest(key, &masked);
+        if summary.total() > 0 && !wanted.iter().any(|(_, d)| *d == digest) {
+            wanted.push((
+                format!("after masking {} secret(s)", summary.total()),
+                digest,
+            ));
+        }
+    }
+    let ours = digest_key_id(key);
+    println!(
+        "searching {} for the body in {} ({} bytes){}:",
+        resolved.title(),
+        path.display(),
+        file.len(),
+        if masking.is_none() && resolved.session.is_none() {
+            ", masked with the built-in detectors (no AgentSession to read spec.masking from)"
+        } else {
+            ""
+        }
+    );
+    // Which runs of which recording use the key given: a key that fits none is a mistake
+    // to say, not a "no match".
+    let mut timelines = Vec::new();
+    let mut checked_any = false;
+    let mut foreign_ids = BTreeSet::new();
+    for recording in &resolved.recordings {
+        let (timeline, _) = timeline_of(recording).await?;
+        let runs = run_key_ids(&timeline);
+        // Bodies of a run are digested with the key its session_start names; a run that
+        // names none (recorded before digest_key_id) used a per-pod key that never left it.
+        let usable: BTreeSet<u32> = runs
+            .iter()
+            .filter(|(_, id)| id.as_deref() == Some(ours.as_str()))
+            .map(|(run, _)| *run)
+            .collect();
+        for (run, id) in &runs {
+            match id {
+                Some(id) if *id != ours => {
+                    foreign_ids.insert(id.clone());
+                }
+                None => eprintln!(
+                    "warning: {}: recorder run {run} does not name its digest key (recorded before digest_key_id): its body digests cannot be checked by anyone",
+                    recording.label
+                ),
+                _ => {}
+            }
+        }
+        checked_any |= !usable.is_empty();
+        timelines.push((recording, timeline, usable));
+    }
+    if !checked_any && !foreign_ids.is_empty() {
+        bail!(
+            "the key given is not the key this recording's bodies are digested with (digest_key_id {}, the key given has {ours}): use the session's fingerprint key",
+            foreign_ids.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut total = 0;
+    for (recording, timeline, usable) in &timelines {
+        let found = body_matches(timeline, &wanted, |run| usable.contains(&run));
+        total += found.len();
+        println!();
+        println!(
+            "recording {}: {} match(es) in {} exchange(s)",
+            recording.label,
+            found.len(),
+            timeline.exchanges.len()
+        );
+        for m in &found {
+            println!(
+                "  {}  #{:<4} {} body  {:<8} {}{}  ({} bytes, {} stored; {}) — matches {}",
+                clock(&m.time),
+                m.exchange,
+                m.direction,
+                printable(&m.method, false),
+                printable(&m.host, false),
+                printable(&m.path, false),
+                m.length,
+                m.stored,
+                if m.direction == "request" {
+                    "sent by the agent"
+                } else {
+                    "seen by the agent"
+                },
+                m.how,
+            );
+        }
+    }
+    Ok(total)
 }
