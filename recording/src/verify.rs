@@ -25,6 +25,9 @@ pub struct Report {
     /// `chain` of the last record read.
     pub head: Option<String>,
     pub completeness: Completeness,
+    /// The name of the manifest signed with the session key, when there is one
+    /// (`manifest.json`, or the name the recorder fell back to when that was taken).
+    pub manifest: Option<String>,
     /// Everything wrong, in the order found. Empty means the recording verifies.
     pub faults: Vec<Fault>,
 }
@@ -536,6 +539,7 @@ pub fn verify_expecting(objects: &RecordingObjects, expected: &Expected) -> Repo
         public_key: walk.key_b64,
         head,
         completeness,
+        manifest: manifest.map(|(name, _)| name),
         faults: walk.faults,
     }
 }

@@ -208,6 +208,11 @@ async fn names_squatted_ahead_of_the_recorder_stop_nothing() {
     );
     assert_eq!(verdict.records, report.records);
     assert_eq!(verdict.completeness, Completeness::Complete);
+    let manifest = verdict.manifest.as_deref().unwrap();
+    assert!(
+        cassette_recording::segment::is_manifest_name(manifest) && manifest != "manifest.json",
+        "{manifest}"
+    );
 }
 
 /// A name the recorder chose was taken by someone else before it could write it (as if the

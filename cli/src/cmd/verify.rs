@@ -265,6 +265,11 @@ fn print_report(
         ),
     }
     println!("            {}", recording.url);
+    if let Some(m) = report.manifest.as_deref().filter(|m| *m != "manifest.json") {
+        println!(
+            "            closed by {m}: the recorder wrote its manifest there because manifest.json was taken"
+        );
+    }
     if let Some(k) = &report.public_key {
         match key {
             Some(source) => println!("            announced key {k}; {source}"),
