@@ -395,3 +395,65 @@ async fn every_object_carries_the_sessions_retention() {
         assert!((89.9..90.1).contains(&days), "{}: {days} days", object.key);
     }
 }
+
+/// On GCS a taken name is a 412 from `ifGenerationMatch=0` and other bytes under the name: the
+/// segment goes out under another name, a gap says so, and shipping goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_in_the_bucket_is_a_gap_and_shipping_goes_on() {
+    let emulator = Emulator::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let path = RecordingPath {
+        namespace: "ns".into(),
+        session: "taken".into(),
+        pod: "agent".into(),
+        pod_uid: "3".into(),
+    };
+    let url = format!("gs://{BUCKET}/recordings");
+    let mut config = RecorderConfig::new(&url, spool.path(), path.clone());
+    config.gcs = emulator.options();
+    config.segment_max_bytes = 1 << 20;
+    config.shutdown_timeout = Duration::from_secs(10);
+    let recorder = Recorder::start(config).await.unwrap();
+    recorder.record(event(0)).await.unwrap();
+    let open: Vec<String> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-") && n.ends_with(".jsonl"))
+        .collect();
+    let taken = format!("{}.zst", open[0]);
+    let sink = Sink::open(&url, &emulator.options()).await.unwrap();
+    let meta = ObjectMeta {
+        content_type: "application/zstd",
+        ..ObjectMeta::default()
+    };
+    sink.put_once(
+        &format!("{}/{taken}", path.prefix()),
+        "not the recorder's".into(),
+        &meta,
+    )
+    .await
+    .unwrap();
+    recorder.seal_now().unwrap();
+    wait_until(|| recorder.stats().segments_shipped >= 1).await;
+    recorder.record(event(1)).await.unwrap();
+    let report = recorder.shutdown().await.unwrap();
+
+    let objects = load(&sink, &format!("{}/", path.prefix())).await.unwrap();
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert_eq!(verdict.records, report.records);
+    assert!(
+        !verdict.faults.is_empty()
+            && verdict
+                .faults
+                .iter()
+                .all(|f| f.object.as_deref() == Some(taken.as_str())),
+        "{:#?}",
+        verdict.faults
+    );
+    assert!(
+        objects
+            .records_of(&verdict)
+            .any(|r| matches!(r.unwrap().event, Event::Gap(g) if g.lost.contains(&taken)))
+    );
+}
