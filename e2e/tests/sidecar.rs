@@ -602,8 +602,20 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
             "kubectl cassette show lacks {needle:?}:\n{timeline}"
         );
     }
-    let (code, verified) = kubectl_cassette(&["verify", "--recording", &recording])?;
+    // The key is pinned the way an auditor pins it: from where it was published (here the
+    // sidecar's own session_start; in a cluster the AgentSession status).
+    let key = kinds(&records, "session_start")[0]["public_key"]
+        .as_str()
+        .context("the session key")?
+        .to_string();
+    let (code, verified) =
+        kubectl_cassette(&["verify", "--recording", &recording, "--public-key", &key])?;
     assert_eq!(code, 0, "{verified}");
+    let (unpinned, _) = kubectl_cassette(&["verify", "--recording", &recording])?;
+    assert_eq!(
+        unpinned, 4,
+        "without a key it could check, verify says UNCHECKED"
+    );
     let key_file = pod.dir.path().join("fingerprint.key");
     let sa_file = pod.dir.path().join("leaked-sa.json");
     std::fs::write(&sa_file, secret.to_string())?;

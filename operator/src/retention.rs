@@ -11,7 +11,7 @@
 //! whose metadata names another session.
 
 use cassette_api::AgentSession;
-use cassette_recording::segment::{MANIFEST, parse_index};
+use cassette_recording::segment::{is_manifest_name, parse_index};
 use cassette_recording::sink::{Deleted, GcsOptions, Sink, SinkError, StoredObject};
 use cassette_rules::validate::parse_retention;
 use kube::ResourceExt;
@@ -127,7 +127,7 @@ impl Scope<'_> {
     /// this session's UID and names no other namespace, session or pod.
     fn owns(&self, pod_dir: &str, name: &str, object: &StoredObject) -> bool {
         let recording_file =
-            (name.ends_with(".jsonl.zst") && parse_index(name).is_some()) || name == MANIFEST;
+            (name.ends_with(".jsonl.zst") && parse_index(name).is_some()) || is_manifest_name(name);
         let says = |key: &str, matches: &dyn Fn(&str) -> bool| {
             object.metadata.get(key).is_none_or(|v| matches(v))
         };
@@ -346,6 +346,7 @@ mod tests {
         AgentSessionSpec, AgentSessionStatus, Durability, OnFailure, PodRecording,
         Recording as RecordingSpec,
     };
+    use cassette_recording::segment::MANIFEST;
     use cassette_recording::sink::{HOLD_FILE, ObjectMeta};
     use std::path::Path;
 

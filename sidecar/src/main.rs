@@ -176,9 +176,14 @@ pub struct RunArgs {
     /// Admin listener (/metrics, /healthz, /readyz): the kubelet and Prometheus reach it.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
     admin_addr: SocketAddr,
-    /// How long in-flight exchanges may take to finish on shutdown.
+    /// How long in-flight exchanges may take to finish on shutdown (at most half of what is
+    /// left of the grace period).
     #[arg(long, default_value = "20")]
     drain_seconds: u64,
+    /// The pod's termination grace period: from SIGTERM, the time to drain, seal and ship
+    /// before the kubelet kills the sidecar. The injector sets it from the pod spec.
+    #[arg(long, env = "CASSETTE_GRACE_SECONDS", default_value = "30")]
+    grace_seconds: u64,
     /// Seconds an agent connection may take to finish its TLS handshake or to send a
     /// request's headers; a slower client is disconnected and the connection recorded with
     /// why. An HTTP/1 keep-alive connection idle for as long between requests is closed too
@@ -264,17 +269,8 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(identity), Some(broker::Broker::new()?))
     };
 
-    // The recording: started (and any crashed spool recovered) before traffic flows.
-    let started = record::writer::start(
-        &args,
-        identity.as_ref().map(|i| i.email.clone()),
-        metrics.clone(),
-    )
-    .await
-    .context("starting the recording")?;
-    readiness.spool_writable.store(true, Ordering::Release);
-
-    // The session's policy and masking, validated as the operator validates them.
+    // The session's policy and masking, validated as the operator validates them, and its
+    // fingerprint key, which also keys the digests of bodies past maxBodyBytes.
     let fingerprint_key = match &args.fingerprint_key_file {
         Some(path) => std::fs::read(path)
             .with_context(|| format!("reading the fingerprint key {}", path.display()))?,
@@ -291,6 +287,20 @@ async fn run(args: RunArgs) -> Result<()> {
         args.expires_at.as_deref(),
         &fingerprint_key,
     )?);
+
+    // The recording: started (and any crashed spool recovered) before traffic flows.
+    let started = record::writer::start(
+        &args,
+        record::writer::Keys {
+            digest: &fingerprint_key,
+            retention: session.retention,
+        },
+        identity.as_ref().map(|i| i.email.clone()),
+        metrics.clone(),
+    )
+    .await
+    .context("starting the recording")?;
+    readiness.spool_writable.store(true, Ordering::Release);
 
     // TLS: a fresh CA, and the bundle the agent's tools trust.
     let ca = tls::SessionCa::generate(&args.session, 10_000)?;
@@ -381,11 +391,19 @@ async fn run(args: RunArgs) -> Result<()> {
     );
 
     wait_for_signal().await?;
+    // The kubelet kills the pod at the end of its grace period: drain, then seal and ship
+    // with what is left of it, a margin kept for the last status report.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(
+            args.grace_seconds
+                .saturating_sub(GRACE_MARGIN_SECONDS)
+                .max(1),
+        );
     tracing::info!("shutting down: no new connections; letting in-flight exchanges finish");
     shutdown.trigger();
-    let left = shutdown
-        .drain(Duration::from_secs(args.drain_seconds))
-        .await;
+    let drain = Duration::from_secs(args.drain_seconds)
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()) / 2);
+    let left = shutdown.drain(drain).await;
     if left > 0 {
         tracing::warn!(
             left,
@@ -395,11 +413,13 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(task) = reporting {
         task.abort();
     }
-    started
-        .shutdown()
-        .await
-        .context("sealing and shipping the recording")?;
-    tracing::info!("recording sealed and shipped");
+    match started.shutdown_by(deadline).await {
+        Ok(()) => tracing::info!("recording sealed and shipped"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the recording could not be shipped in full");
+            record::writer::termination_message(&e);
+        }
+    }
     if let Some(reporter) = reporter {
         // The last word: everything shipped, the spool empty.
         if let Err(e) = reporter.report().await {
@@ -408,6 +428,9 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// What is kept of the grace period for the last status report after shipping.
+const GRACE_MARGIN_SECONDS: u64 = 3;
 
 /// A loopback IPv4 listener's address and its IPv6 twin on `[::1]` (capture rules redirect
 /// IPv6 there); any other address alone.

@@ -19,6 +19,8 @@ pub struct Session {
     pub review_timeout: std::time::Duration,
     /// Lives as long as the process: body maskers borrow it while bodies stream.
     pub masker: &'static Masker,
+    /// `spec.recording.retention`, for the objects of the recording.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -65,10 +67,18 @@ impl Session {
                 .map_err(|e| anyhow::anyhow!("spec.policy.reviewTimeout {text:?}: {e}"))?,
             None => DEFAULT_REVIEW_TIMEOUT,
         };
+        let retention = match spec.as_ref().and_then(|s| s.recording.retention.as_deref()) {
+            Some(text) => Some(
+                cassette_rules::validate::parse_retention(text)
+                    .map_err(|e| anyhow::anyhow!("spec.recording.retention {text:?}: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             evaluator,
             review_timeout,
             masker: Box::leak(Box::new(masker)),
+            retention,
         })
     }
 }

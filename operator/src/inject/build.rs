@@ -100,6 +100,7 @@ pub(super) fn sidecar_container(
     config: &Config,
     session: &AgentSession,
     expires_at: Option<Timestamp>,
+    grace_seconds: i64,
 ) -> Container {
     let spec = &session.spec;
     let recording = &spec.recording;
@@ -135,6 +136,8 @@ pub(super) fn sidecar_container(
         value("CASSETTE_SPOOL", SPOOL_DIR),
         value("CASSETTE_SESSION_SPEC", &sidecar_spec(spec)),
         value("CASSETTE_LOG_FORMAT", "json"),
+        // The time from SIGTERM to drain, seal and ship before the kubelet kills it.
+        value("CASSETTE_GRACE_SECONDS", &grace_seconds.to_string()),
     ];
     if let Some(at) = expires_at {
         env.push(value("CASSETTE_EXPIRES_AT", &at.to_string()));

@@ -50,6 +50,8 @@ pub const SPOOL_DIR: &str = "/var/run/cassette/spool";
 pub const FINGERPRINT_DIR: &str = "/var/run/cassette/fingerprint";
 /// Where in-cluster clients look for the service-account token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The pod's termination grace period when its spec sets none (the API server's default).
+const DEFAULT_GRACE_SECONDS: i64 = 30;
 /// The volume the ServiceAccount admission plugin adds to every pod that automounts.
 pub(crate) const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
@@ -190,7 +192,13 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
     }
     let mut init = vec![
         init_container(config),
-        sidecar_container(config, session, expires_at),
+        sidecar_container(
+            config,
+            session,
+            expires_at,
+            spec.termination_grace_period_seconds
+                .unwrap_or(DEFAULT_GRACE_SECONDS),
+        ),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
     spec.init_containers = Some(init);

@@ -44,9 +44,19 @@ pub struct Started {
     stats: tokio::task::JoinHandle<()>,
 }
 
+/// What the recording takes from the session.
+pub struct Keys<'a> {
+    /// The session's fingerprint key: it keys the digests of bodies, so an auditor holding it
+    /// can check a candidate body against what was not stored.
+    pub digest: &'a [u8],
+    /// `spec.recording.retention`: each object written gets it, where the bucket allows.
+    pub retention: Option<Duration>,
+}
+
 /// Start the writer (recovering and shipping what an earlier run left in the spool).
 pub async fn start(
     args: &RunArgs,
+    keys: Keys<'_>,
     account: Option<String>,
     metrics: Arc<Metrics>,
 ) -> Result<Started> {
@@ -60,9 +70,6 @@ pub async fn start(
         "open" => cassette_recording::OnFailure::Open,
         other => bail!("onFailure must be closed or open, not {other:?}"),
     };
-    let mut digest_key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut digest_key)
-        .map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
     let path = cassette_recording::RecordingPath {
         namespace: args.namespace.clone(),
         session: args.session.clone(),
@@ -73,7 +80,8 @@ pub async fn start(
     config.durability = durability;
     config.on_failure = on_failure;
     config.max_body_bytes = args.max_body_bytes;
-    config.digest_key = digest_key.to_vec();
+    config.digest_key = keys.digest.to_vec();
+    config.retention = keys.retention;
     config.agent = account.clone();
     config.gcs.endpoint = args.gcs_endpoint.clone();
     config.gcs.anonymous = args.gcs_anonymous;
@@ -85,7 +93,7 @@ pub async fn start(
         Arc::new(writer.clone()),
         durability == cassette_recording::Durability::Strict,
         args.max_body_bytes,
-        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &digest_key),
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, keys.digest),
         account,
         metrics.clone(),
     );
@@ -118,13 +126,32 @@ async fn mirror_stats(writer: cassette_recording::Recorder, metrics: Arc<Metrics
 }
 
 impl Started {
-    /// Seal, ship and write the manifest.
-    pub async fn shutdown(self) -> Result<()> {
+    /// Seal, ship and write the manifest by `deadline`; what cannot be shipped by then is
+    /// listed in the manifest and the spool's report (the error says where).
+    pub async fn shutdown_by(
+        self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), cassette_recording::ShutdownError> {
         self.stats.abort();
-        self.writer
-            .shutdown()
-            .await
-            .context("closing the recording")?;
-        Ok(())
+        self.writer.shutdown_by(deadline).await.map(|_| ())
+    }
+}
+
+/// Where the kubelet reads a container's last words (`terminationMessagePath`).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Hand what could not be shipped to the kubelet as the container's termination message, so
+/// it shows in the pod's status (`kubectl get pod -o yaml`) after the pod's spool is gone.
+pub fn termination_message(error: &cassette_recording::ShutdownError) {
+    let text = match error {
+        cassette_recording::ShutdownError::Unshipped { report, .. } => {
+            std::fs::read_to_string(report).unwrap_or_else(|_| error.to_string())
+        }
+        other => other.to_string(),
+    };
+    // The kubelet keeps 4 KiB of it.
+    let text: String = text.chars().take(4000).collect();
+    if let Err(e) = std::fs::write(TERMINATION_LOG, text) {
+        tracing::warn!(error = %e, "the termination message could not be written");
     }
 }
