@@ -339,8 +339,8 @@ async fn passthrough<IO>(
         );
         return;
     }
-    let (sent, received) = tunnel(io, upstream, &mut up, &mut down).await;
-    let sent = sent + first.len() as u64;
+    let carried = tunnel(io, upstream, &mut up, &mut down).await;
+    let (sent, received) = (carried.up + first.len() as u64, carried.down);
     debug!(conn, sent, received, "passthrough closed");
     proxy.recording.emit(Event::ConnClose(ConnClose {
         conn,

@@ -35,6 +35,7 @@ mod shutdown;
 mod status;
 mod tls;
 mod upstream;
+mod websocket;
 
 #[derive(Parser)]
 #[command(

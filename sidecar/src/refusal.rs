@@ -32,6 +32,8 @@ pub enum Cause {
     Expiry,
     /// The metadata shim refused a request.
     Metadata,
+    /// An upgrade (or a tunnel) to a protocol the recorder cannot read.
+    Upgrade,
     /// Audit mode: what an enforcing policy would have refused (the request went on).
     Audit,
 }
@@ -39,7 +41,7 @@ pub enum Cause {
 impl Cause {
     /// Every cause, in the order FORMAT.md lists them.
     #[cfg(test)]
-    pub const ALL: [Cause; 10] = [
+    pub const ALL: [Cause; 11] = [
         Cause::Destination,
         Cause::Upstream,
         Cause::Recording,
@@ -49,6 +51,7 @@ impl Cause {
         Cause::Credentials,
         Cause::Expiry,
         Cause::Metadata,
+        Cause::Upgrade,
         Cause::Audit,
     ];
 
@@ -64,6 +67,7 @@ impl Cause {
             Cause::Credentials => "credentials",
             Cause::Expiry => "expiry",
             Cause::Metadata => "metadata",
+            Cause::Upgrade => "upgrade",
             Cause::Audit => "audit",
         }
     }

@@ -2,7 +2,7 @@
 //! override), TLS verified against the name the agent asked for, HTTP/1.1 or HTTP/2 as the
 //! upstream chose; plain byte tunnels for what is not HTTP.
 
-use crate::http::{Body, H2, HTTP11, Io};
+use crate::http::{Body, BoxError, H2, HTTP11, Io};
 use crate::proxy::{Proxy, Route, forbidden_destination};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -253,34 +253,46 @@ async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, UpstreamError> {
 }
 
 /// Something that sees the bytes of one direction of a tunnel as they pass (and records
-/// them), and hears when that direction ends.
+/// them), and hears when that direction ends. An error stops the tunnel before the bytes
+/// that caused it are passed on: what cannot be read is not carried.
 pub trait Observe: Send {
-    fn bytes(&mut self, chunk: &[u8]);
+    fn bytes(&mut self, chunk: &[u8]) -> Result<(), BoxError>;
     fn end(&mut self);
+}
+
+/// How a tunnel ended: bytes carried each way, and why it was cut, if it was.
+pub struct Tunnelled {
+    pub up: u64,
+    pub down: u64,
+    pub stopped: Option<BoxError>,
 }
 
 /// Copy both ways until both sides are done, showing every chunk to its direction's observer
 /// before it is written on, and counting what went each way even when a side ends abruptly
-/// (a TLS peer that closes without close_notify is the common case).
+/// (a TLS peer that closes without close_notify is the common case). When an observer
+/// refuses a chunk, both sides are closed at once.
 pub async fn tunnel<A: Io, B: Io>(
     client: A,
     server: B,
     up: &mut dyn Observe,
     down: &mut dyn Observe,
-) -> (u64, u64) {
+) -> Tunnelled {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         mut from: R,
         mut to: W,
         observer: &mut dyn Observe,
-    ) -> u64 {
+    ) -> (u64, Option<BoxError>) {
         let mut buf = vec![0u8; 16 * 1024];
         let mut total = 0;
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    observer.bytes(&buf[..n]);
+                    if let Err(e) = observer.bytes(&buf[..n]) {
+                        observer.end();
+                        return (total, Some(e));
+                    }
                     if to.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -290,12 +302,35 @@ pub async fn tunnel<A: Io, B: Io>(
         }
         observer.end();
         let _ = to.shutdown().await;
-        total
+        (total, None)
     }
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
-    tokio::join!(
-        pump(client_read, server_write, up),
-        pump(server_read, client_write, down)
-    )
+    let a = pump(client_read, server_write, up);
+    let b = pump(server_read, client_write, down);
+    tokio::pin!(a, b);
+    let (mut ra, mut rb): (Option<u64>, Option<u64>) = (None, None);
+    loop {
+        tokio::select! {
+            (n, e) = &mut a, if ra.is_none() => {
+                if e.is_some() {
+                    return Tunnelled { up: n, down: rb.unwrap_or(0), stopped: e };
+                }
+                ra = Some(n);
+            }
+            (n, e) = &mut b, if rb.is_none() => {
+                if e.is_some() {
+                    return Tunnelled { up: ra.unwrap_or(0), down: n, stopped: e };
+                }
+                rb = Some(n);
+            }
+        }
+        if let (Some(up), Some(down)) = (ra, rb) {
+            return Tunnelled {
+                up,
+                down,
+                stopped: None,
+            };
+        }
+    }
 }

@@ -650,8 +650,51 @@ fn roots_from_pem(pem: &str) -> rustls::RootCertStore {
     roots
 }
 
-/// A TLS upstream that answers one HTTP/1.1 upgrade with 101 and then echoes bytes.
-async fn upgrade_upstream(ca: &TestCa, name: &str) -> SocketAddr {
+/// A WebSocket frame of at most 125 bytes, masked with `key` as a client sends it, or not
+/// as a server does.
+fn ws_frame(opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut out = vec![0x80 | opcode];
+    match key {
+        Some(k) => {
+            out.push(0x80 | payload.len() as u8);
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => {
+            out.push(payload.len() as u8);
+            out.extend_from_slice(payload);
+        }
+    }
+    out
+}
+
+/// Read one short frame; returns (opcode, unmasked payload).
+async fn read_ws_frame<R: tokio::io::AsyncRead + Unpin>(io: &mut R) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await.ok()?;
+    let len = (head[1] & 0x7f) as usize;
+    let mut key = [0u8; 4];
+    if head[1] & 0x80 != 0 {
+        io.read_exact(&mut key).await.ok()?;
+    }
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.ok()?;
+    if head[1] & 0x80 != 0 {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    Some((head[0] & 0x0f, payload))
+}
+
+/// What a WebSocket upstream saw: the upgrade requests' headers, as `name: value` lines.
+type Upgrades = Arc<Mutex<Vec<String>>>;
+
+/// A TLS WebSocket upstream: it answers an upgrade with 101 and echoes each message back
+/// (unmasked, as a server sends).
+async fn upgrade_upstream(ca: &TestCa, name: &str, seen: Upgrades) -> SocketAddr {
     let (chain, key) = ca.leaf(&[name]);
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -664,28 +707,43 @@ async fn upgrade_upstream(ca: &TestCa, name: &str) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = service_fn(|mut req: Request<Incoming>| async move {
-                    let upgrade = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = upgrade.await {
-                            let mut io = TokioIo::new(upgraded);
-                            let (mut r, mut w) = tokio::io::split(&mut io);
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        }
-                    });
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-                    response
-                        .headers_mut()
-                        .insert("connection", "upgrade".parse().unwrap());
-                    response
-                        .headers_mut()
-                        .insert("upgrade", "websocket".parse().unwrap());
-                    Ok::<_, hyper::Error>(response)
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let headers: Vec<String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                            .collect();
+                        seen.lock().unwrap().push(headers.join("\n"));
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            if let Ok(upgraded) = upgrade.await {
+                                let mut io = TokioIo::new(upgraded);
+                                while let Some((opcode, payload)) = read_ws_frame(&mut io).await {
+                                    let reply = ws_frame(opcode, &payload, None);
+                                    if io.write_all(&reply).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        });
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        response
+                            .headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("upgrade", "websocket".parse().unwrap());
+                        Ok::<_, hyper::Error>(response)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -697,13 +755,41 @@ async fn upgrade_upstream(ca: &TestCa, name: &str) -> SocketAddr {
     addr
 }
 
+/// Send an upgrade request over `tls` and read the response head.
+async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    protocol: &str,
+    extra: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(
+        format!(
+            "GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tls.read_exact(&mut byte).await.is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_hosts_are_tunnelled_untouched_and_upgrades_are_carried() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     install_provider();
     let ca = TestCa::new();
     let pinned = upstream(&ca, &["pinned.test"], Default::default()).await;
-    let ws = upgrade_upstream(&ca, "ws.test").await;
+    let ws_seen = Upgrades::default();
+    let ws = upgrade_upstream(&ca, "ws.test", ws_seen.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("upstream-ca.pem");
     write(&ca_file, &ca.pem);
@@ -734,30 +820,63 @@ async fn passthrough_hosts_are_tunnelled_untouched_and_upgrades_are_carried() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     drop(tls);
 
-    // An upgrade: 101, then bytes both ways through the sidecar.
+    // WebSocket: 101, then messages both ways, each recorded; a secret in one is masked.
     let bundle = std::fs::read_to_string(sidecar.bundle()).unwrap();
     let mut tls = connect_through(&sidecar, "ws.test", roots_from_pem(&bundle)).await;
-    tls.write_all(
-        b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    let head = upgrade(
+        &mut tls,
+        "websocket",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
     )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    tls.write_all(&ws_frame(
+        0x1,
+        format!("token {secret}").as_bytes(),
+        Some([7, 1, 3, 9]),
+    ))
     .await
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
+    let (opcode, echoed) = read_ws_frame(&mut tls).await.expect("the echo");
+    assert_eq!(
+        (opcode, echoed),
+        (0x1, format!("token {secret}").into_bytes())
     );
-    tls.write_all(b"ping through the tunnel").await.unwrap();
-    let mut echoed = [0u8; 23];
-    tls.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"ping through the tunnel");
+    tls.write_all(&ws_frame(0x9, b"still there?", Some([1, 1, 1, 1])))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_ws_frame(&mut tls).await.expect("the echoed ping").1,
+        b"still there?"
+    );
+    // Bytes that are not WebSocket frames: the sidecar closes the connection, carries nothing.
+    tls.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(
+        read_until_closed(&mut tls, Duration::from_secs(5))
+            .await
+            .is_some_and(|rest| rest.is_empty()),
+        "the sidecar carried what it cannot read"
+    );
     drop(tls);
+    let offered = ws_seen.lock().unwrap().clone();
+    assert!(
+        !offered[0]
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "no compression is negotiated through the recorder: {offered:?}"
+    );
+
+    // Any other upgrade would carry bytes the recorder cannot read: refused before upstream.
+    let mut tls = connect_through(&sidecar, "ws.test", roots_from_pem(&bundle)).await;
+    let head = upgrade(&mut tls, "h2c", "HTTP2-Settings: AAMAAABkAAQAAP__\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    drop(tls);
+    assert_eq!(
+        ws_seen.lock().unwrap().len(),
+        1,
+        "the h2c upgrade never went upstream"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (records, verified) = sidecar.stop().await;
@@ -771,18 +890,60 @@ async fn passthrough_hosts_are_tunnelled_untouched_and_upgrades_are_carried() {
         !kinds(&records, "request")
             .iter()
             .any(|r| r["authority"] == "pinned.test"),
-        "a passthrough host's content is not recorded"
+        "a passthrough host's content is not read as HTTP"
+    );
+    assert!(
+        kinds(&records, "stream")
+            .iter()
+            .any(|s| s["direction"] == "up" && s["final"] == true),
+        "a passthrough tunnel's bytes are recorded"
     );
     let socket = kinds(&records, "request")
         .into_iter()
         .find(|r| r["path"] == "/socket")
         .expect("the upgrade request is recorded");
+    let messages: Vec<(String, String, String)> = kinds(&records, "message")
+        .into_iter()
+        .filter(|m| m["exchange"] == socket["exchange"])
+        .map(|m| {
+            (
+                m["direction"].as_str().unwrap().to_string(),
+                m["opcode"].as_str().unwrap().to_string(),
+                m["text"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(
+        (messages[0].0.as_str(), messages[0].1.as_str()),
+        ("up", "text")
+    );
+    assert!(messages[0].2.starts_with("token «masked:"), "{messages:?}");
+    assert!(!serde_json::to_string(&records).unwrap().contains(secret));
+    assert_eq!(
+        (
+            messages[3].0.as_str(),
+            messages[3].1.as_str(),
+            messages[3].2.as_str()
+        ),
+        ("down", "ping", "still there?")
+    );
     let end = kinds(&records, "exchange_end")
         .into_iter()
         .find(|e| e["exchange"] == socket["exchange"])
         .expect("the tunnel's exchange_end");
-    assert_eq!(end["bytes_up"], 23);
-    assert_eq!(end["bytes_down"], 23);
+    assert!(
+        end["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not speak WebSocket")),
+        "{end}"
+    );
+    assert!(end["masked"].as_u64().unwrap() >= 2, "{end}");
+    let refused = kinds(&records, "blocked")
+        .into_iter()
+        .find(|b| b["reason"] == "upgrade")
+        .expect("the h2c upgrade is recorded as refused");
+    assert!(refused["message"].as_str().unwrap().contains("h2c"));
 }
 
 /// Read whatever the peer sends until it closes or `limit` passes; `None` when it is still

@@ -114,10 +114,11 @@ impl Ledger {
         self.end(proxy, 0, Some(error.to_string()));
     }
 
-    /// An upgraded connection (websocket) ended after carrying `up`/`down` bytes.
-    pub fn tunnel(&self, proxy: &Proxy, up: u64, down: u64) {
+    /// An upgraded connection (websocket) ended after carrying `up`/`down` bytes; `error`
+    /// when it was cut.
+    pub fn tunnel(&self, proxy: &Proxy, up: u64, down: u64, error: Option<String>) {
         self.add_bytes_up(up);
-        self.end(proxy, down, None);
+        self.end(proxy, down, error);
     }
 
     /// Write `exchange_end` (once; later calls do nothing).

@@ -5,6 +5,7 @@
 //! 3. the request body is recorded as it streams ([`tap`]); [`git`] reads a push's commands
 //!    before it may go upstream and a fetch's wants as it passes;
 //! 4. [`policy`] decides, holding the request for [`review`] when a rule says so;
+//!    [`upgrade`] lets only WebSocket follow the request;
 //! 5. [`credentials`]: the placeholder is swapped for a real token toward verified Google hosts;
 //! 6. [`forward`]: the request goes upstream;
 //! 7. [`response`]: the response head is recorded, the body recorded (masked) as it streams
@@ -27,6 +28,7 @@ mod review;
 mod tap;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 pub use answer::{Failure, Stop};
 pub use classify::Classified;
@@ -88,6 +90,7 @@ async fn run(
     let body = tap::request(conn, ex, &parts.headers, encoding.as_deref(), body);
     let (body, push) = git::inspect(conn, ex, encoding.as_deref(), body).await?;
     let body = policy::decide(conn, ex, &parts.method, push.as_ref(), body).await?;
+    upgrade::check(ex, &mut parts)?;
     credentials::swap(conn, upstream, ex, &mut parts.headers).await?;
     let (response, head_at) = forward::send(conn, upstream, ex, parts, body).await?;
     Ok(response::relay(conn, ex, response, head_at, client_upgrade))

@@ -7,6 +7,7 @@ use crate::conn::ConnCtx;
 use crate::http::{Body, boxed, full, header_str, strip_hop_by_hop, version_str};
 use crate::record::masked_headers;
 use crate::upstream::tunnel;
+use crate::websocket::MessageRecorder;
 use cassette_recording::record::{Decision, Direction, Event, Flow, Response as ResponseRecord};
 use cassette_rules::mask::BodyKind;
 use http::{Response, StatusCode, header};
@@ -42,21 +43,13 @@ pub fn relay(
     }));
 
     if let (Some(upstream_up), Some(client_up)) = (upstream_upgrade, client_upgrade) {
-        // A tunnel: both sides upgrade and the bytes are copied, recorded (masked) as streams
-        // of the exchange.
+        // WebSocket (the only upgrade let through): both sides upgrade, and every message
+        // each way is recorded, masked, as it passes.
         let (proxy, conn, ledger) = (proxy.clone(), conn.clone(), ex.ledger.clone());
-        let mut up = proxy.recording.stream(
-            conn.conn,
-            Some(ex.id),
-            Flow::Up,
-            Some((masker, BodyKind::Other)),
-        );
-        let mut down = proxy.recording.stream(
-            conn.conn,
-            Some(ex.id),
-            Flow::Down,
-            Some((masker, BodyKind::Other)),
-        );
+        let max = proxy.recording.max_body_bytes();
+        let mut up = MessageRecorder::new(proxy.recording.clone(), masker, ex.id, Flow::Up, max);
+        let mut down =
+            MessageRecorder::new(proxy.recording.clone(), masker, ex.id, Flow::Down, max);
         tokio::spawn(async move {
             let (client, server) = match tokio::join!(client_up, upstream_up) {
                 (Ok(c), Ok(s)) => (c, s),
@@ -65,17 +58,20 @@ pub fn relay(
                     return;
                 }
             };
-            let (sent, received) = tunnel(
+            let carried = tunnel(
                 TokioIo::new(client),
                 TokioIo::new(server),
                 &mut up,
                 &mut down,
             )
             .await;
-            ledger.add_masks(&proxy, up.finish());
-            ledger.add_masks(&proxy, down.finish());
-            conn.add_bytes(sent, received);
-            ledger.tunnel(&proxy, sent, received);
+            ledger.add_masks(&proxy, std::mem::take(&mut up.masked));
+            ledger.add_masks(&proxy, std::mem::take(&mut down.masked));
+            conn.add_bytes(carried.up, carried.down);
+            let error = carried.stopped.map(|e| {
+                format!("the upgraded connection was closed: it does not speak WebSocket as negotiated ({e})")
+            });
+            ledger.tunnel(&proxy, carried.up, carried.down, error);
         });
         return Response::from_parts(parts, full(""));
     }

@@ -102,6 +102,11 @@ impl Recording {
         self.account.clone()
     }
 
+    /// The most body (or message) bytes stored per message.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
     /// The metrics the data path exports.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

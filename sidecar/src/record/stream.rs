@@ -103,8 +103,9 @@ impl Drop for StreamRecorder {
 }
 
 impl crate::upstream::Observe for StreamRecorder {
-    fn bytes(&mut self, chunk: &[u8]) {
+    fn bytes(&mut self, chunk: &[u8]) -> Result<(), crate::http::BoxError> {
         self.push(chunk);
+        Ok(())
     }
 
     fn end(&mut self) {
