@@ -229,6 +229,14 @@ pub struct Masking {
     #[schemars(length(max = 64))]
     pub json_fields: Vec<JsonFieldPath>,
 
+    /// Query and form parameter names whose values are masked whatever they hold, compared
+    /// case-insensitively, in addition to the built-in list (key, access_token, token, sig,
+    /// signature, X-Goog-Signature, X-Goog-Credential, password, …; turned off with the
+    /// secretParameters detector). Values are percent-decoded before they are fingerprinted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub secret_parameters: Vec<SecretParameter>,
+
     /// The Secret holding the key for masked-value fingerprints. Auditors who can read it can
     /// prove whether a given secret crossed the session; agents cannot read it. Without it
     /// the sidecar makes a key per pod and fingerprints cannot be compared across pods.
@@ -259,6 +267,28 @@ pub struct JsonFieldPath {
     #[x_kube(validation = Rule::new("self.matches('^([A-Za-z0-9_$@-]+|\\\\*)(\\\\.([A-Za-z0-9_$@-]+|\\\\*))*$')")
         .message("path must be dot-separated field names or *, such as credentials.password or items.*.token"))]
     pub path: String,
+}
+
+/// A query or form parameter name, such as X-Internal-Ticket.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.matches('^[A-Za-z0-9_.~-]+$')",
+    "message": "a secret parameter is a query or form parameter name: letters, digits and _ . ~ -, such as X-Internal-Ticket"
+}]))]
+pub struct SecretParameter(#[schemars(length(min = 1, max = 128))] pub String);
+
+impl From<&str> for SecretParameter {
+    fn from(name: &str) -> Self {
+        SecretParameter(name.to_owned())
+    }
+}
+
+impl SecretParameter {
+    /// The name, ASCII lowercase (how parameters are compared).
+    pub fn to_ascii_lowercase(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
 }
 
 /// A key in a Secret in the session's namespace.
@@ -298,6 +328,9 @@ pub enum Detector {
     SecretFields,
     /// Authorization, Proxy-Authorization, Cookie, Set-Cookie and X-Goog-Api-Key headers.
     CredentialHeaders,
+    /// Query and form parameters that hold credentials by name (key, access_token, sig,
+    /// X-Goog-Signature, password, …), masked whatever their value.
+    SecretParameters,
 }
 
 /// Which requests the sidecar lets through, refuses or holds for review.

@@ -225,6 +225,20 @@ pub(crate) fn masking(m: &Masking, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(format!("{at}.regex"), message));
         }
     }
+    for (i, p) in m.secret_parameters.iter().enumerate() {
+        let name = &p.0;
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.~-".contains(&b))
+        {
+            errors.push(FieldError::new(
+                format!("spec.masking.secretParameters[{i}]"),
+                format!("{name:?} is not a parameter name: use letters, digits and _ . ~ -, such as X-Internal-Ticket"),
+            ));
+        }
+    }
     for (i, f) in m.json_fields.iter().enumerate() {
         if let Err(message) = mask::parse_field_path(&f.path) {
             errors.push(FieldError::new(
@@ -634,6 +648,7 @@ mod tests {
             json_fields: vec![JsonFieldPath {
                 path: "a..b".into(),
             }],
+            secret_parameters: vec!["ok".into(), "a=b".into()],
             ..Default::default()
         });
         s.policy = Some(Policy {
@@ -664,6 +679,7 @@ mod tests {
                 "spec.masking.patterns[0].name",
                 "spec.masking.patterns[1].name",
                 "spec.masking.patterns[1].regex",
+                "spec.masking.secretParameters[1]",
                 "spec.masking.jsonFields[0].path",
                 "spec.policy.rules[0].match",
                 "spec.policy.rules[1].name",

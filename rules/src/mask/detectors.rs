@@ -57,6 +57,7 @@ pub const BUILT_IN_NAMES: &[&str] = &[
     "slack-token",
     "secret-field",
     "credential-header",
+    super::SECRET_PARAMETER,
     JSON_FIELD,
 ];
 

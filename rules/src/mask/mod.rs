@@ -16,6 +16,7 @@
 mod detectors;
 mod json;
 mod secret_file;
+mod target;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use ring::hmac;
 
 pub use detectors::{BUILT_IN_NAMES, JSON_FIELD};
 pub use secret_file::{Candidate, secret_candidates};
+pub use target::{FORM_LIMIT, SECRET_PARAMETER, SECRET_PARAMETERS};
 
 use crate::validate::{FieldError, ValidationErrors};
 use detectors::Canonical;
@@ -102,11 +104,14 @@ impl Summary {
     }
 }
 
-/// What a body is, for masking: JSON bodies also get `jsonFields` masking.
+/// What a body is, for masking: JSON bodies also get `jsonFields` masking, form bodies are
+/// percent-decoded before they are scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
     /// `application/json`, `application/*+json`, JSON lines.
     Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
     /// Anything else.
     Other,
 }
@@ -129,6 +134,8 @@ impl BodyKind {
             || essence.ends_with("/jsonl")
         {
             BodyKind::Json
+        } else if essence == "application/x-www-form-urlencoded" {
+            BodyKind::Form
         } else {
             BodyKind::Other
         }
@@ -215,6 +222,8 @@ pub struct Masker {
     prefilter: Option<Prefilter>,
     json_fields: Vec<FieldPath>,
     credential_headers: bool,
+    /// Query and form parameter names whose values are masked whole, lowercase.
+    secret_parameters: Vec<String>,
     key: hmac::Key,
 }
 
@@ -291,11 +300,23 @@ impl Masker {
             .iter()
             .filter_map(|f| FieldPath::parse(&f.path).ok())
             .collect();
+        let mut secret_parameters: Vec<String> = if disabled(Detector::SecretParameters) {
+            Vec::new()
+        } else {
+            SECRET_PARAMETERS.iter().map(|p| (*p).to_owned()).collect()
+        };
+        secret_parameters.extend(
+            masking
+                .secret_parameters
+                .iter()
+                .map(|p| p.to_ascii_lowercase()),
+        );
         Ok(Masker {
             detectors,
             prefilter: Prefilter::new(&literals),
             json_fields,
             credential_headers: !disabled(Detector::CredentialHeaders),
+            secret_parameters,
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
         })
     }
@@ -319,6 +340,7 @@ impl Masker {
             literals_scanned: 0,
             selected_end: 0,
             json,
+            form: (kind == BodyKind::Form).then(Vec::new),
             pending: Vec::new(),
             summary: Summary::default(),
         }
@@ -471,6 +493,8 @@ pub struct MaskStream<'m> {
     /// The end of the last masked match; later matches overlapping it are dropped.
     selected_end: u64,
     json: Option<JsonScanner>,
+    /// A form body held whole until it ends (or passes [`FORM_LIMIT`]), to be decoded.
+    form: Option<Vec<u8>>,
     /// Matches found whose secret starts after the last cut.
     pending: Vec<Found>,
     summary: Summary,
@@ -479,6 +503,16 @@ pub struct MaskStream<'m> {
 impl MaskStream<'_> {
     /// Masks the next chunk, appending what can be decided to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if let Some(form) = &mut self.form {
+            if form.len() + chunk.len() <= FORM_LIMIT {
+                form.extend_from_slice(chunk);
+                return;
+            }
+            // Too long to hold: what was held, and the rest, stream through undecoded.
+            let held = std::mem::take(form);
+            self.form = None;
+            self.feed(&held, out);
+        }
         let offset = self.end();
         self.buf.extend_from_slice(chunk);
         if let Some(json) = &mut self.json {
@@ -491,6 +525,11 @@ impl MaskStream<'_> {
 
     /// Ends the body, appending the rest of the output; returns what was masked.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Summary {
+        if let Some(form) = self.form.take() {
+            let (masked, summary) = self.masker.mask_form(&form);
+            out.extend_from_slice(&masked);
+            return summary;
+        }
         let end = self.end();
         if let Some(json) = &mut self.json {
             json.finish(end);

@@ -644,3 +644,46 @@ proptest! {
         }
     }
 }
+
+/// Form bodies are masked after percent-decoding, in their original spelling: a secret
+/// whose characters are escaped is still found, and nothing of it is left.
+#[test]
+fn percent_encoded_secrets_in_form_bodies() {
+    let kind = BodyKind::from_content_type(Some("application/x-www-form-urlencoded"));
+    let escaped_pem = PEM
+        .replace(' ', "%20")
+        .replace('\n', "%0A")
+        .replace('+', "%2B")
+        .replace('/', "%2F");
+    let escaped_aws = AWS_SECRET.replace('/', "%2F");
+    let escaped_oauth = ACCESS_TOKEN.replace('_', "%5F").replace('-', "%2D");
+    let body = format!(
+        "grant_type=x&private_key={escaped_pem}&aws_secret_access_key={escaped_aws}&t={escaped_oauth}&next=1"
+    );
+    let mut stream = masker().stream(kind);
+    let mut out = Vec::new();
+    for chunk in body.as_bytes().chunks(7) {
+        stream.feed(chunk, &mut out);
+    }
+    let summary = stream.finish(&mut out);
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("MIIEvQIBADANBgkqhkiG9w0"), "{out}");
+    assert!(!out.contains("K7MDENG"), "{out}");
+    assert!(!out.contains("OpQrStUvWxYz"), "{out}");
+    for (detector, secret) in [
+        ("pem-private-key", PEM),
+        ("aws-key", AWS_SECRET),
+        ("google-oauth-token", ACCESS_TOKEN),
+    ] {
+        assert!(
+            out.contains(&mask_text(detector, &fp(secret))),
+            "{detector}: {out}"
+        );
+    }
+    assert!(
+        out.starts_with("grant_type=x&private_key=«masked:pem-private-key:"),
+        "{out}"
+    );
+    assert!(out.ends_with("&next=1"), "{out}");
+    assert_eq!(summary.total(), 3, "{summary:?}");
+}
