@@ -57,16 +57,31 @@ pub struct SmartHttpRequest {
 }
 
 /// Recognises git smart HTTP from the request line. The dumb protocol (`info/refs` without
-/// `service=`) and anything else give `None`.
+/// `service=`) and anything else give `None`. The path is normalised first
+/// ([`crate::path::normalize_path`]) and read both ways servers read it, the service names
+/// compared without regard to case and the query decoded, so that `git%2Dreceive-pack`,
+/// `//` and `/./` spellings of a push are pushes here too.
 pub fn smart_http(method: &str, path: &str, query: Option<&str>) -> Option<SmartHttpRequest> {
+    let normalized = crate::path::normalize_path(path);
+    smart_http_normal(method, &normalized.path, query)
+        .or_else(|| smart_http_normal(method, &normalized.decoded, query))
+}
+
+fn strip_suffix_ignore_case<'a>(text: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = text.len().checked_sub(suffix.len())?;
+    (text.is_char_boundary(cut) && text[cut..].eq_ignore_ascii_case(suffix)).then(|| &text[..cut])
+}
+
+fn smart_http_normal(method: &str, path: &str, query: Option<&str>) -> Option<SmartHttpRequest> {
     let method = method.to_ascii_uppercase();
     if method == "GET"
-        && let Some(repository) = path.strip_suffix("/info/refs")
+        && let Some(repository) = strip_suffix_ignore_case(path, "/info/refs")
     {
-        let service = query?
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("service="))?;
-        let service = match service {
+        let service = query?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (crate::glob::decode_path(key) == "service").then(|| crate::glob::decode_path(value))
+        })?;
+        let service = match service.to_ascii_lowercase().as_str() {
             "git-upload-pack" => GitService::UploadPack,
             "git-receive-pack" => GitService::ReceivePack,
             _ => return None,
@@ -79,9 +94,8 @@ pub fn smart_http(method: &str, path: &str, query: Option<&str>) -> Option<Smart
     }
     if method == "POST" {
         for service in [GitService::UploadPack, GitService::ReceivePack] {
-            if let Some(repository) = path
-                .strip_suffix(service.name())
-                .and_then(|p| p.strip_suffix('/'))
+            if let Some(repository) =
+                strip_suffix_ignore_case(path, service.name()).and_then(|p| p.strip_suffix('/'))
             {
                 return Some(SmartHttpRequest {
                     service,
@@ -790,6 +804,37 @@ mod tests {
             let got = smart_http(method, path, query).map(|r| (r.service, r.phase, r.repository));
             let want = want.map(|(s, p, r)| (s, p, r.to_owned()));
             assert_eq!(got, want, "{method} {path} {query:?}");
+        }
+    }
+
+    /// Spellings of a push that servers route to git-receive-pack.
+    #[test]
+    fn recognises_pushes_however_the_path_is_spelt() {
+        for (method, path, query) in [
+            ("POST", "/org/repo.git/git%2Dreceive-pack", None),
+            ("POST", "/org/repo.git/git%2dreceive%2dpack", None),
+            ("POST", "/org/repo.git//git-receive-pack", None),
+            ("POST", "/org/repo.git/./git-receive-pack", None),
+            ("POST", "/org/repo.git/x/../git-receive-pack", None),
+            ("POST", "/org/repo.git/x%2F..%2Fgit-receive-pack", None),
+            ("post", "/org/repo.git/git-receive-pack", None),
+            (
+                "GET",
+                "/org/repo.git/info/refs",
+                Some("service=git%2Dreceive-pack"),
+            ),
+            (
+                "GET",
+                "/org/repo.git/info//refs",
+                Some("x=1&service=git-receive-pack"),
+            ),
+        ] {
+            let got = smart_http(method, path, query);
+            assert_eq!(
+                got.as_ref().map(|r| (r.service, r.repository.as_str())),
+                Some((GitService::ReceivePack, "/org/repo.git")),
+                "{method} {path} {query:?}"
+            );
         }
     }
 

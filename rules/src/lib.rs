@@ -8,11 +8,13 @@
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
 //! - [`mask`]: streaming secret masking with keyed fingerprints;
+//! - [`path`]: the one request-path normaliser that git detection, classification and policy share;
 //! - [`validate`]: one check of an AgentSession spec, with the JSON path of every bad field.
 
 pub mod classify;
 pub mod git;
 pub mod glob;
 pub mod mask;
+pub mod path;
 pub mod policy;
 pub mod validate;

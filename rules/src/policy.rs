@@ -10,7 +10,7 @@ use jiff::Timestamp;
 
 use crate::classify::Classification;
 use crate::git::{RefRejection, RefUpdate};
-use crate::glob::{HostPattern, PermissionPattern, SegmentGlob, decode_path, normalize_host};
+use crate::glob::{HostPattern, PermissionPattern, SegmentGlob, normalize_host};
 use crate::validate::{self, ValidationErrors};
 
 /// What policy knows about a request.
@@ -20,7 +20,8 @@ pub struct Request<'a> {
     pub host: &'a str,
     /// The HTTP method.
     pub method: &'a str,
-    /// The path, without the query (percent-encoding is decoded before matching).
+    /// The path, without the query (normalised and decoded before matching:
+    /// [`crate::path::NormalizedPath::matching`]).
     pub path: &'a str,
     /// The Google API, when classified.
     pub service: Option<&'a str>,
@@ -322,7 +323,7 @@ impl Evaluator {
                 session: session.clone(),
             };
         }
-        let path = decode_path(request.path);
+        let path = crate::path::normalize_path(request.path).matching();
         if request.ref_updates.is_empty() {
             let (action, cause) = self.first_match(request, &path, None);
             let reason = self.reason(action, &cause, &what);
@@ -591,6 +592,24 @@ mod tests {
                 _ => None,
             };
             assert_eq!(index, rule, "{method} {host}{target}");
+        }
+    }
+
+    /// The attacker's spellings of a path a rule denies: dot segments, doubled slashes and
+    /// escaped unreserved characters name the same path to the server, so to the rule too.
+    #[test]
+    fn path_rules_hold_for_every_spelling_of_the_path() {
+        let p = policy();
+        let e = evaluator(&p);
+        for target in [
+            "/storage/v1/b/x/../logs/o/y",
+            "//storage/v1/b/logs/o/y",
+            "/storage/v1/b/./logs/o/y",
+            "/storage/v1/b/x/%2E%2E/logs/o/y",
+            "/storage/v1//b/logs//o/y",
+        ] {
+            let d = decide(&e, "storage.googleapis.com", "DELETE", target);
+            assert_eq!(d.action, Action::Deny, "{target}: {}", d.reason);
         }
     }
 

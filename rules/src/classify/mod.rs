@@ -100,8 +100,15 @@ impl<'a> HttpRequest<'a> {
 }
 
 /// Classifies an HTTP request (or a gRPC call carried by one). `None` when the host is not
-/// a Google API, registry or Google git host.
+/// a Google API, registry or Google git host. The path is normalised first
+/// ([`crate::path::normalize_path`]): dot segments and doubled slashes name what the server
+/// acts on.
 pub fn classify(request: &HttpRequest<'_>) -> Option<Classification> {
+    let normalized = crate::path::normalize_path(request.path);
+    let request = &HttpRequest {
+        path: &normalized.path,
+        ..*request
+    };
     let host = normalize_host(request.host);
     let method = request.method.to_ascii_uppercase();
     let query = Query(request.query.unwrap_or(""));

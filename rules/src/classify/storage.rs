@@ -526,6 +526,21 @@ mod tests {
         ]);
     }
 
+    /// Dot segments and doubled slashes name the bucket the server acts on.
+    #[test]
+
+    #[rustfmt::skip]
+    fn dot_segments_and_doubled_slashes() {
+        check(&[
+            (S, "DELETE", "/storage/v1/b/x/../logs", Some("storage.buckets.delete"), Some("projects/_/buckets/logs")),
+            (S, "DELETE", "//storage/v1/b/logs/o/x", Some("storage.objects.delete"), Some("projects/_/buckets/logs/objects/x")),
+            (S, "DELETE", "/storage/v1/b/./logs/o/x", Some("storage.objects.delete"), Some("projects/_/buckets/logs/objects/x")),
+            (S, "GET", "/storage/v1/b/%6Cogs/o/x", Some("storage.objects.get"), Some("projects/_/buckets/logs/objects/x")),
+            // An encoded slash stays inside the object name, as Google reads it.
+            (S, "DELETE", "/storage/v1/b/logs/o/..%2F..%2Fother", Some("storage.objects.delete"), Some("projects/_/buckets/logs/objects/../../other")),
+        ]);
+    }
+
     #[test]
 
     #[rustfmt::skip]
