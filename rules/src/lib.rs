@@ -4,6 +4,8 @@
 //! Everything here is a function over bytes and structs: no sockets, no files, no clocks
 //! (the current time is an argument). The I/O lives in the crates that call this one.
 //!
+//! - [`authority`]: the verified upstream name every decision uses, and the 421 check of a
+//!   request's own Host, `:authority` and absolute-form authority against it;
 //! - [`classify`]: which Google service and IAM permission an HTTP request or gRPC call uses;
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
@@ -11,6 +13,7 @@
 //! - [`path`]: the one request-path normaliser that git detection, classification and policy share;
 //! - [`validate`]: one check of an AgentSession spec, with the JSON path of every bad field.
 
+pub mod authority;
 pub mod classify;
 pub mod git;
 pub mod glob;

@@ -44,6 +44,16 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// A request to the upstream the sidecar verified: the host is `host`, never the
+    /// request's own Host header.
+    pub fn for_verified(
+        host: &'a crate::authority::VerifiedHost,
+        method: &'a str,
+        path: &'a str,
+    ) -> Self {
+        Request::new(host.name(), method, path)
+    }
+
     /// Adds what classification found.
     pub fn classified(mut self, c: Option<&'a Classification>) -> Self {
         if let Some(c) = c {

@@ -13,6 +13,7 @@ mod storage;
 
 pub use grpc::classify_grpc;
 
+use crate::authority::VerifiedHost;
 use crate::glob::{decode_path, normalize_host};
 
 /// What a request is, in Google's terms.
@@ -136,6 +137,23 @@ pub fn classify(request: &HttpRequest<'_>) -> Option<Classification> {
         }
         GoogleHost::SourceManager => Classification::new("securesourcemanager"),
     })
+}
+
+/// Classifies a request to the upstream the sidecar verified: the host is `host`, never the
+/// request's Host header or `:authority` (check those with [`VerifiedHost::check_all`] and
+/// refuse a mismatch). `target` is the origin-form target (`/path?query`).
+pub fn classify_verified(
+    host: &VerifiedHost,
+    method: &str,
+    target: &str,
+    content_type: Option<&str>,
+) -> Option<Classification> {
+    classify(&HttpRequest::from_target(
+        host.name(),
+        method,
+        target,
+        content_type,
+    ))
 }
 
 /// What a host name tells about the Google service behind it.
@@ -321,6 +339,23 @@ mod tests {
                 .unwrap_or_else(|| panic!("{host}: not classified"));
             assert_eq!(got.service, service, "{host}{path}");
         }
+    }
+
+    /// The host is the verified one whatever the request says: an agent that writes
+    /// `Host: secretmanager.googleapis.com` on a connection to storage is classified as
+    /// storage (and refused by the authority check).
+    #[test]
+    fn classification_takes_the_verified_host() {
+        let storage = VerifiedHost::new("storage.googleapis.com", 443).unwrap();
+        let got = classify_verified(&storage, "DELETE", "/storage/v1/b/logs", None).unwrap();
+        assert_eq!(got.service, "storage");
+        assert_eq!(got.permission.as_deref(), Some("storage.buckets.delete"));
+        assert!(storage.check("secretmanager.googleapis.com", 443).is_err());
+        let other = VerifiedHost::new("evil.example", 443).unwrap();
+        assert_eq!(
+            classify_verified(&other, "DELETE", "/storage/v1/b/logs", None),
+            None
+        );
     }
 
     #[test]
