@@ -346,6 +346,14 @@ pub struct Policy {
     #[serde(default)]
     pub default_action: Action,
 
+    /// The decision for a request to a Google API whose IAM permission cassette cannot tell
+    /// (recorded as permission unknown) when no rule matches it, in place of defaultAction.
+    /// Such a request never matches a permission rule, so a session with permission rules
+    /// should deny or review them: a batch or a new API method could otherwise do what a
+    /// permission rule denies. Unset, defaultAction decides them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclassified: Option<Action>,
+
     /// Rules in order; the first rule that matches a request decides it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]

@@ -13,6 +13,9 @@ use crate::git::{RefRejection, RefUpdate};
 use crate::glob::{HostPattern, PermissionPattern, SegmentGlob, normalize_host};
 use crate::validate::{self, ValidationErrors};
 
+/// The permission recorded for a Google request cassette cannot classify.
+pub const UNKNOWN_PERMISSION: &str = "unknown";
+
 /// What policy knows about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -69,11 +72,23 @@ impl<'a> Request<'a> {
         self
     }
 
-    /// `DELETE storage.googleapis.com/storage/v1/b/logs (storage.buckets.delete)`.
+    /// A Google API request (it has a service) whose permission is not known.
+    pub fn is_unclassified_google(&self) -> bool {
+        self.service.is_some() && self.permission.is_none()
+    }
+
+    /// `DELETE storage.googleapis.com/storage/v1/b/logs (storage.buckets.delete)`; a Google
+    /// request whose permission is not known says `(permission unknown)`.
     fn describe(&self) -> String {
         let host = normalize_host(self.host);
         match self.permission {
             Some(p) => format!("{} {host}{} ({p})", self.method, self.path),
+            None if self.service.is_some() => {
+                format!(
+                    "{} {host}{} (permission {UNKNOWN_PERMISSION})",
+                    self.method, self.path
+                )
+            }
             None => format!("{} {host}{}", self.method, self.path),
         }
     }
@@ -91,6 +106,9 @@ pub enum Cause {
     },
     /// No rule matched: `spec.policy.defaultAction` decided.
     Default,
+    /// A Google request whose permission is unknown matched no rule:
+    /// `spec.policy.unclassified` decided.
+    Unclassified,
     /// The session had expired.
     Expired {
         /// When it expired.
@@ -108,6 +126,7 @@ impl Cause {
             } => format!("rule {name:?} (spec.policy.rules[{index}])"),
             Cause::Rule { index, name: None } => format!("spec.policy.rules[{index}]"),
             Cause::Default => "spec.policy.defaultAction".to_owned(),
+            Cause::Unclassified => "spec.policy.unclassified".to_owned(),
             Cause::Expired { at } => format!("expiry at {at}"),
         }
     }
@@ -252,6 +271,7 @@ pub struct Evaluator {
     expires_at: Option<Timestamp>,
     mode: PolicyMode,
     default_action: Action,
+    unclassified: Option<Action>,
     rules: Vec<Rule>,
 }
 
@@ -302,6 +322,7 @@ impl Evaluator {
             expires_at,
             mode: policy.mode,
             default_action: policy.default_action,
+            unclassified: policy.unclassified,
             rules,
         })
     }
@@ -397,12 +418,14 @@ impl Evaluator {
     }
 
     fn first_match(&self, r: &Request<'_>, path: &str, git_ref: Option<&str>) -> (Action, Cause) {
+        let otherwise = match self.unclassified {
+            Some(action) if r.is_unclassified_google() => (action, Cause::Unclassified),
+            _ => (self.default_action, Cause::Default),
+        };
         self.rules
             .iter()
             .find(|rule| rule.matches(r, path, git_ref))
-            .map_or((self.default_action, Cause::Default), |rule| {
-                (rule.action, rule.cause())
-            })
+            .map_or(otherwise, |rule| (rule.action, rule.cause()))
     }
 
     fn reason(&self, action: Action, cause: &Cause, what: &str) -> String {
@@ -410,6 +433,11 @@ impl Evaluator {
         let by = match cause {
             Cause::Default => format!(
                 "no rule matches and spec.policy.defaultAction is {}",
+                action_name(action)
+            ),
+            Cause::Unclassified => format!(
+                "its IAM permission is unknown to cassette, no rule matches, and \
+                 spec.policy.unclassified is {}",
                 action_name(action)
             ),
             other => format!("by {}", other.label()),
@@ -621,6 +649,51 @@ mod tests {
             let d = decide(&e, "storage.googleapis.com", "DELETE", target);
             assert_eq!(d.action, Action::Deny, "{target}: {}", d.reason);
         }
+    }
+
+    /// A batch (or any method cassette cannot classify) matches no permission rule; the
+    /// session's `unclassified` field decides it instead of the default.
+    #[test]
+    fn unclassified_google_requests_are_decided_by_their_own_field() {
+        let mut p = policy();
+        p.unclassified = Some(Action::Deny);
+        let e = evaluator(&p);
+        let d = decide(&e, "storage.googleapis.com", "POST", "/batch/storage/v1");
+        assert_eq!(d.outcome(), Outcome::Refuse, "{}", d.reason);
+        assert_eq!(d.cause, Cause::Unclassified);
+        assert!(
+            d.reason
+                .contains("POST storage.googleapis.com/batch/storage/v1 (permission unknown)")
+                && d.reason.contains("spec.policy.unclassified is deny"),
+            "{}",
+            d.reason
+        );
+        // Classified Google requests and other hosts keep the default.
+        let d = decide(&e, "storage.googleapis.com", "GET", "/storage/v1/b/bkt/o/x");
+        assert_eq!(d.outcome(), Outcome::Forward);
+        assert_eq!(
+            decide(&e, "github.com", "POST", "/x").outcome(),
+            Outcome::Forward
+        );
+        // A rule that matches without a permission still decides first.
+        p.rules.insert(
+            0,
+            rule(
+                "batch-ok",
+                Action::Allow,
+                RuleMatch {
+                    path: Some("/batch/**".into()),
+                    ..Default::default()
+                },
+            ),
+        );
+        let e = evaluator(&p);
+        let d = decide(&e, "storage.googleapis.com", "POST", "/batch/storage/v1");
+        assert_eq!(d.outcome(), Outcome::Forward);
+        // Unset: the default decides, as before.
+        let e = evaluator(&policy());
+        let d = decide(&e, "storage.googleapis.com", "POST", "/batch/storage/v1");
+        assert_eq!((d.outcome(), d.cause), (Outcome::Forward, Cause::Default));
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub struct Classification {
 }
 
 impl Classification {
+    /// The permission as recorded: the classified one, or `unknown`
+    /// ([`crate::policy::UNKNOWN_PERMISSION`]) for a Google request cassette cannot classify.
+    pub fn recorded_permission(&self) -> &str {
+        self.permission
+            .as_deref()
+            .unwrap_or(crate::policy::UNKNOWN_PERMISSION)
+    }
+
     fn new(service: &str) -> Self {
         Classification {
             service: service.to_owned(),
