@@ -11,6 +11,8 @@
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
 //! - [`mask`]: streaming secret masking with keyed fingerprints;
 //! - [`path`]: the one request-path normaliser that git detection, classification and policy share;
+//! - [`refusal`]: refusals in the client's protocol (gRPC status, Google JSON errors, OCI
+//!   errors, git reports);
 //! - [`validate`]: one check of an AgentSession spec, with the JSON path of every bad field.
 
 pub mod authority;
@@ -20,4 +22,5 @@ pub mod glob;
 pub mod mask;
 pub mod path;
 pub mod policy;
+pub mod refusal;
 pub mod validate;
