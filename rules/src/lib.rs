@@ -6,6 +6,8 @@
 //!
 //! - [`authority`]: the verified upstream name every decision uses, and the 421 check of a
 //!   request's own Host, `:authority` and absolute-form authority against it;
+//! - [`batch`]: Google batch bodies, read into sub-requests that are classified and decided
+//!   one by one;
 //! - [`classify`]: which Google service and IAM permission an HTTP request or gRPC call uses;
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
@@ -16,6 +18,7 @@
 //! - [`validate`]: one check of an AgentSession spec, with the JSON path of every bad field.
 
 pub mod authority;
+pub mod batch;
 pub mod classify;
 pub mod git;
 pub mod glob;

@@ -219,6 +219,15 @@ impl Decision {
     }
 }
 
+/// The decision on a Google batch and on each of its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDecision {
+    /// What happens to the batch: refused when any part is refused.
+    pub decision: Decision,
+    /// Each sub-request's own decision, in order.
+    pub parts: Vec<Decision>,
+}
+
 /// A rule, compiled.
 #[derive(Debug, Clone)]
 struct Rule {
@@ -398,6 +407,50 @@ impl Evaluator {
             }
         };
         self.decision(action, cause, reason, refs)
+    }
+
+    /// Decides a Google batch ([`crate::batch`]): the batch request itself, then each of its
+    /// sub-requests as a request of its own (classified on its own). The first refused one
+    /// refuses the whole batch, else the first held one holds it; `parts` has every
+    /// sub-request's decision, in order, for the recording.
+    pub fn evaluate_batch(
+        &self,
+        batch: &Request<'_>,
+        parts: &[Request<'_>],
+        now: Timestamp,
+    ) -> BatchDecision {
+        let whole = self.evaluate(batch, now);
+        let decisions: Vec<Decision> = parts.iter().map(|p| self.evaluate(p, now)).collect();
+        if whole.action == Action::Deny || matches!(whole.cause, Cause::Expired { .. }) {
+            return BatchDecision {
+                decision: whole,
+                parts: decisions,
+            };
+        }
+        let deciding = decisions
+            .iter()
+            .position(|d| d.action == Action::Deny)
+            .or_else(|| decisions.iter().position(|d| d.action == Action::Review));
+        let decision = match deciding {
+            Some(i) => {
+                let d = &decisions[i];
+                Decision {
+                    reason: format!(
+                        "part {} of {} of the batch {}: {}",
+                        i + 1,
+                        decisions.len(),
+                        batch.describe(),
+                        d.reason
+                    ),
+                    ..d.clone()
+                }
+            }
+            None => whole,
+        };
+        BatchDecision {
+            decision,
+            parts: decisions,
+        }
     }
 
     fn decision(
@@ -694,6 +747,51 @@ mod tests {
         let e = evaluator(&policy());
         let d = decide(&e, "storage.googleapis.com", "POST", "/batch/storage/v1");
         assert_eq!((d.outcome(), d.cause), (Outcome::Forward, Cause::Default));
+    }
+
+    /// A delete inside a storage batch is a delete: the batch is refused as a whole.
+    #[test]
+    fn a_denied_part_refuses_the_batch() {
+        let p = Policy {
+            rules: vec![rule(
+                "no-object-deletes",
+                Action::Deny,
+                RuleMatch {
+                    permission: Some("storage.objects.delete".into()),
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        };
+        let e = evaluator(&p);
+        let host = "storage.googleapis.com";
+        // What main did: the batch is one unclassified request, which the default passes.
+        let whole = decide(&e, host, "POST", "/batch/storage/v1");
+        assert_eq!(whole.outcome(), Outcome::Forward);
+        let body = b"--b\r\nContent-Type: application/http\r\n\r\nGET /storage/v1/b/bkt/o/a HTTP/1.1\r\n\r\n\r\n--b\r\nContent-Type: application/http\r\n\r\nDELETE /storage/v1/b/bkt/o/b HTTP/1.1\r\n\r\n\r\n--b--\r\n";
+        let subs = crate::batch::parse_batch("multipart/mixed; boundary=b", body).unwrap();
+        let verified = crate::authority::VerifiedHost::new(host, 443).unwrap();
+        let classes: Vec<_> = subs.iter().map(|s| s.classify(&verified)).collect();
+        let parts: Vec<Request<'_>> = subs
+            .iter()
+            .zip(&classes)
+            .map(|(s, c)| Request::new(host, &s.method, s.path()).classified(c.as_ref()))
+            .collect();
+        let batch = Request::new(host, "POST", "/batch/storage/v1");
+        let d = e.evaluate_batch(&batch, &parts, now());
+        assert_eq!(
+            d.decision.outcome(),
+            Outcome::Refuse,
+            "{}",
+            d.decision.reason
+        );
+        assert_eq!(d.parts.len(), 2);
+        assert_eq!(d.parts[0].outcome(), Outcome::Forward);
+        assert!(
+            d.decision.reason.starts_with("part 2 of 2 of the batch POST storage.googleapis.com/batch/storage/v1: AgentSession \"fix-ci\" denies DELETE storage.googleapis.com/storage/v1/b/bkt/o/b (storage.objects.delete)"),
+            "{}",
+            d.decision.reason
+        );
     }
 
     #[test]

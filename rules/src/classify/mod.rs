@@ -2,8 +2,9 @@
 //! Google's own names (`storage.objects.delete`, `secretmanager.versions.access`).
 //!
 //! Derived from the request line alone (host, method, path, query, content type) or the gRPC
-//! method; bodies are not read, so a permission that depends on the body (a storage batch,
-//! a gRPC `google.iam.v1.IAMPolicy` call) is left unknown rather than guessed. A request to a
+//! method; bodies are not read here, so a permission that depends on the body (a gRPC
+//! `google.iam.v1.IAMPolicy` call) is left unknown rather than guessed, and a batch is
+//! classified part by part by [`crate::batch`]. A request to a
 //! Google host that is not understood keeps its service and has no permission.
 
 mod grpc;

@@ -3,7 +3,8 @@
 //!
 //! Permissions follow Google's "IAM permissions for JSON methods" table; XML requests map to
 //! the JSON method that does the same thing. Batch requests carry their operations in the
-//! body and are left without a permission.
+//! body: the request line alone has no permission; [`crate::batch`] reads and classifies
+//! each operation.
 
 use super::{Classification, Query, segments};
 
