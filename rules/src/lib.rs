@@ -9,6 +9,8 @@
 //! - [`batch`]: Google batch bodies, read into sub-requests that are classified and decided
 //!   one by one;
 //! - [`classify`]: which Google service and IAM permission an HTTP request or gRPC call uses;
+//! - [`code_host`]: ref changes through code-host REST APIs (pull-request merges, contents
+//!   and refs APIs), so that `gitRef` rules hold for them as for pushes;
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
 //! - [`mask`]: streaming secret masking with keyed fingerprints;
@@ -20,6 +22,7 @@
 pub mod authority;
 pub mod batch;
 pub mod classify;
+pub mod code_host;
 pub mod git;
 pub mod glob;
 pub mod mask;

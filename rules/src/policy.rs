@@ -9,6 +9,7 @@ use cassette_api::{Action, Policy, PolicyMode};
 use jiff::Timestamp;
 
 use crate::classify::Classification;
+use crate::code_host::RestRef;
 use crate::git::{RefRejection, RefUpdate};
 use crate::glob::{HostPattern, PermissionPattern, SegmentGlob, normalize_host};
 use crate::validate::{self, ValidationErrors};
@@ -32,6 +33,9 @@ pub struct Request<'a> {
     pub permission: Option<&'a str>,
     /// The ref updates of a git push; empty otherwise.
     pub ref_updates: &'a [RefUpdate],
+    /// The refs a code-host REST call changes ([`crate::code_host::ref_changes`]); empty
+    /// otherwise.
+    pub rest_refs: &'a [RestRef],
 }
 
 impl<'a> Request<'a> {
@@ -44,7 +48,14 @@ impl<'a> Request<'a> {
             service: None,
             permission: None,
             ref_updates: &[],
+            rest_refs: &[],
         }
+    }
+
+    /// Adds the refs a code-host REST call changes.
+    pub fn changing_refs(mut self, refs: &'a [RestRef]) -> Self {
+        self.rest_refs = refs;
+        self
     }
 
     /// A request to the upstream the sidecar verified: the host is `host`, never the
@@ -252,6 +263,15 @@ impl Rule {
 
     /// Whether every condition given matches. `git_ref` is the ref being decided, for a push.
     fn matches(&self, r: &Request<'_>, decoded_path: &str, git_ref: Option<&str>) -> bool {
+        self.matches_but_ref(r, decoded_path)
+            && self
+                .git_ref
+                .as_ref()
+                .is_none_or(|g| git_ref.is_some_and(|name| g.matches(name)))
+    }
+
+    /// Whether every condition but `gitRef` matches.
+    fn matches_but_ref(&self, r: &Request<'_>, decoded_path: &str) -> bool {
         self.host.as_ref().is_none_or(|h| h.matches(r.host))
             && self
                 .method
@@ -266,10 +286,6 @@ impl Rule {
                 .permission
                 .as_ref()
                 .is_none_or(|p| r.permission.is_some_and(|perm| p.matches(perm)))
-            && self
-                .git_ref
-                .as_ref()
-                .is_none_or(|g| git_ref.is_some_and(|name| g.matches(name)))
     }
 }
 
@@ -364,6 +380,9 @@ impl Evaluator {
             };
         }
         let path = crate::path::normalize_path(request.path).matching();
+        if request.ref_updates.is_empty() && !request.rest_refs.is_empty() {
+            return self.evaluate_rest_refs(request, &path, &what);
+        }
         if request.ref_updates.is_empty() {
             let (action, cause) = self.first_match(request, &path, None);
             let reason = self.reason(action, &cause, &what);
@@ -451,6 +470,52 @@ impl Evaluator {
             decision,
             parts: decisions,
         }
+    }
+
+    /// A REST call that moves refs: each ref as a push's ref update would be decided. A ref
+    /// the request does not name is decided as if every `gitRef` rule that denies or holds
+    /// matched it (what cannot be read is refused under such a rule), and no `gitRef` rule
+    /// that allows.
+    fn evaluate_rest_refs(&self, request: &Request<'_>, path: &str, what: &str) -> Decision {
+        let refs: Vec<RefDecision> = request
+            .rest_refs
+            .iter()
+            .map(|r| {
+                let (action, cause) = match &r.name {
+                    Some(name) => self.first_match(request, path, Some(name)),
+                    None => self.first_match_unknown_ref(request, path),
+                };
+                RefDecision {
+                    name: r.name.clone().unwrap_or_else(|| {
+                        format!("(unknown ref: {})", r.why.as_deref().unwrap_or("not named"))
+                    }),
+                    action,
+                    cause,
+                }
+            })
+            .collect();
+        let deciding = refs
+            .iter()
+            .position(|r| r.action == Action::Deny)
+            .or_else(|| refs.iter().position(|r| r.action == Action::Review))
+            .unwrap_or(0);
+        let r = &refs[deciding];
+        let what = format!("{what}, which changes {}", r.name);
+        let reason = self.reason(r.action, &r.cause, &what);
+        let (action, cause) = (r.action, r.cause.clone());
+        self.decision(action, cause, reason, refs)
+    }
+
+    fn first_match_unknown_ref(&self, r: &Request<'_>, path: &str) -> (Action, Cause) {
+        let otherwise = (self.default_action, Cause::Default);
+        self.rules
+            .iter()
+            .find(|rule| match &rule.git_ref {
+                Some(_) if rule.action == Action::Allow => false,
+                Some(_) => rule.matches_but_ref(r, path),
+                None => rule.matches(r, path, None),
+            })
+            .map_or(otherwise, |rule| (rule.action, rule.cause()))
     }
 
     fn decision(
@@ -791,6 +856,65 @@ mod tests {
             d.decision.reason.starts_with("part 2 of 2 of the batch POST storage.googleapis.com/batch/storage/v1: AgentSession \"fix-ci\" denies DELETE storage.googleapis.com/storage/v1/b/bkt/o/b (storage.objects.delete)"),
             "{}",
             d.decision.reason
+        );
+    }
+
+    /// The branch a gitRef rule protects from pushes is protected from the code host's REST
+    /// API too: a contents update on it, a refs API call, and a pull-request merge whose base
+    /// cannot be known from the request.
+    #[test]
+    fn git_ref_rules_hold_for_code_host_rest_calls() {
+        use crate::code_host::ref_changes;
+        let p = policy();
+        let e = evaluator(&p);
+        let cases = [
+            (
+                "PUT",
+                "/repos/o/r/contents/src/lib.rs",
+                r#"{"branch":"main","content":"eA=="}"#,
+                Outcome::Refuse,
+            ),
+            (
+                "PATCH",
+                "/repos/o/r/git/refs/heads/main",
+                r#"{"sha":"abc","force":true}"#,
+                Outcome::Refuse,
+            ),
+            ("PUT", "/repos/o/r/pulls/7/merge", "{}", Outcome::Refuse),
+            (
+                "PUT",
+                "/api/v4/projects/1/merge_requests/3/merge",
+                "",
+                Outcome::Refuse,
+            ),
+            (
+                "PUT",
+                "/repos/o/r/contents/src/lib.rs",
+                r#"{"branch":"agent/fix"}"#,
+                Outcome::Forward,
+            ),
+        ];
+        for (method, path, body, want) in cases {
+            // What main did: the REST call is an ordinary request, which no gitRef rule matches.
+            let plain = e.evaluate(&Request::new("api.github.com", method, path), now());
+            assert_eq!(plain.outcome(), Outcome::Forward, "{method} {path}");
+            let change = ref_changes(method, path, None, Some(body.as_bytes())).unwrap();
+            let r = Request::new("api.github.com", method, path).changing_refs(&change.refs);
+            let d = e.evaluate(&r, now());
+            assert_eq!(d.outcome(), want, "{method} {path}: {}", d.reason);
+        }
+        let change = ref_changes("PUT", "/repos/o/r/pulls/7/merge", None, None).unwrap();
+        let d = e.evaluate(
+            &Request::new("api.github.com", "PUT", "/repos/o/r/pulls/7/merge")
+                .changing_refs(&change.refs),
+            now(),
+        );
+        assert!(
+            d.reason
+                .contains("which changes (unknown ref: a pull-request merge moves its base branch")
+                && d.reason.contains("rule \"protect-main\""),
+            "{}",
+            d.reason
         );
     }
 
