@@ -346,13 +346,9 @@ pub struct Policy {
     #[serde(default)]
     pub default_action: Action,
 
-    /// The decision for a request to a Google API whose IAM permission cassette cannot tell
-    /// (recorded as permission unknown) when no rule matches it, in place of defaultAction.
-    /// Such a request never matches a permission rule, so a session with permission rules
-    /// should deny or review them: a batch or a new API method could otherwise do what a
-    /// permission rule denies. Unset, defaultAction decides them too.
+    /// What happens to a Google request whose permission is unknown when no rule matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unclassified: Option<Action>,
+    pub unclassified: Option<Unclassified>,
 
     /// Rules in order; the first rule that matches a request decides it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -371,6 +367,32 @@ pub struct Policy {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$') && duration(self) >= duration('1s') && duration(self) <= duration('24h')")
         .message("reviewTimeout must be a duration such as 90s or 5m, between 1s and 24h"))]
     pub review_timeout: Option<String>,
+}
+
+/// The decision for a request to a Google API whose IAM permission cassette cannot tell
+/// (recorded as permission unknown) when no rule matches it, in place of defaultAction. Such
+/// a request never matches a permission rule, so a session with permission rules should deny
+/// or review them: a batch or a new API method could otherwise do what a permission rule
+/// denies. Unset, defaultAction decides them too.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unclassified {
+    /// Let it through.
+    Allow,
+    /// Refuse it and record it as blocked.
+    Deny,
+    /// Hold it for review.
+    Review,
+}
+
+impl From<Unclassified> for Action {
+    fn from(u: Unclassified) -> Action {
+        match u {
+            Unclassified::Allow => Action::Allow,
+            Unclassified::Deny => Action::Deny,
+            Unclassified::Review => Action::Review,
+        }
+    }
 }
 
 /// enforce or audit.

@@ -347,7 +347,7 @@ impl Evaluator {
             expires_at,
             mode: policy.mode,
             default_action: policy.default_action,
-            unclassified: policy.unclassified,
+            unclassified: policy.unclassified.map(Action::from),
             rules,
         })
     }
@@ -774,7 +774,7 @@ mod tests {
     #[test]
     fn unclassified_google_requests_are_decided_by_their_own_field() {
         let mut p = policy();
-        p.unclassified = Some(Action::Deny);
+        p.unclassified = Some(cassette_api::Unclassified::Deny);
         let e = evaluator(&p);
         let d = decide(&e, "storage.googleapis.com", "POST", "/batch/storage/v1");
         assert_eq!(d.outcome(), Outcome::Refuse, "{}", d.reason);
