@@ -58,6 +58,7 @@ pub const BUILT_IN_NAMES: &[&str] = &[
     "secret-field",
     "credential-header",
     super::SECRET_PARAMETER,
+    super::SECRET_PAYLOAD,
     JSON_FIELD,
 ];
 

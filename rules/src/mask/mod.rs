@@ -13,6 +13,7 @@
 //! patterns that can match more than that are still applied, but a longer match split
 //! across chunks may be masked as several pieces.
 
+mod bytes;
 mod detectors;
 mod json;
 mod secret_file;
@@ -25,6 +26,7 @@ use cassette_api::{Detector, Masking};
 use regex::bytes::{Regex, RegexBuilder};
 use ring::hmac;
 
+pub use bytes::{BYTE_FIELDS_LIMIT, ByteField, SECRET_PAYLOAD, byte_fields};
 pub use detectors::{BUILT_IN_NAMES, JSON_FIELD};
 pub use secret_file::{Candidate, secret_candidates};
 pub use target::{FORM_LIMIT, SECRET_PARAMETER, SECRET_PARAMETERS};
