@@ -42,12 +42,12 @@ demo: deps controlplane
 	$(CARGO) build -q -p cassette-sidecar -p cassette-operator -p kubectl-cassette
 	$(CARGO) run -q -p cassette-e2e -- demo
 
-## fuzz: each fuzz target of cassette-rules (masker, git pkt-lines, classifier) for
+## fuzz: each fuzz target of cassette-rules (masker, git pkt-lines, classifier, git packs) for
 ## FUZZ_SECONDS each, with cargo-fuzz on the nightly toolchain.
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd rules && for target in mask pkt_line classify; do \
+	cd rules && for target in mask pkt_line classify pack; do \
 	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

@@ -14,6 +14,8 @@
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
 //! - [`policy`]: the AgentSession's ordered rules and expiry, evaluated to a [`policy::Decision`];
 //! - [`mask`]: streaming secret masking with keyed fingerprints;
+//! - [`pack`]: git packs read as they stream, object by object, blobs and messages masked,
+//!   masks kept per object and path;
 //! - [`path`]: the one request-path normaliser that git detection, classification and policy share;
 //! - [`refusal`]: refusals in the client's protocol (gRPC status, Google JSON errors, OCI
 //!   errors, git reports);
@@ -26,6 +28,7 @@ pub mod code_host;
 pub mod git;
 pub mod glob;
 pub mod mask;
+pub mod pack;
 pub mod path;
 pub mod policy;
 pub mod refusal;
