@@ -7,6 +7,7 @@
 //! classified part by part by [`crate::batch`]. A request to a
 //! Google host that is not understood keeps its service and has no permission.
 
+mod generated;
 mod grpc;
 mod registry;
 mod rest;
@@ -134,7 +135,7 @@ pub fn classify(request: &HttpRequest<'_>) -> Option<Classification> {
     Some(match target {
         GoogleHost::Api(service) => match service.as_str() {
             "storage" => storage::classify_path(&method, request.path, &query),
-            _ => rest::classify(&service, &method, request.path, &query),
+            _ => classify_rest(&service, &method, request.path, &query),
         },
         GoogleHost::StorageBucket(bucket) => {
             storage::classify_xml(&method, Some(&bucket), request.path, &query)
@@ -163,6 +164,24 @@ pub fn classify_verified(
         target,
         content_type,
     ))
+}
+
+/// A REST request on `SERVICE.googleapis.com`: the hand-written tables first (their
+/// exceptions are tested), then the table generated from Google's discovery documents for
+/// what they do not know.
+fn classify_rest(service: &str, method: &str, path: &str, query: &Query<'_>) -> Classification {
+    let hand = rest::classify(service, method, path, query);
+    if hand.permission.is_some() || rest::needs_no_permission(service, method, path) {
+        return hand;
+    }
+    let Some(found) = generated::find(service, method, path) else {
+        return hand;
+    };
+    let mut c = Classification::new(service)
+        .method(found.id)
+        .maybe_permission(found.permission.map(str::to_owned));
+    c.resource = generated::resource(path).or(hand.resource);
+    c
 }
 
 /// What a host name tells about the Google service behind it.
