@@ -287,6 +287,30 @@ mod tests {
         );
     }
 
+    /// Cloud KMS, classified from the generated table: encrypt's plaintext, decrypt's
+    /// plaintext response.
+    #[test]
+    fn kms_plaintext_is_scanned() {
+        let m = Masker::new(None, KEY).unwrap();
+        let encrypt = classified(
+            "cloudkms.googleapis.com",
+            "/v1/projects/p/locations/global/keyRings/r/cryptoKeys/k:encrypt",
+        );
+        assert_eq!(byte_fields(&encrypt, false)[0], scan("plaintext"));
+        let decrypt = classified(
+            "cloudkms.googleapis.com",
+            "/v1/projects/p/locations/global/keyRings/r/cryptoKeys/k:decrypt",
+        );
+        let body = format!(
+            "{{\"plaintext\": \"{}\", \"usedPrimary\": true}}",
+            b64(format!("TOKEN={GITHUB}").as_bytes())
+        );
+        let (_, summary) = m
+            .mask_byte_fields(byte_fields(&decrypt, true), body.as_bytes())
+            .unwrap();
+        assert_eq!(summary.counts.get("github-token"), Some(&1));
+    }
+
     #[test]
     fn alphabets_escapes_and_bounds() {
         let m = Masker::new(None, KEY).unwrap();
