@@ -17,6 +17,26 @@ use super::json::{FieldPath, JsonScanner};
 use super::{BodyKind, Hit, Masker, Summary, json_unescape, mask_text};
 use crate::classify::Classification;
 
+/// Either padding, either way: what proto3's JSON mapping accepts.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+const LENIENT_URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Decodes base64 in either alphabet, padded or not.
+pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    LENIENT
+        .decode(text)
+        .or_else(|_| LENIENT_URL.decode(text))
+        .ok()
+}
+
 /// The largest body whose byte fields are decoded.
 pub const BYTE_FIELDS_LIMIT: usize = 16 << 20;
 
@@ -77,10 +97,13 @@ pub fn byte_fields(classification: &Classification, response: bool) -> &'static 
         )
 }
 
-/// The alphabet and padding a field was written in, to write it back the same way.
+/// The alphabet and padding a field was written in, to write it back the same way. Where the
+/// text does not show them (no `-`, `_`, `+` or `/`; a length that is a multiple of 4
+/// without `=`), the value is written back as Google's APIs write bytes: the standard
+/// alphabet, padded.
 fn engine_of(text: &[u8]) -> &'static base64::engine::GeneralPurpose {
     let url = text.iter().any(|b| *b == b'-' || *b == b'_');
-    let padded = text.ends_with(b"=");
+    let padded = text.ends_with(b"=") || text.len().is_multiple_of(4);
     match (url, padded) {
         (false, true) => &STANDARD,
         (false, false) => &STANDARD_NO_PAD,
@@ -131,10 +154,10 @@ impl Masker {
                 continue;
             }
             let text = json_unescape(&body[start..end]);
-            let engine = engine_of(&text);
-            let Ok(decoded) = engine.decode(&text) else {
+            let Some(decoded) = decode_base64(&text) else {
                 continue;
             };
+            let engine = engine_of(&text);
             let masked = if whole {
                 let fingerprint = self.fingerprint(&decoded);
                 summary.record(Hit {

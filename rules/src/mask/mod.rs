@@ -26,7 +26,7 @@ use cassette_api::{Detector, Masking};
 use regex::bytes::{Regex, RegexBuilder};
 use ring::hmac;
 
-pub use bytes::{BYTE_FIELDS_LIMIT, ByteField, SECRET_PAYLOAD, byte_fields};
+pub use bytes::{BYTE_FIELDS_LIMIT, ByteField, SECRET_PAYLOAD, byte_fields, decode_base64};
 pub use detectors::{BUILT_IN_NAMES, JSON_FIELD};
 pub use secret_file::{Candidate, secret_candidates};
 pub use target::{FORM_LIMIT, SECRET_PARAMETER, SECRET_PARAMETERS};

@@ -415,3 +415,49 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A secret committed in a file, whole or through a delta, in any pack chunking, is
+    /// found with the fingerprint search computes, under the file's path.
+    #[test]
+    fn committed_secrets_are_found_by_search_under_their_path(
+        before in "[a-z \n]{0,200}",
+        name in "[a-z]{1,12}\\.(env|txt|json)",
+        through_delta in any::<bool>(),
+        chunk in 1usize..300,
+    ) {
+        let secret = TOKEN;
+        let base = format!("{before}\nnothing to see\n").into_bytes();
+        let file = [&base[..], format!("token={secret}\n").as_bytes()].concat();
+        let blob_id = object_id("blob", &file);
+        let mut tree = format!("100644 {name}\0").into_bytes();
+        tree.extend_from_slice(&blob_id);
+        let tree_id = object_id("tree", &tree);
+        let commit = format!(
+            "tree {}\nauthor A <a@example.com> 1 +0000\ncommitter A <a@example.com> 1 +0000\n\nadd {name}\n",
+            hex(&tree_id)
+        ).into_bytes();
+        let commit_id = hex(&object_id("commit", &commit));
+        let entries = if through_delta {
+            let d = delta(&base, base.len(), format!("token={secret}\n").as_bytes());
+            vec![(1, commit, None), (2, tree, None), (3, base.clone(), None), (6, d, Some(Base::Offset(2)))]
+        } else {
+            vec![(1, commit, None), (2, tree, None), (3, file, None)]
+        };
+        let pack = build(&entries);
+        let (objects, summary) = read(&pack, chunk, PackLimits::default());
+        prop_assert!(summary.checksum_ok);
+        let found: Vec<String> = crate::mask::secret_candidates(secret.as_bytes())
+            .into_iter()
+            .map(|c| fingerprint(KEY, &c.value))
+            .collect();
+        prop_assert!(summary.path_masks.iter().any(|p| {
+            p.path == name && p.commit.as_deref() == Some(commit_id.as_str()) && found.contains(&p.fingerprint)
+        }), "{:?}", summary.path_masks);
+        // Nothing recorded of an object holds the secret.
+        let recorded = format!("{objects:?}");
+        prop_assert!(!recorded.contains(secret));
+    }
+}
