@@ -352,6 +352,14 @@ impl Evaluator {
         })
     }
 
+    /// Whether any rule names a `gitRef`: then a push (or a code-host ref change) whose refs
+    /// cannot be read — a Content-Encoding that does not decode, an ambiguous path
+    /// ([`crate::path::NormalizedPath::is_ambiguous`]), a body over the bound — must be
+    /// refused rather than forwarded unread.
+    pub fn guards_refs(&self) -> bool {
+        self.rules.iter().any(|r| r.git_ref.is_some())
+    }
+
     /// Decides `request` at time `now`.
     pub fn evaluate(&self, request: &Request<'_>, now: Timestamp) -> Decision {
         let session = &self.session;
@@ -1051,6 +1059,12 @@ mod tests {
         );
         let body = String::from_utf8_lossy(&response.body);
         assert!(body.contains("ng refs/heads/main protected by AgentSession \"fix-ci\"\n"));
+    }
+
+    #[test]
+    fn sessions_with_git_ref_rules_guard_refs() {
+        assert!(evaluator(&policy()).guards_refs());
+        assert!(!evaluator(&Policy::default()).guards_refs());
     }
 
     #[test]
