@@ -36,6 +36,9 @@ pub struct Request<'a> {
     /// The refs a code-host REST call changes ([`crate::code_host::ref_changes`]); empty
     /// otherwise.
     pub rest_refs: &'a [RestRef],
+    /// The path as the recording shows it ([`crate::mask::Masker::mask_target`]), which
+    /// reasons (refusal bodies, `status.pendingReviews`, logs) use instead of `path`.
+    pub shown_path: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
@@ -49,7 +52,15 @@ impl<'a> Request<'a> {
             permission: None,
             ref_updates: &[],
             rest_refs: &[],
+            shown_path: None,
         }
+    }
+
+    /// Says how reasons show the path: masked, as recorded, so that a secret in the path
+    /// reaches no refusal, review or log line.
+    pub fn shown_as(mut self, masked_path: &'a str) -> Self {
+        self.shown_path = Some(masked_path);
+        self
     }
 
     /// Adds the refs a code-host REST call changes.
@@ -92,15 +103,16 @@ impl<'a> Request<'a> {
     /// request whose permission is not known says `(permission unknown)`.
     fn describe(&self) -> String {
         let host = normalize_host(self.host);
+        let path = self.shown_path.unwrap_or(self.path);
         match self.permission {
-            Some(p) => format!("{} {host}{} ({p})", self.method, self.path),
+            Some(p) => format!("{} {host}{path} ({p})", self.method),
             None if self.service.is_some() => {
                 format!(
-                    "{} {host}{} (permission {UNKNOWN_PERMISSION})",
-                    self.method, self.path
+                    "{} {host}{path} (permission {UNKNOWN_PERMISSION})",
+                    self.method
                 )
             }
-            None => format!("{} {host}{}", self.method, self.path),
+            None => format!("{} {host}{path}", self.method),
         }
     }
 }
@@ -1059,6 +1071,35 @@ mod tests {
         );
         let body = String::from_utf8_lossy(&response.body);
         assert!(body.contains("ng refs/heads/main protected by AgentSession \"fix-ci\"\n"));
+    }
+
+    /// A secret in the path reaches no reason: refusal bodies, pendingReviews and logs show
+    /// the path as recorded, masked.
+    #[test]
+    fn reasons_show_the_masked_path() {
+        let p = Policy {
+            default_action: Action::Deny,
+            ..Default::default()
+        };
+        let e = evaluator(&p);
+        let key = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW";
+        let path = format!("/v1/keys/{key}:lookup");
+        // What main wrote: the key, in the reason.
+        let d = e.evaluate(&Request::new("apikeys.googleapis.com", "GET", &path), now());
+        assert!(d.reason.contains(key));
+        let masker = crate::mask::Masker::new(None, b"k").unwrap();
+        let (shown, _) = masker.mask_target(&path);
+        let d = e.evaluate(
+            &Request::new("apikeys.googleapis.com", "GET", &path).shown_as(&shown),
+            now(),
+        );
+        assert!(!d.reason.contains(key), "{}", d.reason);
+        assert!(
+            d.reason
+                .contains("GET apikeys.googleapis.com/v1/keys/«masked:google-api-key:"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]
