@@ -291,7 +291,6 @@ struct Current<'m> {
     offset: u64,
     raw: RawKind,
     size: u64,
-    inflate: Decompress,
     produced: u64,
     /// The whole inflated contents, while they fit.
     content: Option<Vec<u8>>,
@@ -346,9 +345,13 @@ pub struct PackReader<'m> {
     kept_order: VecDeque<usize>,
     kept_bytes: u64,
     pending: Vec<Pending>,
-    /// Objects read, not yet taken by the caller; indices stay stable for pending deltas.
-    objects: Vec<PackObject>,
+    /// Objects read and not yet handed out; `taken` is the index (in pack order) of the
+    /// first of them, so that pending deltas keep their indices while the rest is let go.
+    objects: VecDeque<PackObject>,
     taken: usize,
+    /// The inflater, reset for each object, and its output buffer, reused.
+    inflate: Decompress,
+    scratch: Vec<u8>,
     /// Blob masks and tree entries, for the paths at the end.
     blob_masks: HashMap<String, Vec<Hit>>,
     trees: HashMap<String, Vec<TreeEntry>>,
@@ -380,8 +383,10 @@ impl<'m> PackReader<'m> {
             kept_order: VecDeque::new(),
             kept_bytes: 0,
             pending: Vec::new(),
-            objects: Vec::new(),
+            objects: VecDeque::new(),
             taken: 0,
+            inflate: Decompress::new(true),
+            scratch: vec![0; 64 * 1024],
             blob_masks: HashMap::new(),
             trees: HashMap::new(),
             tree_entries: 0,
@@ -431,16 +436,20 @@ impl<'m> PackReader<'m> {
             .iter()
             .map(|p| p.index)
             .min()
-            .unwrap_or(self.objects.len());
-        let out = self.objects[self.taken..ready_to].to_vec();
+            .unwrap_or(self.taken + self.objects.len());
+        let out = self.objects.drain(..ready_to - self.taken).collect();
         self.taken = ready_to;
         out
     }
 
     fn take_all(&mut self) -> Vec<PackObject> {
-        let out = self.objects[self.taken..].to_vec();
-        self.taken = self.objects.len();
-        out
+        self.taken += self.objects.len();
+        self.objects.drain(..).collect()
+    }
+
+    /// The object at `index` (in pack order), which has not been handed out.
+    fn object_mut(&mut self, index: usize) -> &mut PackObject {
+        &mut self.objects[index - self.taken]
     }
 
     /// Drops `n` bytes from the front of the buffer; all but the trailer are checksummed.
@@ -519,11 +528,11 @@ impl<'m> PackReader<'m> {
                         _ => (None, None),
                     };
                     self.consume(header_len, true);
+                    self.inflate.reset(true);
                     self.state = State::Inflating(Box::new(Current {
                         offset,
                         raw,
                         size,
-                        inflate: Decompress::new(true),
                         produced: 0,
                         content: hold.then(|| Vec::with_capacity(size.min(1 << 20) as usize)),
                         hasher,
@@ -535,16 +544,15 @@ impl<'m> PackReader<'m> {
                         self.state = State::Inflating(current);
                         return Ok(());
                     }
-                    let mut out = vec![0u8; 64 * 1024];
-                    let before_in = current.inflate.total_in();
-                    let before_out = current.inflate.total_out();
-                    let status = current
+                    let before_in = self.inflate.total_in();
+                    let before_out = self.inflate.total_out();
+                    let status = self
                         .inflate
-                        .decompress(&self.buf, &mut out, FlushDecompress::None)
+                        .decompress(&self.buf, &mut self.scratch, FlushDecompress::None)
                         .map_err(|e| self.corrupt(current.offset, format!("zlib: {e}")))?;
-                    let used = (current.inflate.total_in() - before_in) as usize;
-                    let made = (current.inflate.total_out() - before_out) as usize;
-                    let data = &out[..made];
+                    let used = (self.inflate.total_in() - before_in) as usize;
+                    let made = (self.inflate.total_out() - before_out) as usize;
+                    let data = &self.scratch[..made];
                     current.produced += made as u64;
                     if current.produced > current.size {
                         return Err(self.corrupt(
@@ -736,7 +744,7 @@ impl<'m> PackReader<'m> {
             }
             RawKind::OfsDelta(base_offset) => {
                 let base = format!("offset {base_offset}");
-                let index = self.objects.len();
+                let index = self.taken + self.objects.len();
                 self.push_object(unresolved(offset, size, base.clone(), "not applied yet"));
                 match (content, self.by_offset.get(&base_offset).copied()) {
                     (Some(delta), Some(k)) => self.apply(index, k, &delta),
@@ -754,7 +762,7 @@ impl<'m> PackReader<'m> {
                 }
             }
             RawKind::RefDelta(base_id) => {
-                let index = self.objects.len();
+                let index = self.taken + self.objects.len();
                 self.push_object(unresolved(offset, size, base_id.clone(), "not applied yet"));
                 match (content, self.by_id.get(&base_id).copied()) {
                     (Some(delta), Some(k)) => self.apply(index, k, &delta),
@@ -782,7 +790,7 @@ impl<'m> PackReader<'m> {
 
     fn push_object(&mut self, object: PackObject) {
         self.summary.objects += 1;
-        self.objects.push(object);
+        self.objects.push_back(object);
     }
 
     /// Records what an object's contents name and mask.
@@ -811,7 +819,9 @@ impl<'m> PackReader<'m> {
                 let (masked, summary) = self.masker.mask(BodyKind::Other, message);
                 info.message = String::from_utf8_lossy(&masked).into_owned();
                 object.masks = summary.hits;
-                self.commits.push((id.to_owned(), info.tree.clone()));
+                if self.commits.len() < self.limits.max_tree_entries {
+                    self.commits.push((id.to_owned(), info.tree.clone()));
+                }
                 object.commit = Some(info);
             }
             ObjectKind::Tag => {
@@ -888,7 +898,7 @@ impl<'m> PackReader<'m> {
         h.update(format!("{} {}\0", kind.name(), result.len()).as_bytes());
         h.update(&result);
         let id = hex(h.finish().as_ref());
-        let mut object = self.objects[index].clone();
+        let mut object = self.object_mut(index).clone();
         object.kind = Some(kind);
         object.id = Some(id.clone());
         object.size = result.len() as u64;
@@ -898,7 +908,7 @@ impl<'m> PackReader<'m> {
         }
         self.describe(&mut object, kind, &id, &result);
         let offset = object.offset;
-        self.objects[index] = object;
+        *self.object_mut(index) = object;
         self.keep(offset, &id, kind, result, depth);
     }
 
@@ -906,7 +916,7 @@ impl<'m> PackReader<'m> {
         self.summary.unresolved += 1;
         let inserted = delta_inserts(delta);
         let (_, summary) = self.masker.mask(BodyKind::Other, &inserted);
-        let object = &mut self.objects[index];
+        let object = self.object_mut(index);
         if let Storage::Delta { why: w, .. } = &mut object.storage {
             *w = Some(why.to_owned());
         }

@@ -156,7 +156,7 @@ impl Masker {
             .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
     }
 
-    /// `a=1&b=2` (or `;`-separated), starting at offset `base` of what is being masked.
+    /// `a=1&b=2`, starting at offset `base` of what is being masked.
     fn mask_pairs(&self, raw: &[u8], base: usize, out: &mut Vec<u8>, summary: &mut Summary) {
         let mut start = 0;
         for (i, pair) in raw.split(|b| *b == b'&').enumerate() {

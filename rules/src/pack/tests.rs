@@ -461,3 +461,17 @@ proptest! {
         prop_assert!(!recorded.contains(secret));
     }
 }
+
+/// What is handed out is let go: the reader holds no object it has returned.
+#[test]
+fn returned_objects_are_not_kept() {
+    let mut r = PackReader::new(masker(), ObjectFormat::Sha1, PackLimits::default());
+    let mut returned = 0;
+    for piece in PUSH.chunks(100) {
+        returned += r.feed(piece).unwrap().len();
+        assert!(r.objects.len() <= 1, "{} objects held", r.objects.len());
+    }
+    assert_eq!(returned, 16);
+    let (rest, _) = r.finish().unwrap();
+    assert!(rest.is_empty());
+}
