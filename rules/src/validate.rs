@@ -139,6 +139,29 @@ pub fn parse_retention(text: &str) -> Result<Duration, String> {
         .ok_or_else(refuse)
 }
 
+/// What is allowed but probably not meant, as admission warnings (`kubectl apply` prints
+/// them): a policy with permission rules whose unclassified Google requests (batches, methods
+/// cassette does not know) would pass by an allowing default.
+pub fn warnings(spec: &AgentSessionSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = &spec.policy
+        && p.unclassified.is_none()
+        && p.default_action == cassette_api::Action::Allow
+        && p.rules
+            .iter()
+            .any(|r| r.action != cassette_api::Action::Allow && r.matches.permission.is_some())
+    {
+        out.push(
+            "spec.policy has rules on IAM permissions, but spec.policy.unclassified is unset: a \
+             Google request whose permission cassette cannot tell (a batch, a method it does not \
+             know) matches none of them and passes by spec.policy.defaultAction allow; set \
+             spec.policy.unclassified to deny or review"
+                .to_owned(),
+        );
+    }
+    out
+}
+
 /// Checks a change to a session's spec that each spec alone cannot show wrong: whoever may
 /// edit a session must not be able to make the operator delete what it recorded. The sink
 /// cannot change (recordings already written stay where the session says they are), and the
@@ -693,6 +716,30 @@ mod tests {
                 "spec.policy.reviewTimeout",
             ]
         );
+    }
+
+    #[test]
+    fn permission_rules_without_an_unclassified_decision_are_warned_about() {
+        let mut s = spec();
+        assert!(warnings(&s).is_empty());
+        s.policy = Some(Policy {
+            rules: vec![rule(
+                "no-deletes",
+                RuleMatch {
+                    permission: Some("storage.objects.delete".into()),
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        });
+        let w = warnings(&s);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("set spec.policy.unclassified to deny or review"),
+            "{w:?}"
+        );
+        s.policy.as_mut().unwrap().unclassified = Some(cassette_api::Unclassified::Deny);
+        assert!(warnings(&s).is_empty());
     }
 
     #[test]
