@@ -349,6 +349,8 @@ pub struct PackReader<'m> {
     /// first of them, so that pending deltas keep their indices while the rest is let go.
     objects: VecDeque<PackObject>,
     taken: usize,
+    /// Why the pack broke, once it has.
+    failure: Option<PackError>,
     /// The inflater, reset for each object, and its output buffer, reused.
     inflate: Decompress,
     scratch: Vec<u8>,
@@ -385,6 +387,7 @@ impl<'m> PackReader<'m> {
             pending: Vec::new(),
             objects: VecDeque::new(),
             taken: 0,
+            failure: None,
             inflate: Decompress::new(true),
             scratch: vec![0; 64 * 1024],
             blob_masks: HashMap::new(),
@@ -397,26 +400,43 @@ impl<'m> PackReader<'m> {
 
     /// Feeds the next bytes of the pack; returns the objects completed so far that were not
     /// returned before. An error ends the reading (what was returned stands).
+    ///
+    /// When the pack breaks in this chunk, the objects completed before the break are still
+    /// returned (what is read stands, however the pack was cut) and the error comes from the
+    /// next `feed` and from [`PackReader::finish`]; when none were, it comes at once.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<PackObject>, PackError> {
-        if matches!(self.state, State::Failed) {
-            return Ok(Vec::new());
+        if let Some(e) = &self.failure {
+            return Err(e.clone());
         }
         self.buf.extend_from_slice(chunk);
-        let result = self.run();
-        if result.is_err() {
-            self.state = State::Failed;
-            self.buf.clear();
+        match self.run() {
+            Ok(()) => Ok(self.take_ready()),
+            Err(e) => {
+                self.state = State::Failed;
+                self.buf.clear();
+                self.failure = Some(e.clone());
+                // Deltas still waiting will get no base now.
+                self.resolve_pending(true);
+                let objects = self.take_all();
+                if objects.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(objects)
+                }
+            }
         }
-        result?;
-        Ok(self.take_ready())
     }
 
     /// Ends the pack: the deltas still waiting for a base are resolved if their base came
     /// later, the remaining objects returned, and the paths of masked blobs named.
+    /// An error when the pack broke (the same one `feed` gave) or ended early.
     pub fn finish(mut self) -> Result<(Vec<PackObject>, PackSummary), PackError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
         self.resolve_pending(true);
         let mut objects = self.take_all();
-        if !matches!(self.state, State::Done) && !matches!(self.state, State::Failed) {
+        if !matches!(self.state, State::Done) {
             let err = PackError::Truncated {
                 read: self.index,
                 announced: self.announced,
