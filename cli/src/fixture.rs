@@ -63,6 +63,7 @@ fn end(exchange: u64, up: u64, down: u64, decision: Decision) -> ExchangeEnd {
         masked_by: Default::default(),
         error: None,
         trailers: None,
+        request_trailers: None,
     }
 }
 

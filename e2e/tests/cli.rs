@@ -77,6 +77,7 @@ async fn record(sink: &str, spool: PathBuf, ns: &str, session: &str) -> Result<S
             masked_by: Default::default(),
             error: None,
             trailers: None,
+            request_trailers: None,
         })
     };
     recorder

@@ -449,9 +449,12 @@ pub struct ExchangeEnd {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The response's trailers (HTTP/2 or chunked), which arrive after the body: gRPC puts
-    /// its status there.
+    /// its status there. Masked like headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trailers: Option<Vec<Header>>,
+    /// The request's trailers, when it had any. Masked like headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_trailers: Option<Vec<Header>>,
 }
 
 /// `blocked`.

@@ -279,6 +279,7 @@ pub fn record(recording: &crate::record::Recording, exchange: MetadataExchange<'
         masked_by: Default::default(),
         error: None,
         trailers: None,
+        request_trailers: None,
     }));
 }
 

@@ -6,6 +6,7 @@
 
 use crate::record::Recording;
 use cassette_recording::record::Blocked;
+use cassette_rules::refusal::Protocol;
 use http::StatusCode;
 
 /// What a refusal was for. Its `as_str` is the `reason` of the `blocked` record; FORMAT.md
@@ -18,6 +19,9 @@ pub enum Cause {
     Destination,
     /// The upstream could not be reached safely (connection or certificate failure).
     Upstream,
+    /// The request named another host (Host, `:authority`, absolute form) than the one the
+    /// connection was verified for.
+    Authority,
     /// The request could not be recorded and the session fails closed.
     Recording,
     /// A git request that could not be understood.
@@ -41,9 +45,10 @@ pub enum Cause {
 impl Cause {
     /// Every cause, in the order FORMAT.md lists them.
     #[cfg(test)]
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::Destination,
         Cause::Upstream,
+        Cause::Authority,
         Cause::Recording,
         Cause::Git,
         Cause::Policy,
@@ -60,6 +65,7 @@ impl Cause {
         match self {
             Cause::Destination => "destination",
             Cause::Upstream => "upstream",
+            Cause::Authority => "authority",
             Cause::Recording => "recording",
             Cause::Git => "git",
             Cause::Policy => "policy",
@@ -78,14 +84,6 @@ impl Cause {
     }
 }
 
-/// A body of the sidecar's own making, for refusals a client reads in its own protocol
-/// (a git report).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-}
-
 /// One refusal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -95,8 +93,9 @@ pub struct Refusal {
     pub status: StatusCode,
     /// What the agent is told, and the recording keeps.
     pub message: String,
-    /// The body the agent gets, when not the message as text.
-    pub answer: Option<Answer>,
+    /// The protocol the answer speaks, when the stage that refused knows better than the
+    /// request's kind (a push whose commands were read gets git's per-ref report).
+    pub protocol: Option<Protocol>,
 }
 
 impl Refusal {
@@ -106,7 +105,7 @@ impl Refusal {
             rule: None,
             status,
             message: message.into(),
-            answer: None,
+            protocol: None,
         }
     }
 
@@ -116,22 +115,20 @@ impl Refusal {
         self
     }
 
-    /// Answer with a body of this shape instead of the message as text.
-    pub fn answering(mut self, status: StatusCode, answer: Answer) -> Self {
-        self.status = status;
-        self.answer = Some(answer);
+    /// Answer in this protocol.
+    pub fn speaking(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
         self
     }
 
-    /// The body the agent reads.
-    pub fn body(&self) -> (&'static str, Vec<u8>) {
-        match &self.answer {
-            Some(a) => (a.content_type, a.body.clone()),
-            None => (
-                "text/plain; charset=utf-8",
-                format!("cassette: {}\n", self.message).into_bytes(),
-            ),
-        }
+    /// The answer the agent reads, in `protocol` unless the refusal names its own: gRPC
+    /// status, Google's JSON error, git's report, or the message as text.
+    pub fn answer(&self, protocol: &Protocol) -> cassette_rules::refusal::Refusal {
+        cassette_rules::refusal::refuse(
+            self.protocol.as_ref().unwrap_or(protocol),
+            self.status.as_u16(),
+            &format!("cassette: {}", self.message),
+        )
     }
 
     /// Make the `blocked` record (counted unless it is an audit note).
@@ -173,24 +170,23 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_answers_in_words_unless_it_has_a_body_of_its_own() {
+    fn a_refusal_answers_in_the_clients_protocol() {
         let r = Refusal::new(Cause::Policy, StatusCode::FORBIDDEN, "denied by rule x");
-        assert_eq!(
-            r.body(),
-            (
-                "text/plain; charset=utf-8",
-                b"cassette: denied by rule x\n".to_vec()
-            )
+        let text = r.answer(&Protocol::Http);
+        assert_eq!(text.status, 403);
+        assert_eq!(text.body, b"cassette: denied by rule x\n");
+        let grpc = r.answer(&Protocol::Grpc);
+        assert_eq!(grpc.status, 200);
+        assert!(grpc.headers.contains(&("grpc-status", "7".to_string())));
+        assert!(
+            grpc.headers
+                .iter()
+                .any(|(n, v)| *n == "grpc-message" && v.contains("denied by rule x"))
         );
-        let git = r.clone().answering(
-            StatusCode::OK,
-            Answer {
-                content_type: "application/x-git-receive-pack-result",
-                body: b"0019unpack ok\n".to_vec(),
-            },
-        );
-        assert_eq!(git.status, StatusCode::OK);
-        assert_eq!(git.body().0, "application/x-git-receive-pack-result");
+        let rest = r.answer(&Protocol::GoogleRest);
+        let json: serde_json::Value = serde_json::from_slice(&rest.body).unwrap();
+        assert_eq!(json["error"]["code"], 403);
+        assert_eq!(json["error"]["status"], "PERMISSION_DENIED");
         assert!(!Cause::Audit.blocks() && Cause::Expiry.blocks());
     }
 }

@@ -123,6 +123,7 @@ async fn main() -> ExitCode {
             masked_by: Default::default(),
             error: None,
             trailers: None,
+            request_trailers: None,
         });
         match recorder.record(end).await {
             Ok(a) => ack(a),

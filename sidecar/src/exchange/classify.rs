@@ -3,34 +3,40 @@
 //! stage (policy, git, the recording).
 
 use cassette_recording::record::Classification;
-use cassette_rules::classify::{HttpRequest, classify};
+use cassette_rules::authority::VerifiedHost;
+use cassette_rules::classify::{self, classify_verified};
 use cassette_rules::git::{GitService, SmartHttpRequest, smart_http};
 use http::HeaderMap;
 
 /// What the request is.
 #[derive(Clone, Debug, Default)]
 pub struct Classified {
-    /// As the recording keeps it; `None` when it is neither Google nor git.
+    /// As the recording keeps it; `None` when it is neither Google nor git. An unclassified
+    /// Google request's permission is recorded as `unknown`.
     pub record: Option<Classification>,
+    /// The Google classification in full (service, permission, method, resource).
+    pub google: Option<classify::Classification>,
     /// git smart HTTP, when it is that.
     pub git: Option<SmartHttpRequest>,
 }
 
 impl Classified {
     /// The Google service, if any.
+    #[cfg(test)]
     pub fn service(&self) -> Option<&str> {
         self.record.as_ref().and_then(|c| c.service.as_deref())
     }
 
     /// The IAM permission, if known.
     pub fn permission(&self) -> Option<&str> {
-        self.record.as_ref().and_then(|c| c.permission.as_deref())
+        self.google.as_ref().and_then(|c| c.permission.as_deref())
     }
 }
 
-/// Classify a request by its authority, method, target (path and query) and headers.
+/// Classify a request to the verified `host` by its method, target (path and query) and
+/// headers. The request's own Host header or `:authority` plays no part.
 pub fn request(
-    authority: &str,
+    host: &VerifiedHost,
     method: &http::Method,
     target: &str,
     headers: &HeaderMap,
@@ -38,16 +44,19 @@ pub fn request(
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let request = HttpRequest::from_target(authority, method.as_str(), target, content_type);
-    let google = classify(&request);
-    let git = smart_http(method.as_str(), request.path, request.query);
+    let google = classify_verified(host, method.as_str(), target, content_type);
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let git = smart_http(method.as_str(), path, query);
     if google.is_none() && git.is_none() {
         return Classified::default();
     }
     Classified {
         record: Some(Classification {
             service: google.as_ref().map(|g| g.service.clone()),
-            permission: google.and_then(|g| g.permission),
+            permission: google.as_ref().map(|g| g.recorded_permission().to_string()),
             git_service: git.as_ref().map(|g| {
                 match g.service {
                     GitService::UploadPack => "upload-pack",
@@ -56,6 +65,7 @@ pub fn request(
                 .to_string()
             }),
         }),
+        google,
         git,
     }
 }
@@ -68,8 +78,9 @@ mod tests {
     #[test]
     fn google_and_git_requests_are_classified_once_for_every_stage() {
         let h = HeaderMap::new();
+        let host = |name| VerifiedHost::new(name, 443).unwrap();
         let delete = request(
-            "storage.googleapis.com",
+            &host("storage.googleapis.com"),
             &http::Method::DELETE,
             "/storage/v1/b/prod",
             &h,
@@ -79,7 +90,7 @@ mod tests {
         assert!(delete.git.is_none());
 
         let push = request(
-            "git.test",
+            &host("git.test"),
             &http::Method::POST,
             "/repo.git/git-receive-pack",
             &h,
@@ -94,7 +105,21 @@ mod tests {
             Some("receive-pack")
         );
 
-        let other = request("example.com", &http::Method::GET, "/", &h);
+        let other = request(&host("example.com"), &http::Method::GET, "/", &h);
         assert!(other.record.is_none() && other.git.is_none());
+
+        // A Google request cassette cannot classify is recorded with permission "unknown".
+        let odd = request(
+            &host("storage.googleapis.com"),
+            &http::Method::PATCH,
+            "/no/such/api",
+            &h,
+        );
+        assert_eq!(odd.service(), Some("storage"));
+        assert_eq!(odd.permission(), None);
+        assert_eq!(
+            odd.record.unwrap().permission.as_deref(),
+            Some(cassette_rules::policy::UNKNOWN_PERMISSION)
+        );
     }
 }

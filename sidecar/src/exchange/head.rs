@@ -1,6 +1,8 @@
 //! The head stage: what the request says of itself (authority, target, upgrade), classified
-//! once, and recorded — masked, and durable first when the session is `strict` — before
-//! anything else happens to it. A request that cannot be recorded is refused.
+//! once against the host the connection was verified for, and recorded — masked, target
+//! included, and durable first when the session is `strict` — before anything else happens
+//! to it. A request that cannot be recorded is refused, and so is one whose Host,
+//! `:authority` or absolute-form authority names another host than the verified one.
 
 use super::{Exchange, classify, ledger::Ledger};
 use crate::conn::ConnCtx;
@@ -8,6 +10,7 @@ use crate::http::{Body, version_str};
 use crate::record::masked_headers;
 use crate::refusal::{Cause, Refusal};
 use cassette_recording::record::{Event, Request as RequestRecord};
+use cassette_rules::authority::VerifiedHost;
 use http::{Request, StatusCode, Version, header};
 use std::time::Instant;
 
@@ -38,17 +41,76 @@ pub fn begin(conn: &ConnCtx, req: &Request<Body>) -> Exchange {
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
-    let classified = classify::request(&authority, req.method(), &target, req.headers());
+    let (verified, checked) = verified_host(conn, &authority);
+    let classified = classify::request(&verified, req.method(), &target, req.headers());
+    let (shown_target, target_masks) = conn.proxy.session.masker.mask_target(&target);
     let ledger = Ledger::new(id, started, classified.record.clone());
+    ledger.add_masks(&conn.proxy, target_masks.counts);
     Exchange {
         id,
         started,
         authority,
         target,
+        shown_target,
+        verified,
+        authority_checked: checked,
+        content_type: crate::http::header_str(req.headers(), &header::CONTENT_TYPE)
+            .map(str::to_string),
         upgrade,
         classified,
         ledger,
     }
+}
+
+/// The host every decision of the exchange uses, and whether the request's own authorities
+/// must name it. Over TLS it is the name the upstream's certificate was verified for (SNI,
+/// or the CONNECT authority the sidecar resolved); on plain HTTP the original destination's
+/// address, unless an upstream override is configured for the name the request gives.
+fn verified_host(conn: &ConnCtx, authority: &str) -> (VerifiedHost, bool) {
+    let port = conn.route.dst.port();
+    if let Some(host) = &conn.route.host
+        && let Some(verified) = VerifiedHost::new(host, port)
+    {
+        return (verified, true);
+    }
+    let route = conn.route_for(authority);
+    if route.endpoint.is_some()
+        && let Some(host) = route.host.as_deref()
+        && let Some(verified) = VerifiedHost::new(host, port)
+    {
+        return (verified, false);
+    }
+    let ip =
+        VerifiedHost::new(&conn.route.dst.ip().to_string(), port).expect("an IP address is a host");
+    (ip, false)
+}
+
+/// Refuse a request whose Host headers, `:authority` or absolute-form authority name another
+/// host (or port) than the one the connection was verified for.
+pub fn authority_matches(
+    conn: &ConnCtx,
+    ex: &Exchange,
+    req: &Request<Body>,
+) -> Result<(), Refusal> {
+    if !ex.authority_checked {
+        return Ok(());
+    }
+    let default_port = if conn.scheme == "https" { 443 } else { 80 };
+    let hosts = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let authority = req.uri().authority().map(|a| a.as_str());
+    ex.verified
+        .check_all(hosts.chain(authority), default_port)
+        .map_err(|mismatch| {
+            Refusal::new(
+                Cause::Authority,
+                StatusCode::MISDIRECTED_REQUEST,
+                mismatch.to_string(),
+            )
+        })
 }
 
 /// Record the head, masked.
@@ -62,7 +124,7 @@ pub async fn record(conn: &ConnCtx, ex: &Exchange, req: &Request<Body>) -> Resul
         method: req.method().to_string(),
         scheme: conn.scheme.to_string(),
         authority: ex.authority.clone(),
-        path: ex.target.clone(),
+        path: ex.shown_target.clone(),
         version: version_str(req.version()).to_string(),
         headers,
     };

@@ -30,6 +30,7 @@ struct Entries {
     rule: Option<String>,
     masked: BTreeMap<String, u64>,
     trailers: Option<Vec<Header>>,
+    request_trailers: Option<Vec<Header>>,
     done: bool,
 }
 
@@ -47,6 +48,7 @@ impl Ledger {
                 rule: None,
                 masked: BTreeMap::new(),
                 trailers: None,
+                request_trailers: None,
                 done: false,
             }),
         }))
@@ -85,8 +87,14 @@ impl Ledger {
         self.entries().ttfb = Some(d);
     }
 
+    /// The response's trailers, as recorded (masked).
     pub fn set_trailers(&self, trailers: Vec<Header>) {
         self.entries().trailers = Some(trailers);
+    }
+
+    /// The request's trailers, as recorded (masked).
+    pub fn set_request_trailers(&self, trailers: Vec<Header>) {
+        self.entries().request_trailers = Some(trailers);
     }
 
     /// Count masks (and export them as metrics).
@@ -123,7 +131,7 @@ impl Ledger {
 
     /// Write `exchange_end` (once; later calls do nothing).
     pub fn end(&self, proxy: &Proxy, bytes_down: u64, error: Option<String>) {
-        let (decision, sidecar, ttfb, rule, masked_by, trailers) = {
+        let (decision, sidecar, ttfb, rule, masked_by, trailers, request_trailers) = {
             let mut e = self.entries();
             if e.done {
                 return;
@@ -136,6 +144,7 @@ impl Ledger {
                 e.rule.take(),
                 std::mem::take(&mut e.masked),
                 e.trailers.take(),
+                e.request_trailers.take(),
             )
         };
         let total = self.0.started.elapsed();
@@ -178,6 +187,7 @@ impl Ledger {
             masked_by,
             error,
             trailers,
+            request_trailers,
         }));
     }
 }

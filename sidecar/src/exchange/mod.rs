@@ -47,8 +47,16 @@ pub struct Exchange {
     pub started: Instant,
     /// The authority the request names (its URI or Host header), else the connection's host.
     pub authority: String,
-    /// The request target: path and query, as sent.
+    /// The request target: path and query, as sent (forwarded as it is).
     pub target: String,
+    /// The target as recorded and shown in reasons, reviews and logs: secrets masked.
+    pub shown_target: String,
+    /// The host every decision uses: the upstream name the connection was verified for.
+    pub verified: cassette_rules::authority::VerifiedHost,
+    /// Whether the request's own authorities must name `verified` (TLS and CONNECT).
+    pub authority_checked: bool,
+    /// The request's Content-Type (a gRPC call is answered in gRPC).
+    pub content_type: Option<String>,
     /// Whether the agent asked to upgrade the connection (HTTP/1.1 `Upgrade`).
     pub upgrade: bool,
     pub classified: Classified,
@@ -82,6 +90,7 @@ async fn run(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Stop> {
     head::record(conn, ex, &req).await?;
+    head::authority_matches(conn, ex, &req)?;
     head::upstream_usable(conn)?;
     let client_upgrade = ex.upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();

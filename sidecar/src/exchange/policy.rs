@@ -5,9 +5,11 @@
 use super::{Exchange, review};
 use crate::conn::ConnCtx;
 use crate::http::Body;
-use crate::refusal::{Answer, Cause, Refusal};
+use crate::refusal::{Cause, Refusal};
 use cassette_rules::git::ReceivePackRequest;
+use cassette_rules::git::{GitService, Phase};
 use cassette_rules::policy::{self, Outcome};
+use cassette_rules::refusal::Protocol;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
@@ -21,15 +23,11 @@ pub async fn decide(
     body: Body,
 ) -> Result<Body, Refusal> {
     let proxy = &conn.proxy;
-    let host = conn
-        .route
-        .host
-        .clone()
-        .unwrap_or_else(|| ex.authority.clone());
     let updates = push.map(|p| p.updates.as_slice()).unwrap_or(&[]);
-    let mut request = policy::Request::new(&host, method.as_str(), ex.path()).pushing(updates);
-    request.service = ex.classified.service();
-    request.permission = ex.classified.permission();
+    let request = policy::Request::for_verified(&ex.verified, method.as_str(), ex.path())
+        .classified(ex.classified.google.as_ref())
+        .pushing(updates)
+        .shown_as(&ex.shown_target);
     let decision = proxy
         .session
         .evaluator
@@ -63,21 +61,12 @@ pub async fn decide(
     };
     drain(body).await;
     Err(match push {
-        Some(push) => {
-            let report = cassette_rules::git::refuse_push(
-                push.report_framing(),
-                &decision.git_rejections(),
-                &format!("cassette: {}", refusal.message),
-            );
-            let status = StatusCode::from_u16(report.status).unwrap_or(StatusCode::FORBIDDEN);
-            refusal.answering(
-                status,
-                Answer {
-                    content_type: report.content_type,
-                    body: report.body,
-                },
-            )
-        }
+        // The push's commands were read: git's own report says which ref was refused.
+        Some(push) => refusal.speaking(Protocol::Git {
+            service: GitService::ReceivePack,
+            phase: Phase::Rpc,
+            push: Some((push.report_framing(), decision.git_rejections())),
+        }),
         None => refusal,
     })
 }

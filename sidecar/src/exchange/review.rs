@@ -37,7 +37,7 @@ pub async fn hold(
     let answer = reviews.hold(cassette_api::PendingReview {
         id: id.clone(),
         pod: reviews.pod().to_string(),
-        request: format!("{method} {}{}", ex.authority, ex.target),
+        request: format!("{method} {}{}", ex.verified.name(), ex.shown_target),
         permission: ex.classified.permission().map(str::to_string),
         rule: Some(decision.cause.label()),
         requested_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

@@ -8,7 +8,7 @@ use crate::conn::ConnCtx;
 use crate::http::{Body, BoxError, header_str};
 use crate::metrics::DirectionLabels;
 use crate::proxy::Proxy;
-use crate::record::{BodyRecorder, headers};
+use crate::record::{BodyRecorder, masked_headers};
 use bytes::Bytes;
 use cassette_recording::record::Direction;
 use cassette_rules::mask::BodyKind;
@@ -124,10 +124,14 @@ impl HttpBody for Tap {
                     if let Side::Request = this.side {
                         this.ledger.add_bytes_up(data.len() as u64);
                     }
-                } else if let Some(trailers) = frame.trailers_ref()
-                    && let Side::Response(_) = this.side
-                {
-                    this.ledger.set_trailers(headers(trailers));
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    // Trailers carry what headers carry (tokens, signatures): masked alike.
+                    let (recorded, masks) = masked_headers(trailers, this.proxy.session.masker);
+                    this.ledger.add_masks(&this.proxy, masks);
+                    match this.side {
+                        Side::Request => this.ledger.set_request_trailers(recorded),
+                        Side::Response(_) => this.ledger.set_trailers(recorded),
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

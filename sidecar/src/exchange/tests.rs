@@ -60,17 +60,31 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                         .map(|v| v.to_str().unwrap().to_string());
                     let body = req.into_body().collect().await?.to_bytes();
                     let (status, text) = answer(&path);
+                    let trailers = path == "/trailers";
                     log.lock().unwrap().push(Seen {
                         method,
                         path,
                         authorization,
                         body,
                     });
-                    let mut response = Response::new(full(text));
+                    let body = if trailers {
+                        let mut t = http::HeaderMap::new();
+                        t.insert("x-debug-token", SECRET.parse().unwrap());
+                        Frames::of(text, t)
+                    } else {
+                        full(text)
+                    };
+                    let mut response = Response::new(body);
                     *response.status_mut() = StatusCode::from_u16(status).unwrap();
                     response
                         .headers_mut()
                         .insert("content-type", "application/json".parse().unwrap());
+                    if trailers {
+                        // HTTP/1.1 sends only the trailers a response declares.
+                        response
+                            .headers_mut()
+                            .insert("trailer", "x-debug-token".parse().unwrap());
+                    }
                     Ok::<_, hyper::Error>(response)
                 }
             });
@@ -81,6 +95,32 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
         }
     });
     (addr, seen)
+}
+
+/// A body of one data frame and trailers, of unknown length (so HTTP/1.1 sends it chunked,
+/// which trailers need).
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl Frames {
+    fn of(data: String, trailers: http::HeaderMap) -> Body {
+        let frames = [
+            http_body::Frame::data(Bytes::from(data)),
+            http_body::Frame::trailers(trailers),
+        ];
+        Frames(frames.into_iter().collect()).boxed()
+    }
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
 }
 
 fn echo(_: &str) -> (u16, String) {
@@ -128,10 +168,20 @@ impl Pod {
 
     /// Send one request; returns the agent's status and body, once the exchange has ended.
     async fn send(&self, req: Request<Body>) -> (StatusCode, String) {
+        let (status, _, body) = self.send_full(req).await;
+        (status, body)
+    }
+
+    /// Send one request; returns the agent's status, headers and body.
+    async fn send_full(&self, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
         let response = exchange(self.ctx.clone(), Arc::new(Upstream::lazy()), req).await;
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     fn end(&self) -> Value {
@@ -519,7 +569,7 @@ async fn a_request_that_cannot_be_recorded_is_not_sent() {
 }
 
 #[tokio::test]
-async fn a_push_that_is_not_git_is_refused_with_the_git_reason() {
+async fn a_push_that_is_not_git_is_refused_in_gits_protocol_with_the_git_reason() {
     let (addr, seen) = upstream(echo).await;
     let pod = Pod::new("git.test", addr, no_policy());
     let req = Request::builder()
@@ -528,9 +578,178 @@ async fn a_push_that_is_not_git_is_refused_with_the_git_reason() {
         .header("content-type", "application/x-git-receive-pack-request")
         .body(full("this is not a pkt-line"))
         .unwrap();
-    let (status, body) = pod.send(req).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("not valid git"), "{body}");
+    let (status, headers, body) = pod.send_full(req).await;
+    // In git's own protocol: an ERR line, which git prints as "fatal: remote error: …".
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["content-type"],
+        "application/x-git-receive-pack-result"
+    );
+    assert!(
+        body.contains("ERR cassette: ") && body.contains("not valid git"),
+        "{body}"
+    );
     assert!(seen.lock().unwrap().is_empty());
     assert_eq!(pod.sink.kind("blocked")[0]["reason"], "git");
+}
+
+#[tokio::test]
+async fn a_request_naming_another_host_than_the_verified_one_is_refused_421() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "keep-buckets", "action": "deny", "match": {"permission": "storage.buckets.delete"}}
+        ]}
+    });
+    let pod = Pod::new("storage.googleapis.com", addr, spec);
+    let placeholder = pod.proxy.placeholder.as_str().to_string();
+    // The connection is storage's; the request names another host, hoping to be classified
+    // as that host's (no permission, so no rule) while carrying storage's real token.
+    let mut req = request("DELETE", "https://docs.example/storage/v1/b/prod", "");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {placeholder}").parse().unwrap(),
+    );
+    let (status, body) = pod.send(req).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert!(body.contains("docs.example"), "{body}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing went upstream");
+    assert!(pod.sink.kind("token").is_empty(), "no token was swapped");
+    assert_eq!(pod.sink.kind("blocked")[0]["reason"], "authority");
+
+    // A Host header naming another host is refused the same way.
+    let mut req = request("DELETE", "/storage/v1/b/prod", "");
+    req.headers_mut()
+        .insert("host", "docs.example".parse().unwrap());
+    let (status, _) = pod.send(req).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+}
+
+#[tokio::test]
+async fn decisions_classify_the_verified_host_and_deny_holds_for_it() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "keep-buckets", "action": "deny", "match": {"permission": "storage.buckets.delete"}}
+        ]}
+    });
+    let pod = Pod::new("storage.googleapis.com", addr, spec);
+    let (status, body) = pod.send(request("DELETE", "/storage/v1/b/prod", "")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(
+        pod.end()["classification"]["permission"],
+        "storage.buckets.delete"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_in_the_target_goes_upstream_but_is_recorded_masked() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let key = "AIzaSyD3f4k3K3yF0rC4ss3tt3T3st1ng0123456";
+    pod.send(request("GET", &format!("/v1/maps?key={key}&q=x"), ""))
+        .await;
+    assert!(seen.lock().unwrap().len() == 1);
+    let recorded = pod.sink.kind("request")[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!recorded.contains(key), "{recorded}");
+    assert!(recorded.starts_with("/v1/maps?key=«masked:"), "{recorded}");
+    assert!(recorded.ends_with("&q=x"), "{recorded}");
+    assert_eq!(pod.end()["masked"], 1);
+}
+
+#[tokio::test]
+async fn trailers_both_ways_are_recorded_masked() {
+    let (addr, _) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let mut t = http::HeaderMap::new();
+    t.insert("x-upload-token", SECRET.parse().unwrap());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/trailers")
+        .header("te", "trailers")
+        .body(Frames::of("data".into(), t))
+        .unwrap();
+    pod.send(req).await;
+    let end = pod.end();
+    let everything = end.to_string();
+    assert!(!everything.contains(SECRET), "{end}");
+    assert_eq!(end["trailers"][0][0], "x-debug-token");
+    assert!(
+        end["trailers"][0][1].as_str().unwrap().contains("«masked:"),
+        "{end}"
+    );
+    assert_eq!(end["request_trailers"][0][0], "x-upload-token");
+    assert!(
+        end["request_trailers"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("«masked:"),
+        "{end}"
+    );
+    assert_eq!(end["masked"], 2);
+}
+
+#[tokio::test]
+async fn a_denied_grpc_call_is_answered_in_grpc_and_a_rest_call_in_googles_json() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "no-publish", "action": "deny", "match": {"permission": "pubsub.topics.publish"}},
+            {"name": "keep-buckets", "action": "deny", "match": {"permission": "storage.buckets.delete"}}
+        ]}
+    });
+    let pod = Pod::new("pubsub.googleapis.com", addr, spec.clone());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/google.pubsub.v1.Publisher/Publish")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(&b"\0\0\0\0\0"[..]))
+        .unwrap();
+    let (status, headers, _) = pod.send_full(req).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "gRPC says its status in grpc-status"
+    );
+    assert_eq!(
+        headers["grpc-status"], "7",
+        "PERMISSION_DENIED: {headers:?}"
+    );
+    assert!(
+        headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("no-publish"),
+        "{headers:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(pod.sink.kind("response")[0]["status"], 200);
+
+    let pod = Pod::new("storage.googleapis.com", addr, spec);
+    let (status, headers, body) = pod
+        .send_full(request("DELETE", "/storage/v1/b/prod", ""))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], 403);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keep-buckets")
+    );
 }
