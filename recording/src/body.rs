@@ -98,6 +98,7 @@ impl BodyEncoder {
             length: Some(self.length),
             digest: Some(format!("hmac-sha256:{}", hex(tag.as_ref()))),
             truncated: Some(self.length > self.stored),
+            decoding: None,
         });
         out
     }
@@ -122,6 +123,7 @@ impl BodyEncoder {
             length: None,
             digest: None,
             truncated: None,
+            decoding: None,
         })
     }
 }

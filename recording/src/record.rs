@@ -282,6 +282,11 @@ pub struct Body {
     /// Whether bytes past `maxBodyBytes` were left out (final record only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+    /// What happened undoing the body's Content-Encoding, when something did: decoding
+    /// stopped at maxBodyBytes, failed partway, or the encoding is not one the recorder
+    /// decodes (final record only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding: Option<String>,
 }
 
 /// Which way the bytes of a stream or a message went.

@@ -61,6 +61,7 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                     let body = req.into_body().collect().await?.to_bytes();
                     let (status, text) = answer(&path);
                     let trailers = path == "/trailers";
+                    let bomb = path == "/bomb";
                     log.lock().unwrap().push(Seen {
                         method,
                         path,
@@ -71,6 +72,8 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                         let mut t = http::HeaderMap::new();
                         t.insert("x-debug-token", SECRET.parse().unwrap());
                         Frames::of(text, t)
+                    } else if bomb {
+                        full(gzip_bomb())
                     } else {
                         full(text)
                     };
@@ -79,6 +82,11 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                     response
                         .headers_mut()
                         .insert("content-type", "application/json".parse().unwrap());
+                    if bomb {
+                        response
+                            .headers_mut()
+                            .insert("content-encoding", "gzip".parse().unwrap());
+                    }
                     if trailers {
                         // HTTP/1.1 sends only the trailers a response declares.
                         response
@@ -121,6 +129,17 @@ impl http_body::Body for Frames {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
+}
+
+/// 16 MiB of zeros, gzip'd: about 16 KiB on the wire.
+fn gzip_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..16 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap()
 }
 
 fn echo(_: &str) -> (u16, String) {
@@ -751,5 +770,38 @@ async fn a_denied_grpc_call_is_answered_in_grpc_and_a_rest_call_in_googles_json(
             .as_str()
             .unwrap()
             .contains("keep-buckets")
+    );
+}
+
+#[tokio::test]
+async fn a_compressed_body_is_decoded_for_the_recording_only_up_to_max_body_bytes() {
+    let (addr, _) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    let response = exchange(
+        pod.ctx.clone(),
+        Arc::new(Upstream::lazy()),
+        request("GET", "/bomb", ""),
+    )
+    .await;
+    let wire = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        wire.len(),
+        gzip_bomb().len(),
+        "the agent gets the bytes as sent"
+    );
+    let last = pod
+        .sink
+        .kind("body")
+        .into_iter()
+        .find(|b| b["direction"] == "response" && b["final"] == true)
+        .unwrap();
+    assert_eq!(last["length"], 1024 * 1024, "{last}");
+    assert_eq!(last["truncated"], true);
+    assert!(
+        last["decoding"]
+            .as_str()
+            .unwrap()
+            .contains("truncated after decoding 1048576 bytes"),
+        "{last}"
     );
 }

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 pub struct BodyRecorder {
     /// Content-Encoding undone for the recording (the wire keeps it).
     decoder: Option<Decoder>,
+    /// What the final record says about decoding, when there is something to say.
+    decoding: Option<String>,
     encoder: Option<BodyEncoder>,
     mask: Option<MaskStream<'static>>,
     recording: Recording,
@@ -28,8 +30,13 @@ impl BodyRecorder {
         mask: Option<(&'static Masker, BodyKind)>,
         content_encoding: Option<&str>,
     ) -> Self {
+        let (decoder, decoding) = match Decoder::for_encoding(content_encoding, max_body_bytes) {
+            Ok(decoder) => (decoder, None),
+            Err(e) => (None, Some(format!("recorded as sent, not decoded: {e}"))),
+        };
         Self {
-            decoder: Decoder::for_encoding(content_encoding),
+            decoder,
+            decoding,
             encoder: Some(BodyEncoder::new(
                 exchange,
                 direction,
@@ -51,8 +58,9 @@ impl BodyRecorder {
                     &decoded
                 }
                 Err(e) => {
-                    // Record the rest as the bytes they are.
+                    // Record the rest as the bytes they are, and say so.
                     tracing::warn!(error = %e, "recording the body undecoded from here on");
+                    self.decoding = Some(format!("{e}; what follows is recorded as it was sent"));
                     self.decoder = None;
                     chunk
                 }
@@ -86,9 +94,19 @@ impl BodyRecorder {
             return BTreeMap::new();
         }
         if let Some(decoder) = self.decoder.take() {
+            let stopped = decoder.stopped_at();
+            let name = decoder.name().to_string();
             match decoder.finish() {
                 Ok(tail) => self.record(&tail),
-                Err(e) => tracing::warn!(error = %e, "the body's encoding ended badly"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the body's encoding ended badly");
+                    self.decoding = Some(e.to_string());
+                }
+            }
+            if let Some(n) = stopped {
+                self.decoding = Some(format!(
+                    "{name}: truncated after decoding {n} bytes (maxBodyBytes); the rest was passed on as sent, not decoded"
+                ));
             }
         }
         let Some(mut encoder) = self.encoder.take() else {
@@ -103,7 +121,17 @@ impl BodyRecorder {
             }
             counts = summary.counts;
         }
-        for body in encoder.finish() {
+        let decoding = self.decoding.take();
+        for mut body in encoder.finish() {
+            if body.last && decoding.is_some() {
+                if decoding
+                    .as_deref()
+                    .is_some_and(|d| d.contains("truncated after decoding"))
+                {
+                    body.truncated = Some(true);
+                }
+                body.decoding = decoding.clone();
+            }
             self.recording.emit(Event::Body(body));
         }
         counts
