@@ -51,6 +51,10 @@ pub enum Event {
     Token(Token),
     /// A git smart-HTTP operation was understood.
     Git(Git),
+    /// One object of a git pack that was pushed or fetched.
+    GitObject(GitObject),
+    /// What a git pack held, once it ended.
+    GitPack(GitPack),
     /// Something could not be recorded; says what and why.
     Gap(Gap),
     /// Bytes of a connection carried without HTTP: a passthrough TLS tunnel, or the protocol
@@ -83,6 +87,8 @@ impl Event {
             Event::Review(_) => "review",
             Event::Token(_) => "token",
             Event::Git(_) => "git",
+            Event::GitObject(_) => "git_object",
+            Event::GitPack(_) => "git_pack",
             Event::Gap(_) => "gap",
             Event::Stream(_) => "stream",
             Event::Message(_) => "message",
@@ -116,6 +122,8 @@ impl Event {
             Event::Review(r) => Some(r.exchange),
             Event::Token(t) => Some(t.exchange),
             Event::Git(g) => Some(g.exchange),
+            Event::GitObject(o) => Some(o.exchange),
+            Event::GitPack(p) => Some(p.exchange),
             Event::Stream(s) => s.exchange,
             Event::Message(m) => Some(m.exchange),
             _ => None,
@@ -537,6 +545,136 @@ pub struct Git {
     pub updates: Vec<RefUpdate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wants: Vec<String>,
+}
+
+/// `git_object`: one object of a pushed or fetched pack — what it is and what it names, its
+/// contents never (a blob's secrets are its `masks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitObject {
+    pub exchange: ExchangeId,
+    /// `request` for a push, `response` for a fetch.
+    pub direction: Direction,
+    /// Where it starts in the pack.
+    pub offset: u64,
+    /// `commit`, `tree`, `blob` or `tag`; absent for a delta that could not be resolved.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its id (hex); absent for an unresolved delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its size in bytes (an unresolved delta's: the delta's own).
+    pub size: u64,
+    /// Set when it was stored as a delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<GitDelta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<GitCommit>,
+    /// A tree's entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tree: Vec<GitTreeEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<GitTag>,
+    /// The secrets masked in its contents (offsets into the object's contents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<GitMask>,
+    /// Why its contents were not parsed or fully scanned, when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// How a delta object was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitDelta {
+    /// The base: its id, or `offset N`.
+    pub base: String,
+    pub resolved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// What a commit names. `message` is masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCommit {
+    pub tree: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub signed: bool,
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitTreeEntry {
+    pub mode: String,
+    pub name: String,
+    pub id: String,
+}
+
+/// What an annotated tag names. `message` is masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitTag {
+    pub object: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tagger: Option<String>,
+    pub message: String,
+}
+
+/// A secret masked in an object's contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitMask {
+    pub detector: String,
+    pub fingerprint: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A secret masked in a file, by the path a tree of the pack gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitPathMask {
+    /// The commit whose tree names the path, when a commit of the pack reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub path: String,
+    pub blob: String,
+    pub detector: String,
+    pub fingerprint: String,
+}
+
+/// `git_pack`: what a pushed or fetched pack held. The pack's bytes are not stored; the
+/// body's `length` and `digest` cover them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitPack {
+    pub exchange: ExchangeId,
+    pub direction: Direction,
+    /// The object count its header announced.
+    pub announced: u32,
+    /// Objects read.
+    pub objects: u32,
+    /// Objects per type.
+    pub kinds: std::collections::BTreeMap<String, u32>,
+    /// Deltas that could not be resolved.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub unresolved: u32,
+    /// Whether the pack's trailing checksum matched.
+    pub checksum_ok: bool,
+    /// Every secret found in a file, with its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_masks: Vec<GitPathMask>,
+    /// Why the pack could not be read to its end, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `gap`: something was not recorded.

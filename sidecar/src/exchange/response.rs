@@ -79,11 +79,20 @@ pub fn relay(
     ex.ledger.add_sidecar(Instant::now() - head_at);
     let kind = BodyKind::from_content_type(header_str(&parts.headers, &header::CONTENT_TYPE));
     let encoding = header_str(&parts.headers, &header::CONTENT_ENCODING);
-    let recorder = proxy
-        .recording
-        .body(ex.id, Direction::Response, Some((masker, kind)), encoding);
+    let fetch = super::git::carries_pack(ex, Direction::Response);
+    let recorder = if fetch {
+        proxy.recording.pack_body(ex.id, Direction::Response)
+    } else {
+        proxy
+            .recording
+            .body(ex.id, Direction::Response, Some((masker, kind)), encoding)
+    };
+    let mut body = boxed(body);
+    if fetch {
+        body = super::git::inspect_fetch(conn, ex, encoding, body);
+    }
     let tap = Tap::new(
-        boxed(body),
+        body,
         recorder,
         proxy.clone(),
         ex.ledger.clone(),

@@ -30,12 +30,16 @@ pub fn request(
 ) -> Body {
     let proxy = &conn.proxy;
     let kind = BodyKind::from_content_type(header_str(headers, &http::header::CONTENT_TYPE));
-    let recorder = proxy.recording.body(
-        ex.id,
-        Direction::Request,
-        Some((proxy.session.masker, kind)),
-        encoding,
-    );
+    let recorder = if super::git::carries_pack(ex, Direction::Request) {
+        proxy.recording.pack_body(ex.id, Direction::Request)
+    } else {
+        proxy.recording.body(
+            ex.id,
+            Direction::Request,
+            Some((proxy.session.masker, kind)),
+            encoding,
+        )
+    };
     Tap::new(
         body,
         recorder,

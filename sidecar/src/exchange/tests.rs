@@ -805,3 +805,143 @@ async fn a_compressed_body_is_decoded_for_the_recording_only_up_to_max_body_byte
         "{last}"
     );
 }
+
+/// A `git push` of the rules crate's fixture pack (three commits, the second committing a
+/// fake GitHub token to config/deploy.env) to `ref_name`, as git sends it.
+fn push_body(ref_name: &str) -> Vec<u8> {
+    let head = include_str!("../../../rules/testdata/push.head").trim();
+    let line = format!(
+        "{} {head} {ref_name}\0report-status side-band-64k agent=git/2.39\n",
+        "0".repeat(40)
+    );
+    let mut body = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    body.extend_from_slice(include_bytes!("../../../rules/testdata/push.pack"));
+    body
+}
+
+const PUSHED_TOKEN: &str = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+
+fn push_request(body: Vec<u8>, encoding: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/repo.git/git-receive-pack")
+        .header("content-type", "application/x-git-receive-pack-request");
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    req.body(full(body)).unwrap()
+}
+
+fn protect_main() -> Value {
+    json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "protect-main", "action": "deny", "match": {"gitRef": "refs/heads/main"}}
+        ]}
+    })
+}
+
+#[tokio::test]
+async fn a_compressed_push_to_a_protected_ref_is_read_and_refused() {
+    use std::io::Write;
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("git.test", addr, protect_main());
+    for encoding in ["gzip", "x-gzip", "identity"] {
+        let body = if encoding == "identity" {
+            push_body("refs/heads/main")
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&push_body("refs/heads/main")).unwrap();
+            gz.finish().unwrap()
+        };
+        let (status, _, answer) = pod.send_full(push_request(body, Some(encoding))).await;
+        assert_eq!(status, StatusCode::OK, "git reads the report: {answer}");
+        assert!(
+            answer.contains("ng refs/heads/main"),
+            "{encoding}: {answer}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty(), "no push went upstream");
+    let pushes = pod.sink.kind("git");
+    assert_eq!(pushes.len(), 3, "each push's ref updates are recorded");
+}
+
+#[tokio::test]
+async fn an_undecodable_push_is_refused_when_refs_are_protected() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("git.test", addr, protect_main());
+    let (status, _, answer) = pod
+        .send_full(push_request(b"whatever".to_vec(), Some("compress")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.contains("could not be read"), "{answer}");
+    assert!(seen.lock().unwrap().is_empty());
+    // And a path servers read two ways.
+    let mut req = push_request(push_body("refs/heads/feature"), None);
+    *req.uri_mut() = "/repo.git%2f..%2fother.git/git-receive-pack"
+        .parse()
+        .unwrap();
+    let (_, _, answer) = pod.send_full(req).await;
+    assert!(answer.contains("two ways"), "{answer}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_pushed_pack_is_recorded_object_by_object_with_the_secret_masked_and_no_pack_bytes() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("git.test", addr, protect_main());
+    let (status, _, _) = pod
+        .send_full(push_request(push_body("refs/heads/feature"), None))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 1, "the push went upstream");
+    let everything = serde_json::to_string(&pod.sink.json()).unwrap();
+    assert!(
+        !everything.contains(PUSHED_TOKEN),
+        "the token is nowhere in the recording"
+    );
+    let objects = pod.sink.kind("git_object");
+    assert!(
+        objects.len() >= 9,
+        "three commits, their trees and blobs: {}",
+        objects.len()
+    );
+    let commit = objects
+        .iter()
+        .find(|o| {
+            o["type"] == "commit"
+                && o["commit"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("add the deploy token «masked:"))
+        })
+        .expect("the commit message is recorded, masked");
+    assert_eq!(
+        commit["commit"]["author"]
+            .as_str()
+            .unwrap()
+            .split('>')
+            .next()
+            .unwrap(),
+        "Agent <agent@example.com"
+    );
+    let pack = &pod.sink.kind("git_pack")[0];
+    assert_eq!(pack["checksum_ok"], true);
+    let paths: Vec<&str> = pack["path_masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"config/deploy.env"), "{pack}");
+    // The body itself is not stored: only its length and digest.
+    let body = pod.sink.body(1, "request");
+    assert!(body.is_empty(), "no pack byte is stored: {body:?}");
+    let last = pod
+        .sink
+        .kind("body")
+        .into_iter()
+        .find(|b| b["direction"] == "request" && b["final"] == true)
+        .unwrap();
+    assert_eq!(last["length"], push_body("refs/heads/feature").len());
+    assert!(last["decoding"].as_str().unwrap().contains("git pack"));
+}

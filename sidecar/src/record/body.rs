@@ -48,6 +48,11 @@ impl BodyRecorder {
         }
     }
 
+    /// What the final record says about how the body was recorded.
+    pub fn note(&mut self, note: &str) {
+        self.decoding = Some(note.to_string());
+    }
+
     /// The next chunk as it went over the wire.
     pub fn push(&mut self, chunk: &[u8]) {
         let decoded;

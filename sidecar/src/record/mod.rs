@@ -9,7 +9,7 @@
 //! ([`writer`]), an in-memory list in unit tests ([`memory`]).
 
 mod body;
-mod decode;
+pub mod decode;
 mod headers;
 #[cfg(test)]
 pub mod memory;
@@ -17,6 +17,7 @@ mod stream;
 pub mod writer;
 
 pub use body::BodyRecorder;
+pub use decode::{DecodeError, Decoder};
 pub use headers::{headers, masked_headers};
 pub use stream::StreamRecorder;
 
@@ -191,6 +192,24 @@ impl Recording {
             &self.digest_key,
             mask,
         )
+    }
+
+    /// A recorder for a body that is a git pack: its objects are recorded by the git stage,
+    /// so no byte of it is stored; its length and digest (of the bytes as sent) are kept.
+    pub fn pack_body(&self, exchange: u64, direction: Direction) -> BodyRecorder {
+        let mut body = BodyRecorder::new(
+            self.clone(),
+            exchange,
+            direction,
+            0,
+            &self.digest_key,
+            None,
+            None,
+        );
+        body.note(
+            "a git pack: recorded by its objects (git_object, git_pack), not stored; length and digest are of the bytes as sent",
+        );
+        body
     }
 
     /// Record a whole body the sidecar itself produced (a refusal's answer), unmasked.
