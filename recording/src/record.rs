@@ -55,6 +55,8 @@ pub enum Event {
     GitObject(GitObject),
     /// What a git pack held, once it ended.
     GitPack(GitPack),
+    /// The parts of a Google batch request, each classified and decided.
+    Batch(Batch),
     /// Something could not be recorded; says what and why.
     Gap(Gap),
     /// Bytes of a connection carried without HTTP: a passthrough TLS tunnel, or the protocol
@@ -89,6 +91,7 @@ impl Event {
             Event::Git(_) => "git",
             Event::GitObject(_) => "git_object",
             Event::GitPack(_) => "git_pack",
+            Event::Batch(_) => "batch",
             Event::Gap(_) => "gap",
             Event::Stream(_) => "stream",
             Event::Message(_) => "message",
@@ -124,6 +127,7 @@ impl Event {
             Event::Git(g) => Some(g.exchange),
             Event::GitObject(o) => Some(o.exchange),
             Event::GitPack(p) => Some(p.exchange),
+            Event::Batch(b) => Some(b.exchange),
             Event::Stream(s) => s.exchange,
             Event::Message(m) => Some(m.exchange),
             _ => None,
@@ -671,6 +675,31 @@ pub struct GitPack {
     /// Why the pack could not be read to its end, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `batch`: a Google batch request's parts, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub exchange: ExchangeId,
+    pub parts: Vec<BatchPart>,
+}
+
+/// One part of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchPart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+    pub method: String,
+    /// The part's target, masked.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `unknown` for a Google request cassette cannot classify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {

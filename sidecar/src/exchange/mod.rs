@@ -4,7 +4,8 @@
 //! 2. [`classify`]: what the request is (Google service and permission, git) — once;
 //! 3. the request body is recorded as it streams ([`tap`]); [`git`] reads a push's commands
 //!    before it may go upstream and a fetch's wants as it passes;
-//! 4. [`policy`] decides, holding the request for [`review`] when a rule says so;
+//! 4. [`body`] reads the few bodies a decision depends on (a batch's parts, a code host's
+//!    ref change); [`policy`] decides, holding the request for [`review`] when a rule says so;
 //!    [`upgrade`] lets only WebSocket follow the request;
 //! 5. [`credentials`]: the placeholder is swapped for a real token toward verified Google hosts;
 //! 6. [`forward`]: the request goes upstream;
@@ -16,6 +17,7 @@
 //! records that say what happened.
 
 mod answer;
+mod body;
 mod classify;
 mod credentials;
 mod forward;
@@ -98,7 +100,8 @@ async fn run(
         .map(str::to_string);
     let body = tap::request(conn, ex, &parts.headers, encoding.as_deref(), body);
     let (body, push) = git::inspect(conn, ex, encoding.as_deref(), body).await?;
-    let body = policy::decide(conn, ex, &parts.method, push.as_ref(), body).await?;
+    let (body, read) = body::read(conn, ex, &parts, body).await?;
+    let body = policy::decide(conn, ex, &parts.method, push.as_ref(), &read, body).await?;
     upgrade::check(ex, &mut parts)?;
     credentials::swap(conn, upstream, ex, &mut parts.headers).await?;
     let (response, head_at) = forward::send(conn, upstream, ex, parts, body).await?;

@@ -20,6 +20,7 @@ pub async fn decide(
     ex: &Exchange,
     method: &Method,
     push: Option<&ReceivePackRequest>,
+    read: &super::body::Read,
     body: Body,
 ) -> Result<Body, Refusal> {
     let proxy = &conn.proxy;
@@ -27,11 +28,13 @@ pub async fn decide(
     let request = policy::Request::for_verified(&ex.verified, method.as_str(), ex.path())
         .classified(ex.classified.google.as_ref())
         .pushing(updates)
+        .changing_refs(read.refs())
         .shown_as(&ex.shown_target);
-    let decision = proxy
-        .session
-        .evaluator
-        .evaluate(&request, jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    let decision = match &read.batch {
+        Some(subs) => batch(proxy, ex, &request, subs, now),
+        None => proxy.session.evaluator.evaluate(&request, now),
+    };
     let rule = decision.would_block().then(|| decision.cause.label());
     ex.ledger.set_rule(rule.clone());
     let refusal = match decision.outcome() {
@@ -78,4 +81,62 @@ async fn drain(mut body: Body) {
             break;
         }
     }
+}
+
+/// Decide a batch by its parts (each classified on its own) and record each part's decision.
+fn batch(
+    proxy: &crate::proxy::Proxy,
+    ex: &Exchange,
+    request: &policy::Request<'_>,
+    subs: &[cassette_rules::batch::SubRequest],
+    now: jiff::Timestamp,
+) -> policy::Decision {
+    use cassette_recording::record::{Batch, BatchPart, Decision as Recorded, Event};
+    let masker = proxy.session.masker;
+    let classified: Vec<Option<cassette_rules::classify::Classification>> =
+        subs.iter().map(|s| s.classify(&ex.verified)).collect();
+    let shown: Vec<String> = subs
+        .iter()
+        .map(|s| masker.mask_target(&s.path_and_query).0)
+        .collect();
+    let paths: Vec<String> = subs.iter().map(|s| s.path().to_string()).collect();
+    let parts: Vec<policy::Request<'_>> = subs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            policy::Request::new(
+                s.host.as_deref().unwrap_or(ex.verified.name()),
+                &s.method,
+                &paths[i],
+            )
+            .classified(classified[i].as_ref())
+            .shown_as(&shown[i])
+        })
+        .collect();
+    let decided = proxy.session.evaluator.evaluate_batch(request, &parts, now);
+    let record = subs
+        .iter()
+        .zip(&decided.parts)
+        .enumerate()
+        .map(|(i, (s, d))| BatchPart {
+            content_id: s.content_id.clone(),
+            method: s.method.clone(),
+            target: shown[i].clone(),
+            service: classified[i].as_ref().map(|c| c.service.clone()),
+            permission: classified[i]
+                .as_ref()
+                .map(|c| c.recorded_permission().to_string()),
+            decision: match d.outcome() {
+                Outcome::Forward => Recorded::Allow,
+                Outcome::Refuse => Recorded::Deny,
+                Outcome::Hold => Recorded::Review,
+            },
+            rule: d.would_block().then(|| d.cause.label()),
+        })
+        .collect();
+    proxy.recording.emit(Event::Batch(Batch {
+        exchange: ex.id,
+        parts: record,
+    }));
+    decided.decision
 }

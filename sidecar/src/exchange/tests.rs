@@ -945,3 +945,111 @@ async fn a_pushed_pack_is_recorded_object_by_object_with_the_secret_masked_and_n
     assert_eq!(last["length"], push_body("refs/heads/feature").len());
     assert!(last["decoding"].as_str().unwrap().contains("git pack"));
 }
+
+#[tokio::test]
+async fn a_batched_delete_is_classified_part_by_part_and_refused() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"rules": [
+            {"name": "keep-objects", "action": "deny", "match": {"permission": "storage.objects.delete"}}
+        ]}
+    });
+    let pod = Pod::new("storage.googleapis.com", addr, spec);
+    let body = "--b\r\nContent-Type: application/http\r\nContent-ID: <a>\r\n\r\nGET /storage/v1/b/logs/o/x HTTP/1.1\r\n\r\n\
+                --b\r\nContent-Type: application/http\r\nContent-ID: <b>\r\n\r\nDELETE /storage/v1/b/logs/o/y HTTP/1.1\r\n\r\n--b--\r\n";
+    let req = Request::builder()
+        .method("POST")
+        .uri("/batch/storage/v1")
+        .header("content-type", "multipart/mixed; boundary=b")
+        .body(full(body))
+        .unwrap();
+    let (status, _, answer) = pod.send_full(req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(answer.contains("part 2 of 2"), "{answer}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the batch never went upstream"
+    );
+    let batch = &pod.sink.kind("batch")[0];
+    let parts: Vec<(&str, &str, &str)> = batch["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["method"].as_str().unwrap(),
+                p["permission"].as_str().unwrap(),
+                p["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("GET", "storage.objects.get", "allow"),
+            ("DELETE", "storage.objects.delete", "deny")
+        ]
+    );
+    // A batch that cannot be read is not forwarded unread.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/batch/storage/v1")
+        .header("content-type", "text/plain")
+        .body(full("not a batch"))
+        .unwrap();
+    let (status, _) = pod.send(req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_ref_moved_through_a_code_hosts_api_is_held_to_gitref_rules() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.git.test", addr, protect_main());
+    // A file committed to main through the contents API, and a pull-request merge (its base
+    // branch, unknown here, may be main).
+    let contents = request(
+        "PUT",
+        "/repos/acme/app/contents/config/ci.yml",
+        r#"{"message": "ci", "content": "eA==", "branch": "main"}"#,
+    );
+    let (status, _) = pod.send(contents).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let merge = request("PUT", "/repos/acme/app/pulls/7/merge", "{}");
+    let (status, _) = pod.send(merge).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(seen.lock().unwrap().is_empty());
+    // A file committed to another branch goes through.
+    let feature = request(
+        "PUT",
+        "/repos/acme/app/contents/config/ci.yml",
+        r#"{"message": "ci", "content": "eA==", "branch": "fix-lint"}"#,
+    );
+    let (status, _) = pod.send(feature).await;
+    assert_eq!(status, StatusCode::OK);
+    let git: Vec<String> = pod
+        .sink
+        .kind("git")
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {}",
+                g["service"].as_str().unwrap(),
+                g["updates"][0]["ref"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        git[0], "rest:github.repos.createOrUpdateFileContents refs/heads/main",
+        "{git:?}"
+    );
+    assert!(
+        git[1].starts_with("rest:github.pulls.merge (not named"),
+        "{git:?}"
+    );
+    assert_eq!(
+        git[2],
+        "rest:github.repos.createOrUpdateFileContents refs/heads/fix-lint"
+    );
+}
