@@ -9,7 +9,7 @@ use crate::record::masked_headers;
 use crate::upstream::tunnel;
 use crate::websocket::MessageRecorder;
 use cassette_recording::record::{Decision, Direction, Event, Flow, Response as ResponseRecord};
-use cassette_rules::mask::BodyKind;
+use cassette_rules::mask::{BodyKind, byte_fields};
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -83,9 +83,14 @@ pub fn relay(
     let recorder = if fetch {
         proxy.recording.pack_body(ex.id, Direction::Response)
     } else {
-        proxy
-            .recording
-            .body(ex.id, Direction::Response, Some((masker, kind)), encoding)
+        let recorder =
+            proxy
+                .recording
+                .body(ex.id, Direction::Response, Some((masker, kind)), encoding);
+        match &ex.classified.google {
+            Some(g) => recorder.with_byte_fields(byte_fields(g, true)),
+            None => recorder,
+        }
     };
     let mut body = boxed(body);
     if fetch {

@@ -11,7 +11,7 @@ use crate::proxy::Proxy;
 use crate::record::{BodyRecorder, masked_headers};
 use bytes::Bytes;
 use cassette_recording::record::Direction;
-use cassette_rules::mask::BodyKind;
+use cassette_rules::mask::{BodyKind, byte_fields};
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -33,12 +33,16 @@ pub fn request(
     let recorder = if super::git::carries_pack(ex, Direction::Request) {
         proxy.recording.pack_body(ex.id, Direction::Request)
     } else {
-        proxy.recording.body(
+        let recorder = proxy.recording.body(
             ex.id,
             Direction::Request,
             Some((proxy.session.masker, kind)),
             encoding,
-        )
+        );
+        match &ex.classified.google {
+            Some(g) => recorder.with_byte_fields(byte_fields(g, false)),
+            None => recorder,
+        }
     };
     Tap::new(
         body,

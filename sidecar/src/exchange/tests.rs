@@ -1053,3 +1053,71 @@ async fn a_ref_moved_through_a_code_hosts_api_is_held_to_gitref_rules() {
         "rest:github.repos.createOrUpdateFileContents refs/heads/fix-lint"
     );
 }
+
+#[tokio::test]
+async fn base64_payloads_of_google_apis_are_decoded_and_masked_inside() {
+    use base64::Engine;
+    fn access(path: &str) -> (u16, String) {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        if path.ends_with(":access") {
+            (
+                200,
+                format!(
+                    r#"{{"name": "v/1", "payload": {{"data": "{}"}}}}"#,
+                    b64("db-password-hunter2")
+                ),
+            )
+        } else {
+            (
+                200,
+                format!(r#"{{"plaintext": "{}"}}"#, b64(&format!("token={SECRET}"))),
+            )
+        }
+    }
+    let (addr, _) = upstream(access).await;
+    let pod = Pod::new("secretmanager.googleapis.com", addr, no_policy());
+    let (_, body) = pod
+        .send(request(
+            "GET",
+            "/v1/projects/p/secrets/db/versions/latest:access",
+            "",
+        ))
+        .await;
+    assert!(
+        body.contains(&base64::engine::general_purpose::STANDARD.encode("db-password-hunter2")),
+        "the agent gets the secret"
+    );
+    let recorded = pod.sink.body(1, "response");
+    assert!(!recorded.contains("ZGItcGFzc3dvcmQ"), "{recorded}");
+    let field: Value = serde_json::from_str(&recorded).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(field["payload"]["data"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8(payload)
+            .unwrap()
+            .starts_with("«masked:secret-payload:"),
+        "a secret payload is masked whole, the field still base64"
+    );
+
+    let pod = Pod::new("cloudkms.googleapis.com", addr, no_policy());
+    pod.send(request(
+        "POST",
+        "/v1/projects/p/locations/global/keyRings/r/cryptoKeys/k:decrypt",
+        r#"{"ciphertext": "AAAA"}"#,
+    ))
+    .await;
+    let recorded = pod.sink.body(1, "response");
+    let encoded_secret =
+        base64::engine::general_purpose::STANDARD.encode(format!("token={SECRET}"));
+    assert!(!recorded.contains(&encoded_secret), "{recorded}");
+    let field: Value = serde_json::from_str(&recorded).unwrap();
+    let inside = base64::engine::general_purpose::STANDARD
+        .decode(field["plaintext"].as_str().unwrap())
+        .unwrap();
+    let inside = String::from_utf8(inside).unwrap();
+    assert!(
+        inside.starts_with("token=«masked:"),
+        "masked inside, still base64: {inside}"
+    );
+}

@@ -5,7 +5,7 @@ use super::Recording;
 use super::decode::Decoder;
 use cassette_recording::body::BodyEncoder;
 use cassette_recording::record::{Direction, Event};
-use cassette_rules::mask::{BodyKind, MaskStream, Masker};
+use cassette_rules::mask::{BYTE_FIELDS_LIMIT, BodyKind, ByteField, MaskStream, Masker};
 use ring::hmac;
 use std::collections::BTreeMap;
 
@@ -17,6 +17,13 @@ pub struct BodyRecorder {
     decoding: Option<String>,
     encoder: Option<BodyEncoder>,
     mask: Option<MaskStream<'static>>,
+    /// The masker, for byte fields.
+    masker: Option<&'static Masker>,
+    /// Base64 byte fields the API defines for this body (Secret Manager payloads, KMS
+    /// plaintexts, Pub/Sub data): the body is held (up to BYTE_FIELDS_LIMIT) so that they
+    /// can be decoded and masked inside, then recorded.
+    fields: &'static [ByteField],
+    held: Option<Vec<u8>>,
     recording: Recording,
 }
 
@@ -44,8 +51,20 @@ impl BodyRecorder {
                 digest_key,
             )),
             mask: mask.map(|(masker, kind)| masker.stream(kind)),
+            masker: mask.map(|(masker, _)| masker),
+            fields: &[],
+            held: None,
             recording,
         }
+    }
+
+    /// Mask the API's base64 byte `fields` inside (the body is held whole to read them).
+    pub fn with_byte_fields(mut self, fields: &'static [ByteField]) -> Self {
+        if !fields.is_empty() && self.masker.is_some() {
+            self.fields = fields;
+            self.held = Some(Vec::new());
+        }
+        self
     }
 
     /// What the final record says about how the body was recorded.
@@ -75,8 +94,22 @@ impl BodyRecorder {
         self.record(chunk);
     }
 
-    /// Mask and store decoded bytes.
+    /// Mask and store decoded bytes (held first while byte fields are read).
     fn record(&mut self, plain: &[u8]) {
+        if let Some(held) = &mut self.held {
+            if held.len() + plain.len() <= BYTE_FIELDS_LIMIT {
+                held.extend_from_slice(plain);
+                return;
+            }
+            // Too large to read whole: masked as it streams, like any body.
+            let held = self.held.take().unwrap_or_default();
+            self.store(&held);
+        }
+        self.store(plain);
+    }
+
+    /// Mask and store.
+    fn store(&mut self, plain: &[u8]) {
         let Some(encoder) = &mut self.encoder else {
             return;
         };
@@ -114,17 +147,33 @@ impl BodyRecorder {
                 ));
             }
         }
-        let Some(mut encoder) = self.encoder.take() else {
-            return BTreeMap::new();
-        };
         let mut counts = BTreeMap::new();
+        if let Some(held) = self.held.take() {
+            let masker = self
+                .masker
+                .expect("byte fields are read only with a masker");
+            match masker.mask_byte_fields(self.fields, &held) {
+                Some((masked, summary)) => {
+                    for (detector, n) in summary.counts {
+                        *counts.entry(detector).or_insert(0) += n;
+                    }
+                    self.store(&masked);
+                }
+                None => self.store(&held),
+            }
+        }
+        let Some(mut encoder) = self.encoder.take() else {
+            return counts;
+        };
         if let Some(mask) = self.mask.take() {
             let mut out = Vec::new();
             let summary = mask.finish(&mut out);
             for body in encoder.push(&out) {
                 self.recording.emit(Event::Body(body));
             }
-            counts = summary.counts;
+            for (detector, n) in summary.counts {
+                *counts.entry(detector).or_insert(0) += n;
+            }
         }
         let decoding = self.decoding.take();
         for mut body in encoder.finish() {
