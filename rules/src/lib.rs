@@ -32,4 +32,5 @@ pub mod pack;
 pub mod path;
 pub mod policy;
 pub mod refusal;
+pub mod sink;
 pub mod validate;

@@ -339,6 +339,12 @@ async fn run(args: RunArgs) -> Result<()> {
             .collect(),
         placeholder: placeholder.clone(),
         tokens: broker.map(|b| Arc::new(b) as Arc<dyn credentials::TokenSource>),
+        sink_bucket: args
+            .sink
+            .strip_prefix("gs://")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|b| !b.is_empty())
+            .map(str::to_ascii_lowercase),
         recording: started.recording.clone(),
         client_timeout: Duration::from_secs(args.client_timeout_seconds.max(1)),
     });

@@ -26,6 +26,8 @@ pub struct Proxy {
     pub placeholder: Placeholder,
     /// Real tokens for the placeholder's swap; `None` outside GKE.
     pub tokens: Option<Arc<dyn TokenSource>>,
+    /// The bucket the recording ships to (`gs://BUCKET/…`), which no agent request may name.
+    pub sink_bucket: Option<String>,
     pub recording: Recording,
     /// How long an agent connection may take over its TLS handshake or a request's headers.
     pub client_timeout: std::time::Duration,
@@ -72,6 +74,7 @@ impl Proxy {
             passthrough: Vec::new(),
             placeholder: Placeholder::generate(),
             tokens,
+            sink_bucket: Some("acme-agent-recordings".into()),
             recording,
             client_timeout: std::time::Duration::from_secs(5),
         });

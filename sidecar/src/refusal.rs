@@ -24,6 +24,8 @@ pub enum Cause {
     Authority,
     /// The request could not be recorded and the session fails closed.
     Recording,
+    /// The request named the session's recordings bucket.
+    Sink,
     /// A git request that could not be understood.
     Git,
     /// A policy rule (or the default action) denied the request.
@@ -45,11 +47,12 @@ pub enum Cause {
 impl Cause {
     /// Every cause, in the order FORMAT.md lists them.
     #[cfg(test)]
-    pub const ALL: [Cause; 12] = [
+    pub const ALL: [Cause; 13] = [
         Cause::Destination,
         Cause::Upstream,
         Cause::Authority,
         Cause::Recording,
+        Cause::Sink,
         Cause::Git,
         Cause::Policy,
         Cause::Review,
@@ -67,6 +70,7 @@ impl Cause {
             Cause::Upstream => "upstream",
             Cause::Authority => "authority",
             Cause::Recording => "recording",
+            Cause::Sink => "sink",
             Cause::Git => "git",
             Cause::Policy => "policy",
             Cause::Review => "review",

@@ -5,7 +5,7 @@
 //! 3. the request body is recorded as it streams ([`tap`]); [`git`] reads a push's commands
 //!    before it may go upstream and a fetch's wants as it passes;
 //! 4. [`body`] reads the few bodies a decision depends on (a batch's parts, a code host's
-//!    ref change); [`policy`] decides, holding the request for [`review`] when a rule says so;
+//!    ref change); [`bucket`] keeps the agent off the recordings bucket; [`policy`] decides, holding the request for [`review`] when a rule says so;
 //!    [`upgrade`] lets only WebSocket follow the request;
 //! 5. [`credentials`]: the placeholder is swapped for a real token toward verified Google hosts;
 //! 6. [`forward`]: the request goes upstream;
@@ -18,6 +18,7 @@
 
 mod answer;
 mod body;
+mod bucket;
 mod classify;
 mod credentials;
 mod forward;
@@ -101,6 +102,7 @@ async fn run(
     let body = tap::request(conn, ex, &parts.headers, encoding.as_deref(), body);
     let (body, push) = git::inspect(conn, ex, encoding.as_deref(), body).await?;
     let (body, read) = body::read(conn, ex, &parts, body).await?;
+    bucket::guard(conn, ex, &parts, &read)?;
     let body = policy::decide(conn, ex, &parts.method, push.as_ref(), &read, body).await?;
     upgrade::check(ex, &mut parts)?;
     credentials::swap(conn, upstream, ex, &mut parts.headers).await?;

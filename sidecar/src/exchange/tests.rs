@@ -1121,3 +1121,50 @@ async fn base64_payloads_of_google_apis_are_decoded_and_masked_inside() {
         "masked inside, still base64: {inside}"
     );
 }
+
+#[tokio::test]
+async fn the_agent_cannot_read_or_write_the_recordings_bucket() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("storage.googleapis.com", addr, no_policy());
+    let placeholder = pod.proxy.placeholder.as_str().to_string();
+    for (method, target) in [
+        ("GET", "/storage/v1/b/acme-agent-recordings/o"),
+        (
+            "POST",
+            "/upload/storage/v1/b/acme-agent-recordings/o?uploadType=media&name=sessions%2Fagents%2Ffix-ci%2Fseg-000002.jsonl.zst",
+        ),
+        (
+            "GET",
+            "/acme-agent-recordings/sessions/agents/fix-ci/manifest.json",
+        ),
+        (
+            "POST",
+            "/storage/v1/b/acme-ci/o/x/rewriteTo/b/acme-agent-recordings/o/y",
+        ),
+    ] {
+        let mut req = request(method, target, "");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {placeholder}").parse().unwrap(),
+        );
+        let (status, body) = pod.send(req).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{target}: {body}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the bucket"
+    );
+    assert!(pod.sink.kind("token").is_empty(), "no token was swapped");
+    assert_eq!(pod.sink.kind("blocked").len(), 4);
+    assert!(
+        pod.sink
+            .kind("blocked")
+            .iter()
+            .all(|b| b["reason"] == "sink")
+    );
+    // Another bucket is the agent's to use.
+    let (status, _) = pod
+        .send(request("GET", "/storage/v1/b/acme-ci/o/x", ""))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

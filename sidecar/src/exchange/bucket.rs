@@ -1,0 +1,48 @@
+//! The recordings bucket stage: the sidecar ships with the pod's Google identity, the same
+//! one the agent's requests get through the token swap, so a request that names the session's
+//! sink bucket anywhere (path, host, copy source, routing header, a batch part) is refused and
+//! recorded before any token is swapped: the agent can neither read a recording nor take the
+//! name of a segment before the recorder writes it.
+
+use super::Exchange;
+use super::body::Read;
+use crate::conn::ConnCtx;
+use crate::refusal::{Cause, Refusal};
+use cassette_rules::sink::names_bucket;
+use http::StatusCode;
+use http::request::Parts;
+
+/// Refuse a request that names the sink's bucket.
+pub fn guard(conn: &ConnCtx, ex: &Exchange, parts: &Parts, read: &Read) -> Result<(), Refusal> {
+    let Some(bucket) = conn.proxy.sink_bucket.as_deref() else {
+        return Ok(());
+    };
+    let headers: Vec<(&str, &str)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    let refuse = |where_: String| {
+        Refusal::new(
+            Cause::Sink,
+            StatusCode::FORBIDDEN,
+            format!(
+                "the request names the session's recordings bucket {bucket:?} in {where_}; recordings are out of the agent's reach, so it was refused and recorded"
+            ),
+        )
+    };
+    if let Some(where_) = names_bucket(&ex.verified, ex.path(), &headers, bucket) {
+        return Err(refuse(where_));
+    }
+    for (i, sub) in read.batch.iter().flatten().enumerate() {
+        let host = sub
+            .host
+            .as_deref()
+            .and_then(|h| cassette_rules::authority::VerifiedHost::new(h, 443))
+            .unwrap_or_else(|| ex.verified.clone());
+        if let Some(where_) = names_bucket(&host, sub.path(), &[], bucket) {
+            return Err(refuse(format!("part {} of the batch ({where_})", i + 1)));
+        }
+    }
+    Ok(())
+}
