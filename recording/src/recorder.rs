@@ -477,6 +477,13 @@ impl Recorder {
             .url_of(&format!("{}/", self.inner.config.path.prefix()))
     }
 
+    /// Whether a record appended now would be kept (`onFailure: open` always keeps going:
+    /// what it drops, a gap reports). Traffic that must be recorded checks it before it
+    /// passes.
+    pub fn accepting(&self) -> bool {
+        lock(&self.inner.spool).accepting()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> RecorderStats {
         let mut s = lock(&self.inner.stats).clone();
@@ -826,7 +833,7 @@ async fn ship_loop(inner: Arc<Inner>) {
                         retention_noted = true;
                         retention_refused(&inner, &entry.name, why);
                     }
-                    lock(&inner.spool).adjust_spool_bytes(compressed.bytes.len() as u64, 0);
+                    lock(&inner.spool).adjust_spool_bytes(compressed.on_disk, 0);
                     {
                         let mut stats = lock(&inner.stats);
                         stats.segments_shipped += 1;

@@ -56,12 +56,17 @@ pub(crate) struct Compressed {
     pub sealed: Sealed,
     pub path: PathBuf,
     pub bytes: bytes::Bytes,
-    /// Size of the `.jsonl` it replaced (0 when it was compressed by an earlier run).
+    /// Size of the `.jsonl` it replaced (0 when it was compressed by an earlier run, or when
+    /// the spool had no room for the compressed copy and the `.jsonl` stays).
     pub replaced: u64,
+    /// Size of the spool file at `path`, freed once the segment is shipped.
+    pub on_disk: u64,
 }
 
 /// Compresses `seg-N-R.jsonl` into `seg-N-R.jsonl.zst` (via a temporary file, fsynced,
 /// renamed) and removes the `.jsonl`. If an earlier run compressed it already, reads that.
+/// When the spool has no room for the compressed copy (its disk is full: the moment shipping
+/// matters most), the segment ships from memory and its `.jsonl` stays until it is shipped.
 pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolError> {
     let zst = dir.join(sealed.name.object());
     let jsonl = dir.join(sealed.name.spool());
@@ -74,6 +79,7 @@ pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolE
         return Ok(Compressed {
             sealed: sealed.clone(),
             path: zst,
+            on_disk: bytes.len() as u64,
             bytes: bytes.into(),
             replaced: 0,
         });
@@ -86,10 +92,21 @@ pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolE
     encoder.write_all(&text).map_err(io(&zst))?;
     let bytes = encoder.finish().map_err(io(&zst))?;
     let tmp = dir.join(format!("{}.tmp", sealed.name.object()));
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(&tmp))?;
+    let written = fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        tracing::warn!(error = %e, segment = %sealed.name.object(), "no room in the spool for the compressed segment; shipping it from memory");
+        return Ok(Compressed {
+            sealed: sealed.clone(),
+            path: jsonl,
+            bytes: bytes.into(),
+            replaced: 0,
+            on_disk: text.len() as u64,
+        });
+    }
     fs::rename(&tmp, &zst).map_err(io(&zst))?;
     fs::remove_file(&jsonl).map_err(io(&jsonl))?;
     fs::File::open(dir)
@@ -98,6 +115,7 @@ pub(crate) fn compress(dir: &Path, sealed: &Sealed) -> Result<Compressed, SpoolE
     Ok(Compressed {
         sealed: sealed.clone(),
         path: zst,
+        on_disk: bytes.len() as u64,
         bytes: bytes.into(),
         replaced: text.len() as u64,
     })
@@ -181,7 +199,13 @@ pub(crate) async fn upload(
 pub(crate) fn rename(dir: &Path, segment: &mut Compressed) -> Result<String, SpoolError> {
     let old = segment.sealed.name.object();
     let name = segment.sealed.name.renamed();
-    let to = dir.join(name.object());
+    // A segment shipped from memory is still its `.jsonl` in the spool.
+    let uncompressed = segment.path.extension().is_some_and(|e| e == "jsonl");
+    let to = dir.join(if uncompressed {
+        name.spool()
+    } else {
+        name.object()
+    });
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SpoolError::Io { path: p, source }

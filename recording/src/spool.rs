@@ -341,6 +341,14 @@ impl Spool {
         self.spool_bytes
     }
 
+    /// Whether a record appended now would be kept: not ended, and not in an outage (full,
+    /// or failing to write) that refuses records.
+    pub fn accepting(&self) -> bool {
+        !self.ended
+            && (self.limits.open_on_failure
+                || (self.outage.is_none() && self.spool_bytes < self.limits.spool_limit_bytes))
+    }
+
     /// The open segment's file, for the syncer.
     pub fn current_file(&self) -> Option<Arc<File>> {
         self.file.clone()
@@ -400,6 +408,12 @@ impl Spool {
             Err(e) => {
                 let reason = format!("the spool could not be written: {e}");
                 let len = self.buf.len() as u64;
+                // Its disk is full (or failing): seal what the segment holds, so that shipping
+                // it frees its space. The seal is small and may still fit (the failed line
+                // was cut back); if it does not, the segment is sealed when it is old enough.
+                if self.segment_first_seq.is_some() {
+                    let _ = self.seal(now);
+                }
                 match self.refuse(len, now, reason) {
                     Ok(dropped) => Ok(dropped),
                     Err(SpoolError::Full { .. }) => Err(e),
@@ -435,9 +449,9 @@ impl Spool {
             return Ok(());
         };
         let what = if self.limits.open_on_failure {
-            "records dropped"
+            "records dropped (onFailure is open: the traffic went on, unrecorded)"
         } else {
-            "records refused (the traffic was refused too)"
+            "records refused (onFailure is closed: the traffic they describe was refused or cut)"
         };
         let gap = Event::Gap(Gap {
             lost: what.to_string(),

@@ -104,6 +104,11 @@ async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
                         seen.lock()
                             .unwrap()
                             .push((host.clone(), auth.clone(), version.clone()));
+                        if let Some(n) = path.strip_prefix("/bytes/") {
+                            // A download of n bytes.
+                            let n: usize = n.parse().unwrap();
+                            return Ok(Response::new(Full::new(Bytes::from("d".repeat(n)))));
+                        }
                         if path == "/gz" {
                             // A compressed body carrying a secret: the wire stays gzip.
                             use std::io::Write;
@@ -210,7 +215,19 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(extra: &[String], metadata_host: Option<SocketAddr>) -> Self {
+        Self::start_with(extra, metadata_host, |_| {})
+    }
+
+    /// Start with `prepare` run on the spool directory first (made, empty).
+    fn start_with(
+        extra: &[String],
+        metadata_host: Option<SocketAddr>,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        prepare(&spool);
         let (capture, metadata, admin) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cassette-sidecar"));
         cmd.arg("run")
@@ -1083,4 +1100,136 @@ async fn bad_input_gets_a_clear_answer_and_the_sidecar_goes_on() {
             .any(|m| m.contains("ClientHello") || m.contains("TLS")),
         "{refusals:?}"
     );
+}
+
+/// A tmpfs of `bytes` mounted on `dir` for as long as the value lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: u64) -> Self {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs spool needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The spool is a 2 MiB tmpfs, bodies are recorded up to 64 MiB: an 8 MiB upload or
+/// download fills the disk in its middle. With `onFailure: closed` the bytes that could not
+/// be recorded never pass (the upstream never gets the whole upload, the agent never gets the
+/// whole download) and the gap says what did; with `open` both complete and the gap says the
+/// traffic went on unrecorded. Either way the recording still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_cuts_bodies_when_closed_and_not_when_open() {
+    install_provider();
+    let ca = TestCa::new();
+    let seen: Seen = Default::default();
+    let good = upstream(&ca, &["echo.test"], seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+    let upload = dir.path().join("upload.bin");
+    const SIZE: usize = 8 << 20;
+    // Text that compresses badly, so that the spool's records are as big as the body.
+    let text: String = (0..SIZE / 16)
+        .map(|i| format!("{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    write(&upload, &text);
+
+    for mode in ["closed", "open"] {
+        let mut mounted = None;
+        let sidecar = Sidecar::start_with(
+            &[
+                format!("--upstream-ca={}", ca_file.display()),
+                format!(
+                    "--upstream-override=echo.test=https://127.0.0.1:{}",
+                    good.port()
+                ),
+                format!("--on-failure={mode}"),
+                format!("--max-body-bytes={}", 64 << 20),
+            ],
+            None,
+            |spool| mounted = Some(Tmpfs::mount(spool, 2 << 20)),
+        );
+
+        let (up, up_err) = sidecar.curl(&[
+            "--http1.1",
+            "--data-binary",
+            &format!("@{}", upload.display()),
+            "https://echo.test/upload",
+        ]);
+        let whole_upload = up.contains(&format!("\"body_len\":{SIZE}"));
+        let down = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                "-x",
+            ])
+            .arg(format!("http://127.0.0.1:{}", sidecar.capture))
+            .arg("--cacert")
+            .arg(sidecar.bundle())
+            .arg(format!("https://echo.test/bytes/{SIZE}"))
+            .output()
+            .unwrap();
+        let downloaded: usize = String::from_utf8_lossy(&down.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+
+        let log = sidecar.log();
+        let (records, verified) = sidecar.stop().await;
+        drop(mounted);
+        assert!(verified, "{mode}: the recording verifies");
+        let gaps: Vec<String> = kinds(&records, "gap")
+            .iter()
+            .map(|g| format!("{} — {}", g["lost"], g["reason"]))
+            .collect();
+        match mode {
+            "closed" => {
+                assert!(
+                    !whole_upload,
+                    "closed: the upstream got the whole upload although the disk was full: {up} {up_err}"
+                );
+                assert!(
+                    downloaded < SIZE,
+                    "closed: the agent got the whole download although the disk was full"
+                );
+                assert!(
+                    gaps.iter().any(|g| g.contains("request body past byte")
+                        && g.contains("onFailure is closed")),
+                    "closed: the cut upload is a gap that says what passed: {gaps:#?}\n{log}"
+                );
+                assert!(
+                    gaps.iter().any(|g| g.contains("response body past byte")),
+                    "closed: the cut download is a gap too: {gaps:#?}"
+                );
+            }
+            _ => {
+                assert!(whole_upload, "open: the upload went on: {up} {up_err}");
+                assert_eq!(downloaded, SIZE, "open: the download went on");
+                assert!(
+                    gaps.iter().any(|g| g.contains("onFailure is open")),
+                    "open: the gap says the traffic went on unrecorded: {gaps:#?}\n{log}"
+                );
+            }
+        }
+    }
 }

@@ -58,6 +58,11 @@ impl Ledger {
         self.0.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The exchange this ledger belongs to.
+    pub fn exchange(&self) -> u64 {
+        self.0.exchange
+    }
+
     /// Count request body bytes.
     pub fn add_bytes_up(&self, n: u64) {
         self.0.bytes_up.fetch_add(n, Ordering::Relaxed);

@@ -34,13 +34,30 @@ pub fn relay(
     strip_hop_by_hop(&mut parts.headers, switching);
     let (headers, masks) = masked_headers(&parts.headers, masker);
     ex.ledger.add_masks(proxy, masks);
-    proxy.recording.emit(Event::Response(ResponseRecord {
+    let recorded = proxy.recording.try_emit(Event::Response(ResponseRecord {
         exchange: ex.id,
         status: parts.status.as_u16(),
         version: version_str(parts.version).to_string(),
         headers,
         trailers: None,
     }));
+    if let Err(e) = recorded {
+        // onFailure: closed — what the agent would see cannot be recorded: it does not see it.
+        let message = format!(
+            "the response from {} could not be recorded ({e}); it was not passed on",
+            ex.verified.name()
+        );
+        proxy.recording.cut(cassette_recording::record::Gap {
+            lost: format!("exchange {}: the response", ex.id),
+            reason: format!("{message}; onFailure is closed: the agent got 503 instead"),
+            records: None,
+            bytes: None,
+            from: None,
+            to: None,
+        });
+        ex.ledger.fail(proxy, Decision::Allow, &message);
+        return crate::http::text_answer(StatusCode::SERVICE_UNAVAILABLE, &message);
+    }
 
     if let (Some(upstream_up), Some(client_up)) = (upstream_upgrade, client_upgrade) {
         // WebSocket (the only upgrade let through): both sides upgrade, and every message

@@ -99,10 +99,7 @@ impl Tap {
         self.done = true;
         let masked = self.recorder.finish();
         self.ledger.add_masks(&self.proxy, masked);
-        let direction = match self.side {
-            Side::Request => "request",
-            Side::Response(_) => "response",
-        };
+        let direction = self.direction();
         self.proxy
             .metrics()
             .bytes
@@ -111,6 +108,41 @@ impl Tap {
         if let Side::Response(ctx) = &self.side {
             ctx.add_bytes(self.ledger.bytes_up(), self.bytes);
             self.ledger.end(&self.proxy, self.bytes, error);
+        }
+    }
+}
+
+impl Tap {
+    /// Cut the exchange here: say what passed (the gap is written as soon as the recording
+    /// takes records again) and end the exchange with why.
+    fn cut(&mut self, why: &str) -> String {
+        let direction = self.direction();
+        let passed = self.bytes;
+        let recorded = self.recorder.recorded();
+        self.proxy.recording.cut(cassette_recording::record::Gap {
+            lost: format!(
+                "exchange {}: the {direction} body past byte {passed}",
+                self.ledger.exchange()
+            ),
+            reason: format!(
+                "its next bytes could not be recorded ({why}); onFailure is closed, so the exchange was cut there: bytes 0..{passed} passed (0..{recorded} are recorded; the rest was held by the masker when the recording stopped taking records), none after"
+            ),
+            records: None,
+            bytes: None,
+            from: None,
+            to: None,
+        });
+        let message = format!(
+            "the {direction} body could not be recorded past byte {passed}; the exchange was cut"
+        );
+        self.finish(Some(message.clone()));
+        message
+    }
+
+    fn direction(&self) -> &'static str {
+        match self.side {
+            Side::Request => "request",
+            Side::Response(_) => "response",
         }
     }
 }
@@ -127,7 +159,17 @@ impl HttpBody for Tap {
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    this.recorder.push(data);
+                    // onFailure: closed — bytes that cannot be recorded do not pass: the body
+                    // fails, which closes the HTTP/1.1 connection or resets the HTTP/2
+                    // stream, before they are forwarded.
+                    let refused = if this.proxy.recording.accepting() {
+                        this.recorder.push(data).err().map(|e| e.to_string())
+                    } else {
+                        Some("the recording takes no more records".to_string())
+                    };
+                    if let Some(why) = refused {
+                        return Poll::Ready(Some(Err(this.cut(&why).into())));
+                    }
                     this.bytes += data.len() as u64;
                     if let Side::Request = this.side {
                         this.ledger.add_bytes_up(data.len() as u64);

@@ -1168,3 +1168,90 @@ async fn the_agent_cannot_read_or_write_the_recordings_bucket() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A request body that sends `chunks` one at a time.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn onfailure_closed_cuts_an_upload_before_bytes_it_cannot_record() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    // The request head is kept; then the spool is full.
+    let chunks: std::collections::VecDeque<Bytes> = (0..4)
+        .map(|i| Bytes::from(format!("chunk-{i}-").repeat(1000)))
+        .collect();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .body(Chunks(chunks).boxed())
+        .unwrap();
+    pod.sink
+        .fail_after
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let response = exchange(pod.ctx.clone(), Arc::new(Upstream::lazy()), req).await;
+    assert_ne!(
+        response.status(),
+        StatusCode::OK,
+        "the upload was not completed"
+    );
+    let got = seen.lock().unwrap().clone();
+    assert!(
+        got.iter()
+            .all(|s| !String::from_utf8_lossy(&s.body).contains("chunk-0-")),
+        "no byte that could not be recorded reached the upstream"
+    );
+    // Once the spool takes records again, the gap says exactly what passed.
+    pod.sink
+        .fail_after
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    pod.proxy
+        .recording
+        .emit(cassette_recording::record::Event::SessionEnd(
+            Default::default(),
+        ));
+    let gap = pod
+        .sink
+        .kind("gap")
+        .into_iter()
+        .find(|g| g["lost"].as_str().unwrap().contains("request body"))
+        .expect("the cut is recorded");
+    assert!(
+        gap["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bytes 0..0 passed"),
+        "{gap}"
+    );
+}
+
+#[tokio::test]
+async fn onfailure_closed_cuts_a_download_before_bytes_it_cannot_record() {
+    fn big(_: &str) -> (u16, String) {
+        (200, "x".repeat(4 << 20))
+    }
+    let (addr, _) = upstream(big).await;
+    let pod = Pod::new("api.test", addr, no_policy());
+    pod.sink
+        .fail_after
+        .store(4, std::sync::atomic::Ordering::Relaxed);
+    let response = exchange(
+        pod.ctx.clone(),
+        Arc::new(Upstream::lazy()),
+        request("GET", "/", ""),
+    )
+    .await;
+    let read = response.into_body().collect().await;
+    assert!(read.is_err(), "the agent's download was cut, not completed");
+}

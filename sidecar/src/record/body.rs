@@ -1,8 +1,8 @@
 //! One body recorded as it streams: Content-Encoding undone for the recording, secrets
 //! masked, then cut into `body` records by the recording crate's encoder.
 
-use super::Recording;
 use super::decode::Decoder;
+use super::{NotRecorded, Recording};
 use cassette_recording::body::BodyEncoder;
 use cassette_recording::record::{Direction, Event};
 use cassette_rules::mask::{BYTE_FIELDS_LIMIT, BodyKind, ByteField, MaskStream, Masker};
@@ -25,6 +25,8 @@ pub struct BodyRecorder {
     fields: &'static [ByteField],
     held: Option<Vec<u8>>,
     recording: Recording,
+    /// Why the last piece could not be recorded, when it could not.
+    failed: Option<NotRecorded>,
 }
 
 impl BodyRecorder {
@@ -55,6 +57,7 @@ impl BodyRecorder {
             fields: &[],
             held: None,
             recording,
+            failed: None,
         }
     }
 
@@ -67,13 +70,19 @@ impl BodyRecorder {
         self
     }
 
+    /// Bytes of the (decoded) body recorded so far.
+    pub fn recorded(&self) -> u64 {
+        self.encoder.as_ref().map_or(0, |e| e.length())
+    }
+
     /// What the final record says about how the body was recorded.
     pub fn note(&mut self, note: &str) {
         self.decoding = Some(note.to_string());
     }
 
-    /// The next chunk as it went over the wire.
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// The next chunk as it went over the wire. An error means its record could not be
+    /// kept: under `onFailure: closed` the chunk must not pass.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), NotRecorded> {
         let decoded;
         let chunk: &[u8] = match &mut self.decoder {
             Some(decoder) => match decoder.feed(chunk) {
@@ -92,6 +101,7 @@ impl BodyRecorder {
             None => chunk,
         };
         self.record(chunk);
+        self.failed.take().map_or(Ok(()), Err)
     }
 
     /// Mask and store decoded bytes (held first while byte fields are read).
@@ -121,8 +131,17 @@ impl BodyRecorder {
             }
             None => encoder.push(plain),
         };
+        self.emit(pieces);
+    }
+
+    /// Write pieces; the first failure is kept for `push` to report.
+    fn emit(&mut self, pieces: Vec<cassette_recording::record::Body>) {
         for body in pieces {
-            self.recording.emit(Event::Body(body));
+            if let Err(e) = self.recording.try_emit(Event::Body(body))
+                && self.failed.is_none()
+            {
+                self.failed = Some(e);
+            }
         }
     }
 

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 pub struct MemorySink {
     events: Mutex<Vec<Event>>,
     pub fail: AtomicBool,
+    /// Fail every append once this many records are kept (0: never), as a spool that
+    /// fills in the middle of an exchange.
+    pub fail_after: std::sync::atomic::AtomicUsize,
     exchanges: AtomicU64,
     conns: AtomicU64,
 }
@@ -65,6 +68,10 @@ impl MemorySink {
     }
 
     fn check(&self) -> Result<(), NotRecorded> {
+        let limit = self.fail_after.load(Ordering::Relaxed);
+        if limit > 0 && self.events.lock().unwrap().len() >= limit {
+            return Err(NotRecorded("the test spool is full".into()));
+        }
         if self.fail.load(Ordering::Relaxed) {
             return Err(NotRecorded("the test spool is full".into()));
         }
@@ -88,6 +95,10 @@ impl EventSink for MemorySink {
 
     fn next_exchange_id(&self) -> u64 {
         self.exchanges.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn accepting(&self) -> bool {
+        self.check().is_ok()
     }
 
     fn next_conn_id(&self) -> u64 {

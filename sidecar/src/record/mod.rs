@@ -23,7 +23,7 @@ pub use stream::StreamRecorder;
 
 use crate::http::BoxError;
 use crate::metrics::Metrics;
-use cassette_recording::record::{Blocked, Direction, Event, Flow};
+use cassette_recording::record::{Blocked, Direction, Event, Flow, Gap};
 use cassette_rules::mask::{BodyKind, Masker};
 use ring::hmac;
 use std::future::Future;
@@ -56,6 +56,8 @@ pub trait EventSink: Send + Sync + 'static {
     fn next_exchange_id(&self) -> u64;
     /// A fresh connection id, unique within the recording.
     fn next_conn_id(&self) -> u64;
+    /// Whether a record appended now would be kept.
+    fn accepting(&self) -> bool;
 }
 
 /// Counts for the AgentSession status.
@@ -76,6 +78,10 @@ pub struct Recording {
     account: Option<String>,
     metrics: Arc<Metrics>,
     pub counts: Arc<Counts>,
+    /// Gaps of cut exchanges not yet written (the recording refused records when they came).
+    pending_gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
+    /// Whether `pending_gaps` may hold one: the hot path reads this, not the lock.
+    gaps_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recording {
@@ -95,6 +101,8 @@ impl Recording {
             account,
             metrics,
             counts: Arc::new(Counts::default()),
+            pending_gaps: Arc::default(),
+            gaps_pending: Arc::default(),
         }
     }
 
@@ -126,9 +134,49 @@ impl Recording {
     /// Record without waiting for an fsync. A failure is logged: the traffic it describes
     /// is refused at its next request head, which goes through [`Recording::request`].
     pub fn emit(&self, event: Event) {
-        if let Err(e) = self.sink.append(event) {
+        if let Err(e) = self.try_emit(event) {
             tracing::error!(error = %e, "a record could not be written");
         }
+    }
+
+    /// Record without waiting for an fsync, saying whether it was kept. When the session
+    /// fails closed, traffic whose record fails here must not pass.
+    pub fn try_emit(&self, event: Event) -> Result<(), NotRecorded> {
+        self.flush_gaps();
+        self.sink.append(event)
+    }
+
+    /// Whether bytes may pass: a record appended now would be kept. Under `onFailure:
+    /// closed`, bytes are not forwarded while it says no.
+    pub fn accepting(&self) -> bool {
+        self.sink.accepting()
+    }
+
+    /// Say what passed of an exchange that was cut because its bytes could not be recorded.
+    /// Written at once when the recording takes it, else as soon as it takes records again.
+    pub fn cut(&self, gap: Gap) {
+        if self.sink.append(Event::Gap(gap.clone())).is_err() {
+            self.pending_gaps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(gap);
+            self.gaps_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// Write the gaps of cut exchanges that the recording could not take when they came.
+    pub fn flush_gaps(&self) {
+        if !self.gaps_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut pending = self.pending_gaps.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(gap) = pending.first().cloned() {
+            if self.sink.append(Event::Gap(gap)).is_err() {
+                return;
+            }
+            pending.remove(0);
+        }
+        self.gaps_pending.store(false, Ordering::Release);
     }
 
     /// Record a refusal (or, with `counted: false`, what audit mode would have refused).
@@ -216,7 +264,8 @@ impl Recording {
     pub fn whole_body(&self, exchange: u64, direction: Direction, bytes: &[u8]) {
         let mut body = self.body(exchange, direction, None, None);
         if !bytes.is_empty() {
-            body.push(bytes);
+            // The sidecar's own answer: a failure to record it is logged, not refused.
+            let _ = body.push(bytes);
         }
         body.finish();
     }

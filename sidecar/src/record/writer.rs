@@ -35,6 +35,10 @@ impl EventSink for cassette_recording::Recorder {
     fn next_conn_id(&self) -> u64 {
         cassette_recording::Recorder::next_conn_id(self)
     }
+
+    fn accepting(&self) -> bool {
+        cassette_recording::Recorder::accepting(self)
+    }
 }
 
 /// The running recording: the data path's handle and the writer behind it.
@@ -97,7 +101,7 @@ pub async fn start(
         account,
         metrics.clone(),
     );
-    let stats = tokio::spawn(mirror_stats(writer.clone(), metrics));
+    let stats = tokio::spawn(mirror_stats(writer.clone(), recording.clone(), metrics));
     Ok(Started {
         recording,
         writer,
@@ -105,10 +109,16 @@ pub async fn start(
     })
 }
 
-/// Mirror the writer's counters into the metrics, every second.
-async fn mirror_stats(writer: cassette_recording::Recorder, metrics: Arc<Metrics>) {
+/// Mirror the writer's counters into the metrics, every second, and write the gaps of cut
+/// exchanges as soon as the recording takes records again, traffic or not.
+async fn mirror_stats(
+    writer: cassette_recording::Recorder,
+    recording: Recording,
+    metrics: Arc<Metrics>,
+) {
     let (mut last_failures, mut last_records) = (0, 0);
     loop {
+        recording.flush_gaps();
         let s = writer.stats();
         metrics
             .recorded_records
@@ -133,6 +143,7 @@ impl Started {
         deadline: tokio::time::Instant,
     ) -> Result<(), cassette_recording::ShutdownError> {
         self.stats.abort();
+        self.recording.flush_gaps();
         self.writer.shutdown_by(deadline).await.map(|_| ())
     }
 }
