@@ -44,7 +44,9 @@ pub fn relay(
     if let Err(e) = recorded {
         // onFailure: closed — what the agent would see cannot be recorded: it does not see it.
         let message = format!(
-            "the response from {} could not be recorded ({e}); it was not passed on",
+            "the response from {} could not be recorded ({e}); it was not passed on, as the \
+             session's onFailure: closed asks — the sidecar's log and the AgentSession's status \
+             say why its recording fails",
             ex.verified.name()
         );
         proxy.recording.cut(cassette_recording::record::Gap {
@@ -55,8 +57,11 @@ pub fn relay(
             from: None,
             to: None,
         });
-        ex.ledger.fail(proxy, Decision::Allow, &message);
-        return crate::http::text_answer(StatusCode::SERVICE_UNAVAILABLE, &message);
+        let failure = super::answer::Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        };
+        return super::answer::answer(proxy, ex, failure.into());
     }
 
     if let (Some(upstream_up), Some(client_up)) = (upstream_upgrade, client_upgrade) {

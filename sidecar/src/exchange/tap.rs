@@ -133,7 +133,9 @@ impl Tap {
             to: None,
         });
         let message = format!(
-            "the {direction} body could not be recorded past byte {passed}; the exchange was cut"
+            "the {direction} body could not be recorded past byte {passed}; the exchange was \
+             cut, as the session's onFailure: closed asks — the sidecar's log and the \
+             AgentSession's status say why its recording fails"
         );
         self.finish(Some(message.clone()));
         message

@@ -105,7 +105,7 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
     (addr, seen)
 }
 
-/// A body of one data frame and trailers, of unknown length (so HTTP/1.1 sends it chunked,
+/// A body of frames sent one at a time, of unknown length (so HTTP/1.1 sends it chunked,
 /// which trailers need).
 struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
 
@@ -1169,33 +1169,18 @@ async fn the_agent_cannot_read_or_write_the_recordings_bucket() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// A request body that sends `chunks` one at a time.
-struct Chunks(std::collections::VecDeque<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = crate::http::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
-    }
-}
-
 #[tokio::test]
 async fn onfailure_closed_cuts_an_upload_before_bytes_it_cannot_record() {
     let (addr, seen) = upstream(echo).await;
     let pod = Pod::new("api.test", addr, no_policy());
     // The request head is kept; then the spool is full.
-    let chunks: std::collections::VecDeque<Bytes> = (0..4)
-        .map(|i| Bytes::from(format!("chunk-{i}-").repeat(1000)))
+    let chunks = (0..4)
+        .map(|i| http_body::Frame::data(Bytes::from(format!("chunk-{i}-").repeat(1000))))
         .collect();
     let req = Request::builder()
         .method("POST")
         .uri("/upload")
-        .body(Chunks(chunks).boxed())
+        .body(Frames(chunks).boxed())
         .unwrap();
     pod.sink
         .fail_after
