@@ -216,11 +216,22 @@ async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Resu
         "metadata": {"name": name},
         "webhooks": [inject, enforce, stamp]
     }))?;
+    let mut guard = common("guard.cassette.dev", "/guard", "pods", json!(["UPDATE"]));
+    guard["rules"][0]["resources"] = json!(["pods", "pods/ephemeralcontainers"]);
+    guard["objectSelector"] =
+        json!({"matchExpressions": [{"key": "cassette.dev/session", "operator": "Exists"}]});
+    let mut connect = common(
+        "connect.cassette.dev",
+        "/connect",
+        "pods",
+        json!(["CONNECT"]),
+    );
+    connect["rules"][0]["resources"] = json!(["pods/exec", "pods/attach", "pods/portforward"]);
     let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [validate]
+        "webhooks": [validate, guard, connect]
     }))?;
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &mutating)

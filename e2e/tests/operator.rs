@@ -392,7 +392,53 @@ async fn every_way_around_the_recorder_is_refused_with_its_reason() -> Result<()
             |p| p["spec"]["containers"][0]["securityContext"]["runAsUser"] = json!(1337),
             "runs as UID 1337, the recorder's own UID",
         ),
+        (
+            "SYS_PTRACE, outside the allowlist",
+            |p| {
+                p["spec"]["containers"][0]["securityContext"]["capabilities"] =
+                    json!({"add": ["SYS_PTRACE"]})
+            },
+            "adds the capability SYS_PTRACE, which agent containers may not hold",
+        ),
+        (
+            "resolvers of its own (dnsPolicy: None)",
+            |p| {
+                p["spec"]["dnsPolicy"] = json!("None");
+                p["spec"]["dnsConfig"] = json!({"nameservers": ["203.0.113.53"]});
+            },
+            "remove spec.dnsPolicy",
+        ),
+        (
+            "resolvers of its own (dnsConfig)",
+            |p| p["spec"]["dnsConfig"] = json!({"nameservers": ["203.0.113.53"]}),
+            "remove spec.dnsConfig.nameservers",
+        ),
+        (
+            "a hostPath volume",
+            |p| {
+                p["spec"]["volumes"] =
+                    json!([{"name": "runtime", "hostPath": {"path": "/run/containerd"}}])
+            },
+            "volume \"runtime\" mounts the node's \"/run/containerd\" (hostPath)",
+        ),
+        (
+            "a service-account token Secret",
+            |p| {
+                p["spec"]["containers"][0]["env"] = json!([{"name": "TOKEN", "valueFrom":
+                    {"secretKeyRef": {"name": "legacy-token", "key": "token"}}}])
+            },
+            "names Secret \"legacy-token\", a service-account token",
+        ),
     ];
+    // A legacy token Secret of the agent's service account, as a pod author might name it.
+    let legacy: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "legacy-token",
+            "annotations": {"kubernetes.io/service-account.name": "coding-agent"}},
+        "type": "kubernetes.io/service-account-token"
+    }))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &legacy)
+        .await?;
     for (i, (what, breaker, expected)) in cases.iter().enumerate() {
         let mut pod = agent_pod(&format!("refused-{i}"), Some("fix-ci"));
         breaker(&mut pod);
@@ -407,6 +453,120 @@ async fn every_way_around_the_recorder_is_refused_with_its_reason() -> Result<()
             }
         }
     }
+    Ok(())
+}
+
+/// After admission, with kubectl as an admin (or an agent holding pod rights) would: the
+/// session pod's label, images and recorder cannot change, no ephemeral container joins it,
+/// and nobody execs into the recorder or port-forwards into the pod. Each refusal names the
+/// guard and what to do; an exec into the agent's own container is not cassette's to refuse.
+#[tokio::test]
+async fn a_session_pod_cannot_be_changed_or_entered_after_admission() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "guard").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    create_pod(&client, &ns, agent_pod("guarded", Some("fix-ci"))).await?;
+    // kubectl port-forwards only to a running pod; no kubelet runs this one, so say it runs.
+    let out = cluster().kubectl_with_input(
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "pod",
+            "guarded",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ],
+        "",
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "removing the session label",
+            &["label", "pod", "guarded", "cassette.dev/session-"],
+            "its cassette.dev/session label cannot be removed: delete the pod instead",
+        ),
+        (
+            "swapping the recorder's image",
+            &[
+                "set",
+                "image",
+                "pod/guarded",
+                "cassette-sidecar=attacker/sidecar:1",
+            ],
+            "container \"cassette-sidecar\" is cassette's recorder and cannot be changed",
+        ),
+        (
+            "swapping the agent's image",
+            &["set", "image", "pod/guarded", "agent=agent:2"],
+            "the image of container \"agent\" (spec.containers) cannot change",
+        ),
+        (
+            "an ephemeral container",
+            &["debug", "guarded", "--image=agent:1", "--", "true"],
+            "an ephemeral container would run beside the recorder",
+        ),
+        (
+            "a shell in the recorder",
+            &["exec", "guarded", "-c", "cassette-sidecar", "--", "true"],
+            "a shell there runs as UID 1337",
+        ),
+        (
+            "attaching to the recorder",
+            &["attach", "guarded", "-c", "cassette-sidecar"],
+            "attach into it is refused",
+        ),
+        (
+            "a port-forward",
+            &["port-forward", "pod/guarded", "15090:15090"],
+            "a port-forward reaches the pod's loopback past the capture",
+        ),
+    ];
+    for (what, args, expected) in cases {
+        let mut full = vec!["-n", ns.as_str(), "--request-timeout=20s"];
+        full.extend_from_slice(args);
+        let out = cluster().kubectl_with_input(&full, "")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was allowed: {stderr}");
+        assert!(
+            stderr.contains(".cassette.dev") && stderr.contains(expected),
+            "refusing {what}, kubectl said:\n  {stderr}\nwithout {expected:?}"
+        );
+    }
+    // The agent's own container is not the guard's: kubectl gets past admission (and fails
+    // later, since this pod runs on no node).
+    let out = cluster().kubectl_with_input(
+        &[
+            "-n",
+            &ns,
+            "--request-timeout=20s",
+            "exec",
+            "guarded",
+            "-c",
+            "agent",
+            "--",
+            "true",
+        ],
+        "",
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("connect.cassette.dev"), "{stderr}");
+    // And a label that is not cassette's still changes.
+    let out =
+        cluster().kubectl_with_input(&["-n", &ns, "label", "pod", "guarded", "team=a"], "")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -698,3 +858,4 @@ async fn wait_for(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+

@@ -13,6 +13,7 @@ mod admin;
 mod certs;
 mod controller;
 mod crdgen;
+mod guard;
 mod http;
 mod inject;
 mod leader;
@@ -63,6 +64,12 @@ struct RunArgs {
     /// CASSETTE_GCS_ENDPOINT for an emulator.
     #[arg(long = "sidecar-env", value_parser = parse_env)]
     sidecar_env: Vec<(String, String)>,
+    /// The capabilities agent containers may hold, comma-separated (upper case, without
+    /// CAP_): they run with drop: [ALL] and these added back; a pod asking for any other is
+    /// refused. An empty value allows none. Defaults to the runtime's default set without
+    /// NET_RAW, SETUID, SETGID and MKNOD.
+    #[arg(long, value_delimiter = ',', value_parser = parse_capability)]
+    agent_capabilities: Option<Vec<String>>,
 
     #[command(flatten)]
     certs: CertArgs,
@@ -118,6 +125,27 @@ struct RetentionArgs {
     /// Send no credentials to Cloud Storage (emulators only).
     #[arg(long, env = "CASSETTE_GCS_ANONYMOUS")]
     gcs_anonymous: bool,
+}
+
+/// A capability agent containers may be allowed: a runtime name, never one that reaches the
+/// capture.
+fn parse_capability(value: &str) -> Result<String, String> {
+    let name = value.trim().to_ascii_uppercase();
+    if name.is_empty() {
+        return Ok(name);
+    }
+    if name.starts_with("CAP_") || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+        return Err(format!(
+            "{value:?} is not a capability as Kubernetes spells it (for example NET_BIND_SERVICE)"
+        ));
+    }
+    if inject::NEVER_AGENT_CAPABILITIES.contains(&name.as_str()) {
+        return Err(format!(
+            "{name} would let an agent container change, bypass or reach into the capture; it \
+             cannot be allowed"
+        ));
+    }
+    Ok(name)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -190,6 +218,11 @@ async fn run(args: RunArgs) -> Result<()> {
             sidecar_image: args.sidecar_image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
             sidecar_env: args.sidecar_env.clone(),
+            agent_capabilities: args
+                .agent_capabilities
+                .clone()
+                .map(|caps| caps.into_iter().filter(|c| !c.is_empty()).collect())
+                .unwrap_or_else(|| inject::Config::default().agent_capabilities),
             ..inject::Config::default()
         },
         metrics: metrics.clone(),

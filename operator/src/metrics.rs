@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Webhook {
     Inject,
+    Guard,
+    Connect,
     MutateSession,
     ValidateSession,
 }

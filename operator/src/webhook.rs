@@ -1,5 +1,7 @@
-//! The admission webhooks over HTTPS: `/inject` (Pods), `/mutate-agentsession` (requester
-//! stamp) and `/validate-agentsession` (the shared rule validation). Each handler reads the
+//! The admission webhooks over HTTPS: `/inject` (Pods), `/guard` (UPDATE of session pods and
+//! their ephemeral containers), `/connect` (exec, attach and port-forward into them),
+//! `/mutate-agentsession` (requester stamp) and `/validate-agentsession` (the shared rule
+//! validation). Each handler reads the
 //! AdmissionReview, looks up what the pure decision needs, and answers with a JSON patch or a
 //! refusal. Errors refuse too: the configurations fail closed, and so does the server.
 
@@ -16,16 +18,20 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// The Secret type of a legacy service-account token.
+const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 
 /// The largest AdmissionReview read (a pod with many containers is well under it).
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -112,6 +118,16 @@ async fn route(req: Request<Incoming>, context: &Context) -> Response<Body> {
                 &body,
                 |r| async { validate_session(r) },
                 Webhook::ValidateSession,
+                context,
+            )
+            .await
+        }
+        "/guard" => answer(&body, |r| async { guard_pod(r) }, Webhook::Guard, context).await,
+        "/connect" => {
+            answer(
+                &body,
+                |r| connect_pod(r, context),
+                Webhook::Connect,
                 context,
             )
             .await
@@ -204,6 +220,90 @@ async fn inject_pod(
     }
 }
 
+/// An UPDATE of a pod, or ephemeral containers added to it: the session pod keeps what the
+/// injector built.
+fn guard_pod(request: AdmissionRequest<Pod>) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if request.operation != Operation::Update {
+        return (response, Verdict::Allowed);
+    }
+    let (Some(new), Some(old)) = (request.object.as_ref(), request.old_object.as_ref()) else {
+        return (
+            response.deny("the AdmissionReview carries no pod"),
+            Verdict::Error,
+        );
+    };
+    let decision = match request.sub_resource.as_deref() {
+        Some("ephemeralcontainers") => {
+            if crate::guard::is_session_pod(old) {
+                crate::guard::ephemeral_containers(old)
+            } else {
+                crate::guard::ephemeral_containers(new)
+            }
+        }
+        // Only the pod itself and its ephemeral containers are registered.
+        _ => crate::guard::update(old, new),
+    };
+    match decision {
+        Ok(()) => (response, Verdict::Allowed),
+        Err(message) => {
+            tracing::info!(
+                namespace = ?request.namespace, pod = ?request.name, user = ?request.user_info.username,
+                %message, "refused a change to a session pod"
+            );
+            (response.deny(message), Verdict::Denied)
+        }
+    }
+}
+
+/// exec, attach or port-forward into a pod: the options name the container, the pod says
+/// whether it records.
+async fn connect_pod(
+    request: AdmissionRequest<DynamicObject>,
+    context: &Context,
+) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if request.operation != Operation::Connect {
+        return (response, Verdict::Allowed);
+    }
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let pod = match Api::<Pod>::namespaced(context.client.clone(), &namespace)
+        .get_opt(&request.name)
+        .await
+    {
+        Ok(Some(pod)) => pod,
+        // The kubelet will say the pod is not there.
+        Ok(None) => return (response, Verdict::Allowed),
+        Err(e) => {
+            return (
+                response.deny(format!(
+                    "cassette could not read pod {namespace}/{} to check whether it records, so \
+                     the connection is refused: {e}",
+                    request.name
+                )),
+                Verdict::Error,
+            );
+        }
+    };
+    let subresource = request.sub_resource.clone().unwrap_or_default();
+    let container = request
+        .object
+        .as_ref()
+        .and_then(|o| o.data.get("container"))
+        .and_then(|c| c.as_str())
+        .filter(|c| !c.is_empty());
+    match crate::guard::connect(&pod, &subresource, container) {
+        Ok(()) => (response, Verdict::Allowed),
+        Err(message) => {
+            tracing::info!(
+                namespace, pod = request.name, subresource, user = ?request.user_info.username,
+                %message, "refused a connection into a session pod"
+            );
+            (response.deny(message), Verdict::Denied)
+        }
+    }
+}
+
 /// Look up what the injector needs and ask it.
 async fn decide(pod: &Pod, namespace: &str, context: &Context) -> Result<Outcome> {
     let label = pod
@@ -229,6 +329,22 @@ async fn decide(pod: &Pod, namespace: &str, context: &Context) -> Result<Outcome
             .and_then(|l| l.get(ENFORCE_LABEL).cloned())
             .is_some_and(|v| v == "true"),
     };
+    // A pod that names no session is not injected: the types of its Secrets do not matter.
+    let mut token_secrets = BTreeSet::new();
+    if label.is_some() {
+        let secrets = Api::<Secret>::namespaced(context.client.clone(), namespace);
+        for name in inject::named_secrets(pod) {
+            let secret = secrets.get_opt(&name).await.with_context(|| {
+                format!(
+                    "reading the type of Secret {namespace}/{name}, which the pod names (the \
+                     operator needs get on secrets in namespaces where session pods run)"
+                )
+            })?;
+            if secret.and_then(|s| s.type_).as_deref() == Some(SERVICE_ACCOUNT_TOKEN_TYPE) {
+                token_secrets.insert(name);
+            }
+        }
+    }
     Ok(inject::inject(
         &context.inject,
         &inject::Request {
@@ -236,6 +352,7 @@ async fn decide(pod: &Pod, namespace: &str, context: &Context) -> Result<Outcome
             namespace,
             enforced,
             session: session.as_ref(),
+            token_secrets: &token_secrets,
             now: Timestamp::now(),
         },
     ))

@@ -21,30 +21,45 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
 
-/// Keep an agent container from becoming the recorder's UID: the capture rules exempt UID
-/// 1337 and nothing else, so a root process with CAP_SETUID (granted by default) could
-/// switch to it and leave unrecorded. No setuid/setgid capabilities, and no privilege
-/// escalation through setuid binaries.
-pub(super) fn confine(container: &mut Container) {
+/// Confine an agent container to the capability allowlist: `drop: [ALL]` and the allowlist
+/// added back (less what the container dropped itself; only what it added, if it dropped
+/// ALL). Without NET_RAW no raw or packet socket writes below the capture rules; without
+/// SETUID/SETGID a root process cannot become the recorder's UID 1337, the one the rules
+/// exempt; no privilege escalation through setuid binaries. [`super::refuse::check`] has
+/// already refused a container that adds anything outside the allowlist.
+pub(super) fn confine(container: &mut Container, allowlist: &[String]) {
     let security = container
         .security_context
         .get_or_insert_with(Default::default);
     security.allow_privilege_escalation = Some(false);
-    let capabilities = security.capabilities.get_or_insert_with(Default::default);
-    let drop = capabilities.drop.get_or_insert_with(Vec::new);
-    // As the runtime reads them: containerd takes `ALL` in any case and drops `CAP_` + the
-    // upper-cased name otherwise, so `CAP_SETUID` names nothing (`CAP_CAP_SETUID`) and does
-    // not count.
-    let dropped = |cap: &str| {
-        drop.iter()
-            .any(|d| d.eq_ignore_ascii_case("ALL") || d.eq_ignore_ascii_case(cap))
+    let own = security.capabilities.take().unwrap_or_default();
+    // As the runtime reads them: containerd takes `ALL` in any case and `CAP_` + the
+    // upper-cased name otherwise.
+    let names = |list: &Option<Vec<String>>| -> Vec<String> {
+        list.iter()
+            .flatten()
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
     };
-    let missing: Vec<String> = ["SETUID", "SETGID"]
-        .into_iter()
-        .filter(|cap| !dropped(cap))
-        .map(String::from)
-        .collect();
-    drop.extend(missing);
+    let dropped = names(&own.drop);
+    let added = names(&own.add);
+    let granted: Vec<String> = if dropped.iter().any(|d| d == "ALL") {
+        allowlist
+            .iter()
+            .filter(|c| added.contains(c))
+            .cloned()
+            .collect()
+    } else {
+        allowlist
+            .iter()
+            .filter(|c| !dropped.contains(c) || added.contains(c))
+            .cloned()
+            .collect()
+    };
+    security.capabilities = Some(Capabilities {
+        drop: Some(vec!["ALL".into()]),
+        add: (!granted.is_empty()).then_some(granted),
+    });
 }
 
 /// Point every trust store at the session bundle, replacing whatever the container set.

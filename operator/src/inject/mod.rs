@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use refuse::{agent_containers, check};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use strip::{earlier_removals, remove_automounted_token, strip};
 
 /// The init container that installs the capture rules.
@@ -66,7 +66,44 @@ pub struct Config {
     pub sidecar_env: Vec<(String, String)>,
     /// Lifetime of the sidecar's projected token; the kubelet refreshes it before it ends.
     pub token_expiration_seconds: i64,
+    /// The capabilities agent containers may hold (upper case, without `CAP_`): they run with
+    /// `drop: [ALL]` and these added back, and a pod asking for any other is refused.
+    pub agent_capabilities: Vec<String>,
 }
+
+/// The part of the container runtime's default capability set that cannot touch the capture:
+/// containerd's and CRI-O's defaults without NET_RAW (raw and packet sockets write below the
+/// capture rules), SETUID and SETGID (becoming the recorder's UID) and MKNOD.
+pub const DEFAULT_AGENT_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETPCAP",
+    "SYS_CHROOT",
+];
+
+/// Capabilities no allowlist may hold: each one changes, bypasses or reaches into the capture
+/// (the operator refuses to start with them in `--agent-capabilities`).
+pub const NEVER_AGENT_CAPABILITIES: &[&str] = &[
+    "NET_ADMIN",
+    "NET_RAW",
+    "SETUID",
+    "SETGID",
+    "SYS_ADMIN",
+    "SYS_PTRACE",
+    "SYS_MODULE",
+    "BPF",
+    "PERFMON",
+    "DAC_READ_SEARCH",
+    "SYS_RAWIO",
+    "CHECKPOINT_RESTORE",
+    "ALL",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -75,6 +112,10 @@ impl Default for Config {
             image_pull_policy: None,
             sidecar_env: Vec::new(),
             token_expiration_seconds: 3607,
+            agent_capabilities: DEFAULT_AGENT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
         }
     }
 }
@@ -89,6 +130,8 @@ pub struct Request<'a> {
     pub enforced: bool,
     /// The AgentSession the pod's label names, if it exists.
     pub session: Option<&'a AgentSession>,
+    /// The Secrets the pod names ([`named_secrets`]) that are service-account tokens.
+    pub token_secrets: &'a BTreeSet<String>,
     /// The admission time.
     pub now: Timestamp,
 }
@@ -120,6 +163,20 @@ pub struct Record {
     pub removed_token_volumes: Vec<String>,
     /// The operator version that injected.
     pub version: String,
+}
+
+/// The Secrets a pod names for itself (not those an earlier injection added), which the
+/// webhook looks up to find service-account tokens among them.
+pub fn named_secrets(pod: &Pod) -> BTreeSet<String> {
+    pod.spec
+        .as_ref()
+        .map(|spec| {
+            refuse::secret_references(&strip(spec))
+                .into_iter()
+                .map(|(_, name)| name)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Decide what happens to a pod.
@@ -167,7 +224,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
         return Outcome::Refused(format!("pod {pod_name} has no spec"));
     };
     let mut spec = strip(spec);
-    if let Err(reason) = check(&spec) {
+    if let Err(reason) = check(&spec, &config.agent_capabilities, request.token_secrets) {
         return Outcome::Refused(format!(
             "pod {pod_name} cannot record into AgentSession {session_name:?}: {reason}"
         ));
@@ -188,7 +245,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
         .chain(spec.containers.iter_mut())
     {
         trust_session_ca(container);
-        confine(container);
+        confine(container, &config.agent_capabilities);
     }
     let mut init = vec![
         init_container(config),

@@ -5,9 +5,16 @@
 use super::{AUTOMOUNT_VOLUME_PREFIX, CA_DIR, INIT_NAME, SIDECAR_NAME};
 use cassette_api::names::SIDECAR_UID;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use std::collections::BTreeSet;
 
-/// The agent's ways around the recorder, refused before anything is added.
-pub(super) fn check(spec: &PodSpec) -> Result<(), String> {
+/// The agent's ways around the recorder, refused before anything is added. `allowlist` is
+/// the capabilities agent containers may hold; `token_secrets` the Secrets the pod names that
+/// are service-account tokens (the webhook looked their types up).
+pub(super) fn check(
+    spec: &PodSpec,
+    allowlist: &[String],
+    token_secrets: &BTreeSet<String>,
+) -> Result<(), String> {
     if spec.host_network == Some(true) {
         return Err(
             "it uses hostNetwork, where the capture rules cannot separate its traffic \
@@ -26,6 +33,24 @@ pub(super) fn check(spec: &PodSpec) -> Result<(), String> {
         return Err(
             "it uses hostPID, which lets the agent reach into the recorder's process: \
                     remove spec.hostPID"
+                .into(),
+        );
+    }
+    if spec.dns_policy.as_deref() == Some("None") {
+        return Err(
+            "it sets dnsPolicy: None to name its own resolvers; a session pod's DNS goes to the \
+             cluster's resolver through the recorder: remove spec.dnsPolicy"
+                .into(),
+        );
+    }
+    if spec
+        .dns_config
+        .as_ref()
+        .is_some_and(|c| c.nameservers.as_ref().is_some_and(|n| !n.is_empty()))
+    {
+        return Err(
+            "it names its own resolvers in spec.dnsConfig.nameservers; a session pod's DNS goes \
+             to the cluster's resolver through the recorder: remove spec.dnsConfig.nameservers"
                 .into(),
         );
     }
@@ -48,20 +73,24 @@ pub(super) fn check(spec: &PodSpec) -> Result<(), String> {
             .and_then(|s| s.capabilities.as_ref())
             .and_then(|c| c.add.as_ref());
         for capability in added.into_iter().flatten() {
-            let bare = capability.trim_start_matches("CAP_").to_ascii_uppercase();
-            if [
-                "NET_ADMIN",
-                "NET_RAW",
-                "ALL",
-                "SETUID",
-                "SETGID",
-                "SYS_ADMIN",
-            ]
-            .contains(&bare.as_str())
-            {
+            let upper = capability.to_ascii_uppercase();
+            let bare = upper.strip_prefix("CAP_");
+            if !allowlist.iter().any(|a| *a == bare.unwrap_or(&upper)) {
+                let allowed = if allowlist.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowlist.join(", ")
+                };
                 return Err(format!(
-                    "container {name:?} adds the capability {capability}, with which it could change \
-                     or bypass the capture rules: remove it from {field}.securityContext.capabilities.add"
+                    "container {name:?} adds the capability {capability}, which agent containers may \
+                     not hold (they may hold {allowed}; the chart's agentContainers.capabilities \
+                     sets them): remove it from {field}.securityContext.capabilities.add"
+                ));
+            }
+            if let Some(bare) = bare {
+                return Err(format!(
+                    "container {name:?} adds the capability {capability:?}, which the runtime reads \
+                     as CAP_{upper}: write it as {bare:?} in {field}.securityContext.capabilities.add"
                 ));
             }
         }
@@ -98,6 +127,13 @@ pub(super) fn check(spec: &PodSpec) -> Result<(), String> {
         }
     }
     for volume in spec.volumes.iter().flatten() {
+        if let Some(host) = &volume.host_path {
+            return Err(format!(
+                "volume {:?} mounts the node's {:?} (hostPath), through which the agent could reach \
+                 the node's runtime, the kubelet and other pods' files: remove the volume",
+                volume.name, host.path
+            ));
+        }
         let projects_token = volume
             .projected
             .as_ref()
@@ -111,7 +147,58 @@ pub(super) fn check(spec: &PodSpec) -> Result<(), String> {
             ));
         }
     }
+    for (field, secret) in secret_references(spec) {
+        if token_secrets.contains(&secret) {
+            return Err(format!(
+                "{field} names Secret {secret:?}, a service-account token (type \
+                 kubernetes.io/service-account-token); the recorder holds the pod's only token \
+                 and the agent gets none: remove the reference"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Every Secret the pod's volumes and agent containers name, with the field that names it.
+pub(super) fn secret_references(spec: &PodSpec) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (i, volume) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(name) = volume.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            found.push((format!("spec.volumes[{i}].secret.secretName"), name));
+        }
+        let sources = volume.projected.as_ref().and_then(|p| p.sources.as_ref());
+        for (j, source) in sources.into_iter().flatten().enumerate() {
+            if let Some(secret) = &source.secret {
+                found.push((
+                    format!("spec.volumes[{i}].projected.sources[{j}].secret.name"),
+                    secret.name.clone(),
+                ));
+            }
+        }
+    }
+    for (field, container) in containers_with_fields(spec) {
+        for (i, env) in container.env.iter().flatten().enumerate() {
+            let key = env
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            if let Some(key) = key {
+                found.push((
+                    format!("{field}.env[{i}].valueFrom.secretKeyRef.name"),
+                    key.name.clone(),
+                ));
+            }
+        }
+        for (i, from) in container.env_from.iter().flatten().enumerate() {
+            if let Some(secret) = &from.secret_ref {
+                found.push((
+                    format!("{field}.envFrom[{i}].secretRef.name"),
+                    secret.name.clone(),
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// Every container the agent controls, with the field path an admin would edit.

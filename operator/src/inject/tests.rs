@@ -86,6 +86,7 @@ fn run(pod: &Pod, session: Option<&AgentSession>, enforced: bool) -> Outcome {
             namespace: "agents",
             enforced,
             session,
+            token_secrets: &BTreeSet::from(["legacy-token".to_string()]),
             now: now(),
         },
     )
@@ -193,32 +194,50 @@ fn a_container_without_a_uid_is_warned_about() {
 }
 
 #[test]
-fn setuid_and_setgid_are_dropped_unless_the_runtime_would_drop_them_already() {
-    let drops = |given: &[&str]| {
+fn agent_containers_drop_all_and_keep_only_the_allowlist() {
+    let allowlist: Vec<String> = DEFAULT_AGENT_CAPABILITIES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let confined = |drop: &[&str], add: &[&str]| {
+        let list = |l: &[&str]| (!l.is_empty()).then(|| l.iter().map(|c| c.to_string()).collect());
         let mut c = Container {
             name: "agent".into(),
             security_context: Some(SecurityContext {
                 capabilities: Some(Capabilities {
-                    drop: Some(given.iter().map(|d| d.to_string()).collect()),
-                    ..Default::default()
+                    drop: list(drop),
+                    add: list(add),
                 }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        confine(&mut c);
+        confine(&mut c, &allowlist);
         let sc = c.security_context.unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        sc.capabilities.unwrap().drop.unwrap()
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        caps.add.unwrap_or_default()
     };
-    assert_eq!(drops(&["ALL"]), ["ALL"]);
-    assert_eq!(drops(&["setuid", "SETGID"]), ["setuid", "SETGID"]);
-    assert_eq!(drops(&["all"]), ["all"]);
-    // containerd reads these as CAP_CAP_SETUID and CAP_CAP_SETGID: they drop nothing.
-    assert_eq!(
-        drops(&["CAP_SETUID", "CAP_SETGID"]),
-        ["CAP_SETUID", "CAP_SETGID", "SETUID", "SETGID"]
+    // Nothing asked: the allowlist, and never NET_RAW, SETUID or SETGID.
+    let granted = confined(&[], &[]);
+    assert_eq!(granted, allowlist);
+    for never in ["NET_RAW", "SETUID", "SETGID", "MKNOD"] {
+        assert!(!granted.iter().any(|c| c == never), "{never} granted");
+    }
+    // What the container dropped stays dropped; dropping ALL keeps only what it added back.
+    assert!(
+        !confined(&["chown", "KILL"], &[])
+            .iter()
+            .any(|c| c == "CHOWN" || c == "KILL")
     );
+    assert_eq!(
+        confined(&["all"], &["net_bind_service"]),
+        ["NET_BIND_SERVICE"]
+    );
+    assert_eq!(confined(&["ALL"], &[]), Vec::<String>::new());
+    // Dropping a capability and adding it back keeps it, as the runtime does.
+    assert!(confined(&["KILL"], &["KILL"]).iter().any(|c| c == "KILL"));
 }
 
 #[test]
@@ -322,14 +341,14 @@ fn agent_containers_cannot_become_the_recorders_uid() {
     let spec = injected(run(&pod(true), Some(&s), false)).spec.unwrap();
     let security = spec.containers[0].security_context.as_ref().unwrap();
     assert_eq!(security.allow_privilege_escalation, Some(false));
-    let dropped = security
-        .capabilities
-        .as_ref()
-        .unwrap()
-        .drop
-        .as_ref()
-        .unwrap();
-    assert!(dropped.contains(&"SETUID".to_string()) && dropped.contains(&"SETGID".to_string()));
+    let capabilities = security.capabilities.as_ref().unwrap();
+    assert_eq!(capabilities.drop, Some(vec!["ALL".to_string()]));
+    let added = capabilities.add.as_ref().unwrap();
+    assert!(
+        !added
+            .iter()
+            .any(|c| ["SETUID", "SETGID", "NET_RAW"].contains(&c.as_str()))
+    );
 }
 
 #[test]
@@ -507,7 +526,144 @@ fn every_way_around_the_recorder_is_refused_with_what_to_fix() {
                     ..Default::default()
                 })
             },
-            "adds the capability CAP_NET_RAW",
+            "adds the capability CAP_NET_RAW, which agent containers may not hold",
+        ),
+        (
+            "SYS_PTRACE (outside the allowlist)",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["SYS_PTRACE".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            "adds the capability SYS_PTRACE, which agent containers may not hold (they may hold AUDIT_WRITE, CHOWN",
+        ),
+        (
+            "SYS_MODULE",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["sys_module".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            "adds the capability sys_module, which agent containers may not hold",
+        ),
+        (
+            "DAC_READ_SEARCH",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["DAC_READ_SEARCH".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            "adds the capability DAC_READ_SEARCH",
+        ),
+        (
+            "BPF",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["BPF".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            "adds the capability BPF",
+        ),
+        (
+            "NET_RAW",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["NET_RAW".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            "adds the capability NET_RAW, which agent containers may not hold",
+        ),
+        (
+            "an allowed capability spelled with CAP_",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].security_context = Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["CAP_CHOWN".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            },
+            r#"adds the capability "CAP_CHOWN", which the runtime reads as CAP_CAP_CHOWN: write it as "CHOWN" in spec.containers[0].securityContext.capabilities.add"#,
+        ),
+        (
+            "dnsPolicy: None",
+            |p, _| p.spec.as_mut().unwrap().dns_policy = Some("None".into()),
+            "it sets dnsPolicy: None to name its own resolvers; a session pod's DNS goes to the cluster's resolver through the recorder: remove spec.dnsPolicy",
+        ),
+        (
+            "resolvers of its own in dnsConfig",
+            |p, _| {
+                p.spec.as_mut().unwrap().dns_config =
+                    Some(k8s_openapi::api::core::v1::PodDNSConfig {
+                        nameservers: Some(vec!["203.0.113.53".into()]),
+                        ..Default::default()
+                    })
+            },
+            "remove spec.dnsConfig.nameservers",
+        ),
+        (
+            "a hostPath volume",
+            |p, _| {
+                p.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
+                    serde_json::from_value(
+                        json!({"name": "runtime", "hostPath": {"path": "/run/containerd"}}),
+                    )
+                    .unwrap(),
+                )
+            },
+            r#"volume "runtime" mounts the node's "/run/containerd" (hostPath)"#,
+        ),
+        (
+            "a legacy token Secret as a volume",
+            |p, _| {
+                p.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
+                    serde_json::from_value(
+                        json!({"name": "t", "secret": {"secretName": "legacy-token"}}),
+                    )
+                    .unwrap(),
+                )
+            },
+            r#"spec.volumes[1].secret.secretName names Secret "legacy-token", a service-account token"#,
+        ),
+        (
+            "a legacy token Secret in the environment",
+            |p, _| {
+                p.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap().push(
+                    serde_json::from_value(json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "legacy-token", "key": "token"}}}))
+                        .unwrap(),
+                )
+            },
+            r#"spec.containers[0].env[2].valueFrom.secretKeyRef.name names Secret "legacy-token""#,
+        ),
+        (
+            "a legacy token Secret through envFrom",
+            |p, _| {
+                p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].env_from = Some(vec![
+                    serde_json::from_value(json!({"secretRef": {"name": "legacy-token"}})).unwrap(),
+                ])
+            },
+            "spec.initContainers[0].envFrom[0].secretRef.name names Secret",
         ),
         (
             "UID 1337 on the container",
