@@ -604,6 +604,10 @@ pub struct Totals {
 /// One pod's recording, as its sidecar reports it.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(oldSelf.publicKey) || (has(self.publicKey) && self.publicKey == oldSelf.publicKey)",
+    "message": "a pod's publicKey is set once, by its own sidecar, and cannot change or be removed"
+}]))]
 pub struct PodRecording {
     /// The pod's name.
     pub name: String,

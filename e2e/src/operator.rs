@@ -216,6 +216,13 @@ async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Resu
         "metadata": {"name": name},
         "webhooks": [inject, enforce, stamp]
     }))?;
+    let mut status = common(
+        "status.agentsessions.cassette.dev",
+        "/validate-agentsession-status",
+        "agentsessions",
+        json!(["UPDATE"]),
+    );
+    status["rules"][0]["resources"] = json!(["agentsessions/status"]);
     let mut guard = common("guard.cassette.dev", "/guard", "pods", json!(["UPDATE"]));
     guard["rules"][0]["resources"] = json!(["pods", "pods/ephemeralcontainers"]);
     guard["objectSelector"] =
@@ -231,7 +238,7 @@ async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Resu
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [validate, guard, connect]
+        "webhooks": [validate, status, guard, connect]
     }))?;
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &mutating)

@@ -859,3 +859,157 @@ async fn wait_for(
     }
 }
 
+/// A client of the test's API server authenticated by a bearer token alone.
+async fn client_with_token(token: &str) -> Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(cluster().kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A token of the agent's service account, bound to `pod` when given (as the kubelet's
+/// projected token is), else to nothing (as `kubectl create token` makes one).
+async fn agent_token(client: &kube::Client, ns: &str, pod: Option<&Pod>) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(600),
+            bound_object_ref: pod.map(|p| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: p.metadata.name.clone(),
+                uid: p.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request("coding-agent", &PostParams::default(), &request)
+        .await?;
+    Ok(issued.status.context("a token")?.token)
+}
+
+/// The trust root of `verify`: a pod's key in the status comes from that pod's own sidecar
+/// and never changes. Tried as a holder of the agent's service account would — with a token
+/// bound to no pod, with another session pod's token, and as an admin — with the sidecar's
+/// own RBAC (status patch) granted.
+#[tokio::test]
+async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "keys").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let agent0 = create_pod(&client, &ns, agent_pod("agent-0", Some("fix-ci"))).await?;
+    let agent1 = create_pod(&client, &ns, agent_pod("agent-1", Some("fix-ci"))).await?;
+    // The sidecar's rights, as the chart grants them to the agent's service account.
+    cluster().apply(&format!(
+        r#"{{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "List", "items": [
+          {{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {{"name": "sidecar", "namespace": "{ns}"}},
+            "rules": [{{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"], "verbs": ["get", "watch"]}},
+                      {{"apiGroups": ["cassette.dev"], "resources": ["agentsessions/status"], "verbs": ["patch"]}}]}},
+          {{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {{"name": "sidecar", "namespace": "{ns}"}},
+            "roleRef": {{"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar"}},
+            "subjects": [{{"kind": "ServiceAccount", "name": "coding-agent", "namespace": "{ns}"}}]}}
+        ]}}"#
+    ))?;
+    let entry = |pod: &Pod, key: &str, blocked: u64| {
+        json!({
+            "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+            "status": {"pods": [{
+                "name": pod.metadata.name, "uid": pod.metadata.uid,
+                "publicKey": key, "blocked": blocked
+            }]}
+        })
+    };
+    let write = |client: kube::Client, manager: &'static str, patch: Value| {
+        let ns = ns.clone();
+        async move {
+            Api::<AgentSession>::namespaced(client, &ns)
+                .patch_status(
+                    "fix-ci",
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let refused = |result: Result<(), String>, what: &str, expected: &str| match result {
+        Ok(()) => panic!("{what} was allowed"),
+        Err(m) => assert!(
+            m.contains(expected),
+            "refusing {what}, the API server said:\n  {m}\nwithout {expected:?}"
+        ),
+    };
+    let key0 = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let forged = "Zm9yZ2VkLWtleS1mb3JnZWQta2V5LWZvcmdlZC1rZXk=";
+
+    // A token of the agent's account bound to no pod: no key, no counts.
+    let unbound = client_with_token(&agent_token(&client, &ns, None).await?).await?;
+    refused(
+        write(unbound.clone(), "attacker", entry(&agent0, forged, 0)).await,
+        "a key from an unbound token",
+        "only pod \"agent-0\"'s own sidecar, with the token bound to that pod",
+    );
+    // The pod's own sidecar publishes its key.
+    let own = client_with_token(&agent_token(&client, &ns, Some(&agent0)).await?).await?;
+    write(own.clone(), "cassette-sidecar-agent-0", entry(&agent0, key0, 0))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    // Then nobody changes it: not the pod itself, another session pod, or an admin.
+    refused(
+        write(own.clone(), "cassette-sidecar-agent-0", entry(&agent0, forged, 0)).await,
+        "the pod changing its key",
+        "is set once, by its own sidecar, and cannot change",
+    );
+    let other = client_with_token(&agent_token(&client, &ns, Some(&agent1)).await?).await?;
+    refused(
+        write(other, "cassette-sidecar-agent-1", entry(&agent0, key0, 99)).await,
+        "another pod writing agent-0's entry",
+        "bound to pod \"agent-1\", may write only that pod's entry",
+    );
+    refused(
+        write(client.clone(), "admin", entry(&agent0, forged, 0)).await,
+        "an admin changing the key",
+        "cannot change",
+    );
+    let stored = Api::<AgentSession>::namespaced(client.clone(), &ns)
+        .get_status("fix-ci")
+        .await?;
+    let pods = stored.status.context("a status")?.pods;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].public_key.as_deref(), Some(key0));
+    assert_eq!(pods[0].blocked, 0);
+
+    // And a copy of the key lives outside the object: an Event on the session.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cluster().kubectl_with_input(
+            &[
+                "-n", &ns, "get", "events", "--field-selector", "reason=RecordingKey",
+                "-o", "jsonpath={.items[*].message}",
+            ],
+            "",
+        )?;
+        let notes = String::from_utf8_lossy(&out.stdout).to_string();
+        if notes.contains(key0) {
+            assert!(notes.contains("pod agent-0 (uid ") && notes.contains("SHA256:"), "{notes}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no RecordingKey event within 60s (events: {notes:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+

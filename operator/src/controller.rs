@@ -49,6 +49,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub retention: retention::Settings,
     pub sweeps: retention::Schedule,
+    /// The recording keys already announced (namespace/session/pod/key).
+    pub announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Run the controller until `stop` resolves (leadership lost or shutdown).
@@ -72,6 +74,7 @@ pub async fn run(
         metrics,
         sweeps: retention::Schedule::new(retention.every),
         retention,
+        announced: Default::default(),
     });
     Controller::new(sessions, watcher::Config::default())
         // A pod starting or ending changes its session's phase.
@@ -137,6 +140,7 @@ async fn apply(session: &AgentSession, ctx: &Arc<Context>) -> Result<Action, Err
     let namespace = session.namespace().unwrap_or_default();
     let pods = live_pods(&ctx.client, &namespace, &name).await?;
     let live: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    announce_keys(session, ctx).await;
     let now = Timestamp::now();
     let status = desired(session, &live, now);
     let api: Api<AgentSession> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -272,6 +276,52 @@ async fn publish(
     if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing an event");
     }
+}
+
+/// Say each pod's recording key once, in the operator's log and as an Event on the session,
+/// so a copy of what an auditor trusts lives outside the AgentSession object.
+async fn announce_keys(session: &AgentSession, ctx: &Context) {
+    let namespace = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    for pod in session.status.iter().flat_map(|s| &s.pods) {
+        let Some(key) = &pod.public_key else { continue };
+        let id = format!("{namespace}/{name}/{}/{key}", pod.name);
+        if !ctx.announced.lock().expect("not poisoned").insert(id) {
+            continue;
+        }
+        let fingerprint = key_fingerprint(key);
+        tracing::info!(
+            namespace, session = name, pod = pod.name, pod_uid = ?pod.uid, public_key = key,
+            fingerprint, "a pod's recording key"
+        );
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "RecordingKey".into(),
+            note: Some(format!(
+                "pod {} (uid {}) signs its recording with Ed25519 key {key} ({fingerprint})",
+                pod.name,
+                pod.uid.as_deref().unwrap_or("unknown")
+            )),
+            action: "Verify".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing the recording key's event");
+        }
+    }
+}
+
+/// `SHA256:` and the unpadded base64 of the SHA-256 of the raw key, as `ssh-keygen -l` prints.
+fn key_fingerprint(key: &str) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap_or_else(|_| key.as_bytes().to_vec());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &raw);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest.as_ref())
+    )
 }
 
 /// The session is being deleted: wait while pods still record into it, then let it go. The

@@ -21,6 +21,7 @@ mod metrics;
 mod retention;
 mod session;
 mod stamp;
+mod status_writes;
 mod webhook;
 
 #[derive(Parser)]
@@ -70,6 +71,11 @@ struct RunArgs {
     /// NET_RAW, SETUID, SETGID and MKNOD.
     #[arg(long, value_delimiter = ',', value_parser = parse_capability)]
     agent_capabilities: Option<Vec<String>>,
+    /// The operator's service account (in --namespace), when it runs as one: its writes to
+    /// the session-wide parts of AgentSession status are its own, while other service
+    /// accounts write only their pod's entry.
+    #[arg(long, env = "POD_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
 
     #[command(flatten)]
     certs: CertArgs,
@@ -226,6 +232,10 @@ async fn run(args: RunArgs) -> Result<()> {
             ..inject::Config::default()
         },
         metrics: metrics.clone(),
+        operator_user: args
+            .service_account
+            .as_ref()
+            .map(|sa| format!("system:serviceaccount:{}:{sa}", args.namespace)),
     });
     let webhooks = tokio::spawn(webhook::serve(
         args.webhook_addr,

@@ -16,6 +16,7 @@ pub enum Webhook {
     Connect,
     MutateSession,
     ValidateSession,
+    ValidateStatus,
 }
 
 /// How it answered.

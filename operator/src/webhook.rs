@@ -1,7 +1,7 @@
 //! The admission webhooks over HTTPS: `/inject` (Pods), `/guard` (UPDATE of session pods and
 //! their ephemeral containers), `/connect` (exec, attach and port-forward into them),
-//! `/mutate-agentsession` (requester stamp) and `/validate-agentsession` (the shared rule
-//! validation). Each handler reads the
+//! `/mutate-agentsession` (requester stamp), `/validate-agentsession` (the shared rule
+//! validation) and `/validate-agentsession-status` (who writes pods' keys). Each handler reads the
 //! AdmissionReview, looks up what the pure decision needs, and answers with a JSON patch or a
 //! refusal. Errors refuse too: the configurations fail closed, and so does the server.
 
@@ -12,7 +12,7 @@ use crate::inject::{self, Outcome};
 use crate::metrics::{Metrics, Verdict, Webhook};
 use anyhow::{Context as _, Result};
 use cassette_api::names::ENFORCE_LABEL;
-use cassette_api::{AgentSession, AgentSessionSpec};
+use cassette_api::{AgentSession, AgentSessionSpec, AgentSessionStatus};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -41,6 +41,9 @@ pub struct Context {
     pub client: Client,
     pub inject: inject::Config,
     pub metrics: Arc<Metrics>,
+    /// The operator's own user name when it runs as a service account: it writes the
+    /// session-wide parts of the status.
+    pub operator_user: Option<String>,
 }
 
 /// Serve the webhooks on `addr` with the certificate `serving` holds (swapped in place when
@@ -118,6 +121,15 @@ async fn route(req: Request<Incoming>, context: &Context) -> Response<Body> {
                 &body,
                 |r| async { validate_session(r) },
                 Webhook::ValidateSession,
+                context,
+            )
+            .await
+        }
+        "/validate-agentsession-status" => {
+            answer(
+                &body,
+                |r| async { validate_status(r, context) },
+                Webhook::ValidateStatus,
                 context,
             )
             .await
@@ -450,6 +462,47 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
             response.deny(format!("AgentSession {name:?} is invalid: {errors}")),
             Verdict::Denied,
         ),
+    }
+}
+
+/// A write to the status subresource: pods' keys come only from their own sidecars.
+fn validate_status(
+    request: AdmissionRequest<DynamicObject>,
+    context: &Context,
+) -> (AdmissionResponse, Verdict) {
+    let response = AdmissionResponse::from(&request);
+    if request.operation != Operation::Update {
+        return (response, Verdict::Allowed);
+    }
+    let status = |object: Option<&DynamicObject>| -> Result<AgentSessionStatus, String> {
+        match object.and_then(|o| o.data.get("status")) {
+            None | Some(serde_json::Value::Null) => Ok(AgentSessionStatus::default()),
+            Some(status) => serde_json::from_value(status.clone())
+                .map_err(|e| format!("the status cannot be read: {e}")),
+        }
+    };
+    let checked = status(request.old_object.as_ref()).and_then(|old| {
+        let new = status(request.object.as_ref())?;
+        crate::status_writes::check(
+            &request.user_info,
+            context.operator_user.as_deref(),
+            &old,
+            &new,
+        )
+    });
+    match checked {
+        Ok(()) => (response, Verdict::Allowed),
+        Err(message) => {
+            tracing::warn!(
+                namespace = ?request.namespace, session = request.name,
+                user = ?request.user_info.username, %message,
+                "refused a write to a session's status"
+            );
+            (
+                response.deny(format!("AgentSession {:?}: {message}", request.name)),
+                Verdict::Denied,
+            )
+        }
     }
 }
 
