@@ -515,6 +515,12 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
+
+    /// The digest of the held request the approver saw (status.pendingReviews[].digest): the
+    /// sidecar releases a request only when it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 80))]
+    pub digest: Option<String>,
 }
 
 /// approve or deny.
@@ -660,4 +666,9 @@ pub struct PendingReview {
     /// When the request arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<Time>,
+    /// `sha256:` and the hex SHA-256 of the held request as listed here (`<method>
+    /// <host><target>`, the target masked); an approval names it, so it releases this request
+    /// and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }

@@ -1013,3 +1013,78 @@ async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
     Ok(())
 }
 
+/// Four eyes: the person who asked for a session cannot approve its held requests, nor can
+/// the agent's service account; someone else can, and the requester can still deny.
+#[tokio::test]
+async fn the_requester_and_the_agent_cannot_approve_a_review() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "eyes").await?;
+    cluster().apply(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "approver", "namespace": ns},
+        "rules": [{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"],
+                   "verbs": ["create", "get", "patch"]}]
+    }).to_string())?;
+    cluster().apply(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "approvers", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob@example.com"},
+            {"kind": "ServiceAccount", "name": "coding-agent", "namespace": ns}
+        ]
+    }).to_string())?;
+    let alice = cassette_e2e::client_from(&cluster().user_kubeconfig("alice@example.com", None)?).await?;
+    let bob = cassette_e2e::client_from(&cluster().user_kubeconfig("bob@example.com", None)?).await?;
+    let agent = client_with_token(&agent_token(&client, &ns, None).await?).await?;
+    create_session(&alice, &ns, session_json("fix-ci")).await?;
+    // A merge patch replaces the list: each decision carries the ones before it.
+    let decide = |who: kube::Client, earlier: Value, id: &str, decision: &str| {
+        let ns = ns.clone();
+        let mut approvals = earlier.as_array().cloned().unwrap_or_default();
+        approvals.push(json!({"id": id, "decision": decision}));
+        let patch = json!({"spec": {"approvals": approvals}});
+        async move {
+            Api::<AgentSession>::namespaced(who, &ns)
+                .patch("fix-ci", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let message = decide(alice.clone(), json!([]), "agent-0-ab12cd34-1", "approve")
+        .await
+        .expect_err("the requester approved her own session's review");
+    assert!(
+        message.contains("alice@example.com requested this session and cannot also approve"),
+        "{message}"
+    );
+    let message = decide(agent, json!([]), "agent-0-ab12cd34-1", "approve")
+        .await
+        .expect_err("the agent approved its own request");
+    assert!(message.contains("the agent's own service account"), "{message}");
+    decide(alice, json!([]), "agent-0-ab12cd34-2", "deny")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let denied = json!([{"id": "agent-0-ab12cd34-2", "decision": "deny"}]);
+    decide(bob, denied, "agent-0-ab12cd34-1", "approve")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let stored = Api::<AgentSession>::namespaced(client, &ns).get("fix-ci").await?;
+    let by: Vec<_> = stored
+        .spec
+        .approvals
+        .iter()
+        .map(|a| (a.id.as_str(), a.by.as_deref()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("agent-0-ab12cd34-2", Some("alice@example.com")),
+            ("agent-0-ab12cd34-1", Some("bob@example.com"))
+        ]
+    );
+    Ok(())
+}

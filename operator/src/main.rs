@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 mod admin;
+mod approvers;
 mod certs;
 mod controller;
 mod crdgen;

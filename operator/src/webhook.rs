@@ -456,10 +456,17 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
         Some(old) => cassette_rules::validate::agent_session_update(old, &spec),
         None => Ok(()),
     });
-    match checked {
-        Ok(()) => (response, Verdict::Allowed),
-        Err(errors) => (
+    if let Err(errors) = checked {
+        return (
             response.deny(format!("AgentSession {name:?} is invalid: {errors}")),
+            Verdict::Denied,
+        );
+    }
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    match crate::approvers::check(namespace, old_spec.as_ref(), &spec, &request.user_info) {
+        Ok(()) => (response, Verdict::Allowed),
+        Err(message) => (
+            response.deny(format!("AgentSession {name:?}: {message}")),
             Verdict::Denied,
         ),
     }

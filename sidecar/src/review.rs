@@ -22,8 +22,11 @@ struct Held {
 
 /// The requests waiting for a decision.
 pub struct Reviews {
-    /// The pod's name: review ids are `<pod>-<exchange>`, unique across the session.
+    /// The pod's name: review ids are `<pod>-<start>-<exchange>`, unique across the session.
     pod: String,
+    /// Random per start of the sidecar: a pod of the same name later (a StatefulSet's), or a
+    /// recorder that lost its spool, never hands out an id an earlier approval names.
+    start: String,
     held: Mutex<BTreeMap<String, Held>>,
     /// Woken when a request is held or released, so the status is updated at once.
     pub changed: Notify,
@@ -31,8 +34,19 @@ pub struct Reviews {
 
 impl Reviews {
     pub fn new(pod: &str) -> Self {
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; 4];
+        // The system's random source; should it fail, the clock still tells starts apart.
+        if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+                .unwrap_or_default();
+            nonce = nanos.to_be_bytes();
+        }
         Self {
             pod: pod.to_string(),
+            start: nonce.iter().map(|b| format!("{b:02x}")).collect(),
             held: Mutex::default(),
             changed: Notify::new(),
         }
@@ -45,7 +59,14 @@ impl Reviews {
 
     /// The review id of an exchange.
     pub fn id(&self, exchange: u64) -> String {
-        format!("{}-{exchange}", self.pod)
+        format!("{}-{}-{exchange}", self.pod, self.start)
+    }
+
+    /// The digest a held request is listed with: `sha256:<hex>` of its line as shown.
+    pub fn digest(request: &str) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, request.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
@@ -82,6 +103,16 @@ impl Reviews {
         let mut held = self.lock();
         let mut released = false;
         for approval in approvals {
+            let Some(waiting) = held.get(&approval.id) else {
+                continue;
+            };
+            if approval.digest != waiting.review.digest {
+                tracing::warn!(
+                    id = approval.id, approved = ?approval.digest, held = ?waiting.review.digest,
+                    "a decision names another request than the one held under its id; it is ignored"
+                );
+                continue;
+            }
             if let Some(h) = held.remove(&approval.id) {
                 let by = approval.by.clone();
                 let verdict = match approval.decision {
@@ -103,11 +134,14 @@ impl Reviews {
 mod tests {
     use super::*;
 
+    const REQUEST: &str = "DELETE storage.googleapis.com/storage/v1/b/logs";
+
     fn pending(id: &str) -> PendingReview {
         PendingReview {
             id: id.into(),
             pod: "agent-0".into(),
-            request: "DELETE storage.googleapis.com/storage/v1/b/logs".into(),
+            request: REQUEST.into(),
+            digest: Some(Reviews::digest(REQUEST)),
             ..Default::default()
         }
     }
@@ -119,7 +153,31 @@ mod tests {
             by: Some("bob".into()),
             at: None,
             reason: None,
+            digest: Some(Reviews::digest(REQUEST)),
         }
+    }
+
+    #[test]
+    fn ids_differ_between_starts_of_the_same_pod() {
+        // A crash, or a StatefulSet's next pod of the same name: exchange 1 again.
+        let (before, after) = (Reviews::new("agent-0"), Reviews::new("agent-0"));
+        assert_ne!(before.id(1), after.id(1));
+        assert!(before.id(1).starts_with("agent-0-") && before.id(1).ends_with("-1"));
+    }
+
+    #[tokio::test]
+    async fn an_approval_of_another_request_releases_nothing() {
+        let reviews = Reviews::new("agent-0");
+        let mut held = reviews.hold(pending("a"));
+        let mut other = approval("a", ReviewDecision::Approve);
+        other.digest = Some(Reviews::digest("GET storage.googleapis.com/storage/v1/b/logs"));
+        reviews.decide(&[other]);
+        let mut unbound = approval("a", ReviewDecision::Approve);
+        unbound.digest = None;
+        reviews.decide(&[unbound]);
+        assert!(held.try_recv().is_err(), "still held");
+        reviews.decide(&[approval("a", ReviewDecision::Approve)]);
+        assert!(matches!(held.await, Ok(Verdict::Approved { .. })));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ pub async fn run(
         .await
         .with_context(|| format!("reading AgentSession {session:?} in {}", cluster.namespace))?;
     let status = current.status.clone().unwrap_or_default();
-    if !status.pending_reviews.iter().any(|r| r.id == id) {
+    let Some(held) = status.pending_reviews.iter().find(|r| r.id == id) else {
         let pending: Vec<&str> = status
             .pending_reviews
             .iter()
@@ -37,7 +37,7 @@ pub async fn run(
                 pending.join(", ")
             }
         );
-    }
+    };
     if let Some(earlier) = current.spec.approvals.iter().find(|a| a.id == id) {
         bail!("request {id:?} was already decided: {:?}", earlier.decision);
     }
@@ -48,6 +48,9 @@ pub async fn run(
         by: None,
         at: None,
         reason,
+        // The request decided is the one listed: a request held later under another id, or
+        // listed differently, is not released by this decision.
+        digest: held.digest.clone(),
     });
     // The resourceVersion makes this a compare-and-swap: a concurrent decision fails it
     // instead of being overwritten.

@@ -34,10 +34,12 @@ pub async fn hold(
     };
     let id = reviews.id(ex.id);
     record(&id, ReviewState::Pending, None);
+    let request = format!("{method} {}{}", ex.verified.name(), ex.shown_target);
     let answer = reviews.hold(cassette_api::PendingReview {
         id: id.clone(),
         pod: reviews.pod().to_string(),
-        request: format!("{method} {}{}", ex.verified.name(), ex.shown_target),
+        digest: Some(Reviews::digest(&request)),
+        request,
         permission: ex.classified.permission().map(str::to_string),
         rule: Some(decision.cause.label()),
         requested_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

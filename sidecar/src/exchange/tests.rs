@@ -428,6 +428,7 @@ async fn a_held_request_goes_upstream_once_approved() {
                     by: Some("bob@example.com".into()),
                     at: None,
                     reason: None,
+                    digest: held.digest.clone(),
                 }]);
                 return;
             }
