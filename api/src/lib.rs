@@ -237,9 +237,10 @@ pub struct Masking {
     #[schemars(length(max = 64))]
     pub secret_parameters: Vec<SecretParameter>,
 
-    /// The Secret holding the key for masked-value fingerprints. Auditors who can read it can
-    /// prove whether a given secret crossed the session; agents cannot read it. Without it
-    /// the sidecar makes a key per pod and fingerprints cannot be compared across pods.
+    /// The Secret holding the key for masked-value fingerprints and the digests of bodies
+    /// not stored. Auditors who can read it can prove whether a given secret or file crossed
+    /// the session; agents cannot read it. Without it the operator makes one for the session,
+    /// `cassette-fingerprint-<session>` (key `key`), kept when the session is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint_key: Option<SecretKeyRef>,
 }
@@ -277,6 +278,32 @@ pub struct JsonFieldPath {
     "message": "a secret parameter is a query or form parameter name: letters, digits and _ . ~ -, such as X-Internal-Ticket"
 }]))]
 pub struct SecretParameter(#[schemars(length(min = 1, max = 128))] pub String);
+
+impl AgentSession {
+    /// The fingerprint key the session's pods use: the Secret the spec names, or the one the
+    /// operator makes for it.
+    pub fn fingerprint_key(&self) -> SecretKeyRef {
+        self.spec
+            .masking
+            .as_ref()
+            .and_then(|m| m.fingerprint_key.clone())
+            .unwrap_or_else(|| SecretKeyRef {
+                name: names::default_fingerprint_secret(
+                    self.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                key: names::FINGERPRINT_SECRET_KEY.into(),
+            })
+    }
+
+    /// Whether the operator makes the fingerprint Secret (the spec names none).
+    pub fn fingerprint_key_is_made(&self) -> bool {
+        self.spec
+            .masking
+            .as_ref()
+            .and_then(|m| m.fingerprint_key.as_ref())
+            .is_none()
+    }
+}
 
 impl From<&str> for SecretParameter {
     fn from(name: &str) -> Self {

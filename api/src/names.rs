@@ -40,3 +40,22 @@ pub const CA_BUNDLE_ENV: [&str; 7] = [
     "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE",
     "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
 ];
+
+/// The key of the fingerprint Secret that the operator makes for a session that names none.
+pub const FINGERPRINT_SECRET_KEY: &str = "key";
+
+/// The name of the fingerprint Secret that the operator makes, in the session's namespace, for
+/// a session with no `spec.masking.fingerprintKey`. Names too long for a Secret keep their
+/// first 200 characters and add a hash of the whole name.
+pub fn default_fingerprint_secret(session: &str) -> String {
+    const PREFIX: &str = "cassette-fingerprint-";
+    if PREFIX.len() + session.len() <= 253 {
+        return format!("{PREFIX}{session}");
+    }
+    // FNV-1a: stable across builds and platforms, which is all a name needs.
+    let hash = session.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let head: String = session.chars().take(200).collect();
+    format!("{PREFIX}{}-{hash:016x}", head.trim_end_matches(['-', '.']))
+}

@@ -231,8 +231,9 @@ than maxBodyBytes keep their length and a keyed digest): as it is, and masked th
 session masks (its spec.masking; the built-in detectors with --recording alone), since bodies
 are recorded with their secrets masked.
 
-Both use the session's fingerprint key, read from the Secret named in
-spec.masking.fingerprintKey with your own credentials, or from --key-file (the key's exact
+Both use the session's fingerprint key, read with your own credentials from the Secret named
+in spec.masking.fingerprintKey (or, when the session names none, the one the operator made:
+cassette-fingerprint-<session>, key `key`), or from --key-file (the key's exact
 bytes, as the Secret holds them:
 kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
     #[command(group = clap::ArgGroup::new("candidate").required(true).multiple(true).args(["secret_file", "body_file"]))]

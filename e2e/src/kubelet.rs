@@ -326,10 +326,20 @@ impl<'t> Kubelet<'t> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         if let Some(secret) = &volume.secret {
             let name = secret.secret_name.as_deref().context("a secret name")?;
-            let stored = Api::<Secret>::namespaced(self.client.clone(), &namespace)
-                .get(name)
-                .await
-                .with_context(|| format!("reading Secret {name}"))?;
+            // As the kubelet does, a Secret that is not there yet is waited for (the operator
+            // makes a session's fingerprint key when it first sees the session).
+            let secrets = Api::<Secret>::namespaced(self.client.clone(), &namespace);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let stored = loop {
+                match secrets.get_opt(name).await {
+                    Ok(Some(stored)) => break stored,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Ok(None) => bail!("Secret {name} did not appear within 30s"),
+                    Err(e) => return Err(e).with_context(|| format!("reading Secret {name}")),
+                }
+            };
             let data = stored.data.unwrap_or_default();
             let mode = secret.default_mode.unwrap_or(0o644);
             let items: Vec<(String, String)> = match &secret.items {

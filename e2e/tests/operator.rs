@@ -282,7 +282,15 @@ async fn a_labelled_pod_is_stored_injected() -> Result<()> {
         .flatten()
         .map(|v| v.name.clone())
         .collect();
-    assert_eq!(volumes, ["cassette-ca", "cassette-spool", "cassette-token"]);
+    assert_eq!(
+        volumes,
+        [
+            "cassette-ca",
+            "cassette-spool",
+            "cassette-token",
+            "cassette-fingerprint-key"
+        ]
+    );
     let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, String, bool)> {
         c.volume_mounts
             .iter()
@@ -1010,6 +1018,30 @@ async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
+}
+
+/// A session that names no fingerprint key gets one the operator makes: 32 random bytes in a
+/// Secret of the session's namespace, immutable, kept when the session goes.
+#[tokio::test]
+async fn the_operator_makes_a_fingerprint_key_for_a_session_that_names_none() -> Result<()> {
+    operator().await;
+    let client = cluster().client().await?;
+    let ns = agent_namespace(&client, "fpkey").await?;
+    create_session(&client, &ns, session_json("fix-ci")).await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let secret = loop {
+        if let Some(secret) = secrets.get_opt("cassette-fingerprint-fix-ci").await? {
+            break secret;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no fingerprint Secret within 60s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let key = secret.data.unwrap_or_default().remove("key").context("key")?;
+    assert_eq!(key.0.len(), 32);
+    assert_eq!(secret.immutable, Some(true));
+    assert!(secret.metadata.owner_references.is_none(), "it outlives the session");
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -141,6 +141,9 @@ async fn apply(session: &AgentSession, ctx: &Arc<Context>) -> Result<Action, Err
     let pods = live_pods(&ctx.client, &namespace, &name).await?;
     let live: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     announce_keys(session, ctx).await;
+    if session.fingerprint_key_is_made() {
+        ensure_fingerprint_secret(session, ctx).await;
+    }
     let now = Timestamp::now();
     let status = desired(session, &live, now);
     let api: Api<AgentSession> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -275,6 +278,76 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing an event");
+    }
+}
+
+/// Make the session's fingerprint Secret when its spec names none: 32 random bytes, made
+/// once and never rotated (every pod of the session fingerprints with it, and auditors search
+/// with it). It is not owned by the session, so it outlives it with the recordings. A failure
+/// is a warning Event; pods of the session wait for the Secret, as the kubelet does.
+async fn ensure_fingerprint_secret(session: &AgentSession, ctx: &Context) {
+    use k8s_openapi::api::core::v1::Secret;
+    use ring::rand::SecureRandom;
+    let namespace = session.namespace().unwrap_or_default();
+    let key = session.fingerprint_key();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    match secrets.get_metadata_opt(&key.name).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the fingerprint Secret's metadata; creating it");
+        }
+    }
+    let mut bytes = [0u8; 32];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        tracing::error!("the system random source failed; no fingerprint key made");
+        return;
+    }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(key.name.clone()),
+            labels: Some([(SESSION_LABEL.to_string(), session.name_any())].into()),
+            annotations: Some(
+                [(
+                    "cassette.dev/purpose".to_string(),
+                    "The fingerprint key of the session's masks and body digests: auditors \
+                     search with it (kubectl cassette search); agents never read it. Kept \
+                     after the session is deleted, for as long as its recordings."
+                        .to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some([(key.key.clone(), k8s_openapi::ByteString(bytes.to_vec()))].into()),
+        immutable: Some(true),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(namespace, session = session.name_any(), secret = key.name, "made the session's fingerprint key");
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => {
+            let note = format!(
+                "could not make the session's fingerprint key, Secret {:?}: {e}; its pods wait \
+                 for it (the operator needs create on secrets here: list the namespace in the \
+                 chart's agentNamespaces), or name a Secret in spec.masking.fingerprintKey",
+                key.name
+            );
+            tracing::warn!(namespace, session = session.name_any(), "{note}");
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "FingerprintKeyMissing".into(),
+                note: Some(note),
+                action: "MakeFingerprintKey".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+                tracing::warn!(error = %e, "publishing an event");
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `search --secret-file F`: which exchanges carried the secret(s) in F; `search --body-file
 //! F`: which recorded bodies were F, stored or not. The key comes from the Secret named in
-//! `spec.masking.fingerprintKey` (read with the auditor's own credentials) or `--key-file`.
+//! `spec.masking.fingerprintKey`, or the operator's `cassette-fingerprint-<session>` when the
+//! session names none (read with the auditor's own credentials), or `--key-file`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -51,22 +52,13 @@ pub async fn run(
     Ok(if total > 0 { FOUND } else { NOT_FOUND })
 }
 
-/// The fingerprint key from the Secret the AgentSession names.
+/// The fingerprint key from the Secret the AgentSession names, or the one the operator made
+/// for it.
 async fn session_key(resolved: &Resolved) -> Result<Vec<u8>> {
     let (Some(session), Some(cluster)) = (&resolved.session, &resolved.cluster) else {
         bail!("without an AgentSession to name the fingerprint key, pass --key-file");
     };
-    let Some(secret) = session
-        .spec
-        .masking
-        .as_ref()
-        .and_then(|m| m.fingerprint_key.as_ref())
-    else {
-        bail!(
-            "{} sets no spec.masking.fingerprintKey, so each pod fingerprinted with a key of its own that never left it; such masks cannot be searched (pass --key-file if you hold the key)",
-            resolved.title()
-        );
-    };
+    let secret = session.fingerprint_key();
     cluster.secret_key(&secret.name, &secret.key).await
 }
 

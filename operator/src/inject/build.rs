@@ -170,13 +170,12 @@ pub(super) fn sidecar_container(
         mount(SPOOL_VOLUME, SPOOL_DIR, false),
         mount(TOKEN_VOLUME, TOKEN_DIR, true),
     ];
-    if fingerprint_key(spec).is_some() {
-        env.push(value(
-            "CASSETTE_FINGERPRINT_KEY_FILE",
-            &format!("{FINGERPRINT_DIR}/key"),
-        ));
-        mounts.push(mount(FINGERPRINT_VOLUME, FINGERPRINT_DIR, true));
-    }
+    // Every session has a fingerprint key: the one it names, or the one the operator makes.
+    env.push(value(
+        "CASSETTE_FINGERPRINT_KEY_FILE",
+        &format!("{FINGERPRINT_DIR}/key"),
+    ));
+    mounts.push(mount(FINGERPRINT_VOLUME, FINGERPRINT_DIR, true));
     for (name, v) in &config.sidecar_env {
         env.retain(|e| &e.name != name);
         env.push(value(name, v));
@@ -249,11 +248,7 @@ pub(super) fn sidecar_spec(spec: &AgentSessionSpec) -> String {
     serde_json::to_string(&spec).expect("an AgentSession spec serializes")
 }
 
-pub(super) fn fingerprint_key(spec: &AgentSessionSpec) -> Option<&cassette_api::SecretKeyRef> {
-    spec.masking.as_ref()?.fingerprint_key.as_ref()
-}
-
-pub(super) fn volumes(config: &Config, spec: &AgentSessionSpec) -> Vec<Volume> {
+pub(super) fn volumes(config: &Config, session: &AgentSession) -> Vec<Volume> {
     let empty = |name: &str, limit: &str| Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -308,7 +303,8 @@ pub(super) fn volumes(config: &Config, spec: &AgentSessionSpec) -> Vec<Volume> {
             ..Default::default()
         },
     ];
-    if let Some(key) = fingerprint_key(spec) {
+    {
+        let key = session.fingerprint_key();
         volumes.push(Volume {
             name: FINGERPRINT_VOLUME.into(),
             secret: Some(SecretVolumeSource {

@@ -229,6 +229,18 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
             "pod {pod_name} cannot record into AgentSession {session_name:?}: {reason}"
         ));
     }
+    let key = session.fingerprint_key();
+    if let Some((field, _)) = refuse::secret_references(&spec)
+        .into_iter()
+        .find(|(_, name)| *name == key.name)
+    {
+        return Outcome::Refused(format!(
+            "pod {pod_name} cannot record into AgentSession {session_name:?}: {field} names \
+             Secret {:?}, the session's fingerprint key, which auditors hold and agents do not \
+             (with it, an agent could tell which secrets a mask hides): remove the reference",
+            key.name
+        ));
+    }
 
     // A reinvocation finds the token already gone; the first pass's record still counts.
     let mut removed_token_volumes = earlier_removals(pod);
@@ -261,7 +273,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
     spec.init_containers = Some(init);
     spec.volumes
         .get_or_insert_with(Vec::new)
-        .extend(volumes(config, &session.spec));
+        .extend(volumes(config, session));
     spec.automount_service_account_token = Some(false);
 
     let record = Record {

@@ -282,7 +282,7 @@ fn only_the_sidecar_holds_a_service_account_token() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, [CA_VOLUME, SPOOL_VOLUME, TOKEN_VOLUME]);
+    assert_eq!(volumes, [CA_VOLUME, SPOOL_VOLUME, TOKEN_VOLUME, FINGERPRINT_VOLUME]);
     let init = spec.init_containers.as_ref().unwrap();
     for container in init.iter().chain(spec.containers.iter()) {
         let holds_token = mounts_of(container)
@@ -414,6 +414,37 @@ fn a_fingerprint_key_is_mounted_into_the_sidecar_only() {
         !mounts_of(&spec.containers[0])
             .iter()
             .any(|(n, _, _)| n == FINGERPRINT_VOLUME)
+    );
+}
+
+#[test]
+fn a_session_naming_no_key_gets_the_one_the_operator_makes() {
+    let s = session("fix-ci");
+    let spec = injected(run(&pod(true), Some(&s), false)).spec.unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == FINGERPRINT_VOLUME)
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("cassette-fingerprint-fix-ci"));
+    assert_eq!(secret.items.as_ref().unwrap()[0].key, "key");
+    // The agent may not name it.
+    let mut reaching = pod(true);
+    reaching.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
+        serde_json::from_value(json!({"name": "k", "secret": {"secretName": "cassette-fingerprint-fix-ci"}}))
+            .unwrap(),
+    );
+    let Outcome::Refused(message) = run(&reaching, Some(&s), false) else {
+        panic!("an agent mounting the fingerprint key was admitted");
+    };
+    assert!(
+        message.contains(
+            "spec.volumes[1].secret.secretName names Secret \"cassette-fingerprint-fix-ci\", the \
+             session's fingerprint key, which auditors hold and agents do not"
+        ),
+        "{message}"
     );
 }
 
