@@ -226,7 +226,9 @@ is not the one the recording's digests use.
 
 --secret-file F: every candidate secret in F (a service-account key's private_key, a token,
 an env file's values) is fingerprinted and looked for in the masks of headers, URLs and
-bodies. --body-file F: F is compared with every recorded body, stored or not (bodies longer
+bodies, and looked for as it is in everything stored (every record's fields, base64 payloads
+decoded, whole bodies): a match there is a secret no detector masked, reported as STORED IN
+CLEAR. What could not be searched is said (the unstored rest of long bodies). --body-file F: F is compared with every recorded body, stored or not (bodies longer
 than maxBodyBytes keep their length and a keyed digest): as it is, and masked the way the
 session masks (its spec.masking; the built-in detectors with --recording alone), since bodies
 are recorded with their secrets masked.

@@ -1,4 +1,5 @@
-//! `search --secret-file`: which exchanges carried a given secret, proven by fingerprint.
+//! `search --secret-file`: which exchanges carried a given secret, proven by fingerprint
+//! where it was masked, and by its bytes where it is stored as it is (a detector missed it).
 //! The recording never holds a secret, only `«masked:<detector>:<fingerprint>»`; the auditor
 //! fingerprints the candidate secrets of a file with the session's fingerprint key and looks
 //! for those fingerprints. `search --body-file`: which recorded bodies were a given file,
@@ -130,6 +131,153 @@ pub fn search(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
     out
 }
 
+/// A candidate found stored as it is — not masked: what a detector missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InClear {
+    /// The record it is in (`body` records are searched as whole bodies, the first).
+    pub seq: u64,
+    pub time: String,
+    /// The record's kind, or `body` for a whole body.
+    pub kind: String,
+    /// The exchange's label when the record belongs to one.
+    pub exchange: Option<String>,
+    /// Where in the record: a field path such as `headers[3][1]` or `payload`, or `request
+    /// body` / `response body`.
+    pub field: String,
+    /// Which candidate of the file matched.
+    pub candidate: String,
+}
+
+/// Candidates shorter than this are not looked for in clear (they would match by chance).
+pub const MIN_CLEAR_LEN: usize = 8;
+
+/// What a search for text stored in clear could not look into, so that a "no" says its limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsearched {
+    /// Bodies longer than what was stored: past the stored start, only the digest is kept.
+    pub truncated_bodies: usize,
+    /// Bodies whose stored pieces did not fit together.
+    pub damaged_bodies: usize,
+}
+
+/// Every place in `records` and the bodies of `timeline` where one of `wanted` (candidate
+/// source, value) is stored as it is. Body records are searched as the bodies they make up
+/// (a secret may straddle two pieces); every other record is searched field by field, and a
+/// string field that is standard base64 (a binary message, a stream's bytes) also decoded.
+pub fn in_clear(
+    timeline: &Timeline,
+    records: &[cassette_recording::record::Record],
+    wanted: &[(String, Vec<u8>)],
+) -> (Vec<InClear>, Unsearched) {
+    use cassette_recording::record::Event;
+    let mut out = Vec::new();
+    let mut unsearched = Unsearched::default();
+    // A value this short would be found in clear by chance; fingerprints still cover it.
+    let wanted: Vec<&(String, Vec<u8>)> = wanted
+        .iter()
+        .filter(|(_, v)| v.len() >= MIN_CLEAR_LEN)
+        .collect();
+    for x in timeline.exchanges_in_order() {
+        for (direction, body) in [("request", &x.request_body), ("response", &x.response_body)] {
+            if body.truncated {
+                unsearched.truncated_bodies += 1;
+            }
+            if body.damaged {
+                unsearched.damaged_bodies += 1;
+            }
+            for (candidate, value) in &wanted {
+                if contains(&body.bytes, value) {
+                    out.push(InClear {
+                        seq: x.first_seq,
+                        time: x.first_time.clone(),
+                        kind: "body".into(),
+                        exchange: Some(x.label.clone()),
+                        field: format!("{direction} body"),
+                        candidate: candidate.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for record in records {
+        if matches!(record.event, Event::Body(_)) {
+            continue;
+        }
+        let Ok(value) = serde_json::to_value(&record.event) else {
+            continue;
+        };
+        let exchange = value
+            .get("exchange")
+            .and_then(serde_json::Value::as_u64)
+            .map(|e| e.to_string());
+        let kind = value
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        walk(&value, String::new(), &mut |field, text| {
+            let decoded = base64_bytes(text);
+            for (candidate, value) in &wanted {
+                let hit = contains(text.as_bytes(), value)
+                    || decoded.as_deref().is_some_and(|d| contains(d, value));
+                if hit {
+                    out.push(InClear {
+                        seq: record.seq,
+                        time: record.time.clone(),
+                        kind: kind.clone(),
+                        exchange: exchange.clone(),
+                        field: field.to_string(),
+                        candidate: candidate.clone(),
+                    });
+                }
+            }
+        });
+    }
+    out.sort_by_key(|c| c.seq);
+    (out, unsearched)
+}
+
+fn walk(value: &serde_json::Value, path: String, visit: &mut impl FnMut(&str, &str)) {
+    match value {
+        serde_json::Value::String(text) => visit(&path, text),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, format!("{path}[{i}]"), visit);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (name, item) in fields {
+                // The chain and signatures are hashes: nothing to find in them.
+                if matches!(name.as_str(), "kind" | "chain" | "signature" | "head") {
+                    continue;
+                }
+                let path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                walk(item, path, visit);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A string that is standard base64 of at least a few bytes, decoded.
+fn base64_bytes(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if text.len() < 8 || text.len() % 4 != 0 {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack.len() >= needle.len()
+        && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A recorded body a candidate file matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyMatch {
@@ -210,6 +358,44 @@ mod tests {
         // HMAC-SHA-256 test case 2 of RFC 4231: key "Jefe".
         let fp = fingerprint(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(fp, "5bdcc146bf60754e6a042426");
+    }
+
+    #[test]
+    fn a_secret_no_detector_caught_is_found_in_clear_wherever_it_is_stored() {
+        use cassette_recording::record::Record;
+        let secret = "internal-3f9c1d7e-token";
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(format!("ws frame {secret} end"))
+        };
+        let lines = [
+            r#"{"seq":0,"time":"2026-05-01T12:00:00.000000000Z","kind":"request","exchange":1,"conn":1,"method":"GET","scheme":"https","authority":"example.com","path":"/?q=SECRET","version":"HTTP/1.1","headers":[["x-ticket","SECRET"]],"chain":"00"}"#.replace("SECRET", secret),
+            r#"{"seq":1,"time":"2026-05-01T12:00:00.100000000Z","kind":"body","exchange":1,"direction":"request","offset":0,"text":"first half internal-3f9c","chain":"00"}"#.to_string(),
+            r#"{"seq":2,"time":"2026-05-01T12:00:00.100000001Z","kind":"body","exchange":1,"direction":"request","offset":24,"text":"1d7e-token second half","chain":"00"}"#.to_string(),
+            r#"{"seq":3,"time":"2026-05-01T12:00:00.100000002Z","kind":"body","exchange":1,"direction":"request","offset":46,"final":true,"length":5000,"digest":"hmac-sha256:00","truncated":true,"chain":"00"}"#.to_string(),
+        ];
+        let mut records: Vec<Record> =
+            lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        // A record kind the timeline does not show, with base64 payload.
+        let mut message: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        message["seq"] = 4.into();
+        message["path"] = serde_json::Value::String(format!("/{b64}"));
+        records.push(serde_json::from_value(message).unwrap());
+        let timeline = Timeline::build(&records);
+        let wanted = vec![("file".to_string(), secret.as_bytes().to_vec())];
+        let (found, unsearched) = in_clear(&timeline, &records, &wanted);
+        let places: Vec<(u64, &str, &str)> = found
+            .iter()
+            .map(|f| (f.seq, f.kind.as_str(), f.field.as_str()))
+            .collect();
+        assert!(places.contains(&(0, "request", "path")), "{places:?}");
+        assert!(places.contains(&(0, "request", "headers[0][1]")), "{places:?}");
+        assert!(places.contains(&(0, "body", "request body")), "{places:?}");
+        assert!(places.iter().any(|p| p.0 == 4), "base64 decoded: {places:?}");
+        assert_eq!(unsearched.truncated_bodies, 1);
+        // And nothing when it is not there.
+        let other = vec![("file".to_string(), b"not-in-the-recording".to_vec())];
+        assert!(in_clear(&timeline, &records, &other).0.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use cassette_rules::mask::{BodyKind, Masker};
 use super::{Resolved, Target, resolve_some, timeline_of};
 use crate::locate::Access;
 use crate::render::{clock, printable};
-use crate::search::{body_matches, candidates, fingerprint, search};
+use crate::search::{body_matches, candidates, fingerprint, in_clear, search};
 use crate::timeline::{Item, Timeline};
 
 /// Exit codes of `search`.
@@ -85,11 +85,17 @@ async fn search_secrets(
     for (source, fp) in &wanted {
         println!("  {fp}  {}", printable(source, false));
     }
+    let values: Vec<(String, Vec<u8>)> = candidates
+        .iter()
+        .map(|c| (c.source.clone(), c.value.clone()))
+        .collect();
     let mut total = 0;
     for recording in &resolved.recordings {
-        let (timeline, _) = timeline_of(recording).await?;
+        let (timeline, loaded) = timeline_of(recording).await?;
         let found = search(&timeline, &wanted);
-        total += found.len();
+        let (records, _) = loaded.records(&recording.label);
+        let (clear, unsearched) = in_clear(&timeline, &records, &values);
+        total += found.len() + clear.len();
         println!();
         println!(
             "recording {}: {} match(es) in {} exchange(s)",
@@ -114,6 +120,44 @@ async fn search_secrets(
                 },
                 f.detector,
                 printable(&f.candidate, false),
+            );
+        }
+        if clear.is_empty() {
+            println!("  stored in clear: nowhere (every record, header and stored body searched)");
+        } else {
+            println!(
+                "  STORED IN CLEAR (no detector masked it): {} place(s)",
+                clear.len()
+            );
+        }
+        for c in &clear {
+            println!(
+                "  {}  {:<6} seq {:<6} {:<10} {} — candidate {}",
+                clock(&c.time),
+                c.exchange
+                    .as_deref()
+                    .map(|e| format!("#{e}"))
+                    .unwrap_or_else(|| "-".into()),
+                c.seq,
+                c.kind,
+                printable(&c.field, false),
+                printable(&c.candidate, false),
+            );
+        }
+        if unsearched.truncated_bodies > 0 || unsearched.damaged_bodies > 0 {
+            println!(
+                "  not searched in clear: the unstored rest of {} body(ies) longer than \
+                 maxBodyBytes (only their digest is kept: try --body-file with the whole \
+                 body){}",
+                unsearched.truncated_bodies,
+                if unsearched.damaged_bodies > 0 {
+                    format!(
+                        ", and {} body(ies) whose pieces do not fit together (run verify)",
+                        unsearched.damaged_bodies
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }
