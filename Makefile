@@ -29,9 +29,11 @@ controlplane:
 	@bash e2e/controlplane/build.sh >/dev/null
 
 ## node: the real node's components (kubelet, kube-proxy, kube-scheduler,
-## kube-controller-manager from the same module as kube-apiserver; CoreDNS), once per version.
+## kube-controller-manager from the same module as kube-apiserver; CoreDNS), once per version,
+## and its images (pause, agent) from docker/ with buildah on a debootstrapped base, by content.
 node: controlplane
 	@bash e2e/controlplane/build.sh --node >/dev/null
+	@bash e2e/images/build.sh pause agent >/dev/null
 
 test: deps controlplane node
 	$(CARGO) build -p cassette-sidecar -p cassette-operator
