@@ -257,7 +257,7 @@ impl Node {
         self.network()?;
         let (relay, api_port) = self.relay(plane.server)?;
         self._relay = Some(relay);
-        self.control_plane_components(plane)?;
+        self.control_plane_components(plane, bins)?;
         self.containerd()?;
         for (image, archive) in built.values() {
             self.import(image, archive)?;
@@ -427,8 +427,11 @@ impl Node {
         Ok(path)
     }
 
-    fn control_plane_components(&mut self, plane: &PlaneAccess<'_>) -> Result<()> {
-        let bins = NodeBinaries::ensure()?;
+    fn control_plane_components(
+        &mut self,
+        plane: &PlaneAccess<'_>,
+        bins: &NodeBinaries,
+    ) -> Result<()> {
         let kcm_kubeconfig =
             (plane.user_kubeconfig)("system:kube-controller-manager", Some("system:masters"))?;
         let certs = self.dir().join("certs");
