@@ -63,6 +63,9 @@ for spec in "$@"; do
     echo "images: $ref in $(( $(date +%s) - started ))s" >&2
   fi
   rm -rf "$ctx"
+  # Keep the cache from growing with every binary: archives of this image unused for 3 days go.
+  touch "$archive"
+  find "$cache" -maxdepth 1 -name "$name-*.oci.tar" -mtime +3 -delete
   var=${name^^}
   echo "${var}_IMAGE=$ref"
   echo "${var}_ARCHIVE=$archive"
