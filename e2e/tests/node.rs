@@ -182,6 +182,19 @@ fn a_pod_runs_under_runc_in_its_own_pid_namespace() -> Result<()> {
         "PID 1 inside is not the container's own command: {pid1:?}"
     );
 
+    // `kubectl exec` goes API server -> kubelet -> containerd's stream server and lands in
+    // the same namespace.
+    let exec = kubectl_out(&[
+        "exec",
+        &pod.name,
+        "-c",
+        "main",
+        "--",
+        "readlink",
+        "/proc/self/ns/pid",
+    ])?;
+    assert_eq!(exec.trim(), inside);
+
     // containerd knows it as a runc task of this pod, and its process is in that namespace.
     let tasks = node.ctr().args(["tasks", "ls"]).output()?;
     let tasks = String::from_utf8_lossy(&tasks.stdout).into_owned();
