@@ -18,6 +18,8 @@
 //! CoreDNS on the bridge's gateway (cluster names from the API, the test upstreams' names to
 //! the host side), and 169.254.169.254:80 is DNAT-ed in the node namespace to
 //! [`NodeInfo::metadata_target`] on the host side, as GKE redirects it to its metadata server.
+//! The `kubernetes` Service reaches the API server through the same relay (the API server
+//! advertises loopback, which no pod can reach).
 //!
 //! Processes run only in the node's *network* namespace (`setns`), not in a mount namespace of
 //! their own: the kubelet's volume mounts must be seen by containerd and runc. Every path the
@@ -266,7 +268,58 @@ impl Node {
         self.wait_ready(plane.admin_kubeconfig)?;
         self.kube_proxy(bins, plane, api_port)?;
         self.coredns(bins, plane, api_port)?;
-        self.wait_services(plane.admin_kubeconfig)
+        self.wait_services(plane.admin_kubeconfig)?;
+        self.kubernetes_service(plane.admin_kubeconfig, api_port)
+    }
+
+    /// Send pods' traffic for the `kubernetes` Service to the API server through the relay.
+    /// The API server advertises its loopback address, which no pod can reach, so kube-proxy
+    /// has no usable endpoint for it; a DNAT ahead of kube-proxy's rules (the serving
+    /// certificate names the service's address) stands in for a routable advertise address.
+    fn kubernetes_service(&self, admin: &Path, api_port: u16) -> Result<()> {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(admin)
+            .args([
+                "get",
+                "service",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .output()?;
+        let service_ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        anyhow::ensure!(
+            out.status.success() && service_ip.parse::<Ipv4Addr>().is_ok(),
+            "reading the kubernetes service's address: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.info.netns,
+                "iptables",
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "1",
+                "-s",
+                &self.info.pod_cidr(),
+                "-d",
+                &format!("{service_ip}/32"),
+                "-p",
+                "tcp",
+                "--dport",
+                "443",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{}:{api_port}", self.info.host_ip()),
+            ],
+        )
     }
 
     /// Copy the components' logs out of the directory (which goes away with the node).

@@ -410,3 +410,24 @@ fn pods_reach_the_metadata_server_on_169_254_169_254() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn pods_reach_the_api_server_through_the_kubernetes_service() -> Result<()> {
+    require_node!();
+    let node = cassette_e2e::node();
+    let pod = TestPod::create(
+        "apiserver",
+        json!({
+            "restartPolicy": "Never",
+            "containers": [shell(node, "main", "\
+                sa=/var/run/secrets/kubernetes.io/serviceaccount; \
+                curl -sS -m 10 --cacert $sa/ca.crt -H \"Authorization: Bearer $(cat $sa/token)\" \
+                  https://kubernetes.default.svc/version")?],
+        }),
+    )?;
+    pod.wait_phase(&["Succeeded"])?;
+    let logs = pod.logs("main")?;
+    let version: Value = serde_json::from_str(&logs).with_context(|| logs.clone())?;
+    assert_eq!(version["gitVersion"], "v1.34.4", "{logs}");
+    Ok(())
+}
