@@ -161,10 +161,12 @@ impl NodeInfo {
     /// `ctr` against the node's containerd, in its `k8s.io` namespace.
     pub fn ctr(&self) -> Command {
         let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(&self.containerd_socket)
-            .args(["-n", "k8s.io"]);
+        command.arg("--address").arg(&self.containerd_socket).args([
+            "-n",
+            "k8s.io",
+            "--timeout",
+            "30s",
+        ]);
         command
     }
 
@@ -786,6 +788,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             let out = Command::new("kubectl")
                 .arg("--kubeconfig")
                 .arg(admin)
+                .arg("--request-timeout=10s")
                 .args([
                     "get",
                     "node",
@@ -821,6 +824,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             let sa = Command::new("kubectl")
                 .arg("--kubeconfig")
                 .arg(admin)
+                .arg("--request-timeout=10s")
                 .args(["get", "serviceaccount", "default", "-n", "default"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -949,44 +953,87 @@ fn remove_tasks(info: &NodeInfo) {
             .stderr(Stdio::null())
             .status();
     }
+    remove_pod_netns(&netns_inodes);
+}
+
+/// Kill the containerd shims that serve a given containerd (their command line names its
+/// socket; they outlive containerd by design) and the containers they still run, and remove
+/// the pod network namespaces those containers held. After a clean [`remove_tasks`] there is
+/// nothing but the shims; after a test process was killed outright, this is the clean-up.
+fn kill_shims(socket: &Path) {
+    let socket = socket.to_string_lossy().into_owned();
+    let processes = processes();
+    let shims: Vec<i32> = processes
+        .iter()
+        .filter(|(_, _, args)| {
+            args.first().is_some_and(|a| a.contains("containerd-shim")) && args.contains(&socket)
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let mut netns_inodes = Vec::new();
+    for (pid, ppid, _) in &processes {
+        if shims.contains(ppid) {
+            if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
+                netns_inodes.push(meta.ino());
+            }
+            // SAFETY: a container's init, a child of one of this node's shims; killing it
+            // ends its PID namespace.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    for pid in shims {
+        // SAFETY: signalling a shim of the containerd this node started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    remove_pod_netns(&netns_inodes);
+}
+
+/// Every process as (pid, parent pid, command line).
+fn processes() -> Vec<(i32, i32, Vec<String>)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            fs::read(format!("/proc/{pid}/cmdline")),
+            fs::read_to_string(format!("/proc/{pid}/stat")),
+        ) else {
+            continue;
+        };
+        // The parent is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        all.push((pid, ppid, args));
+    }
+    all
+}
+
+/// Remove the `/run/netns/cni-*` namespaces whose inode is one of `inodes`.
+fn remove_pod_netns(inodes: &[u64]) {
+    if inodes.is_empty() {
+        return;
+    }
     let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("cni-") {
-            continue;
-        }
-        if let Ok(meta) = fs::metadata(entry.path())
-            && netns_inodes.contains(&meta.ino())
+        if name.starts_with("cni-")
+            && fs::metadata(entry.path()).is_ok_and(|meta| inodes.contains(&meta.ino()))
         {
             remove_netns(&name);
-        }
-    }
-}
-
-/// Kill the containerd shims that serve a given containerd (their command line names its
-/// socket); they outlive containerd by design.
-fn kill_shims(socket: &Path) {
-    let socket = socket.to_string_lossy().into_owned();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
-        if is_shim && args.contains(&socket) {
-            // SAFETY: signalling a shim of the containerd this node started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -1057,19 +1104,26 @@ fn reap_stale() {
         eprintln!(
             "cassette-e2e: removing node namespace {name} left by process {pid}, which is gone"
         );
-        remove_netns(&name);
-        if let Ok(tmp) = fs::read_dir(std::env::temp_dir()) {
-            for dir in tmp.flatten() {
-                if dir
-                    .file_name()
+        // The shims first (they live in the node namespace, and removing it would kill them
+        // without their containers), then the namespace, then the mounts and the directory.
+        let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| {
+                d.file_name()
                     .to_string_lossy()
                     .starts_with(&format!("cassette-node-{pid}-"))
-                {
-                    kill_shims(&dir.path().join("containerd.sock"));
-                    unmount_under(&dir.path());
-                    let _ = fs::remove_dir_all(dir.path());
-                }
-            }
+            })
+            .map(|d| d.path())
+            .collect();
+        for dir in &dirs {
+            kill_shims(&dir.join("containerd.sock"));
+        }
+        remove_netns(&name);
+        for dir in &dirs {
+            unmount_under(dir);
+            let _ = fs::remove_dir_all(dir);
         }
     }
 }
