@@ -53,6 +53,10 @@ const LEASE_DIR: &str = "/run/cassette-e2e";
 const NETNS_RUN_DIR: &str = "/run/netns";
 /// The CNI plugins of Debian's containernetworking-plugins.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// libcni's result cache.
+const CNI_CACHE_DIR: &str = "/var/lib/cni/results";
+/// Where the kubelet links every container's log, whatever its podLogsDir.
+const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
 
 /// The node's binaries: built from their Go modules by `e2e/controlplane/build.sh --node`.
 pub struct NodeBinaries {
@@ -907,6 +911,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             crate::controlplane::terminate(child);
         }
         kill_shims(&self.info.containerd_socket);
+        remove_container_log_links(dir.path());
         unmount_under(dir.path());
         if self.netns_created {
             remove_netns(&self.info.netns);
@@ -954,6 +959,40 @@ fn remove_tasks(info: &NodeInfo) {
             .status();
     }
     remove_pod_netns(&netns_inodes);
+    // CNI's result cache (libcni's default directory; containerd 1.6 has no setting for it)
+    // holds an entry per sandbox until a DEL that a torn-down node never sends.
+    let ids = info
+        .ctr()
+        .args(["containers", "ls", "-q"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ids: Vec<&str> = ids
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() == 64)
+        .collect();
+    if let Ok(entries) = fs::read_dir(CNI_CACHE_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ids.iter().any(|id| name.contains(id)) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Remove the kubelet's links in `/var/log/containers` (a path it does not let us choose)
+/// that point into this node's directory.
+fn remove_container_log_links(dir: &Path) {
+    let Ok(entries) = fs::read_dir(CONTAINER_LOG_LINKS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(dir)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Kill the containerd shims that serve a given containerd (their command line names its
@@ -1122,6 +1161,7 @@ fn reap_stale() {
         }
         remove_netns(&name);
         for dir in &dirs {
+            remove_container_log_links(dir);
             unmount_under(dir);
             let _ = fs::remove_dir_all(dir);
         }
