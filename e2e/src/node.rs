@@ -1271,6 +1271,12 @@ fn run_quiet(program: &str, args: &[&str]) -> Result<()> {
 
 /// Whether a real node can run here; node tests skip with this reason otherwise.
 pub fn unavailable_reason() -> Option<String> {
+    if std::env::var_os(crate::KUBECONFIG_ENV).is_some() {
+        return Some(format!(
+            "the node tests run the harness's own node, not a cluster given by {}",
+            crate::KUBECONFIG_ENV
+        ));
+    }
     if let Some(reason) = crate::netns::unavailable_reason() {
         return Some(reason);
     }
