@@ -7,13 +7,13 @@
 #   make chart   copy the CRD into the chart and lint it
 #
 # Everything the tests need is installed or built by these targets; slow builds are cached
-# under ~/.cache/cassette (kube-apiserver, etcd) and in target/.
+# under ~/.cache/cassette (kube-apiserver, etcd, the node's components) and in target/.
 
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: fuzz all build test unit e2e demo crds lint fmt deps controlplane clean bench bench-recording bench-proxy bench-masking
+.PHONY: fuzz all build test unit e2e demo crds lint fmt deps controlplane node clean bench bench-recording bench-proxy bench-masking
 
 all: build
 
@@ -28,14 +28,21 @@ deps:
 controlplane:
 	@bash e2e/controlplane/build.sh >/dev/null
 
-test: deps controlplane
+## node: the real node's components (kubelet, kube-proxy, kube-scheduler,
+## kube-controller-manager from the same module as kube-apiserver; CoreDNS), once per version,
+## and its images (pause, agent) from docker/ with buildah on a debootstrapped base, by content.
+node: controlplane
+	@bash e2e/controlplane/build.sh --node >/dev/null
+	@bash e2e/images/build.sh pause agent >/dev/null
+
+test: deps controlplane node
 	$(CARGO) build -p cassette-sidecar -p cassette-operator
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --workspace --exclude cassette-e2e
 
-e2e: deps controlplane
+e2e: deps controlplane node
 	$(CARGO) test -p cassette-e2e --no-fail-fast
 
 demo: deps controlplane

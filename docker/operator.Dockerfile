@@ -1,18 +1,15 @@
 # syntax=docker/dockerfile:1
-# cassette-operator: a static (musl) binary on distroless/static, non-root.
-# Build from the repository root:  docker build -f docker/operator.Dockerfile -t cassette-operator .
-FROM rust:1.91-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/* \
- && rustup target add x86_64-unknown-linux-musl
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --locked --release --target x86_64-unknown-linux-musl -p cassette-operator \
- && cp target/x86_64-unknown-linux-musl/release/cassette-operator /cassette-operator
-
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /cassette-operator /usr/local/bin/cassette-operator
+# cassette-operator: the controller and admission webhooks, non-root, from a prebuilt binary
+# and a base image given as build arguments, so the same file builds in a registry pipeline
+# (distroless) and offline on a test machine (e2e/images/build.sh, a debootstrapped Debian).
+# The context is the repository root (or a copy holding the binary at BINARY):
+#   cargo build --release -p cassette-operator
+#   docker build -f docker/operator.Dockerfile --build-arg BINARY=target/release/cassette-operator -t cassette-operator .
+# The binary links glibc dynamically: build it on (or for) the base's Debian release.
+ARG BASE=gcr.io/distroless/cc-debian12:nonroot
+FROM ${BASE}
+ARG BINARY=target/release/cassette-operator
+COPY ${BINARY} /usr/local/bin/cassette-operator
 USER 65532:65532
 EXPOSE 8443 8080
 ENTRYPOINT ["/usr/local/bin/cassette-operator"]

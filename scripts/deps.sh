@@ -15,6 +15,13 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3 python3-venv)
+# The real node: containerd (CRI) + runc + CNI plugins, and buildah + debootstrap to make its
+# images without a registry.
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 pubsub_emulator="${CLOUDSDK_ROOT:-/usr/lib/google-cloud-sdk}/platform/pubsub-emulator/bin/cloud-pubsub-emulator"

@@ -2,11 +2,21 @@
 # Builds kube-apiserver, etcd and helm from their Go modules (pinned in ./kube-apiserver/go.mod,
 # ./etcd/go.mod and ./helm/go.mod) into the cache, once per version. Prints the binary paths as
 # KUBE_APISERVER=…, ETCD=… and HELM=… lines for the harness to read.
+#
+# With --node it also builds the node's components: kubelet, kube-proxy, kube-scheduler and
+# kube-controller-manager from the same k8s.io/kubernetes module as kube-apiserver (so each
+# reuses its compiled packages: ~50 s apiece after kube-apiserver), and CoreDNS from
+# ./coredns/go.mod; printed as KUBELET=…, KUBE_PROXY=…, KUBE_SCHEDULER=…,
+# KUBE_CONTROLLER_MANAGER=… and COREDNS=….
 set -euo pipefail
+
+node=false
+[ "${1:-}" = --node ] && node=true
 
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.22.0 # must match the tool's version in helm/go.mod
+COREDNS_VERSION=v1.14.0 # must match the tool's version in coredns/go.mod
 
 here=$(cd "$(dirname "$0")" && pwd)
 bin_dir=${CASSETTE_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cassette/bin}
@@ -26,8 +36,8 @@ build() { # build OUT MODULE_DIR PACKAGE LDFLAGS
 }
 
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-build "$kube_apiserver" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
-  "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+build "$kube_apiserver" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build "$etcd" "$here/etcd" go.etcd.io/etcd/server/v3 \
   "-s -w"
 build "$helm" "$here/helm" helm.sh/helm/v3/cmd/helm \
@@ -36,3 +46,14 @@ build "$helm" "$here/helm" helm.sh/helm/v3/cmd/helm \
 echo "KUBE_APISERVER=$kube_apiserver"
 echo "ETCD=$etcd"
 echo "HELM=$helm"
+
+if $node; then
+  for component in kubelet kube-proxy kube-scheduler kube-controller-manager; do
+    out=$bin_dir/$component-$KUBE_VERSION
+    build "$out" "$here/kube-apiserver" "k8s.io/kubernetes/cmd/$component" "$kube_ldflags"
+    var=${component^^}; echo "${var//-/_}=$out"
+  done
+  coredns=$bin_dir/coredns-$COREDNS_VERSION
+  build "$coredns" "$here/coredns" github.com/coredns/coredns "-s -w"
+  echo "COREDNS=$coredns"
+fi

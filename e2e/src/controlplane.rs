@@ -2,8 +2,8 @@
 //! keys and an admin kubeconfig, in a temporary directory that goes away with it.
 //!
 //! The binaries are built from their Go modules by `e2e/controlplane/build.sh` and cached by
-//! version; this module only runs them. It is not a cluster: there is no controller-manager,
-//! scheduler or kubelet.
+//! version; this module only runs them. It is not a cluster by itself: [`crate::node`] adds
+//! the controller-manager, scheduler and a node.
 
 use crate::pki::{ClusterCa, service_account_key};
 use anyhow::{Context, Result, bail};
@@ -130,6 +130,8 @@ impl ControlPlane {
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--authorization-mode=RBAC")
             .arg("--allow-privileged=true")
+            // The test node's name resolves nowhere: logs and exec go to its InternalIP.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!("--service-account-issuer={}", plane.server))
             .arg(format!("--service-account-key-file={}", p("sa.pub")))
             .arg(format!(
@@ -277,7 +279,7 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 
 /// Start a component with its output in a log file. It dies with the thread that started it
 /// (`PR_SET_PDEATHSIG`), so a test process killed outright leaves no control plane behind.
-fn spawn(mut command: Command, log: &Path) -> Result<Child> {
+pub(crate) fn spawn(mut command: Command, log: &Path) -> Result<Child> {
     let out = fs::File::create(log)?;
     command
         .stdin(Stdio::null())
@@ -298,7 +300,7 @@ fn spawn(mut command: Command, log: &Path) -> Result<Child> {
         .with_context(|| format!("starting {}", program.to_string_lossy()))
 }
 
-fn terminate(mut child: Child) {
+pub(crate) fn terminate(mut child: Child) {
     // SAFETY: sending a signal to a child we own and have not reaped.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -314,7 +316,7 @@ fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
-fn tail(path: &Path, bytes: u64) -> String {
+pub(crate) fn tail(path: &Path, bytes: u64) -> String {
     let Ok(mut file) = fs::File::open(path) else {
         return format!("({} is missing)", path.display());
     };

@@ -11,6 +11,7 @@ pub mod emulators;
 pub mod fixtures;
 pub mod kubelet;
 pub mod netns;
+pub mod node;
 pub mod operator;
 mod pki;
 pub mod relay;
@@ -182,6 +183,74 @@ fn start_local() -> Result<PathBuf> {
             }
         })?;
     rx.recv().context("the control-plane thread died")?
+}
+
+static NODE_INFO: OnceLock<Result<node::NodeInfo, String>> = OnceLock::new();
+static NODE: Mutex<Option<node::Node>> = Mutex::new(None);
+
+/// The real node of this binary's local cluster, started on first use (after the control
+/// plane) and stopped at exit, before the control plane.
+///
+/// Panics with the reason when it cannot start; tests check [`node::unavailable_reason`]
+/// first and skip.
+pub fn node() -> &'static node::NodeInfo {
+    match NODE_INFO.get_or_init(|| start_node().map_err(|e| format!("{e:#}"))) {
+        Ok(info) => info,
+        Err(e) => panic!("no node for the e2e tests: {e}"),
+    }
+}
+
+fn start_node() -> Result<node::NodeInfo> {
+    let cluster = cluster();
+    anyhow::ensure!(
+        cluster.is_local(),
+        "the real node runs only beside the local control plane (not with {KUBECONFIG_ENV})"
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("node".into())
+        .spawn(move || {
+            let started = (|| {
+                let guard = LOCAL
+                    .lock()
+                    .map_err(|_| anyhow!("control plane lock poisoned"))?;
+                let plane = guard.as_ref().context("the local control plane is gone")?;
+                let server = cluster.server_addr()?;
+                let admin = plane.kubeconfig_path();
+                let user = |name: &str, group: Option<&str>| plane.user_kubeconfig(name, group);
+                let access = node::PlaneAccess {
+                    server,
+                    admin_kubeconfig: &admin,
+                    ca_file: plane.dir().join("pki/ca.crt"),
+                    sa_key_file: plane.dir().join("pki/sa.key"),
+                    user_kubeconfig: &user,
+                };
+                node::Node::start(&access)
+            })();
+            match started {
+                Ok(node) => {
+                    let info = node.info().clone();
+                    *NODE.lock().expect("node lock") = Some(node);
+                    // SAFETY: registering a plain extern "C" function with no captured state.
+                    // Registered after the control plane's hook, so it runs before it.
+                    unsafe { libc::atexit(stop_node) };
+                    let _ = tx.send(Ok(info));
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+    rx.recv().context("the node thread died")?
+}
+
+extern "C" fn stop_node() {
+    if let Ok(mut guard) = NODE.lock() {
+        guard.take();
+    }
 }
 
 extern "C" fn stop_local() {

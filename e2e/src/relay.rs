@@ -49,6 +49,15 @@ impl Relay {
         })
     }
 
+    /// Forward every connection accepted on `listener` (made wherever the caller likes) to
+    /// `target` as seen from the root namespace: e.g. the test node reaching the API server,
+    /// which listens on loopback, through the host side of the node's veth.
+    pub fn forward(listener: TcpListener, target: SocketAddr) -> Result<Self> {
+        Self::spawn(listener, move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(5))
+        })
+    }
+
     /// Where the relay listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
