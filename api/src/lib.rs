@@ -594,9 +594,11 @@ pub struct AgentSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<Totals>,
 
-    /// One entry per pod that has recorded in this session, reported by its sidecar.
+    /// One entry per pod that has recorded in this session, reported by its sidecar (at most
+    /// 2048: the bound lets the API server price the key's transition rule).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 2048))]
     pub pods: Vec<PodRecording>,
 
     /// Requests held for review, waiting for `kubectl cassette approve|deny`.
@@ -650,6 +652,7 @@ pub struct PodRecording {
     /// The Ed25519 public key (base64) that signs this pod's recording; `kubectl cassette
     /// verify` checks the recording against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub public_key: Option<String>,
     /// Requests recorded.
     #[serde(default)]
