@@ -2,7 +2,9 @@
 //! path. `main` parses flags and wires the pieces; each piece lives in its own module.
 
 use anyhow::{Context, Result};
-use cassette_api::names::{ADMIN_PORT, CAPTURE_PORT, DNS_PORT, METADATA_PORT, SIDECAR_UID};
+use cassette_api::names::{
+    ADMIN_PORT, CAPTURE_PORT, DNS_PORT, INBOUND_PORT, METADATA_PORT, SIDECAR_UID,
+};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ mod credentials;
 mod dns;
 mod exchange;
 mod http;
+mod inbound;
 mod init;
 mod intercept;
 mod metadata;
@@ -182,6 +185,10 @@ pub struct RunArgs {
     /// nameservers of /etc/resolv.conf (the pod's, which admission keeps to the cluster's).
     #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',')]
     dns: Vec<std::net::IpAddr>,
+    /// Inbound listener: connections into the pod are redirected here, recorded and handed
+    /// to the agent's listener. On the pod's addresses, since that is where they arrive.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], INBOUND_PORT)))]
+    inbound_addr: SocketAddr,
     /// Admin listener (/metrics, /healthz, /readyz): the kubelet and Prometheus reach it.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
     admin_addr: SocketAddr,
@@ -406,6 +413,12 @@ async fn run(args: RunArgs) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("binding the DNS port {addr}")),
         }
     }
+    // Inbound: IPv4 only; IPv6 connections into the pod find no listener and are refused.
+    let inbound = tokio::net::TcpListener::bind(args.inbound_addr)
+        .await
+        .with_context(|| format!("binding the inbound port {}", args.inbound_addr))?;
+    tokio::spawn(inbound::serve(inbound, proxy.clone(), shutdown.clone()));
+
     if let Some(identity) = identity {
         let shim = Arc::new(metadata::Shim {
             identity,
