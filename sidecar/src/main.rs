@@ -65,9 +65,10 @@ enum Command {
 
 #[derive(Args)]
 struct InitArgs {
-    /// DNS resolvers the agent may reach over UDP; by default the nameservers of /etc/resolv.conf.
-    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',')]
-    dns: Vec<std::net::IpAddr>,
+    /// Accepted and ignored: every DNS query from the agent now goes to the sidecar's DNS
+    /// proxy, whichever resolver it names (`run --dns` says where the proxy forwards).
+    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',', hide = true)]
+    _dns: Vec<std::net::IpAddr>,
     /// The UID the check connects as (any UID but the sidecar's).
     #[arg(long, default_value_t = 65534)]
     probe_uid: u32,
@@ -219,15 +220,7 @@ fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Init(args) => {
-            let dns = if args.dns.is_empty() {
-                init::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-            } else {
-                args.dns
-            };
-            let rules = init::Rules {
-                dns,
-                ..init::Rules::default()
-            };
+            let rules = init::Rules::default();
             init::install(&rules)?;
             if !args.skip_check {
                 init::validate(&rules, args.probe_uid)?;
