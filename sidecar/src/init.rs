@@ -154,6 +154,19 @@ impl Rules {
             // established traffic of a redirected connection or has been rewritten already.
             filter_rule(&["-p", "tcp", "-j", "RETURN"]),
         ];
+        // A redirected datagram keeps the output interface it was routed to before the
+        // redirect (`-o lo` does not see it): let DNS to the proxy through by its new address.
+        let loopback_host = if v6 { "::1/128" } else { "127.0.0.1/32" };
+        filter.push(filter_rule(&[
+            "-p",
+            "udp",
+            "-d",
+            loopback_host,
+            "--dport",
+            &dns,
+            "-j",
+            "RETURN",
+        ]));
         let reject = if v6 {
             "icmp6-port-unreachable"
         } else {
@@ -558,6 +571,17 @@ mod tests {
             .unwrap();
         assert!(dns.iter().all(|i| *i < lo && *i > 0));
         assert!(!v4.iter().any(|c| c.contains("--dport 53 -j RETURN")));
+        let to_proxy = v4
+            .iter()
+            .position(|c| {
+                c.ends_with("-A CASSETTE_FILTER -p udp -d 127.0.0.1/32 --dport 15053 -j RETURN")
+            })
+            .expect("redirected DNS datagrams pass the filter");
+        let reject = v4
+            .iter()
+            .position(|c| c.contains("-A CASSETTE_FILTER -p udp -j REJECT"))
+            .unwrap();
+        assert!(to_proxy < reject);
         assert!(
             v4.iter()
                 .any(|c| c.contains("-A CASSETTE_FILTER -p udp -j REJECT"))
