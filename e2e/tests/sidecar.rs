@@ -1211,8 +1211,7 @@ open(ready, 'w').close()
 deadline = time.time() + 60
 while time.time() < deadline:
     try:
-        d, a = u.recvfrom(4096); log.write('udp %r
-' % d)
+        d, a = u.recvfrom(4096); log.write('udp %r\n' % d)
     except OSError:
         pass
     try:
@@ -1222,8 +1221,7 @@ while time.time() < deadline:
     c.settimeout(5)
     line = c.makefile().readline()
     if line:
-        log.write('tcp ' + line); c.sendall(reply.encode() + b'
-')
+        log.write('tcp ' + line); c.sendall(reply.encode() + b'\n')
     c.close()
 "#,
             &ready.display().to_string(),
@@ -1252,8 +1250,7 @@ while time.time() < deadline:
 import socket, sys
 pod_ip, line = sys.argv[1:3]
 c = socket.create_connection((pod_ip, 8080), timeout=10)
-c.sendall(line.encode() + b'
-')
+c.sendall(line.encode() + b'\n')
 print(c.makefile().readline().strip())
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(3):
