@@ -65,7 +65,7 @@ impl Transport {
 }
 
 /// Who sent a query, and (TCP only) where the agent sent it.
-struct From {
+struct Origin {
     transport: Transport,
     client: SocketAddr,
     asked: Option<SocketAddr>,
@@ -85,7 +85,7 @@ impl DnsProxy {
     /// Answer one query (or drop what is not one, saying so in the recording).
     async fn query(
         &self,
-        from: &From,
+        from: &Origin,
         bytes: &[u8],
         permit: Option<OwnedSemaphorePermit>,
     ) -> Option<Vec<u8>> {
@@ -266,7 +266,7 @@ impl DnsProxy {
     }
 
     /// Record bytes that are not a DNS query; they are dropped.
-    fn malformed(&self, from: &From, bytes: &[u8], why: &str) {
+    fn malformed(&self, from: &Origin, bytes: &[u8], why: &str) {
         let kept = &bytes[..bytes.len().min(RECORDED_RAW_BYTES)];
         let (masked, _) = self.session.masker.mask(BodyKind::Other, kept);
         debug!(client = %from.client, why, "not a DNS query; dropped");
@@ -362,7 +362,7 @@ pub async fn serve_udp(socket: UdpSocket, dns: Arc<DnsProxy>, shutdown: Shutdown
                 continue;
             }
         };
-        let from = From {
+        let from = Origin {
             transport: Transport::Udp,
             client,
             asked: None,
@@ -424,7 +424,7 @@ async fn connection(mut stream: TcpStream, client: SocketAddr, dns: &DnsProxy) {
             .flatten()
             .filter(|dst| *dst != local)
     });
-    let from = From {
+    let from = Origin {
         transport: Transport::Tcp,
         client,
         asked,
@@ -531,8 +531,8 @@ mod tests {
         (sink, dns)
     }
 
-    fn udp_from() -> From {
-        From {
+    fn udp_from() -> Origin {
+        Origin {
             transport: Transport::Udp,
             client: "10.0.0.5:4000".parse().unwrap(),
             asked: None,
