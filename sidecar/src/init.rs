@@ -442,7 +442,7 @@ pub fn validate(rules: &Rules, probe_uid: u32) -> Result<()> {
     let said = probe(probe_uid, "udp", resolver)?;
     let mut buf = [0u8; 64];
     let got = dns_udp.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
-    if said != "sent" || got.as_deref().ok() != Some(&PROBE_DATAGRAM[..]) {
+    if said != "sent" || got.as_deref().ok() != Some(PROBE_DATAGRAM) {
         bail!(
             "capture check failed: DNS over UDP from UID {probe_uid} to {resolver} did not arrive at :{} \
              (the probe said {said:?}); refusing to start",
