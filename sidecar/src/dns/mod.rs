@@ -597,6 +597,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn when_the_recording_takes_nothing_a_query_is_not_forwarded() {
+        let (addr, mut seen) = resolver().await;
+        let (sink, dns) = proxy(
+            serde_json::json!({"recording": {"sink": "file:///tmp/unused"}}),
+            vec![addr],
+        );
+        sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let permit = dns.in_flight.clone().try_acquire_owned().ok();
+        let answer = dns
+            .query(&udp_from(), &query("secret.attacker.tld", 1), permit)
+            .await
+            .unwrap();
+        assert_eq!(answer[3] & 0xf, SERVFAIL);
+        assert!(
+            seen.try_recv().is_err(),
+            "the query left the pod unrecorded"
+        );
+    }
+
+    #[tokio::test]
     async fn what_is_not_dns_is_recorded_and_dropped() {
         let (sink, dns) = proxy(
             serde_json::json!({"recording": {"sink": "file:///tmp/unused"}}),
