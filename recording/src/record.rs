@@ -186,6 +186,9 @@ pub enum Capture {
     Redirect,
     /// An explicit proxy client that sent HTTP `CONNECT`.
     Connect,
+    /// A connection into the pod, redirected to the inbound listener; `client` is the peer
+    /// outside, `dst` the agent's listener it was headed for.
+    Inbound,
 }
 
 /// `conn_open`.
@@ -397,6 +400,15 @@ pub struct Dns {
     pub rule: Option<String>,
     /// Time from the query to the answer.
     pub elapsed_us: u64,
+    /// Why the query got no answer from the resolver, when it did not: it could not be read
+    /// as a DNS query (then dropped), its class is not IN, too many were in flight, no
+    /// resolver answered, or it could not be recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What was received (masked, at most 512 bytes, standard base64), when it could not be
+    /// read as a DNS query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
 }
 
 /// What was decided about an exchange.
@@ -816,6 +828,8 @@ mod tests {
                 decision: Decision::Allow,
                 rule: None,
                 elapsed_us: 900,
+                error: None,
+                base64: None,
             }),
         ];
         for e in events {

@@ -448,6 +448,57 @@ impl Evaluator {
         self.decision(action, cause, reason, refs)
     }
 
+    /// Decides a DNS lookup of `name` at time `now`: the host rules applied to a name alone.
+    /// A name is refused only when no request to that host could pass: the first rule whose
+    /// host matches decides when it has no other condition; a matching rule with other
+    /// conditions that allows (or holds for review) lets the name resolve, one that denies is
+    /// passed over (other requests to the host may still pass); then the default action. A
+    /// review is never held for a lookup: the requests that follow it are.
+    pub fn evaluate_name(&self, name: &str, now: Timestamp) -> Decision {
+        let session = &self.session;
+        let what = format!("the DNS lookup of {}", normalize_host(name));
+        if let Some(at) = self.expires_at
+            && now >= at
+        {
+            return self.decision(
+                Action::Deny,
+                Cause::Expired { at },
+                format!(
+                    "AgentSession {session:?} expired at {at}; the DNS lookup of {} was refused and recorded",
+                    normalize_host(name)
+                ),
+                Vec::new(),
+            );
+        }
+        let request = Request::new(name, "", "/");
+        let mut decided = None;
+        for rule in &self.rules {
+            if !rule.host.as_ref().is_none_or(|h| h.matches(request.host)) {
+                continue;
+            }
+            let conditional = rule.method.is_some()
+                || rule.path.is_some()
+                || rule.service.is_some()
+                || rule.permission.is_some()
+                || rule.git_ref.is_some();
+            match (conditional, rule.action) {
+                (false, action) => decided = Some((action, rule.cause())),
+                (true, Action::Allow | Action::Review) => {
+                    decided = Some((Action::Allow, rule.cause()))
+                }
+                (true, Action::Deny) => continue,
+            }
+            break;
+        }
+        let (action, cause) = decided.unwrap_or((self.default_action, Cause::Default));
+        let action = match action {
+            Action::Review => Action::Allow,
+            other => other,
+        };
+        let reason = self.reason(action, &cause, &what);
+        self.decision(action, cause, reason, Vec::new())
+    }
+
     /// Decides a Google batch ([`crate::batch`]): the batch request itself, then each of its
     /// sub-requests as a request of its own (classified on its own). The first refused one
     /// refuses the whole batch, else the first held one holds it; `parts` has every
@@ -680,6 +731,74 @@ mod tests {
             ],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_name_is_refused_only_when_no_request_to_its_host_could_pass() {
+        let host = |h: &str| RuleMatch {
+            host: Some(ApiHost(h.into())),
+            ..Default::default()
+        };
+        let p = Policy {
+            mode: PolicyMode::Enforce,
+            default_action: Action::Deny,
+            rules: vec![
+                rule("no-pastebin", Action::Deny, host("*.pastebin.example")),
+                rule(
+                    "no-deletes",
+                    Action::Deny,
+                    RuleMatch {
+                        method: Some("DELETE".into()),
+                        ..host("storage.googleapis.com")
+                    },
+                ),
+                rule(
+                    "reads",
+                    Action::Allow,
+                    RuleMatch {
+                        method: Some("GET".into()),
+                        ..host("storage.googleapis.com")
+                    },
+                ),
+                rule("git", Action::Review, host("git.test")),
+            ],
+            ..Default::default()
+        };
+        let e = evaluator(&p);
+        let refused = e.evaluate_name("x.pastebin.example", now());
+        assert_eq!(refused.outcome(), Outcome::Refuse);
+        assert_eq!(
+            refused.cause.label(),
+            "rule \"no-pastebin\" (spec.policy.rules[0])"
+        );
+        assert!(
+            refused
+                .reason
+                .contains("denies the DNS lookup of x.pastebin.example"),
+            "{}",
+            refused.reason
+        );
+        // A deny with a method passes over the name; the allow after it lets it resolve.
+        let storage = e.evaluate_name("Storage.GoogleAPIs.com.", now());
+        assert_eq!(storage.outcome(), Outcome::Forward);
+        assert_eq!(
+            storage.cause.label(),
+            "rule \"reads\" (spec.policy.rules[2])"
+        );
+        // Review holds requests, not lookups.
+        assert_eq!(
+            e.evaluate_name("git.test", now()).outcome(),
+            Outcome::Forward
+        );
+        // Nothing matches: the default action.
+        let other = e.evaluate_name("attacker.tld", now());
+        assert_eq!(other.outcome(), Outcome::Refuse);
+        assert_eq!(other.cause, Cause::Default);
+        // Expired: every lookup is refused.
+        let later: Timestamp = "2026-11-25T11:00:00Z".parse().unwrap();
+        let expired = e.evaluate_name("git.test", later);
+        assert_eq!(expired.outcome(), Outcome::Refuse);
+        assert!(matches!(expired.cause, Cause::Expired { .. }));
     }
 
     fn evaluator(p: &Policy) -> Evaluator {

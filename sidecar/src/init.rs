@@ -1,29 +1,37 @@
 //! `cassette-sidecar init`: the capture rules, then proof that they capture.
 //!
 //! Every TCP connection leaving the pod from any UID but the sidecar's is redirected to the
-//! capture port; the metadata server's address goes to the shim; loopback stays loopback;
-//! UDP other than DNS to the configured resolvers is rejected (no QUIC around the recorder);
-//! IPv6 gets the same rules, or is rejected outright when its NAT table is unavailable.
-//! Installing is idempotent (own chains, flushed and refilled). The check afterwards connects
-//! as another UID and fails closed if the connection was not redirected.
+//! capture port; the metadata server's address goes to the shim; every DNS query (UDP and TCP
+//! port 53, to whichever resolver) goes to the sidecar's DNS proxy; loopback stays loopback;
+//! all other UDP is rejected (no QUIC around the recorder). Inbound TCP to anything but the
+//! sidecar's own ports is redirected to the inbound listener, which records it; inbound UDP
+//! and other protocols are dropped. IPv6 gets the same rules, or is rejected outright when its
+//! NAT table is unavailable. The rules go in with one `iptables-restore` per family (own
+//! chains, flushed and refilled: idempotent). The check afterwards connects as another UID
+//! and fails closed if the connection was not redirected.
 
 use anyhow::{Context, Result, bail};
-use cassette_api::names::{CAPTURE_PORT, METADATA_PORT, SIDECAR_UID};
+use cassette_api::names::{
+    ADMIN_PORT, CAPTURE_PORT, DNS_PORT, INBOUND_PORT, METADATA_PORT, SIDECAR_UID,
+};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NAT_CHAIN: &str = "CASSETTE_OUTPUT";
 const FILTER_CHAIN: &str = "CASSETTE_FILTER";
+const INBOUND_CHAIN: &str = "CASSETTE_INBOUND";
+const INPUT_CHAIN: &str = "CASSETTE_INPUT";
 
 /// What `init` installs, from its flags.
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub capture_port: u16,
     pub metadata_port: u16,
+    pub dns_port: u16,
+    pub inbound_port: u16,
     pub uid: u32,
-    /// DNS resolvers the agent may query over UDP (from /etc/resolv.conf by default).
-    pub dns: Vec<IpAddr>,
 }
 
 impl Default for Rules {
@@ -31,8 +39,9 @@ impl Default for Rules {
         Self {
             capture_port: CAPTURE_PORT,
             metadata_port: METADATA_PORT,
+            dns_port: DNS_PORT,
+            inbound_port: INBOUND_PORT,
             uid: SIDECAR_UID,
-            dns: Vec::new(),
         }
     }
 }
@@ -47,29 +56,41 @@ pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
 }
 
 impl Rules {
-    /// The iptables commands (arguments after the binary) for one family, in order.
+    /// The iptables commands (arguments after the binary) for one family, in order: our
+    /// chains' rules, each `-t <table> -A <chain> …`.
     pub fn commands(&self, v6: bool) -> Vec<Vec<String>> {
         let uid = self.uid.to_string();
         let capture = self.capture_port.to_string();
-        let mut nat: Vec<Vec<&str>> = vec![
-            vec![
-                "-t",
-                "nat",
-                "-A",
-                NAT_CHAIN,
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid,
+        let dns = self.dns_port.to_string();
+        let nat_rule = |rest: &[&str]| -> Vec<String> {
+            let mut rule = args(&["-t", "nat", "-A", NAT_CHAIN]);
+            rule.extend(args(rest));
+            rule
+        };
+        let mut nat: Vec<Vec<String>> = vec![nat_rule(&[
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "RETURN",
+        ])];
+        // DNS first, loopback resolvers included: every query an agent makes is recorded.
+        for proto in ["udp", "tcp"] {
+            nat.push(nat_rule(&[
+                "-p",
+                proto,
+                "--dport",
+                "53",
                 "-j",
-                "RETURN",
-            ],
-            vec!["-t", "nat", "-A", NAT_CHAIN, "-o", "lo", "-j", "RETURN"],
-        ];
+                "REDIRECT",
+                "--to-ports",
+                &dns,
+            ]));
+        }
+        nat.push(nat_rule(&["-o", "lo", "-j", "RETURN"]));
         let loopback = if v6 { "::1/128" } else { "127.0.0.0/8" };
-        nat.push(vec![
-            "-t", "nat", "-A", NAT_CHAIN, "-d", loopback, "-j", "RETURN",
-        ]);
+        nat.push(nat_rule(&["-d", loopback, "-j", "RETURN"]));
         let metadata_port = self.metadata_port.to_string();
         // GCE's metadata server: 169.254.169.254, and fd20:ce::254 on IPv6.
         let metadata = if v6 {
@@ -77,11 +98,7 @@ impl Rules {
         } else {
             "169.254.169.254/32"
         };
-        nat.push(vec![
-            "-t",
-            "nat",
-            "-A",
-            NAT_CHAIN,
+        nat.push(nat_rule(&[
             "-p",
             "tcp",
             "-d",
@@ -92,33 +109,64 @@ impl Rules {
             "REDIRECT",
             "--to-ports",
             &metadata_port,
-        ]);
-        nat.push(vec![
-            "-t",
-            "nat",
-            "-A",
-            NAT_CHAIN,
+        ]));
+        nat.push(nat_rule(&[
             "-p",
             "tcp",
             "-j",
             "REDIRECT",
             "--to-ports",
             &capture,
-        ]);
+        ]));
+
+        // Inbound: every TCP connection into the pod but those to the sidecar's own ports
+        // (the kubelet probes the sidecar on its admin port) goes to the inbound listener.
+        let inbound_rule = |rest: &[&str]| -> Vec<String> {
+            let mut rule = args(&["-t", "nat", "-A", INBOUND_CHAIN]);
+            rule.extend(args(rest));
+            rule
+        };
+        nat.push(inbound_rule(&["-i", "lo", "-j", "RETURN"]));
+        for port in self.own_ports() {
+            nat.push(inbound_rule(&[
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "RETURN",
+            ]));
+        }
+        let inbound = self.inbound_port.to_string();
+        nat.push(inbound_rule(&[
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &inbound,
+        ]));
 
         let mut filter: Vec<Vec<String>> = vec![
             filter_rule(&["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
             filter_rule(&["-o", "lo", "-j", "RETURN"]),
-            // Redirected TCP leaves through lo (above); anything else TCP is established
-            // traffic of a redirected connection or has been rewritten already.
+            // Redirected TCP and DNS leave through lo (above); anything else TCP is
+            // established traffic of a redirected connection or has been rewritten already.
             filter_rule(&["-p", "tcp", "-j", "RETURN"]),
         ];
-        for dns in self.dns.iter().filter(|ip| ip.is_ipv6() == v6) {
-            let dst = dns.to_string();
-            filter.push(filter_rule(&[
-                "-p", "udp", "-d", &dst, "--dport", "53", "-j", "RETURN",
-            ]));
-        }
+        // A redirected datagram keeps the output interface it was routed to before the
+        // redirect (`-o lo` does not see it): let DNS to the proxy through by its new address.
+        let loopback_host = if v6 { "::1/128" } else { "127.0.0.1/32" };
+        filter.push(filter_rule(&[
+            "-p",
+            "udp",
+            "-d",
+            loopback_host,
+            "--dport",
+            &dns,
+            "-j",
+            "RETURN",
+        ]));
         let reject = if v6 {
             "icmp6-port-unreachable"
         } else {
@@ -134,21 +182,99 @@ impl Rules {
         ]));
         // Everything else (ICMP, SCTP, …) from the agent: the recorder cannot carry it.
         filter.push(filter_rule(&["-j", "REJECT"]));
+        filter.extend(input_rules(v6));
 
-        let mut all: Vec<Vec<String>> = nat.into_iter().map(|c| args(&c)).collect();
-        all.extend(filter);
-        all
+        nat.extend(filter);
+        nat
     }
 
-    /// The commands that drop all IPv6 from the agent (when IPv6 NAT is unavailable).
+    /// The sidecar's own ports, which inbound capture leaves alone.
+    fn own_ports(&self) -> [u16; 5] {
+        [
+            self.capture_port,
+            self.inbound_port,
+            self.dns_port,
+            self.metadata_port,
+            ADMIN_PORT,
+        ]
+    }
+
+    /// The commands that drop all IPv6 from the agent, and all IPv6 into the pod but the
+    /// replies of the sidecar's own connections (when IPv6 NAT is unavailable).
     fn v6_reject_all(&self) -> Vec<Vec<String>> {
         let uid = self.uid.to_string();
-        vec![
+        let mut rules = vec![
             filter_rule(&["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
             filter_rule(&["-o", "lo", "-j", "RETURN"]),
             filter_rule(&["-j", "REJECT"]),
-        ]
+        ];
+        rules.extend(input_rules(true).into_iter().filter(|r| {
+            // Without NAT nothing is redirected: inbound TCP is dropped too.
+            !r.iter().any(|a| a == "tcp")
+        }));
+        rules
     }
+
+    /// One `iptables-restore --noflush` input for a family: our chains declared (created, or
+    /// emptied when they exist), refilled, and jumped to from the built-in chains where
+    /// `missing_jumps` says the jump is not there yet. Applied as one transaction.
+    fn restore_script(rules: &[Vec<String>], missing_jumps: &[(&str, &str, &str)]) -> String {
+        let mut script = String::new();
+        for table in ["nat", "filter"] {
+            let of_table: Vec<&Vec<String>> = rules
+                .iter()
+                .filter(|r| r.get(1).map(String::as_str) == Some(table))
+                .collect();
+            let jumps: Vec<&(&str, &str, &str)> = missing_jumps
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .collect();
+            let mut chains: Vec<&str> = of_table.iter().map(|r| r[3].as_str()).collect();
+            chains.dedup();
+            if chains.is_empty() && jumps.is_empty() {
+                continue;
+            }
+            script.push_str(&format!("*{table}\n"));
+            for chain in &chains {
+                script.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for rule in of_table {
+                script.push_str(&rule[2..].join(" "));
+                script.push('\n');
+            }
+            for (_, builtin, chain) in jumps {
+                script.push_str(&format!("-I {builtin} 1 -j {chain}\n"));
+            }
+            script.push_str("COMMIT\n");
+        }
+        script
+    }
+}
+
+/// Inbound, in the filter table: replies of the pod's own connections and loopback pass,
+/// TCP has been redirected to the inbound listener (nat), ICMP stays (neighbour discovery
+/// needs it); UDP and everything else into the pod is dropped.
+fn input_rules(v6: bool) -> Vec<Vec<String>> {
+    let input_rule = |rest: &[&str]| -> Vec<String> {
+        let mut rule = args(&["-t", "filter", "-A", INPUT_CHAIN]);
+        rule.extend(args(rest));
+        rule
+    };
+    let icmp = if v6 { "ipv6-icmp" } else { "icmp" };
+    vec![
+        input_rule(&[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "RETURN",
+        ]),
+        input_rule(&["-i", "lo", "-j", "RETURN"]),
+        input_rule(&["-p", "tcp", "-j", "RETURN"]),
+        input_rule(&["-p", icmp, "-j", "RETURN"]),
+        input_rule(&["-j", "DROP"]),
+    ]
 }
 
 /// `-t filter -A <our chain> <rest>`.
@@ -164,68 +290,72 @@ fn args(a: &[&str]) -> Vec<String> {
 
 /// Install the rules for both families and print them.
 pub fn install(rules: &Rules) -> Result<()> {
-    install_family("iptables", rules, false)?;
-    match install_family("ip6tables", rules, true) {
+    install_family("iptables", &rules.commands(false))?;
+    match install_family("ip6tables", &rules.commands(true)) {
         Ok(()) => {}
         Err(e) => {
             eprintln!(
                 "cassette-init: IPv6 NAT unavailable ({e:#}); rejecting IPv6 from the agent instead"
             );
-            reset_chains("ip6tables", false)?;
-            for cmd in rules.v6_reject_all() {
-                run("ip6tables", &cmd)?;
-            }
-            ensure_jump("ip6tables", "filter", FILTER_CHAIN)?;
+            install_family("ip6tables", &rules.v6_reject_all())?;
         }
     }
     Ok(())
 }
 
-fn install_family(bin: &str, rules: &Rules, v6: bool) -> Result<()> {
-    reset_chains(bin, true)?;
-    for cmd in rules.commands(v6) {
-        run(bin, &cmd)?;
+/// Where each of our chains is jumped to from.
+const JUMPS: [(&str, &str, &str); 4] = [
+    ("nat", "OUTPUT", NAT_CHAIN),
+    ("nat", "PREROUTING", INBOUND_CHAIN),
+    ("filter", "OUTPUT", FILTER_CHAIN),
+    ("filter", "INPUT", INPUT_CHAIN),
+];
+
+fn install_family(bin: &str, commands: &[Vec<String>]) -> Result<()> {
+    let used: Vec<(&str, &str, &str)> = JUMPS
+        .iter()
+        .copied()
+        .filter(|(table, _, chain)| commands.iter().any(|c| c[1] == *table && c[3] == *chain))
+        .collect();
+    let missing: Vec<(&str, &str, &str)> = used
+        .into_iter()
+        .filter(|(table, builtin, chain)| {
+            run_quiet(bin, &["-t", table, "-C", builtin, "-j", chain]).is_err()
+        })
+        .collect();
+    let script = Rules::restore_script(commands, &missing);
+    restore(bin, &script)?;
+    for cmd in commands {
         println!("{bin} {}", cmd.join(" "));
     }
-    ensure_jump(bin, "nat", NAT_CHAIN)?;
-    ensure_jump(bin, "filter", FILTER_CHAIN)?;
-    println!("{bin} -t nat -I OUTPUT -j {NAT_CHAIN}");
-    println!("{bin} -t filter -I OUTPUT -j {FILTER_CHAIN}");
-    Ok(())
-}
-
-/// Create (or empty) cassette's chains.
-fn reset_chains(bin: &str, nat: bool) -> Result<()> {
-    let mut chains = vec![("filter", FILTER_CHAIN)];
-    if nat {
-        chains.push(("nat", NAT_CHAIN));
-    }
-    for (table, chain) in chains {
-        if run_quiet(bin, &["-t", table, "-N", chain]).is_err() {
-            // It exists already: empty it.
-            run(bin, &args(&["-t", table, "-F", chain]))?;
+    for (table, builtin, chain) in JUMPS {
+        if commands.iter().any(|c| c[1] == table && c[3] == chain) {
+            println!("{bin} -t {table} -I {builtin} -j {chain}");
         }
     }
     Ok(())
 }
 
-/// Jump from OUTPUT to our chain, once.
-fn ensure_jump(bin: &str, table: &str, chain: &str) -> Result<()> {
-    if run_quiet(bin, &["-t", table, "-C", "OUTPUT", "-j", chain]).is_ok() {
-        return Ok(());
-    }
-    run(bin, &args(&["-t", table, "-I", "OUTPUT", "1", "-j", chain]))
-}
-
-fn run(bin: &str, args: &[String]) -> Result<()> {
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {bin} (is iptables installed?)"))?;
+/// Apply one `iptables-restore` transaction without touching chains it does not name.
+fn restore(bin: &str, script: &str) -> Result<()> {
+    let restore = format!("{bin}-restore");
+    let mut child = Command::new(&restore)
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {restore} (is iptables installed?)"))?;
+    child
+        .stdin
+        .take()
+        .context("the restore's stdin")?
+        .write_all(script.as_bytes())
+        .with_context(|| format!("writing the rules to {restore}"))?;
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "{bin} {} failed: {}",
-            args.join(" "),
+            "{restore} failed: {}\n{script}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -293,12 +423,41 @@ pub fn validate(rules: &Rules, probe_uid: u32) -> Result<()> {
     if udp == "sent" {
         bail!("capture check failed: UDP from UID {probe_uid} to {target} was not refused");
     }
+
+    // DNS, to any resolver, over both transports, arrives at the DNS proxy's port.
+    let resolver = SocketAddr::new(gateway, 53);
+    let dns_tcp = listen(rules.dns_port)?;
+    let said = probe(probe_uid, "tcp", resolver)?;
+    let seen = accept_within(&dns_tcp, Duration::from_secs(3))?;
+    if said != "connected" || seen != Some(resolver) {
+        bail!(
+            "capture check failed: DNS over TCP from UID {probe_uid} to {resolver} did not arrive at :{} \
+             (the probe said {said:?}; original destination {seen:?}); refusing to start",
+            rules.dns_port
+        );
+    }
+    let dns_udp = UdpSocket::bind(("127.0.0.1", rules.dns_port))
+        .with_context(|| format!("binding UDP 127.0.0.1:{} for the check", rules.dns_port))?;
+    dns_udp.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let said = probe(probe_uid, "udp", resolver)?;
+    let mut buf = [0u8; 64];
+    let got = dns_udp.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+    if said != "sent" || got.as_deref().ok() != Some(PROBE_DATAGRAM) {
+        bail!(
+            "capture check failed: DNS over UDP from UID {probe_uid} to {resolver} did not arrive at :{} \
+             (the probe said {said:?}); refusing to start",
+            rules.dns_port
+        );
+    }
     println!(
-        "capture check passed: TCP from UID {probe_uid} redirected to :{}, metadata to :{}, UID {} exempt, UDP refused",
-        rules.capture_port, rules.metadata_port, rules.uid
+        "capture check passed: TCP from UID {probe_uid} redirected to :{}, metadata to :{}, DNS (UDP and TCP) to :{}, UID {} exempt, other UDP refused",
+        rules.capture_port, rules.metadata_port, rules.dns_port, rules.uid
     );
     Ok(())
 }
+
+/// What the check's UDP probe sends.
+const PROBE_DATAGRAM: &[u8] = b"cassette-probe";
 
 fn listen(port: u16) -> Result<TcpListener> {
     let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| {
@@ -339,7 +498,7 @@ pub fn probe(proto: &str, target: SocketAddr) -> String {
             };
             // A REJECT's error may only show on the next send.
             for _ in 0..3 {
-                if let Err(e) = socket.send_to(b"cassette-probe", target) {
+                if let Err(e) = socket.send_to(PROBE_DATAGRAM, target) {
                     return format!("refused: {e}");
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -381,10 +540,7 @@ mod tests {
 
     #[test]
     fn the_rules_exempt_only_the_sidecar_and_capture_the_rest() {
-        let rules = Rules {
-            dns: vec!["10.96.0.10".parse().unwrap()],
-            ..Rules::default()
-        };
+        let rules = Rules::default();
         let v4: Vec<String> = rules.commands(false).iter().map(|c| c.join(" ")).collect();
         assert!(v4[0].contains("--uid-owner 1337 -j RETURN"));
         assert!(
@@ -392,13 +548,65 @@ mod tests {
                 |c| c.contains("-d 169.254.169.254/32 --dport 80 -j REDIRECT --to-ports 15080")
             )
         );
-        let last_nat = v4.iter().rposition(|c| c.contains("-t nat")).unwrap();
-        assert!(v4[last_nat].ends_with("-p tcp -j REDIRECT --to-ports 15001"));
+        let last_output = v4
+            .iter()
+            .rposition(|c| c.contains("-A CASSETTE_OUTPUT"))
+            .unwrap();
+        assert!(v4[last_output].ends_with("-p tcp -j REDIRECT --to-ports 15001"));
+        // DNS to any resolver goes to the proxy, before loopback is let through; no UDP to a
+        // resolver is let out.
+        let dns: Vec<usize> = ["udp", "tcp"]
+            .iter()
+            .map(|p| {
+                v4.iter()
+                    .position(|c| {
+                        c.ends_with(&format!("-p {p} --dport 53 -j REDIRECT --to-ports 15053"))
+                    })
+                    .unwrap_or_else(|| panic!("no {p} DNS redirect: {v4:#?}"))
+            })
+            .collect();
+        let lo = v4
+            .iter()
+            .position(|c| c.contains("-A CASSETTE_OUTPUT -o lo"))
+            .unwrap();
+        assert!(dns.iter().all(|i| *i < lo && *i > 0));
+        assert!(!v4.iter().any(|c| c.contains("--dport 53 -j RETURN")));
+        let to_proxy = v4
+            .iter()
+            .position(|c| {
+                c.ends_with("-A CASSETTE_FILTER -p udp -d 127.0.0.1/32 --dport 15053 -j RETURN")
+            })
+            .expect("redirected DNS datagrams pass the filter");
+        let reject = v4
+            .iter()
+            .position(|c| c.contains("-A CASSETTE_FILTER -p udp -j REJECT"))
+            .unwrap();
+        assert!(to_proxy < reject);
         assert!(
             v4.iter()
-                .any(|c| c.contains("-p udp -d 10.96.0.10 --dport 53 -j RETURN"))
+                .any(|c| c.contains("-A CASSETTE_FILTER -p udp -j REJECT"))
         );
-        assert!(v4.iter().any(|c| c.contains("-p udp -j REJECT")));
+        // Inbound: the sidecar's ports are left alone, every other TCP port is redirected,
+        // UDP in is dropped.
+        for port in [15001, 15006, 15053, 15080, 15090] {
+            assert!(
+                v4.iter().any(|c| c.ends_with(&format!(
+                    "-A CASSETTE_INBOUND -p tcp --dport {port} -j RETURN"
+                ))),
+                "{port}: {v4:#?}"
+            );
+        }
+        let last_inbound = v4
+            .iter()
+            .rposition(|c| c.contains("-A CASSETTE_INBOUND"))
+            .unwrap();
+        assert!(v4[last_inbound].ends_with("-p tcp -j REDIRECT --to-ports 15006"));
+        let last_input = v4
+            .iter()
+            .rposition(|c| c.contains("-A CASSETTE_INPUT"))
+            .unwrap();
+        assert!(v4[last_input].ends_with("-A CASSETTE_INPUT -j DROP"));
+
         let v6: Vec<String> = rules.commands(true).iter().map(|c| c.join(" ")).collect();
         assert!(!v6.iter().any(|c| c.contains("169.254.169.254")));
         assert!(
@@ -407,9 +615,29 @@ mod tests {
             "GCE's IPv6 metadata address goes to the shim: {v6:#?}"
         );
         assert!(
-            !v6.iter().any(|c| c.contains("10.96.0.10")),
-            "v4 resolvers stay out of ip6tables"
+            v6.iter()
+                .any(|c| c.contains("--dport 53 -j REDIRECT --to-ports 15053"))
         );
         assert!(v6.iter().any(|c| c.contains("icmp6-port-unreachable")));
+        assert!(
+            v6.iter()
+                .any(|c| c.contains("-A CASSETTE_INPUT -p ipv6-icmp -j RETURN"))
+        );
+    }
+
+    #[test]
+    fn one_restore_declares_fills_and_jumps_to_our_chains() {
+        let rules = Rules::default().commands(false);
+        let script = Rules::restore_script(&rules, &JUMPS[..1]);
+        let nat = script.find("*nat\n").unwrap();
+        let filter = script.find("*filter\n").unwrap();
+        assert!(nat < filter);
+        assert_eq!(script.matches("COMMIT\n").count(), 2);
+        assert!(script.contains(":CASSETTE_OUTPUT - [0:0]\n:CASSETTE_INBOUND - [0:0]\n"));
+        assert!(script.contains("\n-A CASSETTE_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"));
+        assert!(script.contains("-I OUTPUT 1 -j CASSETTE_OUTPUT\n"));
+        // Only the missing jumps are added: an existing one is not doubled.
+        assert!(!script.contains("-j CASSETTE_FILTER\n"));
+        assert!(!script.contains("-t nat"));
     }
 }

@@ -2,7 +2,9 @@
 //! path. `main` parses flags and wires the pieces; each piece lives in its own module.
 
 use anyhow::{Context, Result};
-use cassette_api::names::{ADMIN_PORT, CAPTURE_PORT, METADATA_PORT, SIDECAR_UID};
+use cassette_api::names::{
+    ADMIN_PORT, CAPTURE_PORT, DNS_PORT, INBOUND_PORT, METADATA_PORT, SIDECAR_UID,
+};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,8 +18,10 @@ mod bypass;
 mod capture;
 mod conn;
 mod credentials;
+mod dns;
 mod exchange;
 mod http;
+mod inbound;
 mod init;
 mod intercept;
 mod metadata;
@@ -61,9 +65,10 @@ enum Command {
 
 #[derive(Args)]
 struct InitArgs {
-    /// DNS resolvers the agent may reach over UDP; by default the nameservers of /etc/resolv.conf.
-    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',')]
-    dns: Vec<std::net::IpAddr>,
+    /// Accepted and ignored: every DNS query from the agent now goes to the sidecar's DNS
+    /// proxy, whichever resolver it names (`run --dns` says where the proxy forwards).
+    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',', hide = true)]
+    _dns: Vec<std::net::IpAddr>,
     /// The UID the check connects as (any UID but the sidecar's).
     #[arg(long, default_value_t = 65534)]
     probe_uid: u32,
@@ -174,6 +179,17 @@ pub struct RunArgs {
     /// Metadata shim listener.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], METADATA_PORT)))]
     metadata_addr: SocketAddr,
+    /// DNS proxy listener (UDP and TCP): the capture rules redirect the agent's queries here.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DNS_PORT)))]
+    dns_addr: SocketAddr,
+    /// The cluster's resolvers, the only ones the DNS proxy forwards to; by default the
+    /// nameservers of /etc/resolv.conf (the pod's, which admission keeps to the cluster's).
+    #[arg(long = "dns", env = "CASSETTE_DNS", value_delimiter = ',')]
+    dns: Vec<std::net::IpAddr>,
+    /// Inbound listener: connections into the pod are redirected here, recorded and handed
+    /// to the agent's listener. On the pod's addresses, since that is where they arrive.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], INBOUND_PORT)))]
+    inbound_addr: SocketAddr,
     /// Admin listener (/metrics, /healthz, /readyz): the kubelet and Prometheus reach it.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
     admin_addr: SocketAddr,
@@ -204,15 +220,7 @@ fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Init(args) => {
-            let dns = if args.dns.is_empty() {
-                init::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-            } else {
-                args.dns
-            };
-            let rules = init::Rules {
-                dns,
-                ..init::Rules::default()
-            };
+            let rules = init::Rules::default();
             init::install(&rules)?;
             if !args.skip_check {
                 init::validate(&rules, args.probe_uid)?;
@@ -364,6 +372,46 @@ async fn run(args: RunArgs) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("binding the capture port {addr}")),
         }
     }
+    // DNS: every query of the agent's, recorded, to the cluster's resolver only.
+    let resolvers = if args.dns.is_empty() {
+        init::resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+    } else {
+        args.dns.clone()
+    };
+    if resolvers.is_empty() {
+        tracing::warn!(
+            "no cluster resolver (--dns or /etc/resolv.conf): every DNS query will be answered SERVFAIL"
+        );
+    }
+    let dns = Arc::new(dns::DnsProxy::new(
+        resolvers
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect(),
+        proxy.session.clone(),
+        started.recording.clone(),
+    ));
+    for (i, addr) in loopback_pair(args.dns_addr).iter().enumerate() {
+        let bound = async {
+            let udp = tokio::net::UdpSocket::bind(addr).await?;
+            let tcp = tokio::net::TcpListener::bind(addr).await?;
+            std::io::Result::Ok((udp, tcp))
+        };
+        match bound.await {
+            Ok((udp, tcp)) => {
+                tokio::spawn(dns::serve_udp(udp, dns.clone(), shutdown.clone()));
+                tokio::spawn(dns::serve_tcp(tcp, dns.clone(), shutdown.clone()));
+            }
+            Err(e) if i > 0 => tracing::warn!(%addr, error = %e, "no IPv6 DNS listener"),
+            Err(e) => return Err(e).with_context(|| format!("binding the DNS port {addr}")),
+        }
+    }
+    // Inbound: IPv4 only; IPv6 connections into the pod find no listener and are refused.
+    let inbound = tokio::net::TcpListener::bind(args.inbound_addr)
+        .await
+        .with_context(|| format!("binding the inbound port {}", args.inbound_addr))?;
+    tokio::spawn(inbound::serve(inbound, proxy.clone(), shutdown.clone()));
+
     if let Some(identity) = identity {
         let shim = Arc::new(metadata::Shim {
             identity,

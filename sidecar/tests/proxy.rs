@@ -253,6 +253,10 @@ impl Sidecar {
             .arg(format!("--capture-addr=127.0.0.1:{capture}"))
             .arg(format!("--metadata-addr=127.0.0.1:{metadata}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            // The DNS and inbound listeners too, on ports of their own: sidecars of other
+            // tests (and of the machine) may hold the defaults.
+            .arg(format!("--dns-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--inbound-addr=127.0.0.1:{}", free_port()))
             .arg("--log-format=pretty")
             .args(extra)
             .env_remove("HTTPS_PROXY")

@@ -104,6 +104,10 @@ impl Drop for StreamRecorder {
 
 impl crate::upstream::Observe for StreamRecorder {
     fn bytes(&mut self, chunk: &[u8]) -> Result<(), crate::http::BoxError> {
+        // onFailure: closed — bytes the recording cannot take do not pass.
+        if !self.recording.accepting() {
+            return Err("the recording takes no more records".into());
+        }
         self.push(chunk);
         Ok(())
     }
