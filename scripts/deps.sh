@@ -14,6 +14,8 @@ done
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# The DNS attacks of the sidecar e2e run the tool an attacker would.
+command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3 python3-venv)
 # The real node: containerd (CRI) + runc + CNI plugins, and buildah + debootstrap to make its
 # images without a registry.
