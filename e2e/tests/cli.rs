@@ -204,11 +204,19 @@ async fn ls_show_and_verify_through_the_api_server() -> Result<()> {
         "{text}"
     );
 
-    // The status publishes another key: the recording is not the one the pod signed.
+    // Nobody replaces the key in the status once it is there, not even an admin.
     let other = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
-    api.patch_status("fix-ci", &apply, &Patch::Apply(&status(other)))
-        .await?;
-    let out = cassette(&bin, &["verify", "fix-ci", "-n", &ns])?;
+    let swapped = api
+        .patch_status("fix-ci", &apply, &Patch::Apply(&status(other)))
+        .await;
+    ensure!(
+        swapped
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("a pod's publicKey is set once")),
+        "the status key was replaced: {swapped:?}"
+    );
+    // A pinned key that is not the pod's: the recording is not the one it would vouch for.
+    let out = cassette(&bin, &["verify", "fix-ci", "-n", &ns, "--public-key", other])?;
     ensure!(out.status.code() == Some(1), "verify exit {:?}", out.status);
     ensure!(
         String::from_utf8(out.stdout)?
