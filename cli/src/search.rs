@@ -266,7 +266,7 @@ fn walk(value: &serde_json::Value, path: String, visit: &mut impl FnMut(&str, &s
 /// A string that is standard base64 of at least a few bytes, decoded.
 fn base64_bytes(text: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    if text.len() < 8 || text.len() % 4 != 0 {
+    if text.len() < 8 || !text.len().is_multiple_of(4) {
         return None;
     }
     base64::engine::general_purpose::STANDARD.decode(text).ok()
@@ -374,8 +374,10 @@ mod tests {
             r#"{"seq":2,"time":"2026-05-01T12:00:00.100000001Z","kind":"body","exchange":1,"direction":"request","offset":24,"text":"1d7e-token second half","chain":"00"}"#.to_string(),
             r#"{"seq":3,"time":"2026-05-01T12:00:00.100000002Z","kind":"body","exchange":1,"direction":"request","offset":46,"final":true,"length":5000,"digest":"hmac-sha256:00","truncated":true,"chain":"00"}"#.to_string(),
         ];
-        let mut records: Vec<Record> =
-            lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut records: Vec<Record> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         // A record kind the timeline does not show, with base64 payload.
         let mut message: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
         message["seq"] = 4.into();
@@ -389,9 +391,15 @@ mod tests {
             .map(|f| (f.seq, f.kind.as_str(), f.field.as_str()))
             .collect();
         assert!(places.contains(&(0, "request", "path")), "{places:?}");
-        assert!(places.contains(&(0, "request", "headers[0][1]")), "{places:?}");
+        assert!(
+            places.contains(&(0, "request", "headers[0][1]")),
+            "{places:?}"
+        );
         assert!(places.contains(&(0, "body", "request body")), "{places:?}");
-        assert!(places.iter().any(|p| p.0 == 4), "base64 decoded: {places:?}");
+        assert!(
+            places.iter().any(|p| p.0 == 4),
+            "base64 decoded: {places:?}"
+        );
         assert_eq!(unsearched.truncated_bodies, 1);
         // And nothing when it is not there.
         let other = vec![("file".to_string(), b"not-in-the-recording".to_vec())];

@@ -216,7 +216,10 @@ async fn ls_show_and_verify_through_the_api_server() -> Result<()> {
         "the status key was replaced: {swapped:?}"
     );
     // A pinned key that is not the pod's: the recording is not the one it would vouch for.
-    let out = cassette(&bin, &["verify", "fix-ci", "-n", &ns, "--public-key", other])?;
+    let out = cassette(
+        &bin,
+        &["verify", "fix-ci", "-n", &ns, "--public-key", other],
+    )?;
     ensure!(out.status.code() == Some(1), "verify exit {:?}", out.status);
     ensure!(
         String::from_utf8(out.stdout)?

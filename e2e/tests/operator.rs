@@ -970,12 +970,21 @@ async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
     );
     // The pod's own sidecar publishes its key.
     let own = client_with_token(&agent_token(&client, &ns, Some(&agent0)).await?).await?;
-    write(own.clone(), "cassette-sidecar-agent-0", entry(&agent0, key0, 0))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    write(
+        own.clone(),
+        "cassette-sidecar-agent-0",
+        entry(&agent0, key0, 0),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     // Then nobody changes it: not the pod itself, another session pod, or an admin.
     refused(
-        write(own.clone(), "cassette-sidecar-agent-0", entry(&agent0, forged, 0)).await,
+        write(
+            own.clone(),
+            "cassette-sidecar-agent-0",
+            entry(&agent0, forged, 0),
+        )
+        .await,
         "the pod changing its key",
         "is set once, by its own sidecar, and cannot change",
     );
@@ -1003,14 +1012,23 @@ async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
     loop {
         let out = cluster().kubectl_with_input(
             &[
-                "-n", &ns, "get", "events", "--field-selector", "reason=RecordingKey",
-                "-o", "jsonpath={.items[*].message}",
+                "-n",
+                &ns,
+                "get",
+                "events",
+                "--field-selector",
+                "reason=RecordingKey",
+                "-o",
+                "jsonpath={.items[*].message}",
             ],
             "",
         )?;
         let notes = String::from_utf8_lossy(&out.stdout).to_string();
         if notes.contains(key0) {
-            assert!(notes.contains("pod agent-0 (uid ") && notes.contains("SHA256:"), "{notes}");
+            assert!(
+                notes.contains("pod agent-0 (uid ") && notes.contains("SHA256:"),
+                "{notes}"
+            );
             break;
         }
         if Instant::now() > deadline {
@@ -1035,13 +1053,23 @@ async fn the_operator_makes_a_fingerprint_key_for_a_session_that_names_none() ->
         if let Some(secret) = secrets.get_opt("cassette-fingerprint-fix-ci").await? {
             break secret;
         }
-        anyhow::ensure!(Instant::now() < deadline, "no fingerprint Secret within 60s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no fingerprint Secret within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let key = secret.data.unwrap_or_default().remove("key").context("key")?;
+    let key = secret
+        .data
+        .unwrap_or_default()
+        .remove("key")
+        .context("key")?;
     assert_eq!(key.0.len(), 32);
     assert_eq!(secret.immutable, Some(true));
-    assert!(secret.metadata.owner_references.is_none(), "it outlives the session");
+    assert!(
+        secret.metadata.owner_references.is_none(),
+        "it outlives the session"
+    );
     Ok(())
 }
 
@@ -1052,12 +1080,15 @@ async fn the_requester_and_the_agent_cannot_approve_a_review() -> Result<()> {
     operator().await;
     let client = cluster().client().await?;
     let ns = agent_namespace(&client, "eyes").await?;
-    cluster().apply(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "approver", "namespace": ns},
-        "rules": [{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"],
-                   "verbs": ["create", "get", "patch"]}]
-    }).to_string())?;
+    cluster().apply(
+        &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "approver", "namespace": ns},
+            "rules": [{"apiGroups": ["cassette.dev"], "resources": ["agentsessions"],
+                       "verbs": ["create", "get", "patch"]}]
+        })
+        .to_string(),
+    )?;
     cluster().apply(&json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "approvers", "namespace": ns},
@@ -1068,8 +1099,10 @@ async fn the_requester_and_the_agent_cannot_approve_a_review() -> Result<()> {
             {"kind": "ServiceAccount", "name": "coding-agent", "namespace": ns}
         ]
     }).to_string())?;
-    let alice = cassette_e2e::client_from(&cluster().user_kubeconfig("alice@example.com", None)?).await?;
-    let bob = cassette_e2e::client_from(&cluster().user_kubeconfig("bob@example.com", None)?).await?;
+    let alice =
+        cassette_e2e::client_from(&cluster().user_kubeconfig("alice@example.com", None)?).await?;
+    let bob =
+        cassette_e2e::client_from(&cluster().user_kubeconfig("bob@example.com", None)?).await?;
     let agent = client_with_token(&agent_token(&client, &ns, None).await?).await?;
     create_session(&alice, &ns, session_json("fix-ci")).await?;
     // A merge patch replaces the list: each decision carries the ones before it.
@@ -1096,7 +1129,10 @@ async fn the_requester_and_the_agent_cannot_approve_a_review() -> Result<()> {
     let message = decide(agent, json!([]), "agent-0-ab12cd34-1", "approve")
         .await
         .expect_err("the agent approved its own request");
-    assert!(message.contains("the agent's own service account"), "{message}");
+    assert!(
+        message.contains("the agent's own service account"),
+        "{message}"
+    );
     decide(alice, json!([]), "agent-0-ab12cd34-2", "deny")
         .await
         .map_err(anyhow::Error::msg)?;
@@ -1104,7 +1140,9 @@ async fn the_requester_and_the_agent_cannot_approve_a_review() -> Result<()> {
     decide(bob, denied, "agent-0-ab12cd34-1", "approve")
         .await
         .map_err(anyhow::Error::msg)?;
-    let stored = Api::<AgentSession>::namespaced(client, &ns).get("fix-ci").await?;
+    let stored = Api::<AgentSession>::namespaced(client, &ns)
+        .get("fix-ci")
+        .await?;
     let by: Vec<_> = stored
         .spec
         .approvals

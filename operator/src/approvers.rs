@@ -113,12 +113,18 @@ mod tests {
             let message = check("agents", Some(&old), &approve, &u).unwrap_err();
             assert!(message.contains(expected), "{message}");
         };
-        refused(user("alice", false), "alice requested this session and cannot also approve");
+        refused(
+            user("alice", false),
+            "alice requested this session and cannot also approve",
+        );
         refused(
             user("system:serviceaccount:agents:coding-agent", false),
             "the agent's own service account",
         );
-        refused(user("system:serviceaccount:other:robot", true), "a pod's token");
+        refused(
+            user("system:serviceaccount:other:robot", true),
+            "a pod's token",
+        );
         // An approval already there is not re-judged when someone else edits the session.
         check("agents", Some(&approve), &approve, &user("alice", false)).unwrap();
     }

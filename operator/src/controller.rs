@@ -326,7 +326,12 @@ async fn ensure_fingerprint_secret(session: &AgentSession, ctx: &Context) {
     };
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            tracing::info!(namespace, session = session.name_any(), secret = key.name, "made the session's fingerprint key");
+            tracing::info!(
+                namespace,
+                session = session.name_any(),
+                secret = key.name,
+                "made the session's fingerprint key"
+            );
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => {

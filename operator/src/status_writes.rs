@@ -95,7 +95,8 @@ pub fn check(
 fn without_pod(status: &AgentSessionStatus, pod: &str) -> AgentSessionStatus {
     let mut rest = status.clone();
     rest.pods.retain(|p: &PodRecording| p.name != pod);
-    rest.pending_reviews.retain(|r: &PendingReview| r.pod != pod);
+    rest.pending_reviews
+        .retain(|r: &PendingReview| r.pod != pod);
     rest
 }
 
@@ -229,7 +230,10 @@ mod tests {
         // The phase, which is the operator's.
         let mut phase = old.clone();
         phase.phase = Some(Phase::Completed);
-        refused(check(&sidecar, Some(OPERATOR), &old, &phase), "touches more");
+        refused(
+            check(&sidecar, Some(OPERATOR), &old, &phase),
+            "touches more",
+        );
         // Its own reviews are its own.
         let mut reviews = old.clone();
         reviews.pending_reviews.push(PendingReview {

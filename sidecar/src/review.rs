@@ -170,7 +170,9 @@ mod tests {
         let reviews = Reviews::new("agent-0");
         let mut held = reviews.hold(pending("a"));
         let mut other = approval("a", ReviewDecision::Approve);
-        other.digest = Some(Reviews::digest("GET storage.googleapis.com/storage/v1/b/logs"));
+        other.digest = Some(Reviews::digest(
+            "GET storage.googleapis.com/storage/v1/b/logs",
+        ));
         reviews.decide(&[other]);
         let mut unbound = approval("a", ReviewDecision::Approve);
         unbound.digest = None;

@@ -282,7 +282,10 @@ fn only_the_sidecar_holds_a_service_account_token() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, [CA_VOLUME, SPOOL_VOLUME, TOKEN_VOLUME, FINGERPRINT_VOLUME]);
+    assert_eq!(
+        volumes,
+        [CA_VOLUME, SPOOL_VOLUME, TOKEN_VOLUME, FINGERPRINT_VOLUME]
+    );
     let init = spec.init_containers.as_ref().unwrap();
     for container in init.iter().chain(spec.containers.iter()) {
         let holds_token = mounts_of(container)
@@ -428,14 +431,26 @@ fn a_session_naming_no_key_gets_the_one_the_operator_makes() {
         .find(|v| v.name == FINGERPRINT_VOLUME)
         .unwrap();
     let secret = volume.secret.as_ref().unwrap();
-    assert_eq!(secret.secret_name.as_deref(), Some("cassette-fingerprint-fix-ci"));
+    assert_eq!(
+        secret.secret_name.as_deref(),
+        Some("cassette-fingerprint-fix-ci")
+    );
     assert_eq!(secret.items.as_ref().unwrap()[0].key, "key");
     // The agent may not name it.
     let mut reaching = pod(true);
-    reaching.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
-        serde_json::from_value(json!({"name": "k", "secret": {"secretName": "cassette-fingerprint-fix-ci"}}))
+    reaching
+        .spec
+        .as_mut()
+        .unwrap()
+        .volumes
+        .as_mut()
+        .unwrap()
+        .push(
+            serde_json::from_value(
+                json!({"name": "k", "secret": {"secretName": "cassette-fingerprint-fix-ci"}}),
+            )
             .unwrap(),
-    );
+        );
     let Outcome::Refused(message) = run(&reaching, Some(&s), false) else {
         panic!("an agent mounting the fingerprint key was admitted");
     };
