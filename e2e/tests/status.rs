@@ -193,8 +193,13 @@ fn curl(capture: u16, url: &str) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// The id of the one request held for review, once the sidecar has published it.
-async fn pending_review(api: &Api<AgentSession>, session: &str) -> Result<String> {
+/// The id of the request held for review, once the sidecar has published it; `decided` are
+/// ids already decided, which the status may still list until the sidecar's next report.
+async fn pending_review(
+    api: &Api<AgentSession>,
+    session: &str,
+    decided: &[&str],
+) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let pending = api
@@ -203,7 +208,7 @@ async fn pending_review(api: &Api<AgentSession>, session: &str) -> Result<String
             .status
             .map(|s| s.pending_reviews)
             .unwrap_or_default();
-        if let Some(review) = pending.first() {
+        if let Some(review) = pending.iter().find(|r| !decided.contains(&r.id.as_str())) {
             anyhow::ensure!(review.request.contains("echo.test/held"), "{review:?}");
             return Ok(review.id.clone());
         }
@@ -267,14 +272,15 @@ async fn held_requests_wait_for_kubectl_cassette_approve_or_deny() -> Result<()>
 
     // Held, then approved: the agent gets the upstream's answer.
     let waiting = curl(capture, "http://echo.test/held");
-    let id = pending_review(&api, "reviewing").await?;
+    let id = pending_review(&api, "reviewing", &[]).await?;
     assert!(!waiting.is_finished(), "the request waits for a decision");
     assert!(decide("approve", &id)?.contains("approved"));
     assert_eq!(waiting.join().unwrap(), "hello");
 
     // Held, then denied: refused in words.
+    let approved = id;
     let waiting = curl(capture, "http://echo.test/held");
-    let id = pending_review(&api, "reviewing").await?;
+    let id = pending_review(&api, "reviewing", &[&approved]).await?;
     decide("deny", &id)?;
     let said = waiting.join().unwrap();
     assert!(said.contains("denied"), "{said}");
