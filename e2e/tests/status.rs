@@ -160,6 +160,9 @@ async fn start_sidecar(
             .arg(format!("--capture-addr=127.0.0.1:{capture}"))
             .arg(format!("--metadata-addr=127.0.0.1:{}", free_port()))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            // Both tests run a sidecar at once: no listener on a fixed port.
+            .arg(format!("--dns-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--inbound-addr=127.0.0.1:{}", free_port()))
             .arg(format!(
                 "--upstream-override=echo.test=http://127.0.0.1:{upstream}"
             ))
