@@ -101,19 +101,6 @@ pub fn update(old: &Pod, new: &Pod) -> Result<(), String> {
     }) {
         return Err(refusal);
     }
-    let security = |spec: &k8s_openapi::api::core::v1::PodSpec| {
-        let containers: Vec<_> = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .map(|c| (&c.security_context, &c.volume_mounts))
-            .collect();
-        (
-            spec.volumes.clone(),
-            spec.security_context.clone(),
-            format!("{containers:?}"),
-        )
-    };
     if security(old_spec) != security(new_spec) {
         return Err(format!(
             "pod {name}: the volumes, mounts and security contexts of a session pod cannot change \
@@ -166,6 +153,27 @@ pub fn connect(pod: &Pod, subresource: &str, container: Option<&str>) -> Result<
         },
         _ => Ok(()),
     }
+}
+
+/// What a session pod's confinement rests on, compared in place: volumes, the pod's security
+/// context, and each container's security context and mounts.
+type Confinement<'a> = (
+    &'a Option<Vec<k8s_openapi::api::core::v1::Volume>>,
+    &'a Option<k8s_openapi::api::core::v1::PodSecurityContext>,
+    Vec<(
+        &'a Option<k8s_openapi::api::core::v1::SecurityContext>,
+        &'a Option<Vec<k8s_openapi::api::core::v1::VolumeMount>>,
+    )>,
+);
+
+fn security(spec: &k8s_openapi::api::core::v1::PodSpec) -> Confinement<'_> {
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| (&c.security_context, &c.volume_mounts))
+        .collect();
+    (&spec.volumes, &spec.security_context, containers)
 }
 
 fn init_container<'a>(containers: Option<&'a [Container]>, name: &str) -> Option<&'a Container> {
