@@ -968,6 +968,14 @@ async fn a_pods_recording_key_comes_only_from_its_own_sidecar() -> Result<()> {
         "a key from an unbound token",
         "only pod \"agent-0\"'s own sidecar, with the token bound to that pod",
     );
+    // A pod of the same account outside any session has a bound token but no recorder.
+    let plain = create_pod(&client, &ns, agent_pod("plain", None)).await?;
+    let outsider = client_with_token(&agent_token(&client, &ns, Some(&plain)).await?).await?;
+    refused(
+        write(outsider, "cassette-sidecar-plain", entry(&plain, forged, 0)).await,
+        "a key from a pod outside the session",
+        "was not injected into a session (no cassette.dev/injected annotation)",
+    );
     // The pod's own sidecar publishes its key.
     let own = client_with_token(&agent_token(&client, &ns, Some(&agent0)).await?).await?;
     write(

@@ -128,7 +128,7 @@ async fn route(req: Request<Incoming>, context: &Context) -> Response<Body> {
         "/validate-agentsession-status" => {
             answer(
                 &body,
-                |r| async { validate_status(r, context) },
+                |r| validate_status(r, context),
                 Webhook::ValidateStatus,
                 context,
             )
@@ -473,7 +473,7 @@ fn validate_session(request: AdmissionRequest<DynamicObject>) -> (AdmissionRespo
 }
 
 /// A write to the status subresource: pods' keys come only from their own sidecars.
-fn validate_status(
+async fn validate_status(
     request: AdmissionRequest<DynamicObject>,
     context: &Context,
 ) -> (AdmissionResponse, Verdict) {
@@ -488,15 +488,26 @@ fn validate_status(
                 .map_err(|e| format!("the status cannot be read: {e}")),
         }
     };
-    let checked = status(request.old_object.as_ref()).and_then(|old| {
-        let new = status(request.object.as_ref())?;
-        crate::status_writes::check(
-            &request.user_info,
-            context.operator_user.as_deref(),
-            &old,
-            &new,
-        )
-    });
+    let checked = match (
+        status(request.old_object.as_ref()),
+        status(request.object.as_ref()),
+    ) {
+        (Ok(old), Ok(new)) => {
+            match crate::status_writes::check(
+                &request.user_info,
+                context.operator_user.as_deref(),
+                &old,
+                &new,
+            ) {
+                Ok(()) => {
+                    let namespace = request.namespace.as_deref().unwrap_or_default();
+                    injected_publishers(&old, &new, namespace, context).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     match checked {
         Ok(()) => (response, Verdict::Allowed),
         Err(message) => {
@@ -511,6 +522,50 @@ fn validate_status(
             )
         }
     }
+}
+
+/// A pod that publishes its key must be one the injector recorded into a session: a pod of
+/// the same service account outside any session has a bound token too, but no recorder.
+async fn injected_publishers(
+    old: &AgentSessionStatus,
+    new: &AgentSessionStatus,
+    namespace: &str,
+    context: &Context,
+) -> Result<(), String> {
+    let pods = Api::<Pod>::namespaced(context.client.clone(), namespace);
+    for entry in &new.pods {
+        let had_key = old
+            .pods
+            .iter()
+            .any(|p| p.name == entry.name && p.public_key.is_some());
+        if entry.public_key.is_none() || had_key {
+            continue;
+        }
+        let pod = pods.get_opt(&entry.name).await.map_err(|e| {
+            format!(
+                "cassette could not read pod {:?} to check it records: {e}",
+                entry.name
+            )
+        })?;
+        let recorded = pod.as_ref().is_some_and(|p| {
+            p.metadata.uid == entry.uid
+                && p.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(cassette_api::names::INJECTED_ANNOTATION))
+        });
+        if !recorded {
+            return Err(format!(
+                "pod {:?} (uid {}) was not injected into a session (no {} annotation), so it has \
+                 no recorder whose key could be published: only a session pod's sidecar publishes \
+                 a key",
+                entry.name,
+                entry.uid.as_deref().unwrap_or("none"),
+                cassette_api::names::INJECTED_ANNOTATION
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Body> {
