@@ -568,6 +568,8 @@ impl Recorder {
             )
         };
         let segments = spool::read_ledger(&dir)?;
+        // Nothing more is recorded into the spool: its reserve is room for the report below.
+        spool::release_reserve(&dir);
         let unshipped: Vec<UnshippedSegment> = lock(&inner.queue)
             .iter()
             .filter(|s| !segments.iter().any(|m| m.name == s.name.object()))

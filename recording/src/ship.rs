@@ -12,7 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::chain::sha256_hex;
 use crate::segment::{ManifestSegment, RecordingPath};
 use crate::sink::{ObjectMeta, Put, Sink, SinkError};
-use crate::spool::{Sealed, SpoolError, append_ledger};
+use crate::spool::{self, Sealed, SpoolError, append_ledger};
 
 /// zstd level: fast, and JSON compresses well at any level.
 const ZSTD_LEVEL: i32 = 3;
@@ -185,11 +185,14 @@ pub(crate) async fn upload(
         bytes: segment.bytes.len() as u64,
         sha256: sha256_hex(&segment.bytes),
     };
-    append_ledger(dir, &entry, segment.sealed.marks)?;
+    // Without this line the segment cannot leave the spool, so it must get through a full
+    // disk: it may take the reserve, which the removal below gives back room for.
+    spool::with_reserve(dir, || append_ledger(dir, &entry, segment.sealed.marks))?;
     fs::remove_file(&segment.path).map_err(|source| SpoolError::Io {
         path: segment.path.clone(),
         source,
     })?;
+    spool::hold_reserve(dir);
     Ok(entry)
 }
 

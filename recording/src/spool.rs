@@ -5,8 +5,8 @@
 //!
 //! Layout: `key.pk8` (the session key), `seg-NNNNNN-<random>.jsonl` (open, or sealed and
 //! waiting), `seg-NNNNNN-<random>.jsonl.zst` (compressed, waiting to ship under that name),
-//! `shipped.jsonl` (one line per segment the sink acknowledged), `manifest.json` (a copy, once
-//! the recording is closed). A segment's name is chosen when its file is opened, so a restarted
+//! `shipped.jsonl` (one line per segment the sink acknowledged), `reserve` (room held for the
+//! lines a full disk must still take), `manifest.json` (a copy, once the recording is closed). A segment's name is chosen when its file is opened, so a restarted
 //! recorder ships it under the name an earlier attempt may already have used.
 
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +25,11 @@ pub(crate) const LEDGER_FILE: &str = "shipped.jsonl";
 pub(crate) const CLOSED_FILE: &str = "manifest.json";
 /// What a shutdown could not ship before its deadline, for the caller to hand on.
 pub const UNSHIPPED_FILE: &str = "unshipped.json";
+/// Room held on the spool's disk for the lines that say what happened when it filled up.
+const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: usize = 64 << 10;
+/// How far past its limit the spool takes a `gap`: what was lost is worth a little more room.
+const GAP_SLACK_BYTES: u64 = RESERVE_BYTES as u64;
 
 /// The highest exchange and connection ids recorded so far: a restarted recorder hands out
 /// ids above them, so an id names one exchange (one connection) of the whole recording.
@@ -155,6 +160,54 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// Holds [`RESERVE_BYTES`] of the spool's disk in a file of its own, unless it is held already.
+///
+/// When the disk fills (a spool on a small emptyDir, a node out of space), the lines that
+/// let the recording go on must still be written: the ledger line that lets a shipped
+/// segment leave the spool (without it nothing ever frees room), seals, gaps and
+/// `session_end`. They take the reserve's room; shipping puts it back.
+pub(crate) fn hold_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let tmp = dir.join(format!("{RESERVE_FILE}.tmp"));
+    let held = fs::write(&tmp, vec![0u8; RESERVE_BYTES])
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, &path));
+    if let Err(e) = held {
+        let _ = fs::remove_file(&tmp);
+        tracing::debug!(error = %e, dir = %dir.display(), "no room yet for the spool's reserve");
+    }
+}
+
+/// Gives the reserve's room back to the disk; says whether there was one.
+pub(crate) fn release_reserve(dir: &Path) -> bool {
+    fs::remove_file(dir.join(RESERVE_FILE)).is_ok()
+}
+
+/// Whether a spool write failed because its disk is full.
+fn out_of_room(e: &SpoolError) -> bool {
+    const ENOSPC: i32 = 28;
+    matches!(e, SpoolError::Io { source, .. }
+        if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(ENOSPC))
+}
+
+/// Runs `write`, and once more in the reserve's room when the first try found the disk full.
+/// `write` must leave nothing behind when it fails.
+pub(crate) fn with_reserve<T>(
+    dir: &Path,
+    mut write: impl FnMut() -> Result<T, SpoolError>,
+) -> Result<T, SpoolError> {
+    match write() {
+        Err(e) if out_of_room(&e) && release_reserve(dir) => {
+            tracing::warn!(dir = %dir.display(), "the spool's disk is full: writing into its reserve");
+            write()
+        }
+        other => other,
+    }
 }
 
 impl Spool {
@@ -290,6 +343,7 @@ impl Spool {
             spool_bytes += fs::metadata(&path).map_err(io_err(&path))?.len();
             sealed.push(seal);
         }
+        hold_reserve(dir);
         sync_dir(dir)?;
 
         let spool = Spool {
@@ -378,7 +432,9 @@ impl Spool {
         }
         self.encode(event, now);
         let len = self.buf.len() as u64;
-        if self.spool_bytes + len > self.limits.spool_limit_bytes {
+        let is_gap = matches!(event, Event::Gap(_));
+        let slack = if is_gap { GAP_SLACK_BYTES } else { 0 };
+        if self.spool_bytes + len > self.limits.spool_limit_bytes + slack {
             let reason = format!(
                 "the spool was full ({} of {} bytes) because segments could not be shipped",
                 self.spool_bytes, self.limits.spool_limit_bytes
@@ -397,7 +453,12 @@ impl Spool {
             // The gap moved the chain on: encode the record again on top of it.
             self.encode(event, now);
         }
-        match self.write_buf(now) {
+        let written = if is_gap {
+            self.write_buf_reserved(now)
+        } else {
+            self.write_buf(now)
+        };
+        match written {
             Ok(written) => {
                 self.marks.note(event.exchange(), event.conn());
                 if self.segment_bytes >= self.limits.segment_max_bytes {
@@ -462,7 +523,7 @@ impl Spool {
             to: Some(now.to_string()),
         });
         self.encode(&gap, now);
-        if let Err(e) = self.write_buf(now) {
+        if let Err(e) = self.write_buf_reserved(now) {
             self.outage = Some(outage);
             return Err(e);
         }
@@ -501,6 +562,12 @@ impl Spool {
             head: chain.clone(),
         };
         Ok(Appended::Written { seq, chain })
+    }
+
+    /// [`Spool::write_buf`] for the lines that must get through a full disk.
+    fn write_buf_reserved(&mut self, now: &str) -> Result<Appended, SpoolError> {
+        let dir = self.dir.clone();
+        with_reserve(&dir, || self.write_buf(now))
     }
 
     fn open_segment(&mut self) -> Result<Arc<File>, SpoolError> {
@@ -547,7 +614,7 @@ impl Spool {
             recovered: false,
         });
         self.encode(&event, now);
-        let Appended::Written { seq, chain } = self.write_buf(now)? else {
+        let Appended::Written { seq, chain } = self.write_buf_reserved(now)? else {
             unreachable!("write_buf writes or fails")
         };
         let path = self.segment_path();
@@ -579,7 +646,7 @@ impl Spool {
         }
         self.write_gap(now)?;
         self.encode(end_event, now);
-        self.write_buf(now)?;
+        self.write_buf_reserved(now)?;
         self.seal(now)?;
         self.ended = true;
         Ok(())
@@ -846,10 +913,10 @@ mod tests {
         l.spool_limit_bytes = 400;
         l.segment_max_bytes = 1 << 20;
         let (mut spool, _) = Spool::open(dir.path(), l, NOW).unwrap();
-        spool.append(&gap(0), NOW).unwrap();
+        spool.append(&request(0, 1), NOW).unwrap();
         let mut refused = 0;
         for n in 1..10 {
-            match spool.append(&gap(n), NOW) {
+            match spool.append(&request(n, 1), NOW) {
                 Err(SpoolError::Full { .. }) => refused += 1,
                 other => assert!(matches!(other, Ok(Appended::Written { .. })), "{other:?}"),
             }
@@ -857,7 +924,7 @@ mod tests {
         assert!(refused > 0);
         // Shipping frees the spool; the next record is preceded by the gap.
         spool.adjust_spool_bytes(10_000, 0);
-        let Appended::Written { seq, .. } = spool.append(&gap(50), NOW).unwrap() else {
+        let Appended::Written { seq, .. } = spool.append(&request(50, 1), NOW).unwrap() else {
             panic!("written")
         };
         let text = fs::read_to_string(spool.segment_path()).unwrap();
@@ -866,6 +933,74 @@ mod tests {
         assert!(
             gap_line.contains(&format!("\"records\":{refused}")),
             "{gap_line}"
+        );
+    }
+
+    #[test]
+    fn a_full_spool_still_takes_what_says_what_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = limits();
+        l.spool_limit_bytes = 400;
+        l.segment_max_bytes = 1 << 20;
+        let (mut spool, _) = Spool::open(dir.path(), l, NOW).unwrap();
+        while spool.append(&request(1, 1), NOW).is_ok() {}
+        // The caller's own gap (an exchange it cut) goes in over the limit, after the
+        // spool's gap for the refused record.
+        let Appended::Written { seq, .. } = spool.append(&gap(7), NOW).unwrap() else {
+            panic!("written")
+        };
+        let text = fs::read_to_string(spool.segment_path()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[seq as usize].contains("test 7"), "{text}");
+        assert!(
+            lines[seq as usize - 1].contains("records refused"),
+            "{text}"
+        );
+        // Past the slack it is refused too: the limit still bounds the disk.
+        let mut taken = 0;
+        while spool.append(&gap(8), NOW).is_ok() {
+            taken += 1;
+        }
+        assert!(taken > 0 && spool.spool_bytes() <= 400 + GAP_SLACK_BYTES);
+    }
+
+    #[test]
+    fn the_reserve_is_held_and_gives_its_room_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_spool, _) = Spool::open(dir.path(), limits(), NOW).unwrap();
+        let reserve = dir.path().join(RESERVE_FILE);
+        assert_eq!(fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES as u64);
+        let full = || {
+            Err::<(), _>(SpoolError::Io {
+                path: dir.path().into(),
+                source: io::Error::from_raw_os_error(28),
+            })
+        };
+        let mut tries = 0;
+        let result = with_reserve(dir.path(), || {
+            tries += 1;
+            if tries == 1 { full() } else { Ok(()) }
+        });
+        assert!(
+            result.is_ok() && tries == 2,
+            "the second try runs in the reserve's room"
+        );
+        assert!(!reserve.exists());
+        assert!(
+            with_reserve(dir.path(), full).is_err(),
+            "no reserve left: the error stands"
+        );
+        hold_reserve(dir.path());
+        assert!(reserve.exists(), "shipping puts it back");
+        let other = with_reserve(dir.path(), || {
+            Err::<(), _>(SpoolError::Io {
+                path: dir.path().into(),
+                source: io::Error::from_raw_os_error(5),
+            })
+        });
+        assert!(
+            other.is_err() && reserve.exists(),
+            "only a full disk takes it"
         );
     }
 
@@ -921,7 +1056,7 @@ mod tests {
         l.open_on_failure = true;
         let (mut spool, _) = Spool::open(dir.path(), l, NOW).unwrap();
         let results: Vec<_> = (0..5)
-            .map(|n| spool.append(&gap(n), NOW).unwrap())
+            .map(|n| spool.append(&request(n, 1), NOW).unwrap())
             .collect();
         assert!(results.contains(&Appended::Dropped));
     }

@@ -1137,8 +1137,6 @@ impl Drop for Tmpfs {
 /// whole download) and the gap says what did; with `open` both complete and the gap says the
 /// traffic went on unrecorded. Either way the recording still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug (issue 14.5): in about half the runs the closed-mode gap of the cut upload \
-            never reaches the recording (the cut itself holds); run with --ignored to reproduce"]
 async fn a_full_spool_disk_cuts_bodies_when_closed_and_not_when_open() {
     install_provider();
     let ca = TestCa::new();
