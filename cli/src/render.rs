@@ -287,6 +287,9 @@ pub fn table(t: &Timeline) -> String {
                 }
                 lines.push(Line::Event(clock(time), text));
             }
+            Item::Change { time, change } => {
+                lines.push(Line::Event(clock(time), session_change_note(change)));
+            }
             Item::End { time, reason } => {
                 lines.push(Line::Event(clock(time), format!("session_end ({reason})")));
             }
@@ -588,6 +591,7 @@ pub fn replay_line(r: &Record, pod: &str) -> Option<String> {
         Event::Git(g) => format!("#{} {}", g.exchange, git_note(g)),
         Event::Review(v) => format!("#{} {}", v.exchange, review_note(v)),
         Event::Gap(g) => format!("GAP: {} — {}", g.lost, g.reason),
+        Event::SessionChange(c) => session_change_note(c),
         Event::SessionEnd(e) => format!("session_end ({})", e.reason),
         _ => return None,
     };
@@ -595,6 +599,23 @@ pub fn replay_line(r: &Record, pod: &str) -> Option<String> {
         &format!("{} {pod}  {text}", clock(&r.time)),
         false,
     ))
+}
+
+/// `session_change` in words: what changed, and when the session ends now.
+fn session_change_note(c: &cassette_recording::record::SessionChange) -> String {
+    let until = c
+        .expires_at
+        .as_deref()
+        .map(|t| format!(", ends {t}"))
+        .unwrap_or_default();
+    if c.deleted {
+        return format!("SESSION DELETED: the AgentSession is gone; the session ended{until}");
+    }
+    format!(
+        "SESSION CHANGED (generation {}): {}{until}",
+        c.generation,
+        c.changed.join(", ")
+    )
 }
 
 #[cfg(test)]

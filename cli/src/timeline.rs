@@ -142,6 +142,11 @@ pub enum Item {
     Blocked { time: String, blocked: Blocked },
     /// Something was not recorded.
     Gap { time: String, gap: Gap },
+    /// The AgentSession changed while the pod recorded: what follows is decided by the new one.
+    Change {
+        time: String,
+        change: cassette_recording::record::SessionChange,
+    },
     /// The session ended for this pod.
     End { time: String, reason: String },
 }
@@ -241,6 +246,10 @@ impl Timeline {
             Event::Gap(g) => self.items.push(Item::Gap {
                 time,
                 gap: g.clone(),
+            }),
+            Event::SessionChange(c) => self.items.push(Item::Change {
+                time,
+                change: c.clone(),
             }),
             Event::SessionEnd(e) => {
                 self.ended = true;

@@ -1003,6 +1003,11 @@ except OSError as e:
 /// | a peer outside the pod connects to a listener the agent opened | carried, both directions recorded as masked `stream` records of an `inbound` connection |
 /// | UDP from outside the pod to a socket the agent bound | dropped |
 /// | the kubelet probing the sidecar's admin port from outside | answers |
+///
+/// Elsewhere: outliving a session that was tightened or cut short (a deny rule added, `expiresAt`
+/// moved closer while a connection is held open) is `status.rs::a_running_session_is_tightened_within_seconds`;
+/// the admission-level ways (capabilities, resolvers, hostPath, tokens, changes after
+/// admission) are in `operator.rs`.
 #[test]
 fn the_ways_around_the_recorder_are_closed() -> Result<()> {
     require_root!();

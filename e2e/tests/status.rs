@@ -135,12 +135,18 @@ async fn start_sidecar(
 ) -> Result<(Running, u16)> {
     let sidecar = cassette_e2e::workspace_binary("cassette-sidecar")?;
     let (capture, admin) = (free_port(), free_port());
-    let spec = serde_json::to_string(
-        &Api::<AgentSession>::namespaced(cluster().client().await?, ns)
-            .get(session)
-            .await?
-            .spec,
-    )?;
+    let object = Api::<AgentSession>::namespaced(cluster().client().await?, ns)
+        .get(session)
+        .await?;
+    let spec = serde_json::to_string(&object.spec)?;
+    // The expiry, as the injector passes it (every session here lasts an hour).
+    anyhow::ensure!(object.spec.max_duration.as_deref() == Some("1h"));
+    let created = object
+        .metadata
+        .creation_timestamp
+        .context("a creation time")?
+        .0;
+    let expires_at = created + k8s_openapi::jiff::SignedDuration::from_hours(1);
     let child = Running(Some(
         Command::new(sidecar)
             .arg("run")
@@ -168,6 +174,7 @@ async fn start_sidecar(
             ))
             .arg("--metadata=off")
             .arg(format!("--session-spec={spec}"))
+            .arg(format!("--expires-at={expires_at}"))
             .arg("--kubeconfig")
             .arg(cluster().kubeconfig())
             .stdout(Stdio::null())
@@ -296,6 +303,179 @@ async fn held_requests_wait_for_kubectl_cassette_approve_or_deny() -> Result<()>
         status.pending_reviews.is_empty(),
         "{:?}",
         status.pending_reviews
+    );
+    Ok(())
+}
+
+/// A plain HTTP upstream that keeps its connections open: it answers every request on a
+/// connection with a short body.
+async fn keepalive_upstream() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Through the explicit proxy on `capture`: CONNECT to echo.test:80, then one keep-alive
+/// request on the tunnel; the connection is left open.
+async fn open_connection(capture: u16) -> Result<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", capture)).await?;
+    s.write_all(b"CONNECT echo.test:80 HTTP/1.1\r\nHost: echo.test:80\r\n\r\n")
+        .await?;
+    let head = read_until(&mut s, b"\r\n\r\n").await?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "CONNECT: {head}");
+    s.write_all(b"GET /open HTTP/1.1\r\nHost: echo.test\r\n\r\n")
+        .await?;
+    let answer = read_until(&mut s, b"hello").await?;
+    anyhow::ensure!(answer.contains("200 OK"), "{answer}");
+    Ok(s)
+}
+
+async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Result<String> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(end.len()).any(|w| w == end) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// What curl through the sidecar answers now.
+async fn fetch(capture: u16, path: &str) -> String {
+    let url = format!("http://echo.test{path}");
+    tokio::task::spawn_blocking(move || curl(capture, &url).join().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Issue 13.7: a session is tightened while its pod runs. A deny rule added to the spec
+/// refuses the next request within seconds; moving `expiresAt` closer ends a connection left
+/// open; both changes are in the recording, and so is the connection's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_session_is_tightened_within_seconds() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let client = cluster().client().await?;
+    fixtures::install_crd(&client).await?;
+    let ns = fixtures::namespace(&client, "tighten").await?;
+    let dir = tempfile::tempdir()?;
+    let sink = format!("file://{}", dir.path().join("sink").display());
+    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
+    let session: AgentSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cassette.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": "tightening"},
+        "spec": {"maxDuration": "1h", "recording": {"sink": sink}},
+    }))?;
+    api.create(&PostParams::default(), &session).await?;
+    let upstream = keepalive_upstream().await;
+    let (mut child, capture) =
+        start_sidecar(&ns, "tightening", &sink, dir.path(), upstream).await?;
+    assert_eq!(fetch(capture, "/secret-place").await, "hello");
+
+    // The admin adds a deny rule: it holds for the running pod, not only for new ones.
+    let merge = |v: serde_json::Value| Patch::Merge(v);
+    api.patch(
+        "tightening",
+        &PatchParams::default(),
+        &merge(serde_json::json!({"spec": {"policy": {"rules": [
+            {"name": "not-there", "action": "deny", "match": {"host": "echo.test", "path": "/secret-place"}}
+        ]}}})),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let said = fetch(capture, "/secret-place").await;
+        if said.contains("not-there") {
+            break;
+        }
+        assert_eq!(said, "hello", "allowed until the change applies");
+        assert!(
+            Instant::now() < deadline,
+            "the new deny rule was not applied to the running sidecar"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(fetch(capture, "/elsewhere").await, "hello");
+
+    // A connection the agent keeps open, then the session is cut short.
+    let mut open = open_connection(capture).await?;
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), open.read(&mut byte))
+            .await
+            .is_err(),
+        "the open connection stays open while the session runs"
+    );
+    let soon =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3);
+    api.patch(
+        "tightening",
+        &PatchParams::default(),
+        &merge(serde_json::json!({"spec": {"expiresAt": soon.to_string(), "maxDuration": null}})),
+    )
+    .await?;
+    let closed = tokio::time::timeout(Duration::from_secs(20), open.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the open connection is ended at the new expiry: {closed:?}"
+    );
+    assert!(k8s_openapi::jiff::Timestamp::now() >= soon, "not before it");
+    let said = fetch(capture, "/elsewhere").await;
+    assert!(said.contains("expired"), "{said}");
+
+    let mut sidecar = child.0.take().context("the sidecar runs")?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    assert!(status.success(), "the sidecar exited with {status}");
+
+    let store = cassette_recording::Sink::open(&sink, &Default::default()).await?;
+    let objects = cassette_recording::load(&store, &format!("{ns}/tightening/agent-0-u1")).await?;
+    let records: Vec<serde_json::Value> = objects
+        .records()
+        .map(|r| serde_json::to_value(r.unwrap()).unwrap())
+        .collect();
+    let changed: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "session_change")
+        .map(|r| &r["changed"])
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            &serde_json::json!(["policy"]),
+            &serde_json::json!(["expiry"])
+        ],
+        "both changes are recorded, once each"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "conn_close"
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the session expired"))),
+        "the ended connection's close says why"
     );
     Ok(())
 }

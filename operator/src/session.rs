@@ -2,20 +2,12 @@
 //! controller: when it expires, where its recordings are, what its pods add up to.
 
 use cassette_api::{AgentSession, PodRecording, Totals};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 
 /// When the session stops admitting pods and requests: `spec.expiresAt`, or the creation time
-/// plus `spec.maxDuration`. `None` when neither can be known (the CRD requires one of them).
+/// plus `spec.maxDuration` (computed as the sidecar computes it).
 pub fn expires_at(session: &AgentSession) -> Option<Timestamp> {
-    if let Some(at) = &session.spec.expires_at {
-        return Some(at.0);
-    }
-    let duration = session.spec.max_duration.as_deref()?;
-    let duration = cassette_rules::validate::parse_duration(duration).ok()?;
-    let created = session.metadata.creation_timestamp.as_ref()?.0;
-    created
-        .checked_add(SignedDuration::try_from(duration).ok()?)
-        .ok()
+    cassette_rules::policy::session_expiry(session)
 }
 
 /// Where the session's recordings are: `<sink>/<namespace>/<session>/`, as the sidecar writes.

@@ -66,6 +66,9 @@ pub enum Event {
     Message(Message),
     /// One DNS query the agent made, and its answer.
     Dns(Dns),
+    /// The AgentSession's policy, masking or expiry changed while the recorder ran, and what
+    /// follows is decided by the new one.
+    SessionChange(SessionChange),
     /// A client connection closed.
     ConnClose(ConnClose),
     /// The end of a segment: signs the chain head. Written by the spool only.
@@ -96,6 +99,7 @@ impl Event {
             Event::Stream(_) => "stream",
             Event::Message(_) => "message",
             Event::Dns(_) => "dns",
+            Event::SessionChange(_) => "session_change",
             Event::ConnClose(_) => "conn_close",
             Event::Seal(_) => "seal",
             Event::SessionEnd(_) => "session_end",
@@ -763,6 +767,21 @@ pub struct Seal {
     /// True when the segment was sealed on restart, after a crash cut it short.
     #[serde(default, skip_serializing_if = "is_false")]
     pub recovered: bool,
+}
+
+/// `session_change`: the sidecar applied a new version of its AgentSession.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionChange {
+    /// The AgentSession's `metadata.generation` now applied.
+    pub generation: i64,
+    /// What changed, of `policy`, `masking` and `expiry`.
+    pub changed: Vec<String>,
+    /// When the session ends now (RFC 3339), when it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Set when the AgentSession is gone (deleted): the session ended with it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
 }
 
 /// `session_end`.

@@ -5,14 +5,30 @@
 //! A push is decided ref by ref: each ref update is matched with the request's other facts,
 //! and one refused ref refuses the whole push. The current time is an argument.
 
-use cassette_api::{Action, Policy, PolicyMode};
-use jiff::Timestamp;
+use cassette_api::{Action, AgentSession, Policy, PolicyMode};
+use jiff::{SignedDuration, Timestamp};
 
 use crate::classify::Classification;
 use crate::code_host::RestRef;
 use crate::git::{RefRejection, RefUpdate};
 use crate::glob::{HostPattern, PermissionPattern, SegmentGlob, normalize_host};
 use crate::validate::{self, ValidationErrors};
+
+/// When a session stops admitting pods and requests: `spec.expiresAt`, or the creation time
+/// plus `spec.maxDuration`. `None` when neither can be known (the CRD requires one of them).
+/// The operator (for the injector and the status) and the sidecar (for a spec that changed
+/// while it runs) compute it here, the same way.
+pub fn session_expiry(session: &AgentSession) -> Option<Timestamp> {
+    if let Some(at) = &session.spec.expires_at {
+        return Some(at.0);
+    }
+    let duration = session.spec.max_duration.as_deref()?;
+    let duration = validate::parse_duration(duration).ok()?;
+    let created = session.metadata.creation_timestamp.as_ref()?.0;
+    created
+        .checked_add(SignedDuration::try_from(duration).ok()?)
+        .ok()
+}
 
 /// The permission recorded for a Google request cassette cannot classify.
 pub const UNKNOWN_PERMISSION: &str = "unknown";

@@ -93,15 +93,22 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
 /// each `CONNECT` into an intercepted connection.
 async fn explicit(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
     let timeout = proxy.client_timeout;
-    let service = ProxyService { peer, proxy };
+    let service = ProxyService {
+        peer,
+        proxy: proxy.clone(),
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        debug!(error = %e, %peer, "explicit proxy connection ended with an error");
+    // At expiry the proxy connection ends; its CONNECT tunnels end on their own.
+    tokio::select! {
+        served = conn => if let Err(e) = served {
+            debug!(error = %e, %peer, "explicit proxy connection ended with an error");
+        },
+        why = proxy.session.ended() => debug!(%peer, why, "explicit proxy connection ended"),
     }
 }
 

@@ -121,11 +121,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
         }
     };
     let _ = agent.set_nodelay(true);
-    let mask = Some((proxy.session.masker, BodyKind::Other));
+    let mask = Some((proxy.session.current().masker, BodyKind::Other));
     // `up` is what the agent sent (toward the peer), `down` what the peer sent in.
     let mut up = proxy.recording.stream(conn, None, Flow::Up, mask);
     let mut down = proxy.recording.stream(conn, None, Flow::Down, mask);
-    let carried = tunnel(stream, agent, &mut down, &mut up).await;
+    let carried = tunnel(stream, agent, &mut down, &mut up, proxy.session.ended()).await;
     let masked: u64 = up.finish().values().chain(down.finish().values()).sum();
     proxy.recording.exchange_done(masked);
     let error = carried.stopped.map(|why| {
@@ -147,7 +147,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
         conn,
         bytes_up: carried.down,
         bytes_down: carried.up,
-        error,
+        error: error.or(carried.ended),
     }));
 }
 

@@ -339,15 +339,29 @@ async fn passthrough<IO>(
         );
         return;
     }
-    let carried = tunnel(io, upstream, &mut up, &mut down).await;
+    // A tunnel lasts while the session in force would still open it: it ends at expiry, and
+    // when a change to the policy refuses its host.
+    let until = proxy.session.until(|session| {
+        tunnel_refused(session, &host).map(|why| format!("the tunnel was ended: {why}"))
+    });
+    let carried = tunnel(io, upstream, &mut up, &mut down, until).await;
     let (sent, received) = (carried.up + first.len() as u64, carried.down);
     debug!(conn, sent, received, "passthrough closed");
     proxy.recording.emit(Event::ConnClose(ConnClose {
         conn,
         bytes_up: sent,
         bytes_down: received,
-        error: None,
+        error: carried.ended,
     }));
+}
+
+/// Why `session` would no longer open a tunnel to `host`, if it would not.
+fn tunnel_refused(session: &crate::session::Session, host: &str) -> Option<String> {
+    use cassette_rules::policy::{self, Outcome};
+    let request = policy::Request::new(host, "CONNECT", "/");
+    let decision = session.evaluator.evaluate(&request, jiff::Timestamp::now());
+    (decision.outcome() != Outcome::Forward)
+        .then(|| format!("passthrough to {host} is refused now: {}", decision.reason))
 }
 
 /// Whether the session's policy lets `host` through as a tunnel: a rule (or the default) that
@@ -358,6 +372,7 @@ fn passthrough_allowed(proxy: &Proxy, host: &str) -> Result<(), Refusal> {
     let request = policy::Request::new(host, "CONNECT", "/");
     let decision = proxy
         .session
+        .current()
         .evaluator
         .evaluate(&request, jiff::Timestamp::now());
     let rule = decision.would_block().then(|| decision.cause.label());

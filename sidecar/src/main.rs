@@ -290,12 +290,12 @@ async fn run(args: RunArgs) -> Result<()> {
             key
         }
     };
-    let session = Arc::new(session::Session::load(
+    let session = session::Session::load(
         &args.session,
         args.session_spec.as_deref(),
         args.expires_at.as_deref(),
         &fingerprint_key,
-    )?);
+    )?;
 
     // The recording: started (and any crashed spool recovered) before traffic flows.
     let started = record::writer::start(
@@ -310,6 +310,13 @@ async fn run(args: RunArgs) -> Result<()> {
     .await
     .context("starting the recording")?;
     readiness.spool_writable.store(true, Ordering::Release);
+    // The session in force: replaced when the AgentSession changes while the pod runs.
+    let session = Arc::new(session::Live::new(
+        &args.session,
+        session,
+        fingerprint_key,
+        started.recording.clone(),
+    ));
 
     // TLS: a fresh CA, and the bundle the agent's tools trust.
     let ca = tls::SessionCa::generate(&args.session, 10_000)?;
@@ -325,6 +332,7 @@ async fn run(args: RunArgs) -> Result<()> {
         started.recording.clone(),
         started.writer.clone(),
         reviews.clone(),
+        session.clone(),
     )
     .await
     {
@@ -437,7 +445,9 @@ async fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
-    let reporting = reporter.clone().map(|r| tokio::spawn(r.run()));
+    let reporting = reporter
+        .clone()
+        .map(|r| [tokio::spawn(r.clone().run()), tokio::spawn(r.follow())]);
     tracing::info!(
         session = %args.session,
         capture = %args.capture_addr,
@@ -465,7 +475,7 @@ async fn run(args: RunArgs) -> Result<()> {
             "connections still open after the drain period; closing them"
         );
     }
-    if let Some(task) = reporting {
+    for task in reporting.into_iter().flatten() {
         task.abort();
     }
     match started.shutdown_by(deadline).await {

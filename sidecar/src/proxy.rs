@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 /// The shared state of the data path.
 pub struct Proxy {
-    /// The AgentSession's policy and masking.
-    pub session: Arc<crate::session::Session>,
+    /// The AgentSession's policy, masking and expiry, as they stand now.
+    pub session: Arc<crate::session::Live>,
     /// Requests held for review; `None` when the sidecar cannot reach its AgentSession, so
     /// no approval could ever arrive.
     pub reviews: Option<Arc<crate::review::Reviews>>,
@@ -66,7 +66,12 @@ impl Proxy {
             crate::session::Session::load("fix-ci", Some(&spec.to_string()), None, b"auditor key")
                 .unwrap();
         let proxy = Arc::new(Proxy {
-            session: Arc::new(session),
+            session: Arc::new(crate::session::Live::new(
+                "fix-ci",
+                session,
+                b"auditor key".to_vec(),
+                recording.clone(),
+            )),
             reviews: Some(reviews.clone()),
             ca: SessionCa::generate("fix-ci", 16).unwrap(),
             upstream_roots: Arc::new(RootCertStore::empty()),

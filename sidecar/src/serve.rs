@@ -25,8 +25,14 @@ pub async fn plain<IO: Io>(mut io: Rewind<IO>, ctx: Arc<ConnCtx>, upstream: Upst
     use tokio::io::AsyncReadExt;
     // The HTTP/2 prior-knowledge preface starts with "PRI".
     let mut peek = [0u8; 3];
-    if io.read_exact(&mut peek).await.is_err() {
-        return;
+    tokio::select! {
+        read = io.read_exact(&mut peek) => if read.is_err() {
+            return;
+        },
+        why = ctx.proxy.session.ended() => {
+            ctx.close(Some(format!("{why}: the connection was ended")));
+            return;
+        }
     }
     let is_h2 = &peek == b"PRI";
     let io = Rewind::new(Bytes::copy_from_slice(&peek), io);
@@ -68,19 +74,27 @@ async fn serve_inner(io: Box<dyn Io>, is_h2: bool, ctx: Arc<ConnCtx>, upstream: 
         upstream: Arc::new(upstream),
     };
     let io = TokioIo::new(io);
-    let result = if is_h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .preserve_header_case(true)
-            .max_buf_size(1024 * 1024)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(ctx.proxy.client_timeout)
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
+    let served = async {
+        if is_h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .max_buf_size(1024 * 1024)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ctx.proxy.client_timeout)
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
     };
-    ctx.close(result.err().map(|e| e.to_string()));
+    // At expiry the connection ends, whatever it is doing (a long download, an idle
+    // keep-alive): requests after it would be refused anyway, bytes in flight are not.
+    let error = tokio::select! {
+        result = served => result.err().map(|e| e.to_string()),
+        why = ctx.proxy.session.ended() => Some(format!("{why}: the connection was ended")),
+    };
+    ctx.close(error);
 }

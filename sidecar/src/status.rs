@@ -1,13 +1,21 @@
 //! The pod's entry in its AgentSession's status: the recording's public key and counts, the
 //! last shipped segment, the spool. Written by server-side apply on the status subresource
 //! with this pod's own field manager, so every sidecar owns its entry of `status.pods` and
-//! nothing else (RBAC grants the sidecar only `agentsessions/status` patch).
+//! nothing else (RBAC grants the sidecar `agentsessions/status` patch, and the status webhook
+//! admits only this pod's entry from this pod's token).
+//!
+//! The same connection follows the AgentSession itself, so that a change to its policy,
+//! masking or expiry reaches the running sidecar: a watch of the one object (RBAC: `get`,
+//! `watch` on agentsessions), and, should the watch be refused or broken, the object the
+//! answer to each status report carries.
 
 use crate::record::Recording;
 use crate::review::Reviews;
+use crate::session::Live;
 use anyhow::{Context, Result};
 use cassette_api::{AgentSession, PodRecording};
-use kube::api::{Api, Patch, PatchParams};
+use futures::TryStreamExt;
+use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,6 +32,7 @@ pub struct Reporter {
     recording: Recording,
     writer: cassette_recording::Recorder,
     reviews: Arc<Reviews>,
+    live: Arc<Live>,
 }
 
 impl Reporter {
@@ -34,6 +43,7 @@ impl Reporter {
         recording: Recording,
         writer: cassette_recording::Recorder,
         reviews: Arc<Reviews>,
+        live: Arc<Live>,
     ) -> Result<Option<Self>> {
         let kubeconfig = args.kubeconfig.clone();
         let config = match kubeconfig {
@@ -56,6 +66,7 @@ impl Reporter {
             recording,
             writer,
             reviews,
+            live,
         }))
     }
 
@@ -82,8 +93,9 @@ impl Reporter {
 
     /// Apply the entry (and the requests held for review) once, and pass the approvals the
     /// AgentSession holds to the held requests: the answer of the status patch carries them,
-    /// so the sidecar needs no right to read AgentSessions.
-    pub async fn report(&self) -> Result<()> {
+    /// so approvals need no right to read AgentSessions. Returns the AgentSession as the
+    /// answer carried it.
+    pub async fn report(&self) -> Result<AgentSession> {
         let patch = serde_json::json!({
             "apiVersion": "cassette.dev/v1alpha1",
             "kind": "AgentSession",
@@ -103,6 +115,57 @@ impl Reporter {
             .await
             .with_context(|| format!("reporting to AgentSession {:?}", self.session))?;
         self.reviews.decide(&session.spec.approvals);
+        Ok(session)
+    }
+
+    /// Follow the AgentSession while the sidecar runs: every version the API server has is
+    /// handed to the session in force, and a deleted AgentSession ends the session.
+    pub async fn follow(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            match self.watch_once().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    // The status reports still bring the AgentSession every 10 s.
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %format!("{e:#}"), failures, "watching the AgentSession failed; retrying (status reports still bring its changes)");
+                    }
+                }
+            }
+            let backoff = Duration::from_secs(u64::from(failures.min(5)));
+            tokio::time::sleep(backoff.max(Duration::from_millis(200))).await;
+        }
+    }
+
+    /// Read the AgentSession, then watch it from there until the watch ends.
+    async fn watch_once(&self) -> Result<()> {
+        let version = match self.api.get_opt(&self.session).await? {
+            Some(session) => {
+                self.live.apply(&session);
+                session.metadata.resource_version.unwrap_or_default()
+            }
+            None => {
+                self.live.deleted();
+                return Ok(());
+            }
+        };
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", self.session))
+            .timeout(290);
+        let mut events = Box::pin(self.api.watch(&params, &version).await?);
+        while let Some(event) = events.try_next().await? {
+            match event {
+                WatchEvent::Added(s) | WatchEvent::Modified(s) => self.live.apply(&s),
+                WatchEvent::Deleted(_) => self.live.deleted(),
+                WatchEvent::Bookmark(_) => {}
+                // Typically 410 Gone: the version is too old; read again and watch on.
+                WatchEvent::Error(e) => {
+                    tracing::debug!(code = e.code, message = %e.message, "the AgentSession watch ended");
+                    return Ok(());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -110,8 +173,11 @@ impl Reporter {
     /// is held or released; failures are logged and retried.
     pub async fn run(self: Arc<Self>) {
         loop {
-            if let Err(e) = self.report().await {
-                tracing::warn!(error = %format!("{e:#}"), "status report failed; retrying");
+            match self.report().await {
+                Ok(session) => self.live.apply(&session),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "status report failed; retrying")
+                }
             }
             let interval = if self.reviews.is_empty() {
                 INTERVAL

@@ -264,24 +264,29 @@ pub trait Observe: Send {
 pub struct Tunnelled {
     pub up: u64,
     pub down: u64,
+    /// An observer refused a chunk (it could not be recorded, or was not the protocol).
     pub stopped: Option<BoxError>,
+    /// The sidecar ended it (the session expired): why, in words.
+    pub ended: Option<String>,
 }
 
 /// Copy both ways until both sides are done, showing every chunk to its direction's observer
 /// before it is written on, and counting what went each way even when a side ends abruptly
 /// (a TLS peer that closes without close_notify is the common case). When an observer
-/// refuses a chunk, both sides are closed at once.
+/// refuses a chunk, or `until` resolves (with why), both sides are closed at once.
 pub async fn tunnel<A: Io, B: Io>(
     client: A,
     server: B,
     up: &mut dyn Observe,
     down: &mut dyn Observe,
+    until: impl Future<Output = String>,
 ) -> Tunnelled {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         mut from: R,
         mut to: W,
         observer: &mut dyn Observe,
+        carried: &Counter,
     ) -> (u64, Option<BoxError>) {
         let mut buf = vec![0u8; 16 * 1024];
         let mut total = 0;
@@ -297,6 +302,7 @@ pub async fn tunnel<A: Io, B: Io>(
                         break;
                     }
                     total += n as u64;
+                    carried.add(n as u64);
                 }
             }
         }
@@ -306,31 +312,52 @@ pub async fn tunnel<A: Io, B: Io>(
     }
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
-    let a = pump(client_read, server_write, up);
-    let b = pump(server_read, client_write, down);
-    tokio::pin!(a, b);
+    let (up_count, down_count) = (Counter::default(), Counter::default());
+    let a = pump(client_read, server_write, up, &up_count);
+    let b = pump(server_read, client_write, down, &down_count);
+    tokio::pin!(a, b, until);
     let (mut ra, mut rb): (Option<u64>, Option<u64>) = (None, None);
+    let done = |up, down, stopped, ended| Tunnelled {
+        up,
+        down,
+        stopped,
+        ended,
+    };
     loop {
         tokio::select! {
             (n, e) = &mut a, if ra.is_none() => {
                 if e.is_some() {
-                    return Tunnelled { up: n, down: rb.unwrap_or(0), stopped: e };
+                    return done(n, rb.unwrap_or(0), e, None);
                 }
                 ra = Some(n);
             }
             (n, e) = &mut b, if rb.is_none() => {
                 if e.is_some() {
-                    return Tunnelled { up: ra.unwrap_or(0), down: n, stopped: e };
+                    return done(ra.unwrap_or(0), n, e, None);
                 }
                 rb = Some(n);
             }
+            why = &mut until => {
+                // Dropping the pumps closes both sides; what they carried so far is counted.
+                return done(up_count.get(), down_count.get(), None, Some(why));
+            }
         }
         if let (Some(up), Some(down)) = (ra, rb) {
-            return Tunnelled {
-                up,
-                down,
-                stopped: None,
-            };
+            return done(up, down, None, None);
         }
+    }
+}
+
+/// Bytes a pump has carried, readable after it is dropped.
+#[derive(Default)]
+struct Counter(std::sync::atomic::AtomicU64);
+
+impl Counter {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

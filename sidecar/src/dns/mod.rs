@@ -10,7 +10,7 @@ mod message;
 use crate::original_dst::original_dst;
 use crate::record::Recording;
 use crate::refusal::{Cause, Refusal};
-use crate::session::Session;
+use crate::session::Live;
 use crate::shutdown::Shutdown;
 use base64::Engine as _;
 use cassette_recording::record::{Decision, Dns, Event, Gap};
@@ -43,7 +43,7 @@ const RECORDED_RAW_BYTES: usize = 512;
 pub struct DnsProxy {
     /// The cluster's resolvers, in the order they are asked.
     resolvers: Vec<SocketAddr>,
-    session: Arc<Session>,
+    session: Arc<Live>,
     recording: Recording,
     in_flight: Arc<Semaphore>,
     connections: Arc<Semaphore>,
@@ -72,7 +72,7 @@ struct Origin {
 }
 
 impl DnsProxy {
-    pub fn new(resolvers: Vec<SocketAddr>, session: Arc<Session>, recording: Recording) -> Self {
+    pub fn new(resolvers: Vec<SocketAddr>, session: Arc<Live>, recording: Recording) -> Self {
         Self {
             resolvers,
             session,
@@ -99,6 +99,7 @@ impl DnsProxy {
         };
         let (name, masked) = self
             .session
+            .current()
             .masker
             .mask(BodyKind::Other, query.name.as_bytes());
         if masked.total() > 0 {
@@ -133,6 +134,7 @@ impl DnsProxy {
 
         let decision = self
             .session
+            .current()
             .evaluator
             .evaluate_name(&query.name, jiff::Timestamp::now());
         let rule = decision.would_block().then(|| decision.cause.label());
@@ -210,8 +212,11 @@ impl DnsProxy {
                         .answers
                         .iter()
                         .map(|a| {
-                            let (masked, _) =
-                                self.session.masker.mask(BodyKind::Other, a.as_bytes());
+                            let (masked, _) = self
+                                .session
+                                .current()
+                                .masker
+                                .mask(BodyKind::Other, a.as_bytes());
                             String::from_utf8_lossy(&masked).into_owned()
                         })
                         .collect();
@@ -268,7 +273,7 @@ impl DnsProxy {
     /// Record bytes that are not a DNS query; they are dropped.
     fn malformed(&self, from: &Origin, bytes: &[u8], why: &str) {
         let kept = &bytes[..bytes.len().min(RECORDED_RAW_BYTES)];
-        let (masked, _) = self.session.masker.mask(BodyKind::Other, kept);
+        let (masked, _) = self.session.current().masker.mask(BodyKind::Other, kept);
         debug!(client = %from.client, why, "not a DNS query; dropped");
         self.recording.emit(Event::Dns(Dns {
             transport: from.transport.as_str().into(),

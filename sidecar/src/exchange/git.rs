@@ -58,7 +58,7 @@ pub async fn inspect(
     body: Body,
 ) -> Result<(Body, Option<ReceivePackRequest>), Refusal> {
     let proxy = &conn.proxy;
-    let guards_refs = proxy.session.evaluator.guards_refs();
+    let guards_refs = proxy.session.current().evaluator.guards_refs();
     let unreadable = |why: String| {
         Refusal::new(
             Cause::Git,
@@ -364,9 +364,13 @@ impl PackInspector {
             recording: proxy.recording.clone(),
             decoder,
             framing,
-            reader: error
-                .is_none()
-                .then(|| PackReader::new(proxy.session.masker, format, PackLimits::default())),
+            reader: error.is_none().then(|| {
+                PackReader::new(
+                    proxy.session.current().masker,
+                    format,
+                    PackLimits::default(),
+                )
+            }),
             error,
             started: false,
         }

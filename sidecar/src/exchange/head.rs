@@ -43,7 +43,7 @@ pub fn begin(conn: &ConnCtx, req: &Request<Body>) -> Exchange {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
     let (verified, checked) = verified_host(conn, &authority);
     let classified = classify::request(&verified, req.method(), &target, req.headers());
-    let (shown_target, target_masks) = conn.proxy.session.masker.mask_target(&target);
+    let (shown_target, target_masks) = conn.proxy.session.current().masker.mask_target(&target);
     let ledger = Ledger::new(id, started, classified.record.clone());
     ledger.add_masks(&conn.proxy, target_masks.counts);
     Exchange {
@@ -116,7 +116,7 @@ pub fn authority_matches(
 /// Record the head, masked.
 pub async fn record(conn: &ConnCtx, ex: &Exchange, req: &Request<Body>) -> Result<(), Refusal> {
     let proxy = &conn.proxy;
-    let (headers, masks) = masked_headers(req.headers(), proxy.session.masker);
+    let (headers, masks) = masked_headers(req.headers(), proxy.session.current().masker);
     ex.ledger.add_masks(proxy, masks);
     let head = RequestRecord {
         exchange: ex.id,

@@ -33,7 +33,7 @@ pub async fn decide(
     let now = jiff::Timestamp::now();
     let decision = match &read.batch {
         Some(subs) => batch(proxy, ex, &request, subs, now),
-        None => proxy.session.evaluator.evaluate(&request, now),
+        None => proxy.session.current().evaluator.evaluate(&request, now),
     };
     let rule = decision.would_block().then(|| decision.cause.label());
     ex.ledger.set_rule(rule.clone());
@@ -92,7 +92,7 @@ fn batch(
     now: jiff::Timestamp,
 ) -> policy::Decision {
     use cassette_recording::record::{Batch, BatchPart, Decision as Recorded, Event};
-    let masker = proxy.session.masker;
+    let masker = proxy.session.current().masker;
     let classified: Vec<Option<cassette_rules::classify::Classification>> =
         subs.iter().map(|s| s.classify(&ex.verified)).collect();
     let shown: Vec<String> = subs
@@ -113,7 +113,11 @@ fn batch(
             .shown_as(&shown[i])
         })
         .collect();
-    let decided = proxy.session.evaluator.evaluate_batch(request, &parts, now);
+    let decided = proxy
+        .session
+        .current()
+        .evaluator
+        .evaluate_batch(request, &parts, now);
     let record = subs
         .iter()
         .zip(&decided.parts)

@@ -27,7 +27,7 @@ pub fn relay(
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<Body> {
     let proxy = &conn.proxy;
-    let masker = proxy.session.masker;
+    let masker = proxy.session.current().masker;
     let switching = ex.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, body) = response.into_parts();
@@ -85,14 +85,18 @@ pub fn relay(
                 TokioIo::new(server),
                 &mut up,
                 &mut down,
+                proxy.session.ended(),
             )
             .await;
             ledger.add_masks(&proxy, std::mem::take(&mut up.masked));
             ledger.add_masks(&proxy, std::mem::take(&mut down.masked));
             conn.add_bytes(carried.up, carried.down);
-            let error = carried.stopped.map(|e| {
-                format!("the upgraded connection was closed: it does not speak WebSocket as negotiated ({e})")
-            });
+            let error = carried
+                .stopped
+                .map(|e| {
+                    format!("the upgraded connection was closed: it does not speak WebSocket as negotiated ({e})")
+                })
+                .or(carried.ended);
             ledger.tunnel(&proxy, carried.up, carried.down, error);
         });
         return Response::from_parts(parts, full(""));

@@ -47,7 +47,7 @@ pub async fn hold(
         )),
     });
     let _release = Release(reviews, &id);
-    let timeout = proxy.session.review_timeout;
+    let timeout = proxy.session.current().review_timeout;
     match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(Verdict::Approved { by })) => {
             record(&id, ReviewState::Approved, by);

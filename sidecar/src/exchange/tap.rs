@@ -36,7 +36,7 @@ pub fn request(
         let recorder = proxy.recording.body(
             ex.id,
             Direction::Request,
-            Some((proxy.session.masker, kind)),
+            Some((proxy.session.current().masker, kind)),
             encoding,
         );
         match &ex.classified.google {
@@ -178,7 +178,8 @@ impl HttpBody for Tap {
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     // Trailers carry what headers carry (tokens, signatures): masked alike.
-                    let (recorded, masks) = masked_headers(trailers, this.proxy.session.masker);
+                    let (recorded, masks) =
+                        masked_headers(trailers, this.proxy.session.current().masker);
                     this.ledger.add_masks(&this.proxy, masks);
                     match this.side {
                         Side::Request => this.ledger.set_request_trailers(recorded),
