@@ -23,6 +23,10 @@ pub struct OperatorConfig {
     pub sidecar_image: String,
     /// `--sidecar-env NAME=VALUE` pairs: configuration every injected sidecar gets.
     pub sidecar_env: Vec<(String, String)>,
+    /// A label `(key, value)`: when set, its webhooks apply only in namespaces that carry it
+    /// (an operator started beside other tests leaves their pods, exec and port-forward
+    /// alone, also while it starts and after it stops).
+    pub namespace_label: Option<(String, String)>,
 }
 
 impl Default for OperatorConfig {
@@ -30,6 +34,7 @@ impl Default for OperatorConfig {
         Self {
             sidecar_image: "cassette-sidecar:e2e".into(),
             sidecar_env: Vec::new(),
+            namespace_label: None,
         }
     }
 }
@@ -55,7 +60,13 @@ impl Operator {
         let webhook_port = free_port()?;
         let metrics_port = free_port()?;
         let configuration = crate::unique_name("cassette-e2e");
-        register_webhooks(&client, &configuration, webhook_port).await?;
+        register_webhooks(
+            &client,
+            &configuration,
+            webhook_port,
+            config.namespace_label.as_ref(),
+        )
+        .await?;
 
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("operator.log");
@@ -163,6 +174,22 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        // Its webhooks fail closed: left registered with nobody behind them, they would refuse
+        // the session pods, exec and port-forward of every test after this one.
+        let _ = cluster()
+            .kubectl()
+            .args(["delete", "--ignore-not-found", "--wait=false"])
+            .arg(format!(
+                "mutatingwebhookconfiguration/{}",
+                self.configuration
+            ))
+            .arg(format!(
+                "validatingwebhookconfiguration/{}",
+                self.configuration
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -170,8 +197,14 @@ impl Drop for Operator {
     }
 }
 
-/// The webhook configurations as a local install has them: by URL, failing closed.
-async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Result<()> {
+/// The webhook configurations as a local install has them: by URL, failing closed; only in
+/// namespaces labelled `only_in`, when given.
+async fn register_webhooks(
+    client: &kube::Client,
+    name: &str,
+    port: u16,
+    only_in: Option<&(String, String)>,
+) -> Result<()> {
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     let common = |webhook: &str, path: &str, resource: &str, operations: Value| {
         json!({
@@ -210,12 +243,7 @@ async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Resu
         "agentsessions",
         json!(["CREATE", "UPDATE"]),
     );
-    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [inject, enforce, stamp]
-    }))?;
+    let mut mutating = json!([inject, enforce, stamp]);
     let mut status = common(
         "status.agentsessions.cassette.dev",
         "/validate-agentsession-status",
@@ -234,11 +262,28 @@ async fn register_webhooks(client: &kube::Client, name: &str, port: u16) -> Resu
         json!(["CONNECT"]),
     );
     connect["rules"][0]["resources"] = json!(["pods/exec", "pods/attach", "pods/portforward"]);
+    let mut validating = json!([validate, status, guard, connect]);
+    if let Some((key, value)) = only_in {
+        for webhook in mutating
+            .as_array_mut()
+            .into_iter()
+            .chain(validating.as_array_mut())
+            .flatten()
+        {
+            webhook["namespaceSelector"]["matchLabels"][key] = json!(value);
+        }
+    }
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": mutating
+    }))?;
     let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [validate, status, guard, connect]
+        "webhooks": validating
     }))?;
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &mutating)

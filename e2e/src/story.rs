@@ -121,6 +121,7 @@ impl World {
                     upstreams.gcs_proxy_endpoint(),
                 ),
             ],
+            namespace_label: None,
         })
         .await?;
 

@@ -431,3 +431,128 @@ fn pods_reach_the_api_server_through_the_kubernetes_service() -> Result<()> {
     assert_eq!(version["gitVersion"], "v1.34.4", "{logs}");
     Ok(())
 }
+
+/// Tries the sockets that write below netfilter, and prints what each gave.
+const RAW_SOCKETS: &str = r#"
+import errno, socket
+def attempt(name, *args):
+    try:
+        socket.socket(*args).close()
+        print(name, "OK")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+attempt("packet", socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+attempt("raw-ip", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+attempt("raw-icmp", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+"#;
+
+/// Run `RAW_SOCKETS` as root in a container with `security_context` on the node; its output.
+fn raw_sockets(node: &NodeInfo, prefix: &str, security_context: Value) -> Result<String> {
+    let mut container = shell(node, "main", &format!("python3 -c '{RAW_SOCKETS}'"))?;
+    container["securityContext"] = security_context;
+    let pod = TestPod::create(
+        prefix,
+        json!({
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [container],
+        }),
+    )?;
+    pod.wait_phase(&["Succeeded"])?;
+    pod.logs("main")
+}
+
+/// Issue 13.1 on the real runtime: an agent running as root keeps NET_RAW under containerd's
+/// default capability set, and an AF_PACKET socket writes frames below the capture rules.
+/// The injector's `drop: [ALL]` plus its allowlist takes that away: the agent container, as
+/// the operator's webhook hands it back (a server-side dry run, so admission is the real
+/// one), gets EPERM for AF_PACKET and raw IP sockets from runc and the kernel.
+#[test]
+fn a_root_agent_gets_no_raw_sockets_from_the_capabilities_the_injector_gives() -> Result<()> {
+    use cassette_e2e::operator::{Operator, OperatorConfig};
+    require_node!();
+    let node = cassette_e2e::node();
+    let runtime = tokio::runtime::Runtime::new()?;
+    // Only admission runs here (the sidecar it injects is not started), and only in this
+    // test's namespace: the other tests' pods and exec run beside it.
+    let label = ("cassette-e2e/operator".to_string(), "rawsock".to_string());
+    let config = OperatorConfig {
+        sidecar_env: vec![("CASSETTE_METADATA".into(), "off".into())],
+        namespace_label: Some(label.clone()),
+        ..OperatorConfig::default()
+    };
+    let _operator = runtime.block_on(Operator::start(&config))?;
+    let ns = runtime.block_on(async {
+        let client = cassette_e2e::cluster().client().await?;
+        cassette_e2e::fixtures::namespace(&client, "rawsock").await
+    })?;
+    kubectl_out(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("{}={}", label.0, label.1),
+    ])?;
+    cassette_e2e::cluster().apply(
+        &json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": "coding-agent", "namespace": ns}},
+                {"apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+                 "metadata": {"name": "raw", "namespace": ns},
+                 "spec": {"agent": {"serviceAccount": "coding-agent"}, "maxDuration": "1h",
+                          "recording": {"sink": "gs://recordings-bucket/agents"}}}
+            ]
+        })
+        .to_string(),
+    )?;
+    // The agent pod as its author writes it: root, and nothing said about capabilities.
+    let authored = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent", "namespace": ns, "labels": {"cassette.dev/session": "raw"}},
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "containers": [{"name": "agent", "image": node.image("agent")?,
+                            "command": ["sleep", "3600"], "securityContext": {"runAsUser": 0}}]
+        }
+    });
+    let out = cassette_e2e::cluster().kubectl_with_input(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &authored.to_string(),
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the injector refused the pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected: Value = serde_json::from_slice(&out.stdout)?;
+    let agent = injected["spec"]["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "agent"))
+        .context("the agent container")?;
+    let given = agent["securityContext"].clone();
+    assert_eq!(
+        given["capabilities"]["drop"],
+        json!(["ALL"]),
+        "the injector drops every capability first: {given}"
+    );
+    assert_eq!(given["runAsUser"], 0, "the author's root stays: {given}");
+
+    // The runtime's default set: the hole, as an agent without cassette has it.
+    let default = raw_sockets(node, "rawsock-default", json!({"runAsUser": 0}))?;
+    assert!(
+        default.contains("packet OK"),
+        "containerd's default set gives root NET_RAW (otherwise this test shows nothing):\n{default}"
+    );
+    // What the injector gives: no raw socket of any kind.
+    let confined = raw_sockets(node, "rawsock-injected", given.clone())?;
+    for socket in ["packet", "raw-ip", "raw-icmp"] {
+        assert!(
+            confined.contains(&format!("{socket} EPERM")),
+            "{socket} with {given}:\n{confined}"
+        );
+    }
+    Ok(())
+}

@@ -24,6 +24,7 @@ async fn operator() -> &'static Operator {
             let config = OperatorConfig {
                 sidecar_image: SIDECAR_IMAGE.into(),
                 sidecar_env: vec![("CASSETTE_METADATA".into(), "off".into())],
+                ..OperatorConfig::default()
             };
             Operator::start(&config).await.map_err(|e| format!("{e:#}"))
         })
