@@ -916,7 +916,7 @@ fn taken_name(inner: &Arc<Inner>, taken: &str, instead: &str, error: &SinkError)
     tracing::warn!(%taken, %instead, %error, "a segment's name was taken in the sink by an object the recorder did not write");
     let gap = Event::Gap(Gap {
         lost: format!(
-            "nothing: the segment meant to be {taken} was shipped as {instead}, because {taken} was already taken by an object this recorder did not write"
+            "nothing: the segment meant to be {taken} was shipped as {instead}, because {taken} was already taken by an object the recorder could not confirm as its own (another writer's, or, with create-only rights, its own earlier upload whose answer was lost: verify then finds it byte for byte the same as {instead})"
         ),
         reason: format!(
             "the sink refused the write-once upload ({error}); whoever wrote {taken} can write to this recording's place in the sink"

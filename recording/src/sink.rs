@@ -54,7 +54,9 @@ pub enum Put {
 pub enum SinkError {
     #[error("sink URL {url:?} is not understood: {why}")]
     BadUrl { url: String, why: String },
-    #[error("{key} already exists in the sink with different content; it was not overwritten")]
+    #[error(
+        "{key} already exists in the sink, with other content or where the recorder may not read it; it was not overwritten"
+    )]
     Conflict { key: String },
     #[error("the sink refused {op} {key}: {detail}")]
     Refused {

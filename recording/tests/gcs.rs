@@ -457,3 +457,183 @@ async fn a_name_taken_in_the_bucket_is_a_gap_and_shipping_goes_on() {
             .any(|r| matches!(r.unwrap().event, Event::Gap(g) if g.lost.contains(&taken)))
     );
 }
+
+/// What the IAM gate saw: requests refused, and uploads whose answer it dropped.
+#[derive(Default)]
+struct GateLog {
+    refused: Vec<String>,
+    answers_lost: Vec<String>,
+}
+
+/// A stand-in for a bucket where the recorder holds create rights only
+/// (`roles/storage.objectCreator`: `storage.objects.create`, nothing to read, list, delete or
+/// overwrite). Uploads pass to the emulator; anything else gets the 403 GCS gives for a
+/// missing permission. The first segment upload's answer is lost on the way back (a 503 after
+/// the object was made), as a dropped connection would lose it.
+async fn create_only_gate(emulator: &str, log: std::sync::Arc<std::sync::Mutex<GateLog>>) -> u16 {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = emulator.to_string();
+    let client = reqwest::Client::new();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (log, upstream, client) = (log.clone(), upstream.clone(), client.clone());
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let (log, upstream, client) = (log.clone(), upstream.clone(), client.clone());
+                async move {
+                    let method = req.method().clone();
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    let create = matches!(method.as_str(), "POST" | "PUT")
+                        && target.starts_with("/upload/storage/v1/b/");
+                    let answer = |status: u16, body: Bytes| {
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                    };
+                    if !create {
+                        log.lock()
+                            .unwrap()
+                            .refused
+                            .push(format!("{method} {target}"));
+                        let body = serde_json::json!({"error": {"code": 403, "message":
+                            "recorder@example.iam.gserviceaccount.com does not have storage.objects.get access (create only)"}});
+                        return answer(403, body.to_string().into());
+                    }
+                    let headers = req.headers().clone();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let mut forward = client.request(method.clone(), format!("{upstream}{target}"));
+                    for (name, value) in &headers {
+                        if name != "host" {
+                            forward = forward.header(name, value);
+                        }
+                    }
+                    let response = forward.body(body.clone()).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let bytes = response.bytes().await.unwrap();
+                    let text = String::from_utf8_lossy(&body);
+                    let manifest =
+                        target.contains("manifest.json") || text.contains("manifest.json");
+                    let segment = !manifest
+                        && (target.contains("seg-000001-") || text.contains("seg-000001-"));
+                    let mut log = log.lock().unwrap();
+                    let kind = if manifest { "manifest" } else { "segment" };
+                    if status == 200
+                        && (segment || manifest)
+                        && !log.answers_lost.iter().any(|k| k == kind)
+                    {
+                        log.answers_lost.push(kind.to_string());
+                        return answer(503, "{}".into());
+                    }
+                    answer(status, bytes)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Issue 14.2: the recorder works with create-only rights on its bucket. It never reads,
+/// lists, deletes or overwrites; when an upload's answer is lost, the retry's 412 cannot be
+/// read to tell, so the segment goes again under a fresh name with a gap saying so, and the
+/// recording still verifies (the orphan is byte for byte a listed segment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_needs_only_create_rights() {
+    let emulator = Emulator::start().await;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(GateLog::default()));
+    let gate = create_only_gate(&emulator.endpoint(), log.clone()).await;
+    let spool = tempfile::tempdir().unwrap();
+    let path = RecordingPath {
+        namespace: "ns".into(),
+        session: "create-only".into(),
+        pod: "agent".into(),
+        pod_uid: "1".into(),
+    };
+    let url = format!("gs://{BUCKET}/recordings");
+    let mut config = RecorderConfig::new(&url, spool.path(), path.clone());
+    config.gcs = GcsOptions {
+        endpoint: Some(format!("http://127.0.0.1:{gate}")),
+        anonymous: true,
+    };
+    config.segment_max_bytes = 2000;
+    config.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let recorder = Recorder::start(config).await.unwrap();
+    for n in 0..40 {
+        recorder.record(event(n)).await.unwrap();
+    }
+    // Shipped while recording goes on, so the rename's gap is in the chain (after
+    // `session_end` it could only be logged; verify would still name the copy).
+    wait_until(|| recorder.stats().segments_shipped >= 2).await;
+    recorder.record(event(40)).await.unwrap();
+    let report = recorder
+        .shutdown()
+        .await
+        .expect("shipped with create rights alone");
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert_eq!(
+        log.answers_lost,
+        ["segment", "manifest"],
+        "the gate lost two answers"
+    );
+    // The only things refused are the reads that could have told a retry's 412 apart.
+    assert_eq!(log.refused.len(), 2, "{:?}", log.refused);
+    assert!(
+        log.refused.iter().all(|r| r.starts_with("GET "))
+            && log.refused[0].contains("seg-000001-")
+            && log.refused[1].contains("manifest.json"),
+        "{:?}",
+        log.refused
+    );
+
+    // The auditor reads with full rights.
+    let sink = Sink::open(&url, &emulator.options()).await.unwrap();
+    let objects = load(&sink, &format!("{}/", path.prefix())).await.unwrap();
+    let key = cassette_recording::key::decode_public_key(&recorder.public_key()).unwrap();
+    let verdict = verify(&objects, Some(&key));
+    assert!(verdict.is_ok(), "{:#?}", verdict.faults);
+    assert_eq!(verdict.completeness, Completeness::Complete);
+    assert_eq!(verdict.records, report.records);
+    assert_eq!(verdict.copies.len(), 2, "{:?}", verdict.copies);
+    assert!(
+        verdict
+            .copies
+            .iter()
+            .any(|(copy, first)| copy.starts_with("manifest-") && first == "manifest.json")
+            || verdict
+                .copies
+                .iter()
+                .any(|(copy, first)| copy == "manifest.json" && first.starts_with("manifest")),
+        "the manifest written again under another name is a copy: {:?}",
+        verdict.copies
+    );
+    let (copy, listed) = verdict
+        .copies
+        .iter()
+        .find(|(copy, _)| copy.starts_with("seg-"))
+        .expect("the segment's copy");
+    assert!(copy.starts_with("seg-000001-") && listed.starts_with("seg-000001-") && copy != listed);
+    let gap = objects
+        .records()
+        .map(|r| r.unwrap())
+        .find_map(|r| match r.event {
+            Event::Gap(g) if g.lost.contains(copy.as_str()) => Some(g),
+            _ => None,
+        })
+        .expect("the renamed segment is a gap in the recording");
+    assert!(gap.lost.contains(listed.as_str()), "{gap:?}");
+}

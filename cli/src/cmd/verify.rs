@@ -285,6 +285,11 @@ fn print_report(
             s.name
         );
     }
+    for (copy, listed) in &report.copies {
+        println!(
+            "            note: {copy} is byte for byte {listed} (an upload whose answer was lost, shipped again under a new name)"
+        );
+    }
     for fault in &report.faults {
         println!("            FAULT {fault}");
     }

@@ -185,12 +185,15 @@ impl GcsSink {
             Ok(_) => Ok(Put::Created),
             Err(e) if e.http_status_code() == Some(412) => {
                 // Already there: fine if it is what we meant to write (a retry after a lost
-                // response), a conflict otherwise.
-                match self.get(key).await? {
-                    Some(existing) if existing == bytes => Ok(Put::AlreadyThere),
-                    _ => Err(SinkError::Conflict {
+                // response), a conflict otherwise — and a conflict too when the recorder may
+                // not read it (create-only rights, as the README asks for): it cannot tell,
+                // and retrying would never tell it either.
+                match self.get(key).await {
+                    Ok(Some(existing)) if existing == bytes => Ok(Put::AlreadyThere),
+                    Ok(_) | Err(SinkError::Refused { .. }) => Err(SinkError::Conflict {
                         key: self.url_of(key),
                     }),
+                    Err(e) => Err(e),
                 }
             }
             Err(e) => Err(classify("write", &self.url_of(key), &e)),
