@@ -57,17 +57,27 @@ impl TestCa {
 /// What the upstream saw: (host, authorization, HTTP version).
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
-/// A TLS upstream (h2 and http/1.1) that echoes what it received as JSON.
-async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
+/// A TLS listener on loopback for `names`, with a leaf from `ca`, offering `alpn`.
+async fn tls_listener(
+    ca: &TestCa,
+    names: &[&str],
+    alpn: &[&[u8]],
+) -> (tokio_rustls::TlsAcceptor, TcpListener, SocketAddr) {
     let (chain, key) = ca.leaf(names);
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (acceptor, listener, addr)
+}
+
+/// A TLS upstream (h2 and http/1.1) that echoes what it received as JSON.
+async fn upstream(ca: &TestCa, names: &[&str], seen: Seen) -> SocketAddr {
+    let (acceptor, listener, addr) = tls_listener(ca, names, &[b"h2", b"http/1.1"]).await;
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -716,15 +726,7 @@ type Upgrades = Arc<Mutex<Vec<String>>>;
 /// A TLS WebSocket upstream: it answers an upgrade with 101 and echoes each message back
 /// (unmasked, as a server sends).
 async fn upgrade_upstream(ca: &TestCa, name: &str, seen: Upgrades) -> SocketAddr {
-    let (chain, key) = ca.leaf(&[name]);
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (acceptor, listener, addr) = tls_listener(ca, &[name], &[b"http/1.1"]).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -1269,15 +1271,7 @@ async fn hostile_upstream(ca: &TestCa) -> SocketAddr {
     const TEN_GB: u64 = 10 << 30;
     let zstd = Bytes::from(zstd_bomb(TEN_GB));
     let gzip = Bytes::from(gzip_bomb(TEN_GB));
-    let (chain, key) = ca.leaf(&["hostile.test"]);
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (acceptor, listener, addr) = tls_listener(ca, &["hostile.test"], &[b"http/1.1"]).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, zstd, gzip) = (acceptor.clone(), zstd.clone(), gzip.clone());
