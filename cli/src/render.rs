@@ -623,6 +623,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_change_says_what_changed_and_when_it_ends() {
+        use cassette_recording::record::SessionChange;
+        let change = SessionChange {
+            generation: 3,
+            changed: vec!["policy".into(), "expiry".into()],
+            expires_at: Some("2026-12-02T18:00:00Z".into()),
+            deleted: false,
+        };
+        assert_eq!(
+            session_change_note(&change),
+            "SESSION CHANGED (generation 3): policy, expiry, ends 2026-12-02T18:00:00Z"
+        );
+        let gone = SessionChange {
+            deleted: true,
+            ..change
+        };
+        assert!(session_change_note(&gone).starts_with("SESSION DELETED"));
+    }
+
+    #[test]
     fn control_characters_are_made_visible() {
         assert_eq!(printable("a\x1b[31mb\r", false), "a\\u{1b}[31mb\\u{d}");
         assert_eq!(printable("a\nb", true), "a\nb");
