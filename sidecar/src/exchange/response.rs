@@ -68,6 +68,22 @@ pub fn relay(
         // WebSocket (the only upgrade let through): both sides upgrade, and every message
         // each way is recorded, masked, as it passes.
         let (proxy, conn, ledger) = (proxy.clone(), conn.clone(), ex.ledger.clone());
+        // It lasts while the session in force would not refuse its upgrade request.
+        let (verified, path) = (ex.verified.clone(), ex.path().to_string());
+        let (google, shown) = (ex.classified.google.clone(), ex.shown_target.clone());
+        let still_allowed = move |session: &crate::session::Session| {
+            let request = cassette_rules::policy::Request::for_verified(&verified, "GET", &path)
+                .classified(google.as_ref())
+                .shown_as(&shown);
+            let decision = session.evaluator.evaluate(&request, jiff::Timestamp::now());
+            // A refusal ends it; a rule asking for review does not (it may have been approved).
+            (decision.outcome() == cassette_rules::policy::Outcome::Refuse).then(|| {
+                format!(
+                    "the WebSocket was ended: its upgrade request is refused now: {}",
+                    decision.reason
+                )
+            })
+        };
         let max = proxy.recording.max_body_bytes();
         let mut up = MessageRecorder::new(proxy.recording.clone(), masker, ex.id, Flow::Up, max);
         let mut down =
@@ -85,7 +101,7 @@ pub fn relay(
                 TokioIo::new(server),
                 &mut up,
                 &mut down,
-                proxy.session.ended(),
+                proxy.session.until(still_allowed),
             )
             .await;
             ledger.add_masks(&proxy, std::mem::take(&mut up.masked));
