@@ -342,6 +342,18 @@ async fn run(args: RunArgs) -> Result<()> {
             None
         }
     };
+    // The session as it stands now, not as it was at injection, before any traffic.
+    if let Some(reporter) = &reporter {
+        match tokio::time::timeout(Duration::from_secs(5), reporter.refresh()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the AgentSession at start failed: starting with the spec from injection until the watch brings it")
+            }
+            Err(_) => tracing::warn!(
+                "reading the AgentSession at start took over 5 s: starting with the spec from injection until the watch brings it"
+            ),
+        }
+    }
     let proxy = Arc::new(proxy::Proxy {
         session,
         reviews: reporter.as_ref().map(|_| reviews.clone()),

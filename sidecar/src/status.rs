@@ -138,17 +138,26 @@ impl Reporter {
         }
     }
 
-    /// Read the AgentSession, then watch it from there until the watch ends.
-    async fn watch_once(&self) -> Result<()> {
-        let version = match self.api.get_opt(&self.session).await? {
+    /// Read the AgentSession once and apply it; its resource version, `None` when it is gone.
+    /// Called before any listener opens too: a sidecar restarted mid-session must not carry
+    /// traffic under the spec frozen into its environment at injection.
+    pub async fn refresh(&self) -> Result<Option<String>> {
+        match self.api.get_opt(&self.session).await? {
             Some(session) => {
                 self.live.apply(&session);
-                session.metadata.resource_version.unwrap_or_default()
+                Ok(Some(session.metadata.resource_version.unwrap_or_default()))
             }
             None => {
                 self.live.deleted();
-                return Ok(());
+                Ok(None)
             }
+        }
+    }
+
+    /// Read the AgentSession, then watch it from there until the watch ends.
+    async fn watch_once(&self) -> Result<()> {
+        let Some(version) = self.refresh().await? else {
+            return Ok(());
         };
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", self.session))
