@@ -133,12 +133,28 @@ async fn start_sidecar(
     dir: &Path,
     upstream: u16,
 ) -> Result<(Running, u16)> {
+    start_sidecar_with(ns, session, sink, dir, upstream, None).await
+}
+
+/// [`start_sidecar`], with `spec` in its environment instead of the session's spec as it is
+/// now (a pod injected before the session changed).
+async fn start_sidecar_with(
+    ns: &str,
+    session: &str,
+    sink: &str,
+    dir: &Path,
+    upstream: u16,
+    spec: Option<&str>,
+) -> Result<(Running, u16)> {
     let sidecar = cassette_e2e::workspace_binary("cassette-sidecar")?;
     let (capture, admin) = (free_port(), free_port());
     let object = Api::<AgentSession>::namespaced(cluster().client().await?, ns)
         .get(session)
         .await?;
-    let spec = serde_json::to_string(&object.spec)?;
+    let spec = match spec {
+        Some(spec) => spec.to_string(),
+        None => serde_json::to_string(&object.spec)?,
+    };
     // The expiry, as the injector passes it (every session here lasts an hour).
     anyhow::ensure!(object.spec.max_duration.as_deref() == Some("1h"));
     let created = object
@@ -362,6 +378,33 @@ async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Result<String>
     Ok(String::from_utf8_lossy(&got).into_owned())
 }
 
+/// A namespace named after `prefix` with AgentSession `name` (an hour long, recording into a
+/// fresh directory, `policy` as given): its API, the directory and the sink URL.
+async fn new_session(
+    prefix: &str,
+    name: &str,
+    policy: serde_json::Value,
+) -> Result<(Api<AgentSession>, String, tempfile::TempDir, String)> {
+    let client = cluster().client().await?;
+    fixtures::install_crd(&client).await?;
+    let ns = fixtures::namespace(&client, prefix).await?;
+    let dir = tempfile::tempdir()?;
+    let sink = format!("file://{}", dir.path().join("sink").display());
+    let api: Api<AgentSession> = Api::namespaced(client, &ns);
+    let mut spec = serde_json::json!({"maxDuration": "1h", "recording": {"sink": sink}});
+    if !policy.is_null() {
+        spec["policy"] = policy;
+    }
+    let session: AgentSession = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cassette.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
+    api.create(&PostParams::default(), &session).await?;
+    Ok((api, ns, dir, sink))
+}
+
 /// What curl through the sidecar answers now.
 async fn fetch(capture: u16, path: &str) -> String {
     let url = format!("http://echo.test{path}");
@@ -376,19 +419,8 @@ async fn fetch(capture: u16, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_session_is_tightened_within_seconds() -> Result<()> {
     use kube::api::{Patch, PatchParams};
-    let client = cluster().client().await?;
-    fixtures::install_crd(&client).await?;
-    let ns = fixtures::namespace(&client, "tighten").await?;
-    let dir = tempfile::tempdir()?;
-    let sink = format!("file://{}", dir.path().join("sink").display());
-    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
-    let session: AgentSession = serde_json::from_value(serde_json::json!({
-        "apiVersion": "cassette.dev/v1alpha1",
-        "kind": "AgentSession",
-        "metadata": {"name": "tightening"},
-        "spec": {"maxDuration": "1h", "recording": {"sink": sink}},
-    }))?;
-    api.create(&PostParams::default(), &session).await?;
+    let (api, ns, dir, sink) =
+        new_session("tighten", "tightening", serde_json::Value::Null).await?;
     let upstream = keepalive_upstream().await;
     let (mut child, capture) =
         start_sidecar(&ns, "tightening", &sink, dir.path(), upstream).await?;
@@ -538,19 +570,7 @@ async fn websocket_upstream() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_ends_when_the_policy_refuses_it() -> Result<()> {
     use kube::api::{Patch, PatchParams};
-    let client = cluster().client().await?;
-    fixtures::install_crd(&client).await?;
-    let ns = fixtures::namespace(&client, "ws-tighten").await?;
-    let dir = tempfile::tempdir()?;
-    let sink = format!("file://{}", dir.path().join("sink").display());
-    let api: Api<AgentSession> = Api::namespaced(client.clone(), &ns);
-    let session: AgentSession = serde_json::from_value(serde_json::json!({
-        "apiVersion": "cassette.dev/v1alpha1",
-        "kind": "AgentSession",
-        "metadata": {"name": "ws"},
-        "spec": {"maxDuration": "1h", "recording": {"sink": sink}},
-    }))?;
-    api.create(&PostParams::default(), &session).await?;
+    let (api, ns, dir, sink) = new_session("ws-tighten", "ws", serde_json::Value::Null).await?;
     let upstream = websocket_upstream().await;
     let (mut child, capture) = start_sidecar(&ns, "ws", &sink, dir.path(), upstream).await?;
 
@@ -608,6 +628,43 @@ async fn an_open_websocket_ends_when_the_policy_refuses_it() -> Result<()> {
     assert!(
         ended["error"].as_str().unwrap().contains("no-live"),
         "{ended}"
+    );
+    Ok(())
+}
+
+/// Issue 13.7, a restart in the middle: a sidecar that starts (or restarts after a crash)
+/// from a pod injected before the session was tightened must not carry a single request under
+/// the spec frozen into its environment. The first request it answers is already refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_applies_the_session_as_it_is_now() -> Result<()> {
+    let (api, ns, dir, sink) =
+        new_session("restart", "restarting", serde_json::Value::Null).await?;
+    // The spec as the injector saw it, then the admin adds a deny rule.
+    let stale = serde_json::to_string(&api.get("restarting").await?.spec)?;
+    api.patch(
+        "restarting",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"policy": {"rules": [
+            {"name": "not-after-restart", "action": "deny", "match": {"host": "echo.test", "path": "/secret-place"}}
+        ]}}})),
+    )
+    .await?;
+    let upstream = upstream().await;
+    let (_sidecar, capture) =
+        start_sidecar_with(&ns, "restarting", &sink, dir.path(), upstream, Some(&stale)).await?;
+    // The first answer the sidecar gives at all (its capture port may not listen yet).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let said = fetch(capture, "/secret-place").await;
+        if !said.is_empty() {
+            break said;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        first.contains("not-after-restart"),
+        "the first request went through under the stale spec: {first:?}"
     );
     Ok(())
 }
