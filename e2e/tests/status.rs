@@ -197,9 +197,13 @@ async fn start_sidecar_with(
             .stderr(Stdio::null())
             .spawn()?,
     ));
+    // Ready is what the kubelet waits for: the bundle written and every listener open.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join("bundle.pem").exists() {
-        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not start");
+    loop {
+        if cassette_e2e::operator::http_get(admin, "/readyz").is_ok_and(|(s, _)| s == 200) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not get ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((child, capture))

@@ -16,16 +16,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-/// What `/readyz` reports: ready once the CA bundle is written and the spool is writable.
+/// What `/readyz` reports: ready once the CA bundle is written, the spool is writable and
+/// every listener the capture rules redirect to is open. The kubelet starts the agent
+/// containers on this answer, so "ready" must mean the agent's first connection is taken.
 #[derive(Default)]
 pub struct Readiness {
     pub bundle_written: AtomicBool,
     pub spool_writable: AtomicBool,
+    pub listening: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.bundle_written.load(Ordering::Acquire) && self.spool_writable.load(Ordering::Acquire)
+        self.bundle_written.load(Ordering::Acquire)
+            && self.spool_writable.load(Ordering::Acquire)
+            && self.listening.load(Ordering::Acquire)
     }
 }
 
@@ -60,6 +65,9 @@ fn admin(req: Request<Incoming>, metrics: &Metrics, readiness: &Readiness) -> Re
             }
             if !readiness.spool_writable.load(Ordering::Acquire) {
                 missing.push("the spool is not writable");
+            }
+            if !readiness.listening.load(Ordering::Acquire) {
+                missing.push("the capture, DNS and inbound listeners are not open yet");
             }
             (
                 StatusCode::SERVICE_UNAVAILABLE,

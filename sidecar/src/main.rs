@@ -457,6 +457,7 @@ async fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
+    readiness.listening.store(true, Ordering::Release);
     let reporting = reporter
         .clone()
         .map(|r| [tokio::spawn(r.clone().run()), tokio::spawn(r.follow())]);

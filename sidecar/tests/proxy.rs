@@ -631,6 +631,41 @@ async fn the_proxy_refuses_the_metadata_server_loopback_and_link_local() {
     assert!(kinds(&records, "blocked").len() >= 4, "{records:?}");
 }
 
+/// `/readyz` is what the kubelet's startup probe asks before the agent container starts: it
+/// must not say ready while a connection to the capture port would still be refused. An API
+/// server that accepts and never answers keeps the sidecar's first read of the AgentSession
+/// waiting (up to its 5 s bound), between writing the CA bundle and opening the listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_the_capture_port_takes_connections() {
+    install_provider();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let config = tempfile::tempdir().unwrap();
+    let kubeconfig = config.path().join("kubeconfig");
+    write(
+        &kubeconfig,
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: c, cluster: {{server: \"https://{api}\", insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: c, user: u, namespace: tests}}}}]\n"
+        ),
+    );
+    let sidecar = Sidecar::start(&[format!("--kubeconfig={}", kubeconfig.display())], None);
+    let connected = std::net::TcpStream::connect(("127.0.0.1", sidecar.capture));
+    assert!(
+        connected.is_ok(),
+        "/readyz said ready while the capture port refused: {connected:?}; log:\n{}",
+        sidecar.log()
+    );
+}
+
 /// Open a TLS connection to `host` through the sidecar's CONNECT, trusting `roots` only.
 async fn connect_through(
     sidecar: &Sidecar,
