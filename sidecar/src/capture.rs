@@ -11,8 +11,11 @@ use crate::http::{Body, boxed, full, text_answer};
 use crate::intercept;
 use crate::original_dst::original_dst;
 use crate::proxy::{Proxy, Route, forbidden_destination};
+use crate::rewind::{Rewind, request_head};
+use crate::serve::HEAD_AHEAD;
 use crate::shutdown::Shutdown;
 use crate::upstream::Upstream;
+use bytes::BytesMut;
 use cassette_recording::record::{Capture, ConnOpen, Event};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -83,16 +86,33 @@ async fn handle(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
                 dst,
                 endpoint: None,
             };
-            intercept::connection(stream, peer, conn, route, proxy).await;
+            // Boxed here, as `explicit` is: the task waiting on a slow client is only as
+            // large as the stage it waits in, not the largest stage there is.
+            Box::pin(intercept::connection(stream, peer, conn, route, proxy)).await;
         }
-        None => explicit(stream, peer, proxy).await,
+        None => Box::pin(explicit(stream, peer, proxy)).await,
     }
 }
 
 /// An explicit proxy client (`HTTPS_PROXY=http://127.0.0.1:15001`): serve HTTP/1.1 and turn
 /// each `CONNECT` into an intercepted connection.
-async fn explicit(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+async fn explicit(mut stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
     let timeout = proxy.client_timeout;
+    // The first request head is read here, holding only what arrives (a slow client costs
+    // the bytes it sent, not hyper's buffers); hyper serves the connection from it.
+    let head = tokio::select! {
+        head = request_head(&mut stream, BytesMut::new(), HEAD_AHEAD, timeout) => match head {
+            Ok(head) => head,
+            Err(e) => {
+                debug!(error = %e, %peer, "explicit proxy client ended before its first request");
+                return;
+            }
+        },
+        why = proxy.session.ended() => {
+            debug!(%peer, why, "explicit proxy connection ended");
+            return;
+        }
+    };
     let service = ProxyService {
         peer,
         proxy: proxy.clone(),
@@ -101,7 +121,7 @@ async fn explicit(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
         .preserve_header_case(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Rewind::new(head, stream)), service)
         .with_upgrades();
     // At expiry the proxy connection ends; its CONNECT tunnels end on their own.
     tokio::select! {
@@ -172,15 +192,19 @@ async fn proxy_request(
         endpoint,
     };
     tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let fut: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
-                    intercept::connection(TokioIo::new(upgraded), peer, conn, route, proxy),
-                );
-                fut.await
-            }
-            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
-        }
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
+        };
+        // The tunnel takes the socket back from hyper, and a copy of what the client sent
+        // after its CONNECT: hyper's buffers for the CONNECT request are freed with it.
+        let io = match upgraded.downcast::<TokioIo<Rewind<TcpStream>>>() {
+            Ok(parts) => parts.io.into_inner().unread(&parts.read_buf),
+            Err(_) => return warn!("a CONNECT upgrade carried an unexpected transport"),
+        };
+        let fut: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(intercept::connection(io, peer, conn, route, proxy));
+        fut.await
     });
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::OK;

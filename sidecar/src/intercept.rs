@@ -9,7 +9,7 @@ use crate::conn::{ConnCtx, refuse_connection};
 use crate::http::{H2, HTTP11};
 use crate::proxy::{Proxy, Route};
 use crate::refusal::{Cause, Refusal};
-use crate::rewind::Rewind;
+use crate::rewind::{Rewind, read_arrived};
 use crate::serve;
 use crate::upstream::{Upstream, tunnel};
 use bytes::{Bytes, BytesMut};
@@ -18,7 +18,7 @@ use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
@@ -61,11 +61,13 @@ pub async fn connection<IO>(
             return;
         }
     };
+    // Each stage boxed: a connection waiting for its first bytes holds only what that wait
+    // needs, not room for the largest stage after it.
     if first.first() == Some(&0x16) {
-        tls(io, first, peer, conn, route, proxy).await;
+        Box::pin(tls(io, first, peer, conn, route, proxy)).await;
     } else if looks_like_http(&first) {
         let ctx = Arc::new(ConnCtx::new(proxy.clone(), conn, peer, route, "http", None));
-        serve::plain(Rewind::new(first, io), ctx, Upstream::lazy()).await;
+        Box::pin(serve::plain(io, first, ctx, Upstream::lazy())).await;
     } else {
         refuse_connection(
             &proxy,
@@ -77,12 +79,13 @@ pub async fn connection<IO>(
 }
 
 /// Read until we have the first TLS record (for TLS) or at least one byte (otherwise), within
-/// `timeout`.
+/// `timeout`, holding only what arrived (a client that sends half a ClientHello and waits
+/// costs that half).
 async fn read_first<IO: AsyncRead + Unpin>(
     io: &mut IO,
     timeout: Duration,
 ) -> Result<Bytes, Unreadable> {
-    let mut buf = BytesMut::with_capacity(2048);
+    let mut buf = BytesMut::new();
     let deadline = Instant::now() + timeout;
     loop {
         let want = if buf.first() == Some(&0x16) && buf.len() >= 5 {
@@ -99,7 +102,13 @@ async fn read_first<IO: AsyncRead + Unpin>(
             return Err(Unreadable::HelloTooLarge);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, io.read_buf(&mut buf)).await {
+        // Never past the first record: what follows it is the handshake's to read.
+        let max = if buf.len() >= 5 {
+            want - buf.len()
+        } else {
+            MAX_HELLO
+        };
+        match tokio::time::timeout(remaining, read_arrived(io, &mut buf, max)).await {
             Err(_) => return Err(Unreadable::Silent(timeout.as_secs())),
             Ok(Err(e)) => return Err(Unreadable::Read(e)),
             Ok(Ok(0)) => return Err(Unreadable::Closed),

@@ -216,6 +216,25 @@ pub struct RunArgs {
     log_format: Option<String>,
 }
 
+/// Every connection the agent opens is two descriptors here (its side and the upstream's):
+/// take the hard limit the runtime gives, as nginx's `worker_rlimit_nofile` and Go programs
+/// do, rather than a soft limit of 1024 the agent could exhaust with a few hundred sockets.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum
+        && let Err(e) = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )
+    {
+        tracing::warn!(error = %e, soft = ?limit.current, "raising the open-files limit failed");
+    }
+}
+
 fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
@@ -240,6 +259,7 @@ fn main() -> Result<()> {
                     "not running as UID {SIDECAR_UID}: the capture rules will redirect the sidecar's own traffic"
                 );
             }
+            raise_open_files_limit();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

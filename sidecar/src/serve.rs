@@ -5,9 +5,9 @@
 use crate::conn::ConnCtx;
 use crate::exchange::exchange;
 use crate::http::{Body, Io, boxed};
-use crate::rewind::Rewind;
+use crate::rewind::{Rewind, request_head};
 use crate::upstream::Upstream;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,23 +20,30 @@ pub async fn tls<IO: Io>(io: IO, is_h2: bool, ctx: Arc<ConnCtx>, upstream: Upstr
     serve(io, is_h2, ctx, upstream).await
 }
 
-/// Serve a plain-HTTP connection (HTTP/1.1, or HTTP/2 with prior knowledge).
-pub async fn plain<IO: Io>(mut io: Rewind<IO>, ctx: Arc<ConnCtx>, upstream: Upstream) {
-    use tokio::io::AsyncReadExt;
-    // The HTTP/2 prior-knowledge preface starts with "PRI".
-    let mut peek = [0u8; 3];
-    tokio::select! {
-        read = io.read_exact(&mut peek) => if read.is_err() {
-            return;
+/// The most of a first request head read ahead of hyper; hyper reads any more itself.
+pub const HEAD_AHEAD: usize = 64 * 1024;
+
+/// Serve a plain-HTTP connection (HTTP/1.1, or HTTP/2 with prior knowledge) whose first
+/// bytes, `first`, were read already.
+pub async fn plain<IO: Io>(mut io: IO, first: Bytes, ctx: Arc<ConnCtx>, upstream: Upstream) {
+    // The first head is read here, holding only what arrives: hyper's buffers are allocated
+    // once there is a request to serve, not for every client that connects and dawdles.
+    let head = tokio::select! {
+        head = request_head(&mut io, BytesMut::from(first), HEAD_AHEAD, ctx.proxy.client_timeout) => match head {
+            Ok(head) => head,
+            Err(e) => {
+                ctx.close(Some(e.to_string()));
+                return;
+            }
         },
         why = ctx.proxy.session.ended() => {
             ctx.close(Some(format!("{why}: the connection was ended")));
             return;
         }
-    }
-    let is_h2 = &peek == b"PRI";
-    let io = Rewind::new(Bytes::copy_from_slice(&peek), io);
-    serve(io, is_h2, ctx, upstream).await
+    };
+    // The HTTP/2 prior-knowledge preface starts with "PRI".
+    let is_h2 = head.starts_with(b"PRI");
+    serve(Rewind::new(head, io), is_h2, ctx, upstream).await
 }
 
 /// Boxed (with its `Send` bound stated here, where the types are concrete) because the
