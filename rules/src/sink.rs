@@ -89,6 +89,95 @@ fn path_names(path: &str, bucket: &str) -> bool {
     })
 }
 
+/// The most of a gRPC message read to see which buckets it names: Cloud Storage takes up to
+/// 2 MiB of data in a write's first message, and clients cap messages at 4 MiB.
+pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
+
+/// Whether a request is a gRPC call to Cloud Storage, whose messages name buckets.
+pub fn is_storage_grpc(host: &VerifiedHost, path: &str, content_type: Option<&str>) -> bool {
+    STORAGE_HOSTS.contains(&host.name())
+        && content_type.is_some_and(|t| t.starts_with("application/grpc"))
+        && path.starts_with("/google.storage.")
+}
+
+/// How many bytes of a gRPC request body hold its first message, once `prefix` (at least its
+/// first 5 bytes) is known: the length-prefixed framing of the gRPC wire format.
+pub fn grpc_first_message_len(prefix: &[u8]) -> Option<usize> {
+    let header = prefix.get(..5)?;
+    Some(5 + u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize)
+}
+
+/// Why a gRPC message could not be read for the buckets it names.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrpcUnreadable {
+    #[error("the gRPC message is cut short")]
+    Short,
+    #[error("the gRPC message is over {MAX_GRPC_MESSAGE} bytes")]
+    TooLarge,
+    #[error("the gRPC message is compressed with {0:?}, which the recorder cannot read")]
+    Encoding(String),
+    #[error("the gRPC message does not decompress: {0}")]
+    Corrupt(String),
+}
+
+/// Whether the first message of a Cloud Storage gRPC call names `bucket`. `body` starts with
+/// the message's 5-byte prefix; `encoding` is the call's `grpc-encoding`.
+///
+/// Cloud Storage v2 names buckets as `projects/{project}/buckets/{bucket}` at many depths (a
+/// read's `bucket`, a write's `write_object_spec.resource.bucket`, a rewrite's source and
+/// destination, a compose's destination). A protobuf string is its bytes as they are, so the
+/// resource name is looked for in the message itself: every field, however deep, also those
+/// of methods this list has not heard of. The agent's routing header does not matter here.
+pub fn grpc_names_bucket(
+    body: &[u8],
+    encoding: Option<&str>,
+    bucket: &str,
+) -> Result<bool, GrpcUnreadable> {
+    let end = grpc_first_message_len(body).ok_or(GrpcUnreadable::Short)?;
+    if end - 5 > MAX_GRPC_MESSAGE {
+        return Err(GrpcUnreadable::TooLarge);
+    }
+    let message = body.get(5..end).ok_or(GrpcUnreadable::Short)?;
+    let decompressed;
+    let message = if body[0] & 1 == 1 {
+        match encoding.map(str::trim) {
+            Some("gzip") => {
+                decompressed = gunzip(message)?;
+                &decompressed[..]
+            }
+            other => return Err(GrpcUnreadable::Encoding(other.unwrap_or("").to_string())),
+        }
+    } else {
+        message
+    };
+    let needle = format!("buckets/{}", bucket.to_ascii_lowercase());
+    let named = message
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| w.eq_ignore_ascii_case(needle.as_bytes()))
+        .any(|(at, _)| {
+            // `buckets/NAME` and not `buckets/NAME-other`: a bucket name's characters.
+            message
+                .get(at + needle.len())
+                .is_none_or(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+        });
+    Ok(named)
+}
+
+/// A gzip message, inflated up to [`MAX_GRPC_MESSAGE`].
+fn gunzip(compressed: &[u8]) -> Result<Vec<u8>, GrpcUnreadable> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(MAX_GRPC_MESSAGE as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| GrpcUnreadable::Corrupt(e.to_string()))?;
+    if out.len() > MAX_GRPC_MESSAGE {
+        return Err(GrpcUnreadable::TooLarge);
+    }
+    Ok(out)
+}
+
 fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
@@ -144,6 +233,76 @@ mod tests {
                 "x-goog-request-params",
                 "bucket=projects%2F_%2Fbuckets%2Facme-agent-recordings"
             )]
+        ));
+    }
+
+    /// A protobuf length-delimited field.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(number << 3) | 2, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn grpc(message: &[u8], compressed: bool) -> Vec<u8> {
+        let mut out = vec![u8::from(compressed)];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    #[test]
+    fn a_grpc_message_names_the_sink_at_any_depth_whatever_the_routing_header_says() {
+        let sink = b"projects/_/buckets/acme-agent-recordings";
+        // ReadObjectRequest { bucket: 1, object: 2 }.
+        let read = [field(1, sink), field(2, b"sessions/x/manifest.json")].concat();
+        assert_eq!(grpc_names_bucket(&grpc(&read, false), None, SINK), Ok(true));
+        // WriteObjectRequest { write_object_spec: 2 { resource: 1 { name: 1, bucket: 3 } } }.
+        let object = [field(1, b"sessions/x/seg-000002.jsonl.zst"), field(3, sink)].concat();
+        let write = field(2, &field(1, &object));
+        assert_eq!(
+            grpc_names_bucket(&grpc(&write, false), None, SINK),
+            Ok(true)
+        );
+        // Compressed, as clients may send it.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &write).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(
+            grpc_names_bucket(&grpc(&gz, true), Some("gzip"), SINK),
+            Ok(true)
+        );
+        assert_eq!(
+            grpc_names_bucket(&grpc(&gz, true), Some("snappy"), SINK),
+            Err(GrpcUnreadable::Encoding("snappy".into()))
+        );
+        assert_eq!(
+            grpc_names_bucket(&grpc(&read, false)[..20], None, SINK),
+            Err(GrpcUnreadable::Short)
+        );
+    }
+
+    #[test]
+    fn a_grpc_message_naming_other_buckets_is_not_the_sink() {
+        for bucket in [
+            &b"projects/_/buckets/acme-agent-recordings-old"[..],
+            b"projects/_/buckets/acme-ci",
+        ] {
+            let read = [field(1, bucket), field(2, b"acme-agent-recordings")].concat();
+            assert_eq!(
+                grpc_names_bucket(&grpc(&read, false), None, SINK),
+                Ok(false)
+            );
+        }
+        let host = VerifiedHost::new("storage.googleapis.com", 443).unwrap();
+        assert!(is_storage_grpc(
+            &host,
+            "/google.storage.v2.Storage/WriteObject",
+            Some("application/grpc+proto")
+        ));
+        assert!(!is_storage_grpc(
+            &VerifiedHost::new("pubsub.googleapis.com", 443).unwrap(),
+            "/google.pubsub.v1.Publisher/Publish",
+            Some("application/grpc")
         ));
     }
 

@@ -1,17 +1,19 @@
 //! The body stage: the few requests whose decision depends on their body are read whole
 //! before the policy decides — a Google batch (each part is a request of its own), and a
 //! code host's REST call that moves a ref only its body names (a contents update on a
-//! branch). Bounded: what cannot be read within the bound, or cannot be parsed, is refused
-//! rather than forwarded unread. Every other body streams as it comes.
+//! branch) — and a Cloud Storage gRPC call's first message, which names its buckets, before
+//! the rest of the call streams on. Bounded: what cannot be read within the bound, or cannot
+//! be parsed, is refused rather than forwarded unread. Every other body streams as it comes.
 
 use super::Exchange;
 use crate::conn::ConnCtx;
-use crate::http::{Body, BoxError, full};
+use crate::http::{Body, BoxError, boxed, full};
 use crate::refusal::{Cause, Refusal};
 use bytes::{Bytes, BytesMut};
 use cassette_recording::record::{Event, Git, RefUpdate};
 use cassette_rules::batch::{self, MAX_BATCH_BYTES, SubRequest};
 use cassette_rules::code_host::{self, RestRef, RestRefChange};
+use cassette_rules::sink;
 use http::StatusCode;
 use http::request::Parts;
 use http_body_util::BodyExt;
@@ -21,6 +23,8 @@ use http_body_util::BodyExt;
 pub struct Read {
     /// A batch's parts.
     pub batch: Option<Vec<SubRequest>>,
+    /// A Cloud Storage gRPC call's first message, with its 5-byte prefix, as far as it came.
+    pub grpc_first: Option<Bytes>,
     /// The refs a code-host REST call moves.
     pub rest: Option<RestRefChange>,
 }
@@ -44,12 +48,34 @@ pub async fn read(
     let path = ex.path();
     let query = ex.target.split_once('?').map(|(_, q)| q);
     let is_batch = ex.classified.google.is_some() && batch::is_batch(method, path);
+    if conn.proxy.sink_bucket.is_some()
+        && sink::is_storage_grpc(&ex.verified, path, ex.content_type.as_deref())
+    {
+        let (body, first) = first_grpc_message(body).await.map_err(|e| {
+            Refusal::new(
+                Cause::Sink,
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{e}; a Cloud Storage call is read for the buckets it names before it goes on, so it was refused and recorded"
+                ),
+            )
+        })?;
+        let read = Read {
+            grpc_first: Some(first),
+            ..Read::default()
+        };
+        return Ok((body, read));
+    }
     if !is_batch && !code_host::needs_body(method, path) {
         let rest = code_host::ref_changes(method, path, query, None);
         if let Some(change) = &rest {
             conn.proxy.recording.emit(rest_record(ex.id, change));
         }
-        return Ok((body, Read { batch: None, rest }));
+        let read = Read {
+            rest,
+            ..Read::default()
+        };
+        return Ok((body, read));
     }
     let limit = if is_batch {
         MAX_BATCH_BYTES
@@ -76,7 +102,7 @@ pub async fn read(
             replay,
             Read {
                 batch: Some(subs),
-                rest: None,
+                ..Read::default()
             },
         ));
     }
@@ -84,7 +110,11 @@ pub async fn read(
     if let Some(change) = &rest {
         conn.proxy.recording.emit(rest_record(ex.id, change));
     }
-    Ok((replay, Read { batch: None, rest }))
+    let read = Read {
+        rest,
+        ..Read::default()
+    };
+    Ok((replay, read))
 }
 
 /// Why a body could not be read whole.
@@ -109,6 +139,64 @@ async fn whole(mut body: Body, limit: usize) -> Result<Bytes, ReadError> {
         }
     }
     Ok(buf.freeze())
+}
+
+/// The first gRPC message of a body, with its prefix, as far as the body goes, and the body
+/// to send on: the same bytes, then the rest of the call as it streams.
+async fn first_grpc_message(mut body: Body) -> Result<(Body, Bytes), ReadError> {
+    let mut first = BytesMut::new();
+    let mut held = None;
+    loop {
+        if let Some(end) = sink::grpc_first_message_len(&first) {
+            if end - 5 > sink::MAX_GRPC_MESSAGE {
+                return Err(ReadError::TooLarge(sink::MAX_GRPC_MESSAGE));
+            }
+            if first.len() >= end {
+                break;
+            }
+        }
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        match frame.map_err(ReadError::Read)?.into_data() {
+            Ok(data) => first.extend_from_slice(&data),
+            // Trailers end the body: the message is as far as it came.
+            Err(trailers) => {
+                held = Some(trailers);
+                break;
+            }
+        }
+    }
+    let first = first.freeze();
+    let mut replay = vec![http_body::Frame::data(first.clone())];
+    replay.extend(held);
+    Ok((boxed(Replayed { replay, rest: body }), first))
+}
+
+/// Frames already read, then the rest of the body.
+struct Replayed {
+    replay: Vec<http_body::Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if !self.replay.is_empty() {
+            let frame = self.replay.remove(0);
+            return std::task::Poll::Ready(Some(Ok(frame)));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.replay.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 /// The record of a code-host REST call that moves refs: a `git` record of service

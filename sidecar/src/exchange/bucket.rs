@@ -1,6 +1,7 @@
 //! The recordings bucket stage: the sidecar ships with the pod's Google identity, the same
 //! one the agent's requests get through the token swap, so a request that names the session's
-//! sink bucket anywhere (path, host, copy source, routing header, a batch part) is refused and
+//! sink bucket anywhere (path, host, copy source, routing header, a batch part, a gRPC
+//! message) is refused and
 //! recorded before any token is swapped: the agent can neither read a recording nor take the
 //! name of a segment before the recorder writes it.
 
@@ -8,7 +9,7 @@ use super::Exchange;
 use super::body::Read;
 use crate::conn::ConnCtx;
 use crate::refusal::{Cause, Refusal};
-use cassette_rules::sink::names_bucket;
+use cassette_rules::sink::{grpc_names_bucket, names_bucket};
 use http::StatusCode;
 use http::request::Parts;
 
@@ -33,6 +34,25 @@ pub fn guard(conn: &ConnCtx, ex: &Exchange, parts: &Parts, read: &Read) -> Resul
     };
     if let Some(where_) = names_bucket(&ex.verified, ex.path(), &headers, bucket) {
         return Err(refuse(where_));
+    }
+    if let Some(first) = &read.grpc_first {
+        let encoding = parts
+            .headers
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok());
+        match grpc_names_bucket(first, encoding, bucket) {
+            Ok(true) => return Err(refuse("its gRPC message".to_string())),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Refusal::new(
+                    Cause::Sink,
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{e}; a Cloud Storage call is read for the buckets it names before it goes on, so it was refused and recorded"
+                    ),
+                ));
+            }
+        }
     }
     for (i, sub) in read.batch.iter().flatten().enumerate() {
         let host = sub

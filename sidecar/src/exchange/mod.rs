@@ -5,7 +5,7 @@
 //! 3. the request body is recorded as it streams ([`tap`]); [`git`] reads a push's commands
 //!    before it may go upstream and a fetch's wants as it passes;
 //! 4. [`body`] reads the few bodies a decision depends on (a batch's parts, a code host's
-//!    ref change); [`bucket`] keeps the agent off the recordings bucket; [`policy`] decides, holding the request for [`review`] when a rule says so;
+//!    ref change, a Cloud Storage gRPC call's first message); [`bucket`] keeps the agent off the recordings bucket; [`policy`] decides, holding the request for [`review`] when a rule says so;
 //!    [`upgrade`] lets only WebSocket follow the request;
 //! 5. [`credentials`]: the placeholder is swapped for a real token toward verified Google hosts;
 //! 6. [`forward`]: the request goes upstream;

@@ -1170,6 +1170,88 @@ async fn the_agent_cannot_read_or_write_the_recordings_bucket() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A protobuf length-delimited field (lengths under 128).
+fn proto(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, bytes.len() as u8];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A gRPC call to Cloud Storage whose first message is `message`, sent in `frames` pieces,
+/// with the placeholder as its token and no routing header.
+fn storage_grpc(pod: &Pod, method: &str, message: &[u8], frames: usize) -> Request<Body> {
+    let mut wire = vec![0u8];
+    wire.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    wire.extend_from_slice(message);
+    let size = wire.len().div_ceil(frames);
+    let chunks = wire
+        .chunks(size)
+        .map(|c| http_body::Frame::data(Bytes::copy_from_slice(c)))
+        .collect();
+    Request::builder()
+        .method("POST")
+        .uri(format!("/google.storage.v2.Storage/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(
+            "authorization",
+            format!("Bearer {}", pod.proxy.placeholder.as_str()),
+        )
+        .body(Frames(chunks).boxed())
+        .unwrap()
+}
+
+/// Issue 14.2, gRPC: Cloud Storage's gRPC API names the bucket inside its messages; the
+/// routing header is the agent's to leave out. A read and a streamed write of the recordings
+/// bucket are refused before any token is swapped; a call naming another bucket goes on with
+/// its bytes as sent.
+#[tokio::test]
+async fn a_grpc_call_naming_the_recordings_bucket_in_its_message_is_refused() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("storage.googleapis.com", addr, no_policy());
+    let sink = b"projects/_/buckets/acme-agent-recordings";
+    // ReadObjectRequest { bucket: 1, object: 2 }.
+    let read = [
+        proto(1, sink),
+        proto(2, b"sessions/agents/fix-ci/manifest.json"),
+    ]
+    .concat();
+    // WriteObjectRequest { write_object_spec: 2 { resource: 1 { name: 1, bucket: 3 } } }.
+    let object = [
+        proto(1, b"sessions/agents/fix-ci/seg-000002.jsonl.zst"),
+        proto(3, sink),
+    ];
+    let write = proto(2, &proto(1, &object.concat()));
+    for (method, message, frames) in [("ReadObject", &read, 1), ("WriteObject", &write, 3)] {
+        let (status, headers, _) = pod
+            .send_full(storage_grpc(&pod, method, message, frames))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "gRPC says its status in grpc-status"
+        );
+        assert_eq!(headers["grpc-status"], "7", "{method}: {headers:?}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the bucket"
+    );
+    assert!(pod.sink.kind("token").is_empty(), "no token was swapped");
+    let blocked = pod.sink.kind("blocked");
+    assert_eq!(blocked.len(), 2);
+    assert!(blocked.iter().all(|b| b["reason"] == "sink"), "{blocked:?}");
+
+    let other = [proto(1, b"projects/_/buckets/acme-ci"), proto(2, b"x")].concat();
+    let (_, headers, _) = pod
+        .send_full(storage_grpc(&pod, "ReadObject", &other, 2))
+        .await;
+    assert!(headers.get("grpc-status").is_none(), "{headers:?}");
+    let got = seen.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].body[5..], &other[..], "the call went on as sent");
+}
+
 #[tokio::test]
 async fn onfailure_closed_cuts_an_upload_before_bytes_it_cannot_record() {
     let (addr, seen) = upstream(echo).await;
