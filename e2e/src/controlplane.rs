@@ -9,10 +9,12 @@ use crate::pki::{ClusterCa, service_account_key};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use rustix::process::{Pid, Signal, kill_process};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -301,10 +303,7 @@ pub(crate) fn spawn(mut command: Command, log: &Path) -> Result<Child> {
 }
 
 pub(crate) fn terminate(mut child: Child) {
-    // SAFETY: sending a signal to a child we own and have not reaped.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
+    let _ = kill_process(Pid::from_child(&child), Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

@@ -1070,8 +1070,8 @@ mod tests {
     #[test]
     fn an_fs_group_can_read_a_read_only_volume_and_write_an_empty_dir() -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: getgid cannot fail; an owner may give a file to its own group.
-        let gid = unsafe { libc::getgid() };
+        // An owner may give a file to its own group.
+        let gid = rustix::process::getgid().as_raw();
         let volume = tempfile::tempdir()?;
         write(&volume.path().join("sub/key"), b"secret", 0o400)?;
         grant_group(volume.path(), gid, true)?;

@@ -28,7 +28,11 @@
 use crate::controlplane::spawn as spawn_logged;
 use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
+use rustix::fs::{FlockOperation, flock};
+use rustix::mount::{UnmountFlags, unmount};
+use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 use std::collections::BTreeMap;
+
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -949,8 +953,7 @@ fn remove_tasks(info: &NodeInfo) {
         if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
             netns_inodes.push(meta.ino());
         }
-        // SAFETY: signalling a container's init process that our containerd started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill(pid);
         let _ = info
             .ctr()
             .args(["tasks", "delete", "--force", id])
@@ -1015,14 +1018,13 @@ fn kill_shims(socket: &Path) {
             if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
                 netns_inodes.push(meta.ino());
             }
-            // SAFETY: a container's init, a child of one of this node's shims; killing it
-            // ends its PID namespace.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            // A container's init, a child of one of this node's shims: killing it ends its PID
+            // namespace.
+            kill(*pid);
         }
     }
     for pid in shims {
-        // SAFETY: signalling a shim of the containerd this node started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill(pid);
     }
     remove_pod_netns(&netns_inodes);
 }
@@ -1091,16 +1093,16 @@ fn unmount_under(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
-        let Ok(c) = std::ffi::CString::new(point.clone()) else {
-            continue;
-        };
-        // SAFETY: umount2 on a path string we own.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "cassette-e2e: unmounting {point}: {}",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = unmount(point.as_str(), UnmountFlags::DETACH) {
+            eprintln!("cassette-e2e: unmounting {point}: {e}");
         }
+    }
+}
+
+/// SIGKILL a process by PID; one that is already gone is no error.
+fn kill(pid: i32) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, Signal::KILL);
     }
 }
 
@@ -1112,8 +1114,7 @@ fn remove_netns(name: &str) {
             break;
         }
         for pid in pids {
-            // SAFETY: signalling a process inside a namespace this harness made.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill(pid);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1136,8 +1137,8 @@ fn reap_stale() {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } == 0 {
+        // Signal 0 only checks that the process exists.
+        if Pid::from_raw(pid).is_none_or(|pid| test_kill_process(pid).is_ok()) {
             continue;
         }
         eprintln!(
@@ -1182,8 +1183,7 @@ fn lease_slot() -> Result<(u8, fs::File)> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             return Ok((slot, file));
         }
     }

@@ -20,8 +20,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
 use std::fs;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
@@ -489,20 +491,18 @@ pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
 
 /// SIGTERM the child's process group, then SIGKILL it after a grace period.
 pub(crate) fn terminate(mut child: Child) {
-    let group = -(child.id() as libc::pid_t);
-    // SAFETY: signalling the process group of a child we own and have not reaped.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    let group = Pid::from_child(&child);
+    let _ = kill_process_group(group, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            // SAFETY: as above; whatever the leader left in its group goes too.
-            unsafe { libc::kill(group, libc::SIGKILL) };
+            // Whatever the leader left in its group goes too.
+            let _ = kill_process_group(group, Signal::KILL);
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = kill_process_group(group, Signal::KILL);
     let _ = child.wait();
 }
 
