@@ -21,23 +21,22 @@
 //! The `kubernetes` Service reaches the API server through the same relay (the API server
 //! advertises loopback, which no pod can reach).
 //!
-//! Processes run only in the node's *network* namespace (`setns`), not in a mount namespace of
-//! their own: the kubelet's volume mounts must be seen by containerd and runc. Every path the
-//! components write is under one temporary directory; nothing uses the machine's defaults.
+//! Processes run only in the node's *network* namespace (`nsenter --net`), not in a mount
+//! namespace of their own: the kubelet's volume mounts must be seen by containerd and runc.
+//! Every path the components write is under one temporary directory; nothing uses the
+//! machine's defaults.
 
-use crate::controlplane::spawn as spawn_logged;
+use crate::controlplane::{dying_with_spawner, spawn as spawn_logged};
 use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
 use rustix::fs::{FlockOperation, flock};
 use rustix::mount::{UnmountFlags, unmount};
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 use std::collections::BTreeMap;
-
+use std::ffi::OsStr;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -499,7 +498,7 @@ impl Node {
             (plane.user_kubeconfig)("system:kube-controller-manager", Some("system:masters"))?;
         let certs = self.dir().join("certs");
         fs::create_dir_all(&certs)?;
-        let mut kcm = Command::new(&bins.kube_controller_manager);
+        let mut kcm = self.command(&bins.kube_controller_manager, false);
         kcm.arg(format!("--kubeconfig={}", kcm_kubeconfig.display()))
             .arg(format!("--root-ca-file={}", plane.ca_file.display()))
             .arg(format!(
@@ -512,10 +511,10 @@ impl Node {
             .arg(format!("--secure-port={}", free_port()?))
             .arg(format!("--cert-dir={}", certs.display()))
             .arg("--v=1");
-        self.spawn("kube-controller-manager", kcm, false)?;
+        self.spawn("kube-controller-manager", kcm)?;
 
         let scheduler_kubeconfig = (plane.user_kubeconfig)("system:kube-scheduler", None)?;
-        let mut scheduler = Command::new(&bins.kube_scheduler);
+        let mut scheduler = self.command(&bins.kube_scheduler, false);
         scheduler
             .arg(format!("--kubeconfig={}", scheduler_kubeconfig.display()))
             .arg("--leader-elect=false")
@@ -523,7 +522,7 @@ impl Node {
             .arg(format!("--secure-port={}", free_port()?))
             .arg(format!("--cert-dir={}", certs.display()))
             .arg("--v=1");
-        self.spawn("kube-scheduler", scheduler, false)?;
+        self.spawn("kube-scheduler", scheduler)?;
         Ok(())
     }
 
@@ -601,9 +600,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         );
         let config_path = dir.join("containerd.toml");
         fs::write(&config_path, config)?;
-        let mut containerd = Command::new("containerd");
+        let mut containerd = self.command("containerd", true);
         containerd.arg("--config").arg(&config_path);
-        self.spawn("containerd", containerd, true)?;
+        self.spawn("containerd", containerd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.check_alive()?;
@@ -708,7 +707,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         });
         let config_path = dir.join("kubelet.json");
         fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let mut kubelet = Command::new(&bins.kubelet);
+        let mut kubelet = self.command(&bins.kubelet, true);
         kubelet
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -717,7 +716,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg(format!("--node-ip={}", self.info.node_ip()))
             .arg("--v=1");
-        self.spawn("kubelet", kubelet, true)
+        self.spawn("kubelet", kubelet)
     }
 
     fn kube_proxy(
@@ -745,11 +744,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         });
         let config_path = self.dir().join("kube-proxy.json");
         fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let mut proxy = Command::new(&bins.kube_proxy);
+        let mut proxy = self.command(&bins.kube_proxy, true);
         proxy
             .arg(format!("--config={}", config_path.display()))
             .arg("--v=1");
-        self.spawn("kube-proxy", proxy, true)
+        self.spawn("kube-proxy", proxy)
     }
 
     fn coredns(
@@ -783,9 +782,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         );
         let corefile_path = self.dir().join("Corefile");
         fs::write(&corefile_path, corefile)?;
-        let mut coredns = Command::new(&bins.coredns);
+        let mut coredns = self.command(&bins.coredns, true);
         coredns.arg("-conf").arg(&corefile_path);
-        self.spawn("coredns", coredns, true)
+        self.spawn("coredns", coredns)
     }
 
     fn wait_ready(&mut self, admin: &Path) -> Result<()> {
@@ -862,24 +861,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         )
     }
 
-    /// Start a component with its output in `<dir>/<name>.log`, inside the node's network
-    /// namespace when `in_node` (only the network namespace: mounts stay shared).
-    fn spawn(&mut self, name: &str, mut command: Command, in_node: bool) -> Result<()> {
-        if in_node {
-            let path = Path::new(NETNS_RUN_DIR).join(&self.info.netns);
-            let netns =
-                fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: setns on a descriptor that stays open until exec (the closure owns it);
-            // async-signal-safe.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+    /// A command for a component that dies with the thread that spawns it, inside the node's
+    /// network namespace when `in_node` (`nsenter --net`: only the network namespace, mounts
+    /// stay shared).
+    fn command(&self, program: impl AsRef<OsStr>, in_node: bool) -> Command {
+        if !in_node {
+            return dying_with_spawner(program);
         }
+        let netns = Path::new(NETNS_RUN_DIR).join(&self.info.netns);
+        let mut command = dying_with_spawner(crate::netns::find_binary("nsenter"));
+        command
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
+    /// Start a component (made by [`Node::command`]) with its output in `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &str, command: Command) -> Result<()> {
         let log = self.dir().join(format!("{name}.log"));
         let child = spawn_logged(command, &log)?;
         self.children.push((name.to_string(), child));

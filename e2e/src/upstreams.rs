@@ -22,8 +22,8 @@ use rcgen::{
 };
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
 use std::fs;
-
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
@@ -190,7 +190,7 @@ impl Upstreams {
         };
         let root = upstreams.dir.path();
         let ready = root.join("ready");
-        let mut command = topology.net_command(Identity::Root, &config.binary, [("HOME", root)]);
+        let mut command = net_daemon(topology, &config.binary, [("HOME", root)]);
         command
             .arg("upstreams")
             .arg("--listen-ip")
@@ -461,8 +461,27 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// Start a long-running process with its output in a log file, in its own process group, and
-/// killed if the thread that started it dies (`PR_SET_PDEATHSIG`).
+/// A command that runs `program` in the net namespace as root with exactly `env` (see
+/// [`Topology::net_command`]) and dies with the thread that spawns it (`setpriv --pdeathsig`),
+/// for [`spawn_logged`].
+pub(crate) fn net_daemon<I, K, V>(
+    topology: &Topology,
+    program: impl AsRef<OsStr>,
+    env: I,
+) -> Command
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let setpriv = crate::netns::find_binary("setpriv");
+    let mut command = topology.net_command(Identity::Root, setpriv, env);
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command
+}
+
+/// Start a long-running process (a [`net_daemon`] command) with its output in a log file, in
+/// its own process group.
 pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
     let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     command
@@ -470,15 +489,6 @@ pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
         .stdout(out.try_clone()?)
         .stderr(out)
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let program = command
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
