@@ -1122,8 +1122,8 @@ fn remove_netns(name: &str) {
     }
 }
 
-/// Remove node namespaces whose test process is gone (killed before its exit hook ran), with
-/// the shims of their containerd and the mounts of their directory.
+/// Remove node namespaces whose test process is gone and whose sweeper did not run (both
+/// killed), with the shims of their containerd and the mounts of their directory.
 fn reap_stale() {
     let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) else {
         return;
@@ -1143,28 +1143,38 @@ fn reap_stale() {
         eprintln!(
             "cassette-e2e: removing node namespace {name} left by process {pid}, which is gone"
         );
-        // The shims first (they live in the node namespace, and removing it would kill them
-        // without their containers), then the namespace, then the mounts and the directory.
-        let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|d| {
-                d.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("cassette-node-{pid}-"))
-            })
-            .map(|d| d.path())
-            .collect();
-        for dir in &dirs {
-            kill_shims(&dir.join("containerd.sock"));
-        }
-        remove_netns(&name);
-        for dir in &dirs {
-            remove_container_log_links(dir);
-            unmount_under(dir);
-            let _ = fs::remove_dir_all(dir);
-        }
+        remove_leftovers(pid);
+    }
+}
+
+/// Remove what the node of process `pid`, which is gone, left: its containerd's shims and
+/// containers, its network namespace, the mounts under its directory and the directory. Its
+/// components died with the process (`setpriv --pdeathsig`); see [`crate::sweep`].
+pub(crate) fn remove_leftovers(pid: i32) {
+    // The shims first (they live in the node namespace, and removing it would kill them
+    // without their containers), then the namespace, then the mounts and the directory.
+    let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("cassette-node-{pid}-"))
+        })
+        .map(|d| d.path())
+        .collect();
+    for dir in &dirs {
+        kill_shims(&dir.join("containerd.sock"));
+    }
+    let netns = format!("casnode{pid}");
+    if Path::new(NETNS_RUN_DIR).join(&netns).exists() {
+        remove_netns(&netns);
+    }
+    for dir in &dirs {
+        remove_container_log_links(dir);
+        unmount_under(dir);
+        let _ = fs::remove_dir_all(dir);
     }
 }
 
