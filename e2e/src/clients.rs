@@ -7,6 +7,7 @@
 
 use crate::netns::Identity;
 use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, kill_process_group};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -165,8 +166,8 @@ pub fn output_within(mut command: Command, timeout: Duration) -> Result<Output> 
             break status;
         }
         if Instant::now() > deadline {
-            // SAFETY: signalling the process group of a child we own and have not reaped.
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            // The process group of a child we own and have not reaped.
+            let _ = kill_process_group(Pid::from_child(&child), Signal::KILL);
             let _ = child.wait();
             let stderr = err_reader.join().unwrap_or_default();
             bail!(

@@ -2,18 +2,25 @@
 //! The harness's kubelet runs every container through this, inside the pod's network
 //! namespace. It is not a container runtime: there is no image, no PID namespace, no cgroup.
 //!
-//! In a mount namespace of its own, an empty tmpfs hides the host's `/var/run/secrets` and
-//! `/run/secrets`, the volumes are bind-mounted at their paths (read-only where asked) and the
-//! root mount is made read-only if asked; the capability bounding set is cut to the
-//! container's capabilities; then no_new_privs is set if asked, the UID and GID are set, and
-//! the program runs from its working directory. The rest of the host's filesystem stays
-//! visible.
+//! In a mount namespace of its own (made by `unshare --mount` before it starts), an empty tmpfs
+//! hides the host's `/var/run/secrets` and `/run/secrets`, the volumes are bind-mounted at
+//! their paths (read-only where asked) and the root mount is made read-only if asked; the
+//! capability bounding set is cut to the container's capabilities; then no_new_privs is set if
+//! asked, the UID and GID are set, and the program runs from its working directory. The rest
+//! of the host's filesystem stays visible.
 
 use anyhow::{Context, Result, bail};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use rustix::fs::{StatVfsMountFlags, statvfs};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, mount, mount_bind_recursive, mount_change, mount_remount,
+};
+use rustix::process::getppid;
+use rustix::thread::{
+    CapabilitySet, capabilities, clear_ambient_capability_set, remove_capability_from_bounding_set,
+    set_capabilities, set_no_new_privs,
+};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
 
@@ -120,25 +127,16 @@ pub struct Container {
 }
 
 /// Set this process up as `container` and exec its program; returns only on failure. The
-/// process must be single-threaded (`unshare(CLONE_NEWNS)` refuses otherwise).
+/// process must already be in a mount namespace of its own (the kubelet starts it under
+/// `unshare --mount`): it refuses to mount anything in its parent's.
 pub fn exec(container: &Container) -> Result<std::convert::Infallible> {
     let program = container.command.first().context("a program to run")?;
-    // SAFETY: plain syscalls with constant arguments, before this process execs.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS), || {
-            "unshare(CLONE_NEWNS)".into()
-        })?;
-        check(
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
-            || "making / private".into(),
-        )?;
-    }
+    ensure_own_mount_namespace()?;
+    mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .context("making / private")?;
     hide_host_secrets()?;
     for mount in &container.mounts {
         bind(mount)?;
@@ -158,15 +156,27 @@ pub fn exec(container: &Container) -> Result<std::convert::Infallible> {
         command.uid(uid).gid(gid);
     }
     if container.no_new_privs {
-        // SAFETY: prctl with constant arguments; inherited across exec.
-        unsafe {
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), || {
-                "PR_SET_NO_NEW_PRIVS".into()
-            })?;
-        }
+        // Inherited across exec.
+        set_no_new_privs(true).context("PR_SET_NO_NEW_PRIVS")?;
     }
     let error = command.exec();
     Err(error).with_context(|| format!("executing {program}"))
+}
+
+/// Refuse to run in the mount namespace of the process that started us: the mounts below would
+/// change the host's view (or the harness's pod's).
+fn ensure_own_mount_namespace() -> Result<()> {
+    let parent = getppid().map_or(1, |pid| pid.as_raw_nonzero().get());
+    let ours = std::fs::read_link("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+    let theirs = std::fs::read_link(format!("/proc/{parent}/ns/mnt"))
+        .with_context(|| format!("reading /proc/{parent}/ns/mnt"))?;
+    if ours == theirs {
+        bail!(
+            "contain runs in its parent's mount namespace ({}); start it under `unshare --mount`",
+            ours.display()
+        );
+    }
+    Ok(())
 }
 
 /// An empty tmpfs over each of [`SECRETS_DIRS`], before any volume is mounted beneath.
@@ -181,20 +191,14 @@ fn hide_host_secrets() -> Result<()> {
         if hidden.contains(&real) {
             continue;
         }
-        let target = cstr(&real)?;
-        // SAFETY: a mount in our own mount namespace; the strings outlive the call.
-        unsafe {
-            check(
-                libc::mount(
-                    c"tmpfs".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"mode=0755,size=1m".as_ptr().cast(),
-                ),
-                || format!("mounting a tmpfs over {}", real.display()),
-            )?;
-        }
+        mount(
+            "tmpfs",
+            &real,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            c"mode=0755,size=1m",
+        )
+        .with_context(|| format!("mounting a tmpfs over {}", real.display()))?;
         hidden.push(real);
     }
     Ok(())
@@ -203,33 +207,21 @@ fn hide_host_secrets() -> Result<()> {
 /// The root mount, read-only in this namespace only. Mounts beneath it (the volumes, `/proc`,
 /// `/dev`, the netns's `/etc/hosts`) keep their own flags.
 fn remount_root_read_only() -> Result<()> {
-    // SAFETY: statvfs is plain data; all zeroes is a valid value.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs writes only into `stat`, which lives across the call.
-    let rc = unsafe { libc::statvfs(c"/".as_ptr(), &mut stat) };
-    check(rc, || "statvfs /".into())?;
-    // A bind remount sets the mount's flags anew: keep the ones the root has (the ST_ and MS_
-    // values of these are the same).
-    let kept = stat.f_flag
-        & (libc::ST_NOSUID
-            | libc::ST_NODEV
-            | libc::ST_NOEXEC
-            | libc::ST_NOATIME
-            | libc::ST_NODIRATIME
-            | libc::ST_RELATIME);
-    // SAFETY: a remount in our own mount namespace.
-    unsafe {
-        check(
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
-                std::ptr::null(),
-            ),
-            || "making / read-only".into(),
-        )
-    }
+    let stat = statvfs("/").context("statvfs /")?;
+    // A bind remount sets the mount's flags anew: keep the ones the root has.
+    let kept = [
+        (StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
+        (StatVfsMountFlags::NODEV, MountFlags::NODEV),
+        (StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
+        (StatVfsMountFlags::NOATIME, MountFlags::NOATIME),
+        (StatVfsMountFlags::NODIRATIME, MountFlags::NODIRATIME),
+        (StatVfsMountFlags::RELATIME, MountFlags::RELATIME),
+    ]
+    .into_iter()
+    .filter(|(has, _)| stat.f_flag.contains(*has))
+    .fold(MountFlags::empty(), |flags, (_, keep)| flags | keep);
+    mount_remount("/", MountFlags::BIND | MountFlags::RDONLY | kept, "")
+        .context("making / read-only")
 }
 
 /// Cut the bounding set to `keep` and empty the inheritable and ambient sets, as a runtime
@@ -242,78 +234,35 @@ fn bound_capabilities(keep: &[String]) -> Result<()> {
             bail!("unknown capability {name:?}");
         }
     }
-    let last: usize = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .context("reading /proc/sys/kernel/cap_last_cap")?
         .trim()
         .parse()
         .context("parsing /proc/sys/kernel/cap_last_cap")?;
     for cap in 0..=last {
         if CAPABILITIES
-            .get(cap)
+            .get(cap as usize)
             .is_some_and(|name| keep.iter().any(|k| k == name))
         {
             continue;
         }
-        // SAFETY: prctl with plain integer arguments.
-        check(
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) },
-            || format!("dropping capability {cap} from the bounding set"),
-        )?;
+        let set = 1u64
+            .checked_shl(cap)
+            .map(CapabilitySet::from_bits_retain)
+            .with_context(|| format!("capability {cap} does not fit a 64-bit set"))?;
+        remove_capability_from_bounding_set(set)
+            .with_context(|| format!("dropping capability {cap} from the bounding set"))?;
     }
-    // SAFETY: prctl with constant arguments.
-    check(
-        unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-        },
-        || "clearing the ambient capabilities".into(),
-    )?;
+    clear_ambient_capability_set().context("clearing the ambient capabilities")?;
     clear_inheritable()
 }
-
-/// The kernel's capability header and sets (`struct __user_cap_header_struct` and, twice for
-/// 64 bits, `struct __user_cap_data_struct`).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Empty this process's inheritable set, keeping its effective and permitted sets (what it
 /// still needs before exec: mounting is done, setting the UID is not).
 fn clear_inheritable() -> Result<()> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget fills `data`, two entries as version 3 requires; both outlive the call.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("capget");
-    }
-    for set in &mut data {
-        set.inheritable = 0;
-    }
-    // SAFETY: capset reads `data`, two entries as version 3 requires; both outlive the call.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("capset");
-    }
-    Ok(())
+    let mut sets = capabilities(None).context("capget")?;
+    sets.inheritable = CapabilitySet::empty();
+    set_capabilities(None, sets).context("capset")
 }
 
 /// Bind `mount.source` at `mount.target` (made if missing), read-only if asked.
@@ -321,44 +270,11 @@ fn bind(mount: &Mount) -> Result<()> {
     let (source, target) = (&mount.source, &mount.target);
     std::fs::create_dir_all(target)
         .with_context(|| format!("creating the mount point {}", target.display()))?;
-    let (src, dst) = (cstr(source)?, cstr(target)?);
-    // SAFETY: bind mounts of existing paths in our own mount namespace; the strings outlive
-    // the calls.
-    unsafe {
-        check(
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ),
-            || format!("binding {} at {}", source.display(), target.display()),
-        )?;
-        if mount.read_only {
-            check(
-                libc::mount(
-                    std::ptr::null(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                    std::ptr::null(),
-                ),
-                || format!("making {} read-only", target.display()),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-fn cstr(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("{} has a NUL byte", path.display()))
-}
-
-fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> Result<()> {
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(what);
+    mount_bind_recursive(source, target)
+        .with_context(|| format!("binding {} at {}", source.display(), target.display()))?;
+    if mount.read_only {
+        mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+            .with_context(|| format!("making {} read-only", target.display()))?;
     }
     Ok(())
 }

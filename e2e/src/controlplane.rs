@@ -9,10 +9,11 @@ use crate::pki::{ClusterCa, service_account_key};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use rustix::process::{Pid, Signal, kill_process};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,7 +103,7 @@ impl ControlPlane {
 
         let client_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
-        let mut etcd = Command::new(&bins.etcd);
+        let mut etcd = dying_with_spawner(&bins.etcd);
         etcd.args(["--name", "cassette"])
             .arg("--data-dir")
             .arg(root.join("etcd"))
@@ -117,7 +118,7 @@ impl ControlPlane {
         plane.etcd = Some(spawn(etcd, &root.join("etcd.log"))?);
 
         let p = |name: &str| pki.join(name).display().to_string();
-        let mut apiserver = Command::new(&bins.kube_apiserver);
+        let mut apiserver = dying_with_spawner(&bins.kube_apiserver);
         apiserver
             .arg(format!("--etcd-servers={client_url}"))
             .arg(format!("--cert-dir={}", p("")))
@@ -277,34 +278,36 @@ fn write(path: &Path, contents: &str) -> Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Start a component with its output in a log file. It dies with the thread that started it
-/// (`PR_SET_PDEATHSIG`), so a test process killed outright leaves no control plane behind.
+/// A command for `program` that dies with the thread that spawns it: `setpriv --pdeathsig
+/// KILL -- program`, so a test process killed outright leaves no control plane behind.
+pub(crate) fn dying_with_spawner(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(crate::netns::find_binary("setpriv"));
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command
+}
+
+/// Start a component (a [`dying_with_spawner`] command) with its output in a log file.
 pub(crate) fn spawn(mut command: Command, log: &Path) -> Result<Child> {
     let out = fs::File::create(log)?;
     command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let program = command.get_program().to_owned();
+    // The program after the wrappers' `--`s, for the error message.
+    let args: Vec<&OsStr> = command.get_args().collect();
+    let program = args
+        .iter()
+        .rposition(|a| *a == "--")
+        .and_then(|i| args.get(i + 1).copied())
+        .unwrap_or_else(|| command.get_program())
+        .to_owned();
     command
         .spawn()
         .with_context(|| format!("starting {}", program.to_string_lossy()))
 }
 
 pub(crate) fn terminate(mut child: Child) {
-    // SAFETY: sending a signal to a child we own and have not reaped.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
+    let _ = kill_process(Pid::from_child(&child), Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

@@ -4,8 +4,8 @@
 //!
 //! They accept any credential; [`crate::upstreams`] in front of them checks tokens and logs.
 
-use crate::netns::{Identity, Side, Topology, in_namespace};
-use crate::upstreams::{PROJECT_ID, spawn_logged, tail, terminate};
+use crate::netns::{Side, Topology, in_namespace};
+use crate::upstreams::{PROJECT_ID, net_daemon, spawn_logged, tail, terminate};
 use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -75,7 +75,7 @@ impl FakeGcs {
             .tempdir()?;
         let ip = topology.net_ip();
         let addr = SocketAddr::from((ip, FAKE_GCS_PORT));
-        let mut command = topology.net_command(Identity::Root, &binary, [("HOME", dir.path())]);
+        let mut command = net_daemon(topology, &binary, [("HOME", dir.path())]);
         command
             .args(["-scheme", "http", "-backend", "memory"])
             .args(["-host", &ip.to_string()])
@@ -242,7 +242,7 @@ impl PubsubEmulator {
         if let Ok(java_home) = std::env::var("JAVA_HOME") {
             env.push(("JAVA_HOME".into(), java_home));
         }
-        let mut command = topology.net_command(Identity::Root, &launcher, env);
+        let mut command = net_daemon(topology, &launcher, env);
         command
             .arg(format!("--host={ip}"))
             .arg(format!("--port={PUBSUB_PORT}"))

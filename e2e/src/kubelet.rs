@@ -459,7 +459,8 @@ impl<'t> Kubelet<'t> {
         ContainerProcess::spawn(&container.name, command)
     }
 
-    /// The process for one container: `ip netns exec <pod> cassette-e2e contain … -- program`.
+    /// The process for one container: `ip netns exec <pod> unshare --mount cassette-e2e contain …
+    /// -- program`.
     async fn command(
         &self,
         pod: &Pod,
@@ -485,10 +486,13 @@ impl<'t> Kubelet<'t> {
         args.extend(container.args.iter().flatten().cloned());
         let env = self.env(pod, container).await?;
 
-        let mut command = self
-            .topology
-            .pod_command(Identity::Root, &self.contain, env);
-        command.arg("contain");
+        // A mount namespace of the container's own, private: what contain mounts stays there.
+        let unshare = crate::netns::find_binary("unshare");
+        let mut command = self.topology.pod_command(Identity::Root, unshare, env);
+        command
+            .args(["--mount", "--propagation", "private", "--"])
+            .arg(&self.contain)
+            .arg("contain");
         for mount in container.volume_mounts.iter().flatten() {
             if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
                 bail!(
@@ -1070,8 +1074,8 @@ mod tests {
     #[test]
     fn an_fs_group_can_read_a_read_only_volume_and_write_an_empty_dir() -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: getgid cannot fail; an owner may give a file to its own group.
-        let gid = unsafe { libc::getgid() };
+        // An owner may give a file to its own group.
+        let gid = rustix::process::getgid().as_raw();
         let volume = tempfile::tempdir()?;
         write(&volume.path().join("sub/key"), b"secret", 0o400)?;
         grant_group(volume.path(), gid, true)?;

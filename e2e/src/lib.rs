@@ -1,7 +1,8 @@
 //! End-to-end harness for cassette: the cluster the tests run against, and helpers to use it.
 //!
 //! By default a test binary starts one local control plane (a real kube-apiserver and etcd on
-//! loopback) the first time a test asks for it, and stops it when the binary exits. Set
+//! loopback) the first time a test asks for it; it dies with the binary, and a sweeper
+//! process removes what it leaves. Set
 //! `CASSETTE_E2E_KUBECONFIG` to run the same tests against an existing cluster (kind, GKE).
 
 pub mod clients;
@@ -16,6 +17,7 @@ pub mod operator;
 mod pki;
 pub mod relay;
 pub mod story;
+pub mod sweep;
 pub mod upstreams;
 
 use anyhow::{Context, Result, anyhow};
@@ -159,19 +161,21 @@ fn start_shared() -> Result<Cluster> {
 
 /// Start the control plane from a thread that lives as long as the process, so the
 /// parent-death signal on its children fires only when the whole test binary goes away, and
-/// register an exit hook that stops it and removes its directory on a normal exit.
+/// a sweeper that removes its directory (and the node's leftovers) once the binary is gone.
 fn start_local() -> Result<PathBuf> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("control-plane".into())
         .spawn(move || {
-            let started = Binaries::ensure().and_then(|bins| ControlPlane::start(&bins));
+            let started = Binaries::ensure().and_then(|bins| {
+                let plane = ControlPlane::start(&bins)?;
+                sweep::start(&[plane.dir()])?;
+                Ok(plane)
+            });
             match started {
                 Ok(plane) => {
                     let kubeconfig = plane.kubeconfig_path();
                     *LOCAL.lock().expect("control plane lock") = Some(plane);
-                    // SAFETY: registering a plain extern "C" function with no captured state.
-                    unsafe { libc::atexit(stop_local) };
                     let _ = tx.send(Ok(kubeconfig));
                     loop {
                         std::thread::park();
@@ -189,7 +193,8 @@ static NODE_INFO: OnceLock<Result<node::NodeInfo, String>> = OnceLock::new();
 static NODE: Mutex<Option<node::Node>> = Mutex::new(None);
 
 /// The real node of this binary's local cluster, started on first use (after the control
-/// plane) and stopped at exit, before the control plane.
+/// plane) from a thread that lives as long as the process: its components die with the
+/// binary, and the control plane's sweeper removes what they leave.
 ///
 /// Panics with the reason when it cannot start; tests check [`node::unavailable_reason`]
 /// first and skip.
@@ -231,9 +236,6 @@ fn start_node() -> Result<node::NodeInfo> {
                 Ok(node) => {
                     let info = node.info().clone();
                     *NODE.lock().expect("node lock") = Some(node);
-                    // SAFETY: registering a plain extern "C" function with no captured state.
-                    // Registered after the control plane's hook, so it runs before it.
-                    unsafe { libc::atexit(stop_node) };
                     let _ = tx.send(Ok(info));
                     loop {
                         std::thread::park();
@@ -245,19 +247,6 @@ fn start_node() -> Result<node::NodeInfo> {
             }
         })?;
     rx.recv().context("the node thread died")?
-}
-
-extern "C" fn stop_node() {
-    if let Ok(mut guard) = NODE.lock() {
-        guard.take();
-    }
-}
-
-extern "C" fn stop_local() {
-    if let Ok(mut guard) = LOCAL.lock() {
-        // Dropping stops the processes and removes the temporary directory.
-        guard.take();
-    }
 }
 
 /// The cluster CA (PEM) a kubeconfig trusts, from its first cluster's

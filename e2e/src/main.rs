@@ -40,6 +40,16 @@ enum Cmd {
     /// every container of a stored pod through this (inside the pod's network namespace),
     /// since there is no kubelet.
     Contain(ContainArgs),
+    /// Wait for a test process to exit (its end of stdin closes), then remove what its local
+    /// control plane and node left; started by the harness with the control plane.
+    Sweep {
+        /// The test process.
+        #[arg(long)]
+        after: i32,
+        /// A directory to remove after the node's leftovers.
+        #[arg(long = "remove")]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -110,6 +120,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo(),
         Cmd::Upstreams(args) => upstreams(args),
         Cmd::Contain(args) => contain(args),
+        Cmd::Sweep { after, dirs } => cassette_e2e::sweep::after_exit(after, &dirs),
     }
 }
 

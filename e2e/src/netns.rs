@@ -25,11 +25,15 @@
 //! ```
 
 use anyhow::{Context, Result, bail};
+use rustix::fs::{FlockOperation, flock};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, geteuid, kill_process, test_kill_process};
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -335,12 +339,10 @@ pub fn in_namespace<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> Result<R
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                // SAFETY: setns on a descriptor we own; it changes only this thread's network
-                // namespace, and the thread ends when `f` returns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("entering network namespace {ns}"));
-                }
+                // This changes only this thread's network namespace, and the thread ends when
+                // `f` returns.
+                move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                    .with_context(|| format!("entering network namespace {ns}"))?;
                 Ok(f())
             })
             .join()
@@ -365,9 +367,9 @@ fn remove_namespace(name: &str) {
         if pids.is_empty() {
             break;
         }
-        for pid in pids {
-            // SAFETY: signalling a process that lives in a namespace this harness made.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Processes that live in a namespace this harness made.
+        for pid in pids.into_iter().filter_map(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -388,9 +390,9 @@ fn reap_stale() {
         let Some(pid) = owner_pid(&name) else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // Signal 0 only checks that the process exists.
+        let alive = Pid::from_raw(pid)
+            .is_none_or(|pid| matches!(test_kill_process(pid), Ok(()) | Err(Errno::PERM)));
         if !alive {
             eprintln!(
                 "cassette-e2e: removing namespace {name} left by process {pid}, which is gone"
@@ -442,8 +444,7 @@ fn lease_subnet() -> Result<(u8, fs::File)> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             return Ok((subnet, file));
         }
     }
@@ -501,8 +502,7 @@ pub fn find_binary(name: &str) -> PathBuf {
 
 /// Whether this process may create namespaces; the tests skip with this reason otherwise.
 pub fn unavailable_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         return Some("network namespace tests need root (ip netns, veth, setpriv)".into());
     }
     None

@@ -21,19 +21,22 @@
 //! The `kubernetes` Service reaches the API server through the same relay (the API server
 //! advertises loopback, which no pod can reach).
 //!
-//! Processes run only in the node's *network* namespace (`setns`), not in a mount namespace of
-//! their own: the kubelet's volume mounts must be seen by containerd and runc. Every path the
-//! components write is under one temporary directory; nothing uses the machine's defaults.
+//! Processes run only in the node's *network* namespace (`nsenter --net`), not in a mount
+//! namespace of their own: the kubelet's volume mounts must be seen by containerd and runc.
+//! Every path the components write is under one temporary directory; nothing uses the
+//! machine's defaults.
 
-use crate::controlplane::spawn as spawn_logged;
+use crate::controlplane::{dying_with_spawner, spawn as spawn_logged};
 use crate::relay::Relay;
 use anyhow::{Context, Result, bail};
+use rustix::fs::{FlockOperation, flock};
+use rustix::mount::{UnmountFlags, unmount};
+use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -495,7 +498,7 @@ impl Node {
             (plane.user_kubeconfig)("system:kube-controller-manager", Some("system:masters"))?;
         let certs = self.dir().join("certs");
         fs::create_dir_all(&certs)?;
-        let mut kcm = Command::new(&bins.kube_controller_manager);
+        let mut kcm = self.command(&bins.kube_controller_manager, false);
         kcm.arg(format!("--kubeconfig={}", kcm_kubeconfig.display()))
             .arg(format!("--root-ca-file={}", plane.ca_file.display()))
             .arg(format!(
@@ -508,10 +511,10 @@ impl Node {
             .arg(format!("--secure-port={}", free_port()?))
             .arg(format!("--cert-dir={}", certs.display()))
             .arg("--v=1");
-        self.spawn("kube-controller-manager", kcm, false)?;
+        self.spawn("kube-controller-manager", kcm)?;
 
         let scheduler_kubeconfig = (plane.user_kubeconfig)("system:kube-scheduler", None)?;
-        let mut scheduler = Command::new(&bins.kube_scheduler);
+        let mut scheduler = self.command(&bins.kube_scheduler, false);
         scheduler
             .arg(format!("--kubeconfig={}", scheduler_kubeconfig.display()))
             .arg("--leader-elect=false")
@@ -519,7 +522,7 @@ impl Node {
             .arg(format!("--secure-port={}", free_port()?))
             .arg(format!("--cert-dir={}", certs.display()))
             .arg("--v=1");
-        self.spawn("kube-scheduler", scheduler, false)?;
+        self.spawn("kube-scheduler", scheduler)?;
         Ok(())
     }
 
@@ -597,9 +600,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         );
         let config_path = dir.join("containerd.toml");
         fs::write(&config_path, config)?;
-        let mut containerd = Command::new("containerd");
+        let mut containerd = self.command("containerd", true);
         containerd.arg("--config").arg(&config_path);
-        self.spawn("containerd", containerd, true)?;
+        self.spawn("containerd", containerd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.check_alive()?;
@@ -704,7 +707,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         });
         let config_path = dir.join("kubelet.json");
         fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let mut kubelet = Command::new(&bins.kubelet);
+        let mut kubelet = self.command(&bins.kubelet, true);
         kubelet
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -713,7 +716,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg(format!("--node-ip={}", self.info.node_ip()))
             .arg("--v=1");
-        self.spawn("kubelet", kubelet, true)
+        self.spawn("kubelet", kubelet)
     }
 
     fn kube_proxy(
@@ -741,11 +744,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         });
         let config_path = self.dir().join("kube-proxy.json");
         fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-        let mut proxy = Command::new(&bins.kube_proxy);
+        let mut proxy = self.command(&bins.kube_proxy, true);
         proxy
             .arg(format!("--config={}", config_path.display()))
             .arg("--v=1");
-        self.spawn("kube-proxy", proxy, true)
+        self.spawn("kube-proxy", proxy)
     }
 
     fn coredns(
@@ -779,9 +782,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         );
         let corefile_path = self.dir().join("Corefile");
         fs::write(&corefile_path, corefile)?;
-        let mut coredns = Command::new(&bins.coredns);
+        let mut coredns = self.command(&bins.coredns, true);
         coredns.arg("-conf").arg(&corefile_path);
-        self.spawn("coredns", coredns, true)
+        self.spawn("coredns", coredns)
     }
 
     fn wait_ready(&mut self, admin: &Path) -> Result<()> {
@@ -858,24 +861,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         )
     }
 
-    /// Start a component with its output in `<dir>/<name>.log`, inside the node's network
-    /// namespace when `in_node` (only the network namespace: mounts stay shared).
-    fn spawn(&mut self, name: &str, mut command: Command, in_node: bool) -> Result<()> {
-        if in_node {
-            let path = Path::new(NETNS_RUN_DIR).join(&self.info.netns);
-            let netns =
-                fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: setns on a descriptor that stays open until exec (the closure owns it);
-            // async-signal-safe.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+    /// A command for a component that dies with the thread that spawns it, inside the node's
+    /// network namespace when `in_node` (`nsenter --net`: only the network namespace, mounts
+    /// stay shared).
+    fn command(&self, program: impl AsRef<OsStr>, in_node: bool) -> Command {
+        if !in_node {
+            return dying_with_spawner(program);
         }
+        let netns = Path::new(NETNS_RUN_DIR).join(&self.info.netns);
+        let mut command = dying_with_spawner(crate::netns::find_binary("nsenter"));
+        command
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
+    /// Start a component (made by [`Node::command`]) with its output in `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &str, command: Command) -> Result<()> {
         let log = self.dir().join(format!("{name}.log"));
         let child = spawn_logged(command, &log)?;
         self.children.push((name.to_string(), child));
@@ -949,8 +952,7 @@ fn remove_tasks(info: &NodeInfo) {
         if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
             netns_inodes.push(meta.ino());
         }
-        // SAFETY: signalling a container's init process that our containerd started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill(pid);
         let _ = info
             .ctr()
             .args(["tasks", "delete", "--force", id])
@@ -1015,14 +1017,13 @@ fn kill_shims(socket: &Path) {
             if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
                 netns_inodes.push(meta.ino());
             }
-            // SAFETY: a container's init, a child of one of this node's shims; killing it
-            // ends its PID namespace.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            // A container's init, a child of one of this node's shims: killing it ends its PID
+            // namespace.
+            kill(*pid);
         }
     }
     for pid in shims {
-        // SAFETY: signalling a shim of the containerd this node started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill(pid);
     }
     remove_pod_netns(&netns_inodes);
 }
@@ -1091,16 +1092,16 @@ fn unmount_under(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
-        let Ok(c) = std::ffi::CString::new(point.clone()) else {
-            continue;
-        };
-        // SAFETY: umount2 on a path string we own.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "cassette-e2e: unmounting {point}: {}",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = unmount(point.as_str(), UnmountFlags::DETACH) {
+            eprintln!("cassette-e2e: unmounting {point}: {e}");
         }
+    }
+}
+
+/// SIGKILL a process by PID; one that is already gone is no error.
+fn kill(pid: i32) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, Signal::KILL);
     }
 }
 
@@ -1112,8 +1113,7 @@ fn remove_netns(name: &str) {
             break;
         }
         for pid in pids {
-            // SAFETY: signalling a process inside a namespace this harness made.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill(pid);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1122,8 +1122,8 @@ fn remove_netns(name: &str) {
     }
 }
 
-/// Remove node namespaces whose test process is gone (killed before its exit hook ran), with
-/// the shims of their containerd and the mounts of their directory.
+/// Remove node namespaces whose test process is gone and whose sweeper did not run (both
+/// killed), with the shims of their containerd and the mounts of their directory.
 fn reap_stale() {
     let Ok(entries) = fs::read_dir(NETNS_RUN_DIR) else {
         return;
@@ -1136,35 +1136,45 @@ fn reap_stale() {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } == 0 {
+        // Signal 0 only checks that the process exists.
+        if Pid::from_raw(pid).is_none_or(|pid| test_kill_process(pid).is_ok()) {
             continue;
         }
         eprintln!(
             "cassette-e2e: removing node namespace {name} left by process {pid}, which is gone"
         );
-        // The shims first (they live in the node namespace, and removing it would kill them
-        // without their containers), then the namespace, then the mounts and the directory.
-        let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|d| {
-                d.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("cassette-node-{pid}-"))
-            })
-            .map(|d| d.path())
-            .collect();
-        for dir in &dirs {
-            kill_shims(&dir.join("containerd.sock"));
-        }
-        remove_netns(&name);
-        for dir in &dirs {
-            remove_container_log_links(dir);
-            unmount_under(dir);
-            let _ = fs::remove_dir_all(dir);
-        }
+        remove_leftovers(pid);
+    }
+}
+
+/// Remove what the node of process `pid`, which is gone, left: its containerd's shims and
+/// containers, its network namespace, the mounts under its directory and the directory. Its
+/// components died with the process (`setpriv --pdeathsig`); see [`crate::sweep`].
+pub(crate) fn remove_leftovers(pid: i32) {
+    // The shims first (they live in the node namespace, and removing it would kill them
+    // without their containers), then the namespace, then the mounts and the directory.
+    let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("cassette-node-{pid}-"))
+        })
+        .map(|d| d.path())
+        .collect();
+    for dir in &dirs {
+        kill_shims(&dir.join("containerd.sock"));
+    }
+    let netns = format!("casnode{pid}");
+    if Path::new(NETNS_RUN_DIR).join(&netns).exists() {
+        remove_netns(&netns);
+    }
+    for dir in &dirs {
+        remove_container_log_links(dir);
+        unmount_under(dir);
+        let _ = fs::remove_dir_all(dir);
     }
 }
 
@@ -1182,8 +1192,7 @@ fn lease_slot() -> Result<(u8, fs::File)> {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             return Ok((slot, file));
         }
     }

@@ -3,6 +3,7 @@
 //! certificate made by itself and patched into them, and the tests waiting until the API
 //! server can call it.
 
+use crate::controlplane::dying_with_spawner;
 use crate::{cluster, fixtures, workspace_binary};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::admissionregistration::v1::{
@@ -11,9 +12,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// How the operator is started.
@@ -71,7 +71,7 @@ impl Operator {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("operator.log");
         let out = std::fs::File::create(&log)?;
-        let mut command = Command::new(workspace_binary("cassette-operator")?);
+        let mut command = dying_with_spawner(workspace_binary("cassette-operator")?);
         command
             .arg("run")
             .args(["--namespace", &namespace])
@@ -94,17 +94,9 @@ impl Operator {
         for (name, value) in &config.sidecar_env {
             command.args(["--sidecar-env", &format!("{name}={value}")]);
         }
-        // SAFETY: prctl is async-signal-safe; the operator dies with the test binary.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // The parent-death signal fires when the spawning *thread* ends; tests' threads end
-        // with each test, so a thread that lives as long as the binary spawns the operator.
+        // The operator dies with the test binary (`setpriv --pdeathsig`). The parent-death
+        // signal fires when the spawning *thread* ends; tests' threads end with each test, so a
+        // thread that lives as long as the binary spawns the operator.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("operator".into())

@@ -20,7 +20,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
@@ -188,7 +190,7 @@ impl Upstreams {
         };
         let root = upstreams.dir.path();
         let ready = root.join("ready");
-        let mut command = topology.net_command(Identity::Root, &config.binary, [("HOME", root)]);
+        let mut command = net_daemon(topology, &config.binary, [("HOME", root)]);
         command
             .arg("upstreams")
             .arg("--listen-ip")
@@ -459,8 +461,27 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// Start a long-running process with its output in a log file, in its own process group, and
-/// killed if the thread that started it dies (`PR_SET_PDEATHSIG`).
+/// A command that runs `program` in the net namespace as root with exactly `env` (see
+/// [`Topology::net_command`]) and dies with the thread that spawns it (`setpriv --pdeathsig`),
+/// for [`spawn_logged`].
+pub(crate) fn net_daemon<I, K, V>(
+    topology: &Topology,
+    program: impl AsRef<OsStr>,
+    env: I,
+) -> Command
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let setpriv = crate::netns::find_binary("setpriv");
+    let mut command = topology.net_command(Identity::Root, setpriv, env);
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command
+}
+
+/// Start a long-running process (a [`net_daemon`] command) with its output in a log file, in
+/// its own process group.
 pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
     let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     command
@@ -468,15 +489,6 @@ pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
         .stdout(out.try_clone()?)
         .stderr(out)
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let program = command
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
@@ -489,20 +501,18 @@ pub(crate) fn spawn_logged(mut command: Command, log: &Path) -> Result<Child> {
 
 /// SIGTERM the child's process group, then SIGKILL it after a grace period.
 pub(crate) fn terminate(mut child: Child) {
-    let group = -(child.id() as libc::pid_t);
-    // SAFETY: signalling the process group of a child we own and have not reaped.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    let group = Pid::from_child(&child);
+    let _ = kill_process_group(group, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            // SAFETY: as above; whatever the leader left in its group goes too.
-            unsafe { libc::kill(group, libc::SIGKILL) };
+            // Whatever the leader left in its group goes too.
+            let _ = kill_process_group(group, Signal::KILL);
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = kill_process_group(group, Signal::KILL);
     let _ = child.wait();
 }
 

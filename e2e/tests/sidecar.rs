@@ -12,6 +12,7 @@ use cassette_e2e::clients::{self, AgentHome, output_within, stdout_within};
 use cassette_e2e::emulators::{FakeGcs, PubsubEmulator};
 use cassette_e2e::netns::{self, Identity, Topology};
 use cassette_e2e::upstreams::{LogEntry, PROJECT_ID, Upstreams, UpstreamsConfig};
+use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -253,8 +254,8 @@ impl Pod {
     /// SIGTERM the sidecar (it seals and ships) and read the recording back.
     fn stop_and_read(&mut self) -> Result<(Vec<Value>, cassette_recording::Report)> {
         let mut child = self.sidecar.take().context("the sidecar is not running")?;
-        // SAFETY: signalling a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // A child we spawned and have not reaped.
+        let _ = kill_process(Pid::from_child(&child), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(40);
         let status = loop {
             if let Some(status) = child.try_wait()? {

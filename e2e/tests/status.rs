@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use cassette_api::AgentSession;
 use cassette_e2e::{cluster, fixtures};
 use kube::api::{Api, PostParams};
+use rustix::process::{Pid, Signal, kill_process};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,9 +78,8 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
 
     // SIGTERM: seal, ship, and a last report.
-    // SAFETY: signalling our own child.
     let mut sidecar = child.0.take().context("the sidecar runs")?;
-    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
     let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
     assert!(status.success(), "the sidecar exited with {status}");
 
@@ -482,8 +482,7 @@ async fn a_running_session_is_tightened_within_seconds() -> Result<()> {
     assert!(said.contains("expired"), "{said}");
 
     let mut sidecar = child.0.take().context("the sidecar runs")?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
     let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
     assert!(status.success(), "the sidecar exited with {status}");
 
@@ -613,8 +612,7 @@ async fn an_open_websocket_ends_when_the_policy_refuses_it() -> Result<()> {
     );
 
     let mut sidecar = child.0.take().context("the sidecar runs")?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(sidecar.id() as i32, libc::SIGTERM) };
+    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
     let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
     assert!(status.success(), "the sidecar exited with {status}");
     let store = cassette_recording::Sink::open(&sink, &Default::default()).await?;

@@ -7,6 +7,8 @@
 //! or PID namespace would, and the harness has neither.
 
 use anyhow::{Context, Result};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, kill_process_group, waitid};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
@@ -55,7 +57,7 @@ impl ContainerProcess {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        self.signal(libc::SIGKILL)?;
+        self.signal(Signal::KILL)?;
         let status = self
             .child
             .wait()
@@ -81,7 +83,7 @@ impl ContainerProcess {
 
     /// Stop the container as the kubelet does: SIGTERM, and SIGKILL after `grace`.
     pub async fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM)?;
+        self.signal(Signal::TERM)?;
         match self.wait_timeout(grace).await? {
             Some(status) => Ok(status),
             None => self.kill(),
@@ -90,7 +92,7 @@ impl ContainerProcess {
 
     /// [`Self::stop`] for [`Drop`]: blocking, with a short grace.
     fn stop_blocking(&mut self) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM)?;
+        self.signal(Signal::TERM)?;
         let deadline = Instant::now() + ABANDON_GRACE;
         while !self.has_exited()? && Instant::now() < deadline {
             std::thread::sleep(POLL);
@@ -100,7 +102,7 @@ impl ContainerProcess {
 
     /// Signal every process of the group; nothing once the main process is reaped, as its
     /// PID may then belong to someone else.
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
+    fn signal(&self, signal: Signal) -> Result<()> {
         if self.status.is_some() {
             return Ok(());
         }
@@ -121,43 +123,31 @@ impl Drop for ContainerProcess {
 
 /// Whether our child `pid` has exited, leaving it a zombie (`waitid` with `WNOWAIT`).
 fn exited_unreaped(pid: u32) -> io::Result<bool> {
-    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let pid = as_pid(pid)?;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
     loop {
-        // SAFETY: waitid writes only into `info`, which lives across the call.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
+        match waitid(WaitId::Pid(pid), options) {
+            // With WNOHANG there is no status while the child has not exited.
+            Ok(status) => return Ok(status.is_some()),
+            Err(Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
         }
     }
-    // SAFETY: after a successful waitid the SIGCHLD fields are set; with WNOHANG, si_pid stays
-    // zero when the child has not exited.
-    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// `kill(-pgid, signal)`; a group with no process left is not an error.
-fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
-    // SAFETY: kill touches no memory of ours.
-    if unsafe { libc::kill(-pgid, signal) } == 0 {
-        return Ok(());
+fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    match kill_process_group(as_pid(pgid)?, signal) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(error) => Err(error.into()),
     }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::ESRCH) {
-        return Ok(());
-    }
-    Err(error)
+}
+
+fn as_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{pid} is not a process ID")))
 }
 
 #[cfg(test)]
