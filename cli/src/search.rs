@@ -55,6 +55,22 @@ pub enum Place {
     /// A trailer, by name.
     Trailer(String),
     Body,
+    /// A file of a pushed or fetched pack, by the path a tree of the pack gives it.
+    GitFile {
+        path: String,
+        blob: String,
+        commit: Option<String>,
+    },
+    /// A git object's contents (a commit's message, a blob no tree of the pack names).
+    GitObject {
+        kind: String,
+        id: String,
+    },
+    /// A field of another record (a WebSocket message, a stream's bytes, a DNS name, …).
+    Record {
+        kind: String,
+        field: String,
+    },
 }
 
 impl std::fmt::Display for Place {
@@ -64,20 +80,36 @@ impl std::fmt::Display for Place {
             Place::Header(name) => write!(f, "header {name}"),
             Place::Trailer(name) => write!(f, "trailer {name}"),
             Place::Body => write!(f, "body"),
+            Place::GitFile { path, blob, commit } => {
+                write!(f, "file {path} (blob {}", short(blob))?;
+                if let Some(commit) = commit {
+                    write!(f, ", commit {}", short(commit))?;
+                }
+                write!(f, ")")
+            }
+            Place::GitObject { kind, id } => write!(f, "git {kind} {}", short(id)),
+            Place::Record { kind, field } => write!(f, "{kind} record, {field}"),
         }
     }
+}
+
+/// A git object id as git shortens it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// An exchange that carried one of the candidate secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// The exchange's label (`N`, or `RUN.N` where ids were reused after a restart).
+    /// The exchange's label (`N`, or `RUN.N` where ids were reused after a restart), `-` for
+    /// a record of no exchange (a DNS query, a connection into the pod).
     pub exchange: String,
     pub time: String,
     pub host: String,
     pub method: String,
     pub path: String,
-    /// `request` (agent → upstream) or `response` (upstream → agent).
+    /// `request` (agent → upstream), `response` (upstream → agent), or `recorded` for a
+    /// record that has no direction.
     pub direction: &'static str,
     pub place: Place,
     pub detector: String,
@@ -86,9 +118,22 @@ pub struct Found {
     pub fingerprint: String,
 }
 
-/// Every place in the timeline where a mask carries one of `wanted` (candidate source,
-/// fingerprint).
-pub fn search(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
+/// Every place in the recording where a mask carries one of `wanted` (candidate source,
+/// fingerprint): each exchange's target, headers, trailers both ways and bodies (from
+/// `timeline`), and every other record of `records` — a pushed or fetched file by its path and
+/// commit, a git object's contents, WebSocket messages, stream bytes, DNS names, batch parts —
+/// field by field. A record is reported once per candidate, at its most telling place.
+pub fn search(
+    timeline: &Timeline,
+    records: &[cassette_recording::record::Record],
+    wanted: &[(String, String)],
+) -> Vec<Found> {
+    let mut out = in_exchanges(timeline, wanted);
+    out.extend(in_records(timeline, records, wanted));
+    out
+}
+
+fn in_exchanges(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
     let mut out = Vec::new();
     for x in timeline.exchanges_in_order() {
         let mut look = |direction: &'static str, place: Place, text: &str| {
@@ -127,6 +172,111 @@ pub fn search(timeline: &Timeline, wanted: &[(String, String)]) -> Vec<Found> {
         for (name, value) in x.end.iter().flat_map(|e| e.trailers.iter().flatten()) {
             look("response", Place::Trailer(name.clone()), value);
         }
+        for (name, value) in x
+            .end
+            .iter()
+            .flat_map(|e| e.request_trailers.iter().flatten())
+        {
+            look("request", Place::Trailer(name.clone()), value);
+        }
+    }
+    out
+}
+
+/// The masks of `wanted` in records other than an exchange's heads, bodies and end.
+fn in_records(
+    timeline: &Timeline,
+    records: &[cassette_recording::record::Record],
+    wanted: &[(String, String)],
+) -> Vec<Found> {
+    use cassette_recording::record::Event;
+    let mut out = Vec::new();
+    let mut run = 0u32;
+    for record in records {
+        let mut places: Vec<(Place, String, String)> = Vec::new();
+        match &record.event {
+            Event::SessionStart(_) => {
+                run += 1;
+                continue;
+            }
+            Event::Body(_) | Event::Request(_) | Event::Response(_) | Event::ExchangeEnd(_) => {
+                continue;
+            }
+            Event::GitPack(pack) => places.extend(pack.path_masks.iter().map(|m| {
+                let place = Place::GitFile {
+                    path: m.path.clone(),
+                    blob: m.blob.clone(),
+                    commit: m.commit.clone(),
+                };
+                (place, m.detector.clone(), m.fingerprint.clone())
+            })),
+            Event::GitObject(object) => places.extend(object.masks.iter().map(|m| {
+                let place = Place::GitObject {
+                    kind: object.kind.clone().unwrap_or_else(|| "object".into()),
+                    id: object
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("at {}", object.offset)),
+                };
+                (place, m.detector.clone(), m.fingerprint.clone())
+            })),
+            _ => {}
+        }
+        let Ok(value) = serde_json::to_value(&record.event) else {
+            continue;
+        };
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        walk(&value, String::new(), &mut |field, text| {
+            for mask in masks_in(text) {
+                let place = Place::Record {
+                    kind: kind.clone(),
+                    field: field.to_string(),
+                };
+                places.push((place, mask.detector.into(), mask.fingerprint.into()));
+            }
+        });
+        let exchange = value["exchange"]
+            .as_u64()
+            .and_then(|id| timeline.exchanges.get(&(run, id)));
+        let direction = match value["direction"].as_str() {
+            Some("request" | "up") => "request",
+            Some("response" | "down") => "response",
+            _ => "recorded",
+        };
+        let mut reported: Vec<&str> = Vec::new();
+        for (place, detector, fp) in places {
+            for (candidate, wanted_fp) in wanted {
+                if !fp.eq_ignore_ascii_case(wanted_fp) || reported.contains(&candidate.as_str()) {
+                    continue;
+                }
+                reported.push(candidate);
+                out.push(Found {
+                    exchange: exchange.map_or_else(
+                        || {
+                            value["exchange"]
+                                .as_u64()
+                                .map_or("-".into(), |e| e.to_string())
+                        },
+                        |x| x.label.clone(),
+                    ),
+                    time: record.time.clone(),
+                    host: exchange.map(|x| x.host().to_string()).unwrap_or_default(),
+                    method: exchange
+                        .and_then(|x| x.request.as_ref())
+                        .map(|r| r.method.clone())
+                        .unwrap_or_default(),
+                    path: exchange
+                        .and_then(|x| x.request.as_ref())
+                        .map(|r| r.path.clone())
+                        .unwrap_or_default(),
+                    direction,
+                    place: place.clone(),
+                    detector: detector.clone(),
+                    candidate: candidate.clone(),
+                    fingerprint: fp.clone(),
+                });
+            }
+        }
     }
     out
 }
@@ -158,6 +308,25 @@ pub struct Unsearched {
     pub truncated_bodies: usize,
     /// Bodies whose stored pieces did not fit together.
     pub damaged_bodies: usize,
+    /// Bodies in an encoding the recorder did not decode, or that broke partway: what
+    /// follows is stored as sent, compressed, where no candidate can be seen.
+    pub undecoded_bodies: usize,
+    /// git packs that could not be read to their end: the objects after the break were
+    /// neither scanned nor stored.
+    pub unread_packs: usize,
+}
+
+impl Unsearched {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Whether a body's `decoding` note says it was not decoded, or not to its end: an encoding
+/// the recorder does not decode, or one that broke. (A cut at maxBodyBytes is the truncation,
+/// counted apart.)
+fn undecoded(decoding: Option<&str>) -> bool {
+    decoding.is_some_and(|d| !d.contains("truncated after decoding"))
 }
 
 /// Every place in `records` and the bodies of `timeline` where one of `wanted` (candidate
@@ -185,6 +354,9 @@ pub fn in_clear(
             if body.damaged {
                 unsearched.damaged_bodies += 1;
             }
+            if undecoded(body.decoding.as_deref()) {
+                unsearched.undecoded_bodies += 1;
+            }
             for (candidate, value) in &wanted {
                 if contains(&body.bytes, value) {
                     out.push(InClear {
@@ -200,6 +372,11 @@ pub fn in_clear(
         }
     }
     for record in records {
+        if let Event::GitPack(pack) = &record.event
+            && pack.error.is_some()
+        {
+            unsearched.unread_packs += 1;
+        }
         if matches!(record.event, Event::Body(_)) {
             continue;
         }
@@ -404,6 +581,55 @@ mod tests {
         // And nothing when it is not there.
         let other = vec![("file".to_string(), b"not-in-the-recording".to_vec())];
         assert!(in_clear(&timeline, &records, &other).0.is_empty());
+    }
+
+    /// Issue 15.5/15.6: a secret masked outside an exchange's heads and bodies — in a pushed
+    /// file, a git object, a WebSocket message, a request trailer — is found by its
+    /// fingerprint, and the git file is named by path and commit.
+    #[test]
+    fn masks_in_git_objects_messages_and_request_trailers_are_found() {
+        use cassette_recording::record::Record;
+        const FP: &str = "0a1b2c3d4e5f60718293a4b5";
+        let mask = format!("«masked:github-token:{FP}»");
+        let lines = [
+            r#"{"seq":0,"time":"2026-05-01T12:00:00.000000000Z","kind":"request","exchange":1,"conn":1,"method":"POST","scheme":"https","authority":"git.example","path":"/acme/app.git/git-receive-pack","version":"HTTP/1.1","headers":[],"chain":"00"}"#.to_string(),
+            format!(r#"{{"seq":1,"time":"2026-05-01T12:00:00.100000000Z","kind":"git_object","exchange":1,"direction":"request","offset":12,"type":"blob","id":"b10bb10bb10bb10bb10bb10bb10bb10bb10bb10b","size":40,"masks":[{{"detector":"github-token","fingerprint":"{FP}","offset":6,"len":40}}],"chain":"00"}}"#),
+            format!(r#"{{"seq":2,"time":"2026-05-01T12:00:00.200000000Z","kind":"git_pack","exchange":1,"direction":"request","announced":3,"objects":3,"kinds":{{"blob":1}},"checksum_ok":true,"path_masks":[{{"commit":"c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff","path":"config/prod.env","blob":"b10bb10bb10bb10bb10bb10bb10bb10bb10bb10b","detector":"github-token","fingerprint":"{FP}"}}],"chain":"00"}}"#),
+            format!(r#"{{"seq":3,"time":"2026-05-01T12:00:00.300000000Z","kind":"exchange_end","exchange":1,"timings":{{"total_us":5}},"bytes_up":1,"bytes_down":1,"decision":"allow","request_trailers":[["x-token","{mask}"]],"chain":"00"}}"#),
+            r#"{"seq":4,"time":"2026-05-01T12:00:01.000000000Z","kind":"request","exchange":2,"conn":2,"method":"GET","scheme":"https","authority":"ws.example","path":"/live","version":"HTTP/1.1","headers":[],"chain":"00"}"#.to_string(),
+            format!(r#"{{"seq":5,"time":"2026-05-01T12:00:01.100000000Z","kind":"message","exchange":2,"direction":"up","opcode":"text","length":60,"text":"token {mask}","masked":1,"chain":"00"}}"#),
+        ];
+        let records: Vec<Record> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        let timeline = Timeline::build(&records);
+        let wanted = vec![("GITHUB_TOKEN".to_string(), FP.to_string())];
+        let found = search(&timeline, &records, &wanted);
+        let places: Vec<(String, &str, String)> = found
+            .iter()
+            .map(|f| (f.exchange.clone(), f.direction, f.place.to_string()))
+            .collect();
+        for expected in [
+            (
+                "1",
+                "request",
+                "file config/prod.env (blob b10bb10bb10b, commit c0ffeec0ffee)",
+            ),
+            ("1", "request", "git blob b10bb10bb10b"),
+            ("1", "request", "trailer x-token"),
+            ("2", "request", "message record, text"),
+        ] {
+            let expected = (expected.0.to_string(), expected.1, expected.2.to_string());
+            assert!(places.contains(&expected), "{expected:?} in {places:?}");
+        }
+        assert_eq!(found.len(), 4, "each record once: {places:?}");
+        assert!(found.iter().all(|f| f.candidate == "GITHUB_TOKEN"));
+        let pushed = found.iter().find(|f| f.path.ends_with("git-receive-pack"));
+        assert_eq!(pushed.map(|f| f.host.as_str()), Some("git.example"));
+        // Another fingerprint is found nowhere.
+        let other = vec![("x".to_string(), "ffffffffffffffffffffffff".to_string())];
+        assert!(search(&timeline, &records, &other).is_empty());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct BodyData {
     pub complete: bool,
     /// A piece whose base64 did not decode, or whose offset did not follow the previous one.
     pub damaged: bool,
+    /// What the final record says of the body's content encodings, when it says anything.
+    pub decoding: Option<String>,
 }
 
 impl BodyData {
@@ -43,6 +45,7 @@ impl BodyData {
             self.length = body.length;
             self.truncated = body.truncated.unwrap_or(false);
             self.digest = body.digest.clone();
+            self.decoding = body.decoding.clone();
             return;
         }
         if body.offset != self.bytes.len() as u64 {

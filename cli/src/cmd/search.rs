@@ -92,8 +92,8 @@ async fn search_secrets(
     let mut total = 0;
     for recording in &resolved.recordings {
         let (timeline, loaded) = timeline_of(recording).await?;
-        let found = search(&timeline, &wanted);
         let (records, _) = loaded.records(&recording.label);
+        let found = search(&timeline, &records, &wanted);
         let (clear, unsearched) = in_clear(&timeline, &records, &values);
         total += found.len() + clear.len();
         println!();
@@ -113,10 +113,10 @@ async fn search_secrets(
                 printable(&f.host, false),
                 printable(&f.path, false),
                 f.place,
-                if f.direction == "request" {
-                    "sent by the agent"
-                } else {
-                    "seen by the agent"
+                match f.direction {
+                    "request" => "sent by the agent",
+                    "response" => "seen by the agent",
+                    _ => "recorded",
                 },
                 f.detector,
                 printable(&f.candidate, false),
@@ -144,20 +144,34 @@ async fn search_secrets(
                 printable(&c.candidate, false),
             );
         }
-        if unsearched.truncated_bodies > 0 || unsearched.damaged_bodies > 0 {
+        if !unsearched.is_empty() {
+            println!("  not searched (a \"no\" above does not cover these):");
+        }
+        if unsearched.truncated_bodies > 0 {
             println!(
-                "  not searched in clear: the unstored rest of {} body(ies) longer than \
-                 maxBodyBytes (only their digest is kept: try --body-file with the whole \
-                 body){}",
-                unsearched.truncated_bodies,
-                if unsearched.damaged_bodies > 0 {
-                    format!(
-                        ", and {} body(ies) whose pieces do not fit together (run verify)",
-                        unsearched.damaged_bodies
-                    )
-                } else {
-                    String::new()
-                }
+                "    the unstored rest of {} body(ies) longer than maxBodyBytes (only their \
+                 digest is kept: try --body-file with the whole body)",
+                unsearched.truncated_bodies
+            );
+        }
+        if unsearched.undecoded_bodies > 0 {
+            println!(
+                "    {} body(ies) in a content encoding the recorder did not decode, or that \
+                 broke partway (stored as sent from there)",
+                unsearched.undecoded_bodies
+            );
+        }
+        if unsearched.unread_packs > 0 {
+            println!(
+                "    the objects after the break of {} git pack(s) that could not be read to \
+                 their end",
+                unsearched.unread_packs
+            );
+        }
+        if unsearched.damaged_bodies > 0 {
+            println!(
+                "    {} body(ies) whose pieces do not fit together (run verify)",
+                unsearched.damaged_bodies
             );
         }
     }
