@@ -697,8 +697,9 @@ pub struct PendingReview {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<Time>,
     /// `sha256:` and the hex SHA-256 of the held request as listed here (`<method>
-    /// <host><target>`, the target masked); an approval names it, so it releases this request
-    /// and no other.
+    /// <host><target>`, the target masked, and its body's size) and of its body's keyed digest
+    /// (the one the body's record keeps); an approval names it, so it releases this request,
+    /// body and all, and no other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }

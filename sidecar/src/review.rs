@@ -62,7 +62,8 @@ impl Reviews {
         format!("{}-{}-{exchange}", self.pod, self.start)
     }
 
-    /// The digest a held request is listed with: `sha256:<hex>` of its line as shown.
+    /// `sha256:<hex>` of `what`: a held request is listed with the digest of its line as
+    /// shown and its body's keyed digest.
     pub fn digest(request: &str) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, request.as_bytes());
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();

@@ -145,6 +145,11 @@ impl Live {
     }
 
     /// The session as it stands now.
+    /// The session's fingerprint key (masks, body digests, review digests).
+    pub fn fingerprint_key(&self) -> &[u8] {
+        &self.fingerprint_key
+    }
+
     pub fn current(&self) -> Arc<Session> {
         self.current.borrow().clone()
     }

@@ -37,7 +37,8 @@ pub async fn decide(
     };
     let rule = decision.would_block().then(|| decision.cause.label());
     ex.ledger.set_rule(rule.clone());
-    let refusal = match decision.outcome() {
+    // The refusal, and the body still to drain.
+    let (refusal, unread) = match decision.outcome() {
         Outcome::Forward => {
             if decision.would_block() {
                 Refusal::new(
@@ -55,14 +56,26 @@ pub async fn decide(
                 policy::Cause::Expired { .. } => Cause::Expiry,
                 _ => Cause::Policy,
             };
-            Refusal::new(cause, StatusCode::FORBIDDEN, decision.reason.clone()).by_rule(rule)
+            let refusal =
+                Refusal::new(cause, StatusCode::FORBIDDEN, decision.reason.clone()).by_rule(rule);
+            (refusal, Some(body))
         }
-        Outcome::Hold => match review::hold(proxy, ex, method, &decision).await {
-            Ok(()) => return Ok(body),
-            Err(refusal) => refusal.by_rule(rule),
-        },
+        Outcome::Hold => {
+            // The approver decides on the whole request: its body is read (and recorded)
+            // first, and the approval is bound to its digest.
+            let mut body = body;
+            match review::read_body(&mut body).await {
+                Err(refusal) => (refusal.by_rule(rule), Some(body)),
+                Ok(bytes) => match review::hold(proxy, ex, method, &decision, &bytes).await {
+                    Ok(()) => return Ok(crate::http::full(bytes)),
+                    Err(refusal) => (refusal.by_rule(rule), None),
+                },
+            }
+        }
     };
-    drain(body).await;
+    if let Some(body) = unread {
+        drain(body).await;
+    }
     Err(match push {
         // The push's commands were read: git's own report says which ref was refused.
         Some(push) => refusal.speaking(Protocol::Git {

@@ -1,13 +1,41 @@
 //! The review stage: a request a `review` rule holds waits, published in
 //! `status.pendingReviews`, until an approver decides or the review times out. Each turn is a
-//! `review` record; a refusal says which.
+//! `review` record; a refusal says which. The held request's body is read (and so recorded)
+//! before it is published, and the digest an approval names covers it: an approval releases
+//! the request the approver saw, body and all.
 
 use super::Exchange;
+use crate::http::Body;
 use crate::proxy::Proxy;
 use crate::refusal::{Cause, Refusal};
 use crate::review::{Reviews, Verdict};
+use bytes::{Bytes, BytesMut};
 use cassette_recording::record::{Event, Review, ReviewState};
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+
+/// The most of a held request's body read before it is published for review; a larger one
+/// is refused, since it could not be shown or bound to the approval whole.
+pub const MAX_REVIEW_BODY: usize = 1 << 20;
+
+/// A held request's body, read whole up to [`MAX_REVIEW_BODY`].
+pub async fn read_body(body: &mut Body) -> Result<Bytes, Refusal> {
+    let refused = |message: String| Refusal::new(Cause::Review, StatusCode::FORBIDDEN, message);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| refused(format!("reading the body of a held request: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > MAX_REVIEW_BODY {
+                return Err(refused(format!(
+                    "the request is held for review, but its body is over {MAX_REVIEW_BODY} bytes, more than a review holds to show and bind to an approval, so it is denied"
+                )));
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
+}
 
 /// Hold the request until it is approved (`Ok`) or refused.
 pub async fn hold(
@@ -15,6 +43,7 @@ pub async fn hold(
     ex: &Exchange,
     method: &Method,
     decision: &cassette_rules::policy::Decision,
+    body: &[u8],
 ) -> Result<(), Refusal> {
     let record = |id: &str, state: ReviewState, by: Option<String>| {
         proxy.recording.emit(Event::Review(Review {
@@ -34,11 +63,17 @@ pub async fn hold(
     };
     let id = reviews.id(ex.id);
     record(&id, ReviewState::Pending, None);
-    let request = format!("{method} {}{}", ex.verified.name(), ex.shown_target);
+    let mut request = format!("{method} {}{}", ex.verified.name(), ex.shown_target);
+    if !body.is_empty() {
+        request.push_str(&format!(" ({} byte body)", body.len()));
+    }
+    // The body by its keyed digest, the one its `body` record keeps: bound, and not guessable
+    // from the status by whoever cannot read the recording.
+    let body_digest = cassette_recording::body::body_digest(proxy.session.fingerprint_key(), body);
     let answer = reviews.hold(cassette_api::PendingReview {
         id: id.clone(),
         pod: reviews.pod().to_string(),
-        digest: Some(Reviews::digest(&request)),
+        digest: Some(Reviews::digest(&format!("{request}\n{body_digest}"))),
         request,
         permission: ex.classified.permission().map(str::to_string),
         rule: Some(decision.cause.label()),

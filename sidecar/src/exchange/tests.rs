@@ -456,6 +456,69 @@ async fn a_held_request_goes_upstream_once_approved() {
     assert!(pod.reviews.is_empty(), "released");
 }
 
+/// Issue 14.4: an approval is bound to the held request's body too. The approver is shown
+/// the body's size (the body itself is recorded before the hold is published); an approval
+/// naming the digest of the same method and target without that body releases nothing, and
+/// the one naming the published digest releases the request, body intact.
+#[tokio::test]
+async fn an_approval_is_bound_to_the_held_requests_body() {
+    let (addr, seen) = upstream(echo).await;
+    let spec = json!({
+        "recording": {"sink": "file:///tmp/unused"},
+        "policy": {"reviewTimeout": "2s", "rules": [
+            {"name": "ask-first", "action": "review", "match": {"method": "POST"}}
+        ]}
+    });
+    let pod = Pod::new("api.test", addr, spec);
+    let reviews = pod.reviews.clone();
+    let approver = tokio::spawn(async move {
+        loop {
+            if let Some(held) = reviews.pending().first() {
+                assert_eq!(held.request, "POST api.test/v1/items (16 byte body)");
+                let approve = |digest: Option<String>| cassette_api::Approval {
+                    id: held.id.clone(),
+                    decision: cassette_api::ReviewDecision::Approve,
+                    by: Some("bob@example.com".into()),
+                    at: None,
+                    reason: None,
+                    digest,
+                };
+                // What the method and target alone would digest to.
+                let without_body = crate::review::Reviews::digest("POST api.test/v1/items");
+                reviews.decide(&[approve(Some(without_body))]);
+                reviews.decide(&[approve(Some(crate::review::Reviews::digest(&held.request)))]);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(
+                    !reviews.is_empty(),
+                    "an approval of another body released it"
+                );
+                reviews.decide(&[approve(held.digest.clone())]);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let (status, _) = pod
+        .send(request("POST", "/v1/items", r#"{"name": "prod"}"#))
+        .await;
+    approver.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let got = seen.lock().unwrap();
+    assert_eq!(
+        &got[0].body[..],
+        br#"{"name": "prod"}"#,
+        "the body went on whole"
+    );
+    let records = pod.sink.json();
+    let at = |f: &dyn Fn(&Value) -> bool| records.iter().position(f);
+    let body_at = at(&|r| r["kind"] == "body" && r["text"] == r#"{"name": "prod"}"#);
+    let review_at = at(&|r| r["kind"] == "review");
+    assert!(
+        body_at.is_some() && body_at < review_at,
+        "the body was recorded before the hold was published: {records:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_held_request_that_nobody_decides_is_refused_at_the_timeout() {
     let (addr, seen) = upstream(echo).await;
