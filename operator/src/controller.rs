@@ -535,13 +535,22 @@ pub fn desired(session: &AgentSession, live_pods: &[String], now: Timestamp) -> 
                 ),
             ),
         },
-        if !unshipped.is_empty() && live_pods.is_empty() {
+        // A loss stays in sight while other pods go on recording.
+        if !unshipped.is_empty() {
+            let still = if live_pods.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} pod(s) still record into this session",
+                    live_pods.len()
+                )
+            };
             condition(
                 "Recording",
                 false,
                 "Unshipped",
                 format!(
-                    "pod(s) {} ended with records not shipped to the sink",
+                    "pod(s) {} ended with records not shipped to the sink{still}",
                     unshipped.join(", ")
                 ),
             )
@@ -678,6 +687,21 @@ mod tests {
         let status = desired(&lost, &[], now);
         assert_eq!(status.phase, Some(Phase::Failed));
         assert_eq!(condition(&status, "Recording").reason, "Unshipped");
+
+        // Another pod still recording does not hide the loss (issue 14.8).
+        let lost_beside = with_pods(session(), &[("a", 5, 4096), ("b", 7, 0)]);
+        let status = desired(&lost_beside, &["b".to_string()], now);
+        assert_eq!(status.phase, Some(Phase::Active));
+        let recording = condition(&status, "Recording");
+        assert_eq!(
+            (recording.status.as_str(), recording.reason.as_str()),
+            ("False", "Unshipped")
+        );
+        assert!(
+            recording.message.contains("pod(s) a ended"),
+            "{}",
+            recording.message
+        );
 
         let status = desired(&reporting, &live, at("2026-11-25T10:00:00Z"));
         assert_eq!(status.phase, Some(Phase::Expired));
