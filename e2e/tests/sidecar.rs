@@ -386,7 +386,16 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
     git(&["checkout", "-b", "fix-lint"])?;
     std::fs::write(work.join("lint.txt"), "formatted\n")?;
     std::os::unix::fs::chown(work.join("lint.txt"), Some(1000), Some(1000))?;
-    git(&["add", "lint.txt"])?;
+    // The seed's incident: a key committed to a file goes out in the pack.
+    std::fs::create_dir(work.join("deploy"))?;
+    std::fs::write(
+        work.join("deploy/prod.env"),
+        format!("GOOGLE_API_KEY={API_KEY}\n"),
+    )?;
+    for path in ["deploy", "deploy/prod.env"] {
+        std::os::unix::fs::chown(work.join(path), Some(1000), Some(1000))?;
+    }
+    git(&["add", "lint.txt", "deploy/prod.env"])?;
     git(&["commit", "-m", "Run the formatter"])?;
     let head = git(&["rev-parse", "HEAD"])?.trim().to_string();
     git(&["push", "origin", "fix-lint"])?;
@@ -436,6 +445,24 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
         said.contains("[remote rejected]")
             && said.contains("protected by AgentSession \"netns-e2e\""),
         "git printed: {said}"
+    );
+    // Stock git made to label its push with a Content-Encoding: read all the same, refused.
+    let mut encoded = pod.agent(
+        "git",
+        &[
+            "-c",
+            "http.extraHeader=Content-Encoding: identity",
+            "push",
+            "origin",
+            "HEAD:main",
+        ],
+    );
+    encoded.current_dir(&work);
+    let refused = output_within(encoded, TIMEOUT)?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("protected by AgentSession"),
+        "a push labelled Content-Encoding: identity reached main: {said}"
     );
 
     // An object holding a service-account key and an API key: downloaded fine, recorded masked.
@@ -650,7 +677,23 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
             found.contains("response") && found.contains("storage.googleapis.com"),
             "the {what} reached the agent in a Cloud Storage response: {found}"
         );
+        if what == "API key" {
+            // And left in the push, in the file it was committed to.
+            assert!(
+                found.contains("file deploy/prod.env") && found.contains("git.test"),
+                "search names the pushed file that carried the API key: {found}"
+            );
+        }
     }
+    let stored = records
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !stored.contains(API_KEY),
+        "the recording holds the API key in clear"
+    );
 
     // The push's ref update.
     let pushes: Vec<&Value> = kinds(&records, "git")
