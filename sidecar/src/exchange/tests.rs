@@ -1315,6 +1315,72 @@ async fn a_grpc_call_naming_the_recordings_bucket_in_its_message_is_refused() {
     assert_eq!(&got[0].body[5..], &other[..], "the call went on as sent");
 }
 
+/// Issue 14.2, batches: a batch whose second part reads a recording is refused whole, before
+/// any token is swapped, and says which part named the bucket.
+#[tokio::test]
+async fn a_batch_part_naming_the_recordings_bucket_refuses_the_batch() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("storage.googleapis.com", addr, no_policy());
+    let body = "--b\r\nContent-Type: application/http\r\n\r\nGET /storage/v1/b/acme-ci/o/x HTTP/1.1\r\n\r\n\
+                --b\r\nContent-Type: application/http\r\n\r\nGET /storage/v1/b/acme-agent-recordings/o/sessions%2Fx%2Fmanifest.json?alt=media HTTP/1.1\r\n\r\n--b--\r\n";
+    let req = Request::builder()
+        .method("POST")
+        .uri("/batch/storage/v1")
+        .header("content-type", "multipart/mixed; boundary=b")
+        .header(
+            "authorization",
+            format!("Bearer {}", pod.proxy.placeholder.as_str()),
+        )
+        .body(full(body))
+        .unwrap();
+    let (status, _, answer) = pod.send_full(req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(answer.contains("part 2 of the batch"), "{answer}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the batch never went upstream"
+    );
+    assert!(pod.sink.kind("token").is_empty(), "no token was swapped");
+    assert_eq!(pod.sink.kind("blocked")[0]["reason"], "sink");
+}
+
+/// Issue 15.1: the target a held request is published with (status.pendingReviews, which the
+/// agent's identity can read) has its secrets masked; the request goes upstream as sent.
+#[tokio::test]
+async fn a_held_request_is_published_with_its_target_masked() {
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::new("api.test", addr, review_spec());
+    let reviews = pod.reviews.clone();
+    let approver = tokio::spawn(async move {
+        loop {
+            if let Some(held) = reviews.pending().first() {
+                let published = held.request.clone();
+                reviews.decide(&[cassette_api::Approval {
+                    id: held.id.clone(),
+                    decision: cassette_api::ReviewDecision::Approve,
+                    by: Some("bob@example.com".into()),
+                    at: None,
+                    reason: None,
+                    digest: held.digest.clone(),
+                }]);
+                return published;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    const API_KEY: &str = "AIzaSyD3f4k3K3yF0rC4ss3tt3T3st1ng0123456";
+    let target = format!("/v1/items/1?key={API_KEY}&sig=0a1b2c3d4e5f");
+    let (status, _) = pod.send(request("DELETE", &target, "")).await;
+    let published = approver.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !published.contains(API_KEY) && !published.contains("0a1b2c3d4e5f"),
+        "{published}"
+    );
+    assert!(published.contains("«masked:"), "{published}");
+    assert!(seen.lock().unwrap()[0].path.starts_with("/v1/items/1"));
+}
+
 #[tokio::test]
 async fn onfailure_closed_cuts_an_upload_before_bytes_it_cannot_record() {
     let (addr, seen) = upstream(echo).await;
