@@ -1231,15 +1231,17 @@ async fn a_full_spool_disk_cuts_bodies_when_closed_and_not_when_open() {
             "https://echo.test/upload",
         ]);
         let whole_upload = up.contains(&format!("\"body_len\":{SIZE}"));
+        // The download over HTTP/2: in closed mode its stream is reset, not the connection.
         let down = Command::new("curl")
             .args([
                 "-sS",
+                "--http2",
                 "--max-time",
                 "20",
                 "-o",
                 "/dev/null",
                 "-w",
-                "%{size_download}",
+                "%{size_download} %{http_version}",
                 "-x",
             ])
             .arg(format!("http://127.0.0.1:{}", sidecar.capture))
@@ -1248,10 +1250,11 @@ async fn a_full_spool_disk_cuts_bodies_when_closed_and_not_when_open() {
             .arg(format!("https://echo.test/bytes/{SIZE}"))
             .output()
             .unwrap();
-        let downloaded: usize = String::from_utf8_lossy(&down.stdout)
-            .trim()
-            .parse()
-            .unwrap();
+        let written = String::from_utf8_lossy(&down.stdout).into_owned();
+        let (downloaded, version) = written.trim().split_once(' ').unwrap();
+        let downloaded: usize = downloaded.parse().unwrap();
+        assert_eq!(version, "2", "{mode}: the download went over HTTP/2");
+        let down_err = String::from_utf8_lossy(&down.stderr).into_owned();
 
         let log = sidecar.log();
         let (records, verified) = sidecar.stop().await;
@@ -1270,6 +1273,10 @@ async fn a_full_spool_disk_cuts_bodies_when_closed_and_not_when_open() {
                 assert!(
                     downloaded < SIZE,
                     "closed: the agent got the whole download although the disk was full"
+                );
+                assert!(
+                    down_err.contains("HTTP/2 stream") || down_err.contains("RST_STREAM"),
+                    "closed: the download's HTTP/2 stream was reset: {down_err}"
                 );
                 assert!(
                     gaps.iter().any(|g| g.contains("request body past byte")
