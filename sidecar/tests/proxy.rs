@@ -1413,6 +1413,16 @@ async fn hostile_input_costs_bounded_memory() {
                 "--upstream-override=hostile.test=https://127.0.0.1:{}",
                 hostile.port()
             ),
+            // One path the policy denies: a bomb sent there is refused and still decoded
+            // (bounded) for the recording.
+            format!(
+                "--session-spec={}",
+                serde_json::json!({
+                    "recording": {"sink": "file:///tmp/unused"},
+                    "policy": {"rules": [{"name": "no-denied", "action": "deny",
+                        "match": {"host": "hostile.test", "path": "/denied"}}]}
+                })
+            ),
         ],
         None,
     );
@@ -1485,6 +1495,24 @@ async fn hostile_input_costs_bounded_memory() {
     bound("a 1 GB chunked upload");
     plain("the upload");
 
+    // A gzip bomb uploaded toward a path the policy denies: refused, read to its end, and
+    // decoded no further than maxBodyBytes.
+    let bomb = dir.path().join("bomb.gz");
+    std::fs::write(&bomb, gzip_bomb(10 << 30)).unwrap();
+    let (out, err) = sidecar.curl(&[
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        &format!("@{}", bomb.display()),
+        "https://hostile.test/denied",
+    ]);
+    assert!(
+        out.contains("no-denied"),
+        "the bomb upload was refused: {out} {err}"
+    );
+    bound("a 10 GB gzip bomb uploaded toward a denied path");
+    plain("the bomb upload");
+
     // 100,000 request headers: refused, not buffered.
     let headers = dir.path().join("headers.txt");
     let lines: String = (0..100_000).map(|i| format!("x-h{i}: v\n")).collect();
@@ -1501,6 +1529,12 @@ async fn hostile_input_costs_bounded_memory() {
     // Each bomb is recorded as decoded up to maxBodyBytes, and says it was cut there.
     let (records, verified) = sidecar.stop().await;
     assert!(verified);
+    assert!(
+        kinds(&records, "blocked")
+            .iter()
+            .any(|b| b["rule"].as_str().is_some_and(|r| r.contains("no-denied"))),
+        "the bomb upload is recorded as blocked"
+    );
     for name in ["zstd", "gzip", "br"] {
         assert!(
             kinds(&records, "body").iter().any(|r| r["decoding"]
