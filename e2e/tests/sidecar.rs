@@ -374,6 +374,32 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
         h2["version"], "HTTP/2.0",
         "the sidecar offered h2 because the upstream chose it"
     );
+    // A key in the URL goes upstream as sent and is recorded masked (checked with the
+    // recording below: no record holds the key in clear).
+    pod.agent_ok(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            &format!("https://echo.test/echo?key={API_KEY}"),
+        ],
+    )?;
+    // A Host header naming another host than the one TLS verified is refused (421): the
+    // decision, the swap and the review text follow the verified name only.
+    let misdirected = pod.agent_ok(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: storage.googleapis.com",
+            "https://echo.test/storage/v1/b/prod",
+        ],
+    )?;
+    assert_eq!(misdirected.trim(), "421", "curl got {misdirected}");
 
     // git: clone, branch, commit, push (a non-Google host: credentials untouched).
     pod.agent_ok("git", &["clone", "https://git.test/repo.git", "work"])?;
