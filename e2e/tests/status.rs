@@ -133,11 +133,11 @@ async fn start_sidecar(
     dir: &Path,
     upstream: u16,
 ) -> Result<(Running, u16)> {
-    start_sidecar_with(ns, session, sink, dir, upstream, None).await
+    start_sidecar_with(ns, session, sink, dir, upstream, None, &[]).await
 }
 
 /// [`start_sidecar`], with `spec` in its environment instead of the session's spec as it is
-/// now (a pod injected before the session changed).
+/// now (a pod injected before the session changed), and `extra` arguments.
 async fn start_sidecar_with(
     ns: &str,
     session: &str,
@@ -145,6 +145,7 @@ async fn start_sidecar_with(
     dir: &Path,
     upstream: u16,
     spec: Option<&str>,
+    extra: &[String],
 ) -> Result<(Running, u16)> {
     let sidecar = cassette_e2e::workspace_binary("cassette-sidecar")?;
     let (capture, admin) = (free_port(), free_port());
@@ -193,6 +194,7 @@ async fn start_sidecar_with(
             .arg(format!("--expires-at={expires_at}"))
             .arg("--kubeconfig")
             .arg(cluster().kubeconfig())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -652,8 +654,16 @@ async fn a_restarted_sidecar_applies_the_session_as_it_is_now() -> Result<()> {
     )
     .await?;
     let upstream = upstream().await;
-    let (_sidecar, capture) =
-        start_sidecar_with(&ns, "restarting", &sink, dir.path(), upstream, Some(&stale)).await?;
+    let (_sidecar, capture) = start_sidecar_with(
+        &ns,
+        "restarting",
+        &sink,
+        dir.path(),
+        upstream,
+        Some(&stale),
+        &[],
+    )
+    .await?;
     // The first answer the sidecar gives at all (its capture port may not listen yet).
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
@@ -667,6 +677,58 @@ async fn a_restarted_sidecar_applies_the_session_as_it_is_now() -> Result<()> {
     assert!(
         first.contains("not-after-restart"),
         "the first request went through under the stale spec: {first:?}"
+    );
+    Ok(())
+}
+
+/// Issue 14.8: a pod stopped while the sink is unreachable loses nothing silently. The
+/// sidecar drains within the grace period it is given, and what it could not ship is on the
+/// AgentSession status (`spoolBytes`, which the operator turns into Recording=False/Unshipped)
+/// and in the container's termination message, which the kubelet keeps in the pod's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stopped_while_the_sink_is_down_reports_what_it_could_not_ship() -> Result<()> {
+    let sink = "gs://cassette-unreachable/recordings";
+    let (api, ns, dir, _) = new_session("unshipped", "lost", serde_json::Value::Null).await?;
+    let upstream = upstream().await;
+    let termination = dir.path().join("termination-log");
+    const GRACE: u64 = 8;
+    let extra = [
+        // Nothing listens there: every upload fails.
+        format!("--gcs-endpoint=http://127.0.0.1:{}", free_port()),
+        "--gcs-anonymous".to_string(),
+        format!("--grace-seconds={GRACE}"),
+        format!("--termination-log={}", termination.display()),
+    ];
+    let (mut child, capture) =
+        start_sidecar_with(&ns, "lost", sink, dir.path(), upstream, None, &extra).await?;
+    assert_eq!(fetch(capture, "/").await, "hello");
+
+    let mut sidecar = child.0.take().context("the sidecar runs")?;
+    let stopped = Instant::now();
+    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
+    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(GRACE),
+        "the sidecar drained within its grace period of {GRACE}s: took {took:?} ({status})"
+    );
+
+    let stored = api.get("lost").await?;
+    let pods = stored.status.context("a status")?.pods;
+    let pod = pods
+        .iter()
+        .find(|p| p.name == "agent-0")
+        .context("the pod's entry")?;
+    assert!(
+        pod.spool_bytes > 0,
+        "the status says what was not shipped: {pod:?}"
+    );
+    assert!(pod.last_shipped_segment.is_none(), "{pod:?}");
+    let last_words =
+        std::fs::read_to_string(&termination).context("the termination message is written")?;
+    assert!(
+        last_words.contains("\"unshipped\"") && last_words.contains("seg-000001"),
+        "the termination message lists the segment that was not shipped: {last_words}"
     );
     Ok(())
 }

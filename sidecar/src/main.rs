@@ -201,6 +201,14 @@ pub struct RunArgs {
     /// before the kubelet kills the sidecar. The injector sets it from the pod spec.
     #[arg(long, env = "CASSETTE_GRACE_SECONDS", default_value = "30")]
     grace_seconds: u64,
+    /// Where the kubelet reads the container's last words (its `terminationMessagePath`):
+    /// what could not be shipped is written there.
+    #[arg(
+        long,
+        env = "CASSETTE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    termination_log: PathBuf,
     /// Seconds an agent connection may take to finish its TLS handshake or to send a
     /// request's headers; a slower client is disconnected and the connection recorded with
     /// why. An HTTP/1 keep-alive connection idle for as long between requests is closed too
@@ -515,7 +523,7 @@ async fn run(args: RunArgs) -> Result<()> {
         Ok(()) => tracing::info!("recording sealed and shipped"),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the recording could not be shipped in full");
-            record::writer::termination_message(&e);
+            record::writer::termination_message(&args.termination_log, &e);
         }
     }
     if let Some(reporter) = reporter {

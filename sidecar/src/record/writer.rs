@@ -148,12 +148,10 @@ impl Started {
     }
 }
 
-/// Where the kubelet reads a container's last words (`terminationMessagePath`).
-const TERMINATION_LOG: &str = "/dev/termination-log";
-
-/// Hand what could not be shipped to the kubelet as the container's termination message, so
-/// it shows in the pod's status (`kubectl get pod -o yaml`) after the pod's spool is gone.
-pub fn termination_message(error: &cassette_recording::ShutdownError) {
+/// Hand what could not be shipped to the kubelet as the container's termination message (at
+/// `path`, its `terminationMessagePath`), so it shows in the pod's status (`kubectl get pod
+/// -o yaml`) after the pod's spool is gone.
+pub fn termination_message(path: &std::path::Path, error: &cassette_recording::ShutdownError) {
     let text = match error {
         cassette_recording::ShutdownError::Unshipped { report, .. } => {
             std::fs::read_to_string(report).unwrap_or_else(|_| error.to_string())
@@ -162,7 +160,7 @@ pub fn termination_message(error: &cassette_recording::ShutdownError) {
     };
     // The kubelet keeps 4 KiB of it.
     let text: String = text.chars().take(4000).collect();
-    if let Err(e) = std::fs::write(TERMINATION_LOG, text) {
+    if let Err(e) = std::fs::write(path, text) {
         tracing::warn!(error = %e, "the termination message could not be written");
     }
 }
