@@ -314,7 +314,7 @@ async fn passthrough<IO>(
         Some(e) => format!("{}:{}", e.host, e.port),
         None => {
             if named_by_agent && let Err(why) = own_address(&host, route.dst).await {
-                refuse_connection(&proxy, conn, &route.dst.to_string(), &why);
+                refuse_connection(&proxy, conn, &route.dst.to_string(), &why.to_string());
                 return;
             }
             route.dst.to_string()
@@ -426,13 +426,14 @@ fn passthrough_allowed(proxy: &Proxy, host: &str) -> Result<(), Refusal> {
 /// Whether `dst`, where the agent's connection was headed, is one of `host`'s own addresses as
 /// the sidecar resolves them. Without this, the agent could name a passthrough host in its
 /// ClientHello and open an uninspected tunnel to any address.
-async fn own_address(host: &str, dst: SocketAddr) -> Result<(), String> {
+async fn own_address(host: &str, dst: SocketAddr) -> Result<(), NotItsAddress> {
     let resolved: Vec<std::net::IpAddr> = match tokio::net::lookup_host((host, dst.port())).await {
         Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-        Err(e) => {
-            return Err(format!(
-                "{host} cannot be resolved to check the destination: {e}"
-            ));
+        Err(error) => {
+            return Err(NotItsAddress::Unresolved {
+                host: host.to_string(),
+                error,
+            });
         }
     };
     let canonical = |ip: std::net::IpAddr| match ip {
@@ -449,15 +450,30 @@ async fn own_address(host: &str, dst: SocketAddr) -> Result<(), String> {
         return Ok(());
     }
     let listed: Vec<String> = resolved.iter().map(|ip| ip.to_string()).collect();
-    Err(format!(
-        "{} is not an address of {host} (which resolves to {}): a passthrough host is tunnelled only to its own addresses",
-        dst.ip(),
-        if listed.is_empty() {
+    Err(NotItsAddress::Elsewhere {
+        dst: dst.ip(),
+        host: host.to_string(),
+        resolved: if listed.is_empty() {
             "nothing".to_string()
         } else {
             listed.join(", ")
-        }
-    ))
+        },
+    })
+}
+
+/// Why a passthrough connection's destination is not its host's.
+#[derive(Debug, thiserror::Error)]
+enum NotItsAddress {
+    #[error("{host} cannot be resolved to check the destination: {error}")]
+    Unresolved { host: String, error: std::io::Error },
+    #[error(
+        "{dst} is not an address of {host} (which resolves to {resolved}): a passthrough host is tunnelled only to its own addresses"
+    )]
+    Elsewhere {
+        dst: std::net::IpAddr,
+        host: String,
+        resolved: String,
+    },
 }
 
 #[cfg(test)]
