@@ -189,14 +189,33 @@ impl Drop for Operator {
     }
 }
 
-/// The webhook configurations as a local install has them: by URL, failing closed; only in
-/// namespaces labelled `only_in`, when given.
+/// Register [`webhook_configurations`].
 async fn register_webhooks(
     client: &kube::Client,
     name: &str,
     port: u16,
     only_in: Option<&(String, String)>,
 ) -> Result<()> {
+    let (mutating, validating) = webhook_configurations(name, port, only_in)?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .context("creating the MutatingWebhookConfiguration")?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await
+        .context("creating the ValidatingWebhookConfiguration")?;
+    Ok(())
+}
+
+/// The webhook configurations as a local install has them: the chart's webhooks (a test
+/// compares them), reached by URL instead of the Service, failing closed; only in namespaces
+/// labelled `only_in`, when given.
+pub fn webhook_configurations(
+    name: &str,
+    port: u16,
+    only_in: Option<&(String, String)>,
+) -> Result<(MutatingWebhookConfiguration, ValidatingWebhookConfiguration)> {
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     let common = |webhook: &str, path: &str, resource: &str, operations: Value| {
         json!({
@@ -277,15 +296,7 @@ async fn register_webhooks(
         "metadata": {"name": name},
         "webhooks": validating
     }))?;
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mutating)
-        .await
-        .context("creating the MutatingWebhookConfiguration")?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &validating)
-        .await
-        .context("creating the ValidatingWebhookConfiguration")?;
-    Ok(())
+    Ok((mutating, validating))
 }
 
 /// A free TCP port on loopback (free when asked; the caller binds it soon after).

@@ -146,3 +146,74 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() -> Result<()> {
     }
     Ok(())
 }
+
+/// What a webhook decides on: its name, the path it calls, what it matches, how it fails.
+fn webhook_facts(webhook: &serde_json::Value) -> serde_json::Value {
+    let path = webhook["clientConfig"]["service"]["path"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| {
+            webhook["clientConfig"]["url"]
+                .as_str()
+                .and_then(|u| u.split_once("://"))
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(_, path)| format!("/{path}"))
+        });
+    serde_json::json!({
+        "name": webhook["name"],
+        "path": path,
+        "rules": webhook["rules"],
+        "failurePolicy": webhook["failurePolicy"],
+        "objectSelector": webhook["objectSelector"],
+    })
+}
+
+/// The tests register the operator's webhooks by URL (the operator runs beside the API
+/// server); they must be the chart's webhooks, so that what the tests refuse an installed
+/// chart refuses too.
+#[test]
+fn the_tests_register_the_charts_webhooks() -> Result<()> {
+    let rendered = run(Command::new(helm()?)
+        .args(["template", "cassette"])
+        .arg(chart())
+        .args(["--namespace", "cassette-system", "--kube-version", "1.34.0"])
+        .args(["--set", "agentNamespaces[0].namespace=team-a"])
+        .args([
+            "--set",
+            "agentNamespaces[0].serviceAccounts[0]=coding-agent",
+        ]))?;
+    let mut charted = Vec::new();
+    for document in rendered.split("\n---") {
+        let Ok(object) = serde_saphyr::from_str::<serde_json::Value>(document) else {
+            continue;
+        };
+        if matches!(
+            object["kind"].as_str(),
+            Some("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration")
+        ) {
+            for webhook in object["webhooks"].as_array().into_iter().flatten() {
+                charted.push(webhook_facts(webhook));
+            }
+        }
+    }
+    let (mutating, validating) =
+        cassette_e2e::operator::webhook_configurations("cassette", 8443, None)?;
+    let mut tested: Vec<serde_json::Value> = [
+        serde_json::to_value(&mutating)?,
+        serde_json::to_value(&validating)?,
+    ]
+    .iter()
+    .flat_map(|c| c["webhooks"].as_array().cloned().unwrap_or_default())
+    .map(|w| webhook_facts(&w))
+    .collect();
+    let key = |w: &serde_json::Value| w["name"].as_str().unwrap_or_default().to_string();
+    charted.sort_by_key(key);
+    tested.sort_by_key(key);
+    assert!(!charted.is_empty(), "the chart renders webhooks");
+    assert_eq!(
+        serde_json::to_string_pretty(&tested)?,
+        serde_json::to_string_pretty(&charted)?,
+        "the webhooks the tests register differ from the chart's"
+    );
+    Ok(())
+}
