@@ -24,6 +24,11 @@ def main() -> int:
     parser.add_argument("--project", help="default: the one the credentials name")
     parser.add_argument("--endpoint", default="pubsub.googleapis.com:443")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    parser.add_argument(
+        "--then-delete",
+        action="store_true",
+        help="delete the topic afterwards; its refusal is reported as delete_error",
+    )
     args = parser.parse_args()
 
     result = {"endpoint": args.endpoint}
@@ -67,6 +72,13 @@ def main() -> int:
         )
         result["received"] = message.message.data.decode("utf-8")
         result["received_id"] = message.message.message_id
+        if args.then_delete:
+            # What the client library itself says when the call is refused.
+            try:
+                publisher.delete_topic(topic=topic, timeout=args.timeout)
+                result["deleted"] = True
+            except Exception as error:
+                result["delete_error"] = f"{type(error).__name__}: {error}"
         publisher.transport.close()
         subscriber.close()
     except Exception as error:  # report every failure the same way, as JSON

@@ -25,13 +25,15 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const SIDECAR_UID: u32 = 1337;
 const BUCKET: &str = "agent-bucket";
 
-/// The session the pod records into: main is protected and buckets may not be deleted.
+/// The session the pod records into: main is protected, and buckets and topics may not be
+/// deleted.
 const SESSION_SPEC: &str = r#"{
   "maxDuration": "2h",
   "recording": {"sink": "file:///var/run/cassette/sink"},
   "policy": {"rules": [
     {"name": "protect-main", "action": "deny", "match": {"gitRef": "refs/heads/main"}},
-    {"name": "no-bucket-deletes", "action": "deny", "match": {"permission": "storage.buckets.delete"}}
+    {"name": "no-bucket-deletes", "action": "deny", "match": {"permission": "storage.buckets.delete"}},
+    {"name": "no-topic-deletes", "action": "deny", "match": {"permission": "pubsub.topics.delete"}}
   ]}
 }"#;
 
@@ -532,10 +534,11 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
     )?;
     assert!(!delete.status.success(), "the bucket delete went through");
 
-    // gRPC: Pub/Sub publish and pull with default credentials.
+    // gRPC: Pub/Sub publish and pull with default credentials; then a topic delete, which
+    // the policy refuses in gRPC's own terms (PERMISSION_DENIED with cassette's reason).
     let mut grpc = pod.agent(&python, &[]);
     grpc.arg(&pubsub_script)
-        .args(["--message", "through the recorder"]);
+        .args(["--message", "through the recorder", "--then-delete"]);
     let out = output_within(grpc, Duration::from_secs(120))?;
     let result = json(&String::from_utf8_lossy(&out.stdout));
     assert!(
@@ -546,6 +549,11 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
     );
     assert_eq!(result["project"], PROJECT_ID);
     assert_eq!(result["received"], "through the recorder");
+    let refused = result["delete_error"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("PermissionDenied") && refused.contains("no-topic-deletes"),
+        "the Pub/Sub client reads the refusal and its reason: {result}"
+    );
 
     // The upstreams received the real token, never the placeholder, from Google hosts.
     let log: Vec<LogEntry> = pod.upstreams.log_entries()?;
