@@ -13,12 +13,7 @@
 use crate::authority::VerifiedHost;
 use crate::path::normalize_path;
 
-/// The hosts that serve Cloud Storage by path.
-const STORAGE_HOSTS: [&str; 3] = [
-    "storage.googleapis.com",
-    "storage.cloud.google.com",
-    "www.googleapis.com",
-];
+use crate::classify::is_storage_host;
 
 /// Where a request named `bucket`, in words, or `None` when it does not.
 pub fn names_bucket(
@@ -35,7 +30,7 @@ pub fn names_bucket(
         }
     }
     // A virtual-hosted request's path names an object, not a bucket.
-    if STORAGE_HOSTS.contains(&name) && path_names(path, &bucket) {
+    if is_storage_host(name) && path_names(path, &bucket) {
         return Some(format!("its path {path}"));
     }
     for (header, value) in headers {
@@ -95,7 +90,7 @@ pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
 
 /// Whether a request is a gRPC call to Cloud Storage, whose messages name buckets.
 pub fn is_storage_grpc(host: &VerifiedHost, path: &str, content_type: Option<&str>) -> bool {
-    STORAGE_HOSTS.contains(&host.name())
+    is_storage_host(host.name())
         && content_type.is_some_and(|t| t.starts_with("application/grpc"))
         && path.starts_with("/google.storage.")
 }
@@ -216,6 +211,19 @@ mod tests {
             "/seg",
             &[]
         ));
+        // Another spelling of the service: regional, mTLS and Private Service Connect
+        // endpoints serve the same buckets (and get the same token swap).
+        for host in [
+            "storage.us-central1.rep.googleapis.com",
+            "storage.mtls.googleapis.com",
+            "storage-myendpoint.p.googleapis.com",
+            "www.googleapis.com",
+        ] {
+            assert!(
+                named(host, "/storage/v1/b/acme-agent-recordings/o", &[]),
+                "{host}"
+            );
+        }
         assert!(named(
             s,
             "/other/y",

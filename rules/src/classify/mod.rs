@@ -201,6 +201,13 @@ enum GoogleHost {
     SourceManager,
 }
 
+/// Whether `host` serves the Cloud Storage API by path, in any of the forms the classifier
+/// knows (`storage.googleapis.com`, regional `storage.LOCATION.rep.googleapis.com`, mTLS,
+/// Private Service Connect, the shared `www.googleapis.com`, `storage.cloud.google.com`).
+pub(crate) fn is_storage_host(host: &str) -> bool {
+    matches!(google_host(host, "/storage"), Some(GoogleHost::Api(api)) if api == "storage")
+}
+
 fn google_host(host: &str, path: &str) -> Option<GoogleHost> {
     if let Some(bucket) = host.strip_suffix(".storage.googleapis.com") {
         return Some(GoogleHost::StorageBucket(bucket.to_owned()));
