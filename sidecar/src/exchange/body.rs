@@ -51,15 +51,9 @@ pub async fn read(
     if conn.proxy.sink_bucket.is_some()
         && sink::is_storage_grpc(&ex.verified, path, ex.content_type.as_deref())
     {
-        let (body, first) = first_grpc_message(body).await.map_err(|e| {
-            Refusal::new(
-                Cause::Sink,
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{e}; a Cloud Storage call is read for the buckets it names before it goes on, so it was refused and recorded"
-                ),
-            )
-        })?;
+        let (body, first) = first_grpc_message(body)
+            .await
+            .map_err(super::bucket::unreadable_storage_call)?;
         let read = Read {
             grpc_first: Some(first),
             ..Read::default()
@@ -91,7 +85,8 @@ pub async fn read(
             ),
         )
     };
-    let bytes = whole(body, limit)
+    let mut body = body;
+    let bytes = whole(&mut body, limit)
         .await
         .map_err(|e| refuse(e.to_string()))?;
     let replay = full(bytes.clone());
@@ -119,15 +114,16 @@ pub async fn read(
 
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
-enum ReadError {
+pub enum ReadError {
     #[error("the body is over {0} bytes, the most read to decide it")]
     TooLarge(usize),
     #[error("reading the body: {0}")]
     Read(BoxError),
 }
 
-/// A body's bytes, up to `limit`.
-async fn whole(mut body: Body, limit: usize) -> Result<Bytes, ReadError> {
+/// A body's bytes, up to `limit`; on an error, what is left of `body` is still the caller's
+/// to drain.
+pub async fn whole(body: &mut Body, limit: usize) -> Result<Bytes, ReadError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Read)?;

@@ -43,15 +43,7 @@ pub fn guard(conn: &ConnCtx, ex: &Exchange, parts: &Parts, read: &Read) -> Resul
         match grpc_names_bucket(first, encoding, bucket) {
             Ok(true) => return Err(refuse("its gRPC message".to_string())),
             Ok(false) => {}
-            Err(e) => {
-                return Err(Refusal::new(
-                    Cause::Sink,
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "{e}; a Cloud Storage call is read for the buckets it names before it goes on, so it was refused and recorded"
-                    ),
-                ));
-            }
+            Err(e) => return Err(unreadable_storage_call(e)),
         }
     }
     for (i, sub) in read.batch.iter().flatten().enumerate() {
@@ -65,4 +57,16 @@ pub fn guard(conn: &ConnCtx, ex: &Exchange, parts: &Parts, read: &Read) -> Resul
         }
     }
     Ok(())
+}
+
+/// The refusal of a Cloud Storage gRPC call whose first message could not be read for the
+/// buckets it names.
+pub fn unreadable_storage_call(why: impl std::fmt::Display) -> Refusal {
+    Refusal::new(
+        Cause::Sink,
+        StatusCode::FORBIDDEN,
+        format!(
+            "{why}; a Cloud Storage call is read for the buckets it names before it goes on, so it was refused and recorded; send its messages uncompressed or gzip-compressed, at most 4 MiB each"
+        ),
+    )
 }

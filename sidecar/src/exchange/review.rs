@@ -9,10 +9,9 @@ use crate::http::Body;
 use crate::proxy::Proxy;
 use crate::refusal::{Cause, Refusal};
 use crate::review::{Reviews, Verdict};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cassette_recording::record::{Event, Review, ReviewState};
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 
 /// The most of a held request's body read before it is published for review; a larger one
 /// is refused, since it could not be shown or bound to the approval whole.
@@ -20,21 +19,17 @@ pub const MAX_REVIEW_BODY: usize = 1 << 20;
 
 /// A held request's body, read whole up to [`MAX_REVIEW_BODY`].
 pub async fn read_body(body: &mut Body) -> Result<Bytes, Refusal> {
-    let refused = |message: String| Refusal::new(Cause::Review, StatusCode::FORBIDDEN, message);
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| refused(format!("reading the body of a held request: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            if buf.len() + data.len() > MAX_REVIEW_BODY {
-                return Err(refused(format!(
-                    "the request is held for review, but its body is over {MAX_REVIEW_BODY} bytes, more than a review holds to show and bind to an approval, so it is denied"
-                )));
+    super::body::whole(body, MAX_REVIEW_BODY).await.map_err(|e| {
+        let why = match e {
+            super::body::ReadError::TooLarge(limit) => format!(
+                "the request is held for review, but its body is over {limit} bytes, more than a review holds to show and bind to an approval, so it is denied; send it in smaller requests, or ask for a rule that allows or denies it without review"
+            ),
+            super::body::ReadError::Read(e) => {
+                format!("reading the body of a request held for review: {e}")
             }
-            buf.extend_from_slice(data);
-        }
-    }
-    Ok(buf.freeze())
+        };
+        Refusal::new(Cause::Review, StatusCode::FORBIDDEN, why)
+    })
 }
 
 /// Hold the request until it is approved (`Ok`) or refused.
