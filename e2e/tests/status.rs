@@ -15,6 +15,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A child process killed if the test fails before it is stopped.
 struct Running(Option<std::process::Child>);
 
+impl Running {
+    /// SIGTERM (the sidecar drains, seals, ships and reports a last time) and its exit.
+    async fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut sidecar = self.0.take().context("the sidecar runs")?;
+        let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
+        Ok(tokio::task::spawn_blocking(move || sidecar.wait()).await??)
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -78,9 +87,7 @@ async fn the_sidecar_reports_its_pod_and_the_recording_verifies_against_it() -> 
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
 
     // SIGTERM: seal, ship, and a last report.
-    let mut sidecar = child.0.take().context("the sidecar runs")?;
-    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
-    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    let status = child.stop().await?;
     assert!(status.success(), "the sidecar exited with {status}");
 
     let stored = api.get("reporting").await?;
@@ -483,9 +490,7 @@ async fn a_running_session_is_tightened_within_seconds() -> Result<()> {
     let said = fetch(capture, "/elsewhere").await;
     assert!(said.contains("expired"), "{said}");
 
-    let mut sidecar = child.0.take().context("the sidecar runs")?;
-    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
-    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    let status = child.stop().await?;
     assert!(status.success(), "the sidecar exited with {status}");
 
     let store = cassette_recording::Sink::open(&sink, &Default::default()).await?;
@@ -613,9 +618,7 @@ async fn an_open_websocket_ends_when_the_policy_refuses_it() -> Result<()> {
         "the WebSocket is ended once the policy refuses it: {closed:?}"
     );
 
-    let mut sidecar = child.0.take().context("the sidecar runs")?;
-    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
-    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    let status = child.stop().await?;
     assert!(status.success(), "the sidecar exited with {status}");
     let store = cassette_recording::Sink::open(&sink, &Default::default()).await?;
     let objects = cassette_recording::load(&store, &format!("{ns}/ws/agent-0-u1")).await?;
@@ -703,10 +706,8 @@ async fn a_pod_stopped_while_the_sink_is_down_reports_what_it_could_not_ship() -
         start_sidecar_with(&ns, "lost", sink, dir.path(), upstream, None, &extra).await?;
     assert_eq!(fetch(capture, "/").await, "hello");
 
-    let mut sidecar = child.0.take().context("the sidecar runs")?;
     let stopped = Instant::now();
-    let _ = kill_process(Pid::from_child(&sidecar), Signal::TERM);
-    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    let status = child.stop().await?;
     let took = stopped.elapsed();
     assert!(
         took < Duration::from_secs(GRACE),
