@@ -3,7 +3,7 @@
 # chroot isolation, its own storage under the cache) on a Debian base from ./base.sh, each
 # written as an OCI archive cached by a hash of everything that goes into it (Dockerfile,
 # helper scripts, binary, base). Usage:
-#   e2e/images/build.sh pause agent [sidecar=PATH] [operator=PATH]
+#   e2e/images/build.sh pause agent [coding-agent] [sidecar=PATH] [operator=PATH]
 # Prints, for each image, NAME_IMAGE=<reference> and NAME_ARCHIVE=<oci archive> lines; load an
 # archive into a containerd with `ctr -n k8s.io images import`.
 set -euo pipefail
@@ -48,11 +48,29 @@ for spec in "$@"; do
     cp "$binary" "$ctx/bin/"
     args+=(--build-arg "BINARY=bin/$(basename "$binary")")
   fi
-  key=$( (echo "$base_key"; cat "$dockerfile"; cd "$ctx" && find . -type f | sort | xargs sha256sum) | sha256sum | cut -c1-16)
+  # The coding agent carries the host's gofmt and the part of its Cloud SDK gcloud runs from;
+  # the SDK (~550 MB) is keyed by its file list and copied only when the image is built.
+  sdk_key=
+  if [ "$name" = coding-agent ]; then
+    sdk=${CLOUDSDK_ROOT:-/usr/lib/google-cloud-sdk}
+    gofmt=$(command -v gofmt || echo /usr/local/go/bin/gofmt)
+    [ -x "$sdk/bin/gcloud" ] && [ -d "$sdk/lib" ] || { echo "images: no Cloud SDK at $sdk (set CLOUDSDK_ROOT)" >&2; exit 1; }
+    [ -x "$gofmt" ] || { echo "images: no gofmt (install Go)" >&2; exit 1; }
+    mkdir -p "$ctx/bin"
+    cp "$gofmt" "$ctx/bin/gofmt"
+    sdk_key=$(cd "$sdk" && { cat VERSION; find lib bin/gcloud -type f -printf '%P %s %T@\n' | sort; } | sha256sum | cut -c1-16)
+  fi
+  key=$( (echo "$base_key"; echo "$sdk_key"; cat "$dockerfile"; cd "$ctx" && find . -type f | sort | xargs sha256sum) | sha256sum | cut -c1-16)
   ref=cassette.test/$name:$key
   archive=$cache/$name-$key.oci.tar
   if [ ! -s "$archive" ]; then
     ensure_base
+    if [ -n "$sdk_key" ]; then
+      mkdir -p "$ctx/sdk/bin"
+      cp -a "$sdk/lib" "$sdk/VERSION" "$ctx/sdk/"
+      [ -e "$sdk/properties" ] && cp -a "$sdk/properties" "$ctx/sdk/"
+      cp -a "$sdk/bin/gcloud" "$ctx/sdk/bin/"
+    fi
     started=$(date +%s)
     echo "images: building $ref from docker/$name.Dockerfile" >&2
     "${bh[@]}" bud --quiet --isolation chroot --pull=never --layers=false "${args[@]}" \
@@ -66,7 +84,7 @@ for spec in "$@"; do
   # Keep the cache from growing with every binary: archives of this image unused for 3 days go.
   touch "$archive"
   find "$cache" -maxdepth 1 -name "$name-*.oci.tar" -mtime +3 -delete
-  var=${name^^}
+  var=${name^^}; var=${var//-/_}
   echo "${var}_IMAGE=$ref"
   echo "${var}_ARCHIVE=$archive"
 done

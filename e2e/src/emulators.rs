@@ -1,14 +1,14 @@
-//! The Google Cloud emulators the upstreams proxy to, started inside the net namespace on the
-//! net side's address: fake-gcs-server for GCS and Google's Pub/Sub emulator. Each stops (with
-//! its whole process group) when dropped.
+//! The Google Cloud emulators the upstreams proxy to, started at a [`Site`] on its address (a
+//! topology's net side, or the real node's host side): fake-gcs-server for GCS and Google's
+//! Pub/Sub emulator. Each stops (with its whole process group) when dropped.
 //!
 //! They accept any credential; [`crate::upstreams`] in front of them checks tokens and logs.
 
-use crate::netns::{Side, Topology, in_namespace};
+use crate::netns::Site;
 use crate::upstreams::{PROJECT_ID, net_daemon, spawn_logged, tail, terminate};
 use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,7 +27,7 @@ const PUBSUB_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// fake-gcs-server with an in-memory store, over plain HTTP.
 pub struct FakeGcs {
     child: Option<Child>,
-    net_ns: String,
+    site: Site,
     addr: SocketAddr,
     dir: tempfile::TempDir,
 }
@@ -68,14 +68,15 @@ impl FakeGcs {
 
     /// Start it on `<net side>:4443` and wait until it answers. Upload URLs it hands out point
     /// at `https://storage.googleapis.com`, as the real service's do.
-    pub fn start(topology: &Topology) -> Result<Self> {
+    pub fn start(site: impl Into<Site>) -> Result<Self> {
+        let site = site.into();
         let binary = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("cassette-fake-gcs-")
             .tempdir()?;
-        let ip = topology.net_ip();
+        let ip = site.ip();
         let addr = SocketAddr::from((ip, FAKE_GCS_PORT));
-        let mut command = net_daemon(topology, &binary, [("HOME", dir.path())]);
+        let mut command = net_daemon(&site, &binary, [("HOME", dir.path())]);
         command
             .args(["-scheme", "http", "-backend", "memory"])
             .args(["-host", &ip.to_string()])
@@ -85,20 +86,14 @@ impl FakeGcs {
             .args(["-log-level", "warn"]);
         let mut gcs = FakeGcs {
             child: None,
-            net_ns: topology.net_ns().to_string(),
+            site: site.clone(),
             addr,
             dir,
         };
         let output = gcs.output_path();
         gcs.child = Some(spawn_logged(command, &output)?);
-        wait_started(
-            topology,
-            addr,
-            GCS_START_TIMEOUT,
-            gcs.child.as_mut(),
-            &output,
-        )
-        .context("starting fake-gcs-server")?;
+        wait_started(&site, addr, GCS_START_TIMEOUT, gcs.child.as_mut(), &output)
+            .context("starting fake-gcs-server")?;
         Ok(gcs)
     }
 
@@ -115,7 +110,7 @@ impl FakeGcs {
     pub fn create_bucket(&self, name: &str) -> Result<()> {
         let body = serde_json::json!({ "name": name }).to_string();
         let (status, answer) = http_request(
-            &self.net_ns,
+            &self.site,
             self.addr,
             "POST",
             &format!("/storage/v1/b?project={PROJECT_ID}"),
@@ -138,7 +133,7 @@ impl FakeGcs {
             encode_path(object)
         );
         let (status, answer) = http_request(
-            &self.net_ns,
+            &self.site,
             self.addr,
             "POST",
             &path,
@@ -156,7 +151,7 @@ impl FakeGcs {
     /// An object's bytes, straight from the emulator (`GET …?alt=media`).
     pub fn read_object(&self, bucket: &str, object: &str) -> Result<Vec<u8>> {
         let path = format!("/storage/v1/b/{bucket}/o/{}?alt=media", encode_path(object));
-        let (status, answer) = http_request(&self.net_ns, self.addr, "GET", &path, None)?;
+        let (status, answer) = http_request(&self.site, self.addr, "GET", &path, None)?;
         if status != 200 {
             bail!(
                 "reading gs://{bucket}/{object} from fake-gcs-server: HTTP {status}: {}",
@@ -169,7 +164,7 @@ impl FakeGcs {
     /// The names of the objects under `prefix` (`GET /storage/v1/b/B/o?prefix=…`).
     pub fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let path = format!("/storage/v1/b/{bucket}/o?prefix={}", encode_path(prefix));
-        let (status, answer) = http_request(&self.net_ns, self.addr, "GET", &path, None)?;
+        let (status, answer) = http_request(&self.site, self.addr, "GET", &path, None)?;
         if status != 200 {
             bail!(
                 "listing gs://{bucket}/{prefix} on fake-gcs-server: HTTP {status}: {}",
@@ -229,20 +224,21 @@ impl PubsubEmulator {
     }
 
     /// Start it with a fresh data directory and wait until its port answers.
-    pub fn start(topology: &Topology) -> Result<Self> {
+    pub fn start(site: impl Into<Site>) -> Result<Self> {
+        let site = site.into();
         let launcher = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("cassette-pubsub-")
             .tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
-        let ip = topology.net_ip();
+        let ip = site.ip();
         let addr = SocketAddr::from((ip, PUBSUB_PORT));
         let mut env = vec![("HOME".to_string(), dir.path().display().to_string())];
         if let Ok(java_home) = std::env::var("JAVA_HOME") {
             env.push(("JAVA_HOME".into(), java_home));
         }
-        let mut command = net_daemon(topology, &launcher, env);
+        let mut command = net_daemon(&site, &launcher, env);
         command
             .arg(format!("--host={ip}"))
             .arg(format!("--port={PUBSUB_PORT}"))
@@ -255,7 +251,7 @@ impl PubsubEmulator {
         let output = emulator.output_path();
         emulator.child = Some(spawn_logged(command, &output)?);
         wait_started(
-            topology,
+            &site,
             addr,
             PUBSUB_START_TIMEOUT,
             emulator.child.as_mut(),
@@ -297,9 +293,9 @@ impl Drop for PubsubEmulator {
     }
 }
 
-/// Wait until `addr` answers in the net namespace, failing early if the process exits.
+/// Wait until `addr` answers at `site`, failing early if the process exits.
 fn wait_started(
-    topology: &Topology,
+    site: &Site,
     addr: SocketAddr,
     timeout: Duration,
     mut child: Option<&mut Child>,
@@ -307,10 +303,7 @@ fn wait_started(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
-        if topology
-            .connect(Side::Net, addr, Duration::from_millis(500))
-            .is_ok()
-        {
+        if site.connect(addr, Duration::from_millis(500)).is_ok() {
             return Ok(());
         }
         if let Some(child) = child.as_deref_mut()
@@ -333,16 +326,13 @@ fn wait_started(
 
 /// One HTTP/1.1 request from inside a namespace: (status, body).
 fn http_request(
-    ns: &str,
+    site: &Site,
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> Result<(u16, Vec<u8>)> {
-    let mut stream = in_namespace(ns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-    })?
-    .with_context(|| format!("connecting to {addr} in namespace {ns}"))?;
+    let mut stream = site.connect(addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let payload = body.map(|(content_type, bytes)| {

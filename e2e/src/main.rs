@@ -208,15 +208,12 @@ async fn shutdown_signal() -> Result<()> {
     Ok(())
 }
 
-/// The seed's story on a local control plane, as `tests/full_loop.rs` plays it, narrated:
-/// alice asks for the fix-ci session, the agent's pod is stored injected and run, the agent
-/// works, and an auditor reads what happened.
+/// The seed's story on a local one-node cluster, as `tests/full_loop.rs` plays it, narrated:
+/// alice asks for the fix-ci session, the agent's pod is stored injected and run by the
+/// kubelet, the agent works, and an auditor reads what happened.
 fn demo() -> Result<()> {
-    if let Some(reason) = cassette_e2e::netns::unavailable_reason() {
-        bail!(
-            "make demo runs the agent's pod the way a node would, in a network namespace with \
-             iptables: {reason}; run it as root"
-        );
+    if let Some(reason) = cassette_e2e::node::unavailable_reason() {
+        bail!("make demo runs the agent's pod on a local node: {reason}; run it as root");
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -229,15 +226,42 @@ async fn play_the_story() -> Result<()> {
     use cassette_e2e::story::{self, POD, SESSION, World};
     let step = |text: &str| println!("\n\x1b[1m# {text}\x1b[0m");
 
-    step("a local control plane: kube-apiserver and etcd on loopback");
+    step(
+        "a local cluster: kube-apiserver and etcd on loopback, one node (kubelet, containerd, \
+         runc, kube-proxy, CoreDNS)",
+    );
     let cluster = cassette_e2e::cluster();
     let kubeconfig = cluster.kubeconfig().to_path_buf();
     println!("export KUBECONFIG={}", kubeconfig.display());
     step(
         "cassette installed: the CRD, the webhooks (failurePolicy: Fail), cassette-operator, \
-         the chart's RBAC; git, a code host, GCS and the metadata server beyond the pod",
+         the chart's RBAC; git, a code host, GCS and the metadata server beside the node",
     );
     let world = World::start(&std::env::current_exe()?).await?;
+    run_kubectl(&kubeconfig, &repo_root(), &["get", "nodes", "-o", "wide"])?;
+    println!("where each part comes from:");
+    for (part, source) in [
+        (
+            "kube-apiserver, etcd, kubelet, kube-proxy, scheduler, controller-manager",
+            "built from their pinned Go modules (e2e/controlplane/build.sh)",
+        ),
+        ("containerd, runc, CNI plugins", "Debian's packages"),
+        (
+            "cassette-sidecar image",
+            "docker/sidecar.Dockerfile with this build's binary, by buildah",
+        ),
+        (
+            "coding-agent image",
+            "docker/coding-agent.Dockerfile: Debian, git, curl, gofmt, gcloud",
+        ),
+        ("cassette-operator", "this build, as a local process"),
+        (
+            "GCS, the metadata server, git and the code host",
+            "emulated: fake-gcs-server, cassette-e2e upstreams",
+        ),
+    ] {
+        println!("  {part:<74} {source}");
+    }
 
     step("alice asks for a session for the coding agent");
     println!("$ kubectl apply -f examples/   # as alice@example.com");
@@ -276,9 +300,14 @@ async fn play_the_story() -> Result<()> {
         );
     }
 
-    step("no kubelet here: the harness runs the stored pod in a network namespace");
+    step("the kubelet runs the stored pod; the agent's command");
     println!("{}", story::STORY.trim_end());
     let run = world.run_pod().await?;
+    run_kubectl(
+        &kubeconfig,
+        &repo_root(),
+        &["get", "pods", "-n", story::NAMESPACE, "-o", "wide"],
+    )?;
     step("what the agent saw");
     print!("{}", run.log("agent"));
     if run.exit_codes.get("agent") != Some(&0) {

@@ -287,6 +287,119 @@ impl Topology {
     }
 }
 
+/// Where a test's far end runs (the upstreams, the emulators): the net side of a [`Topology`],
+/// which the stand-in's pod reaches over its veth, or the root namespace beside the real node,
+/// which pods reach through the node's routes ([`crate::node::NodeInfo::host_side`]).
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// The named network namespace, or `None` for the root namespace.
+    ns: Option<String>,
+    /// The address every upstream listens on and every upstream name resolves to.
+    ip: Ipv4Addr,
+    /// Where the fake metadata server listens (port 80).
+    metadata_ip: Ipv4Addr,
+}
+
+impl Site {
+    /// The root namespace at `ip`, with the metadata server on `ip` too (the node sends
+    /// 169.254.169.254:80 there, as GKE sends it to its metadata server).
+    pub fn root(ip: Ipv4Addr) -> Self {
+        Self {
+            ns: None,
+            ip,
+            metadata_ip: ip,
+        }
+    }
+
+    /// The address the upstreams listen on.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The address the fake metadata server listens on.
+    pub fn metadata_ip(&self) -> Ipv4Addr {
+        self.metadata_ip
+    }
+
+    /// A command that runs `program` at this site as `identity`, with exactly `env` (see
+    /// [`command`]).
+    pub fn command<I, K, V>(
+        &self,
+        identity: Identity,
+        program: impl AsRef<OsStr>,
+        env: I,
+    ) -> Command
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        match &self.ns {
+            Some(ns) => command(ns, identity, program, env),
+            None => {
+                let mut command = match identity {
+                    Identity::Root => Command::new(program),
+                    Identity::User { uid, gid } => {
+                        let mut c = Command::new(setpriv_binary());
+                        c.arg(format!("--reuid={uid}"))
+                            .arg(format!("--regid={gid}"))
+                            .arg("--clear-groups")
+                            .arg("--")
+                            .arg(program);
+                        c
+                    }
+                };
+                command.env_clear();
+                let mut has_path = false;
+                for (key, value) in env {
+                    has_path |= key.as_ref() == "PATH";
+                    command.env(key, value);
+                }
+                if !has_path {
+                    command.env("PATH", DEFAULT_PATH);
+                }
+                command.current_dir("/").stdin(Stdio::null());
+                command
+            }
+        }
+    }
+
+    /// Run `f` where this site's sockets live.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        match &self.ns {
+            Some(ns) => in_namespace(ns, f),
+            None => Ok(f()),
+        }
+    }
+
+    /// Connect to `addr` from this site.
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        self.enter(|| TcpStream::connect_timeout(&addr, timeout))?
+            .with_context(|| format!("connecting to {addr} from {self}"))
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.ns {
+            Some(ns) => write!(f, "namespace {ns}"),
+            None => write!(f, "the root namespace"),
+        }
+    }
+}
+
+impl From<&Topology> for Site {
+    /// The net side: every upstream on [`Topology::net_ip`], the metadata server on
+    /// [`METADATA_IP`].
+    fn from(topology: &Topology) -> Self {
+        Self {
+            ns: Some(topology.net.clone()),
+            ip: topology.net_ip(),
+            metadata_ip: topology.metadata_ip(),
+        }
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for name in self.created.iter().rev() {

@@ -104,7 +104,7 @@ pub fn build_images(specs: &[String]) -> Result<BTreeMap<String, (String, PathBu
     let mut images = BTreeMap::new();
     for spec in specs {
         let name = spec.split('=').next().unwrap_or(spec);
-        let var = name.to_uppercase();
+        let var = name.to_uppercase().replace('-', "_");
         let image = out
             .get(&format!("{var}_IMAGE"))
             .with_context(|| format!("images/build.sh printed no {var}_IMAGE line"))?;
@@ -155,6 +155,58 @@ impl NodeInfo {
     /// Where 169.254.169.254:80 is sent from pods: the host side, [`METADATA_TARGET_PORT`].
     pub fn metadata_target(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.host_ip(), METADATA_TARGET_PORT)
+    }
+
+    /// The host side as a [`crate::netns::Site`]: where the tests' upstreams and emulators
+    /// listen for pods (the names CoreDNS maps to the host side, and the metadata target).
+    pub fn host_side(&self) -> crate::netns::Site {
+        crate::netns::Site::root(self.host_ip())
+    }
+
+    /// Build (cached by content) and import into the node's containerd the images `specs`
+    /// name (`coding-agent`, `sidecar=<binary>`, …), beyond the [`NODE_IMAGES`] every node
+    /// has. Returns name → reference.
+    pub fn load_images(&self, specs: &[String]) -> Result<BTreeMap<String, String>> {
+        let mut loaded = BTreeMap::new();
+        for (name, (image, archive)) in build_images(specs)? {
+            self.import(&image, &archive)?;
+            loaded.insert(name, image);
+        }
+        Ok(loaded)
+    }
+
+    /// Import an OCI archive into the node's containerd and check that it lists `image`.
+    fn import(&self, image: &str, archive: &Path) -> Result<()> {
+        let listed = self.ctr().args(["images", "ls", "-q"]).output()?;
+        if String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .any(|l| l.trim() == image)
+        {
+            return Ok(());
+        }
+        let out = self
+            .ctr()
+            .args(["images", "import"])
+            .arg(archive)
+            .output()
+            .context("running ctr images import")?;
+        if !out.status.success() {
+            bail!(
+                "ctr images import {} failed: {}",
+                archive.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let listed = self.ctr().args(["images", "ls", "-q"]).output()?;
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        if !listed.lines().any(|l| l.trim() == image) {
+            bail!(
+                "after importing {}, containerd lists no {image} (it lists: {})",
+                archive.display(),
+                listed.trim()
+            );
+        }
+        Ok(())
     }
 
     /// An image's reference, if the node has it.
@@ -271,7 +323,7 @@ impl Node {
         self.control_plane_components(plane, bins)?;
         self.containerd()?;
         for (image, archive) in built.values() {
-            self.import(image, archive)?;
+            self.info.import(image, archive)?;
         }
         self.kubelet(bins, plane, api_port)?;
         self.wait_ready(plane.admin_kubeconfig)?;
@@ -625,33 +677,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn import(&self, image: &str, archive: &Path) -> Result<()> {
-        let out = self
-            .info
-            .ctr()
-            .args(["images", "import"])
-            .arg(archive)
-            .output()
-            .context("running ctr images import")?;
-        if !out.status.success() {
-            bail!(
-                "ctr images import {} failed: {}",
-                archive.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let listed = self.info.ctr().args(["images", "ls", "-q"]).output()?;
-        let listed = String::from_utf8_lossy(&listed.stdout);
-        if !listed.lines().any(|l| l.trim() == image) {
-            bail!(
-                "after importing {}, containerd lists no {image} (it lists: {})",
-                archive.display(),
-                listed.trim()
-            );
-        }
-        Ok(())
     }
 
     fn kubelet(

@@ -1,21 +1,21 @@
-//! The seed's story, end to end, on the harness's control plane: what `tests/full_loop.rs`
+//! The seed's story, end to end, on the harness's one-node cluster: what `tests/full_loop.rs`
 //! asserts on and what `make demo` shows.
 //!
-//! [`World::start`] builds everything around the agent: a network namespace pair with git, a
-//! code host's pull-request API, GCS (fake-gcs-server behind a proxy that insists on the
-//! Workload Identity token) and the metadata server on the far side; `cassette-operator`
-//! running locally with its webhooks; the `agents` namespace with the agent's service
-//! account, the chart's own RBAC for it, the fingerprint key and the agent's GitHub token.
-//! Then, step by step: alice applies `examples/fix-ci.yaml` ([`World::request_session`]); the
-//! agent's pod is created with only the session label ([`World::create_pod`]); the harness's
-//! kubelet runs the pod as stored ([`World::run_pod`]); the operator completes the session
+//! [`World::start`] builds everything around the agent: the real node ([`crate::node`]) with
+//! the images the story runs (the sidecar from this build, the coding agent with git, curl,
+//! gofmt and gcloud); git, a code host's pull-request API, GCS (fake-gcs-server behind a proxy
+//! that insists on the Workload Identity token) and the metadata server on the node's host
+//! side, where GKE has Google; `cassette-operator` running locally with its webhooks; the
+//! `agents` namespace with the agent's service account, the chart's own RBAC for it, the
+//! fingerprint key and the agent's GitHub token. Then, step by step: alice applies
+//! `examples/fix-ci.yaml` ([`World::request_session`]); the agent's pod is created with only the
+//! session label ([`World::create_pod`]); the kubelet runs the pod as stored, through
+//! containerd and runc ([`World::run_pod`]); the operator completes the session
 //! ([`World::wait_for_completion`]); an auditor reads it ([`World::cassette`]).
 
 use crate::emulators::FakeGcs;
-use crate::kubelet::{Kubelet, PodRun};
-use crate::netns::{DEFAULT_PATH, Side, Topology};
+use crate::node::NodeInfo;
 use crate::operator::{Operator, OperatorConfig};
-use crate::relay::Relay;
 use crate::upstreams::{Upstreams, UpstreamsConfig};
 use crate::{cluster, repo_root};
 use anyhow::{Context, Result, bail};
@@ -23,6 +23,7 @@ use cassette_api::{AgentSession, AgentSessionStatus, Phase};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -35,8 +36,8 @@ pub const SESSION: &str = "fix-ci";
 pub const POD: &str = "fix-ci-agent";
 /// Who asks for the session.
 pub const REQUESTER: &str = "alice@example.com";
-/// The image injected as the sidecar; the kubelet runs the workspace's binary for it.
-pub const SIDECAR_IMAGE: &str = "ghcr.io/cassette-dev/cassette-sidecar:dev";
+/// How long the agent's pod may take from creation to its end (the story, the sidecar's drain).
+const POD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the session's recordings go (the example's sink).
 pub const RECORDINGS_BUCKET: &str = "acme-agent-recordings";
 /// A bucket the agent reads its CI settings from.
@@ -75,23 +76,28 @@ cat push-main.err
 echo "story done"
 "#;
 
-/// Everything around the agent. Fields drop in order: the operator first, the namespaces last.
+/// Everything around the agent. Fields drop in order: the operator first, the upstreams last.
 pub struct World {
     operator: Operator,
-    gcs_relay: Relay,
     pub upstreams: Upstreams,
     pub gcs: FakeGcs,
-    pub topology: Topology,
-    e2e_binary: PathBuf,
+    node: &'static NodeInfo,
+    agent_image: String,
     alice: PathBuf,
 }
 
 impl World {
-    /// Build the world; `e2e_binary` is `cassette-e2e` (upstreams and `contain`).
+    /// Build the world; `e2e_binary` is `cassette-e2e` (the upstreams' server).
     pub async fn start(e2e_binary: &Path) -> Result<Self> {
         let client = cluster().client().await?;
-        let topology = Topology::create()?;
-        let gcs = FakeGcs::start(&topology)?;
+        let node = crate::node();
+        let sidecar = crate::workspace_binary("cassette-sidecar")?;
+        let images = node.load_images(&[
+            "coding-agent".to_string(),
+            format!("sidecar={}", sidecar.display()),
+        ])?;
+        let site = node.host_side();
+        let gcs = FakeGcs::start(site.clone())?;
         gcs.create_bucket(RECORDINGS_BUCKET)?;
         gcs.create_bucket(CI_BUCKET)?;
         gcs.upload(
@@ -101,16 +107,17 @@ impl World {
         )?;
         let mut config = UpstreamsConfig::new(e2e_binary);
         config.gcs_backend = Some(gcs.endpoint());
-        let upstreams = Upstreams::start(&topology, &config)?;
+        let upstreams = Upstreams::start(site, &config)?;
 
-        // Configured as an install for this environment would be: the test CA stands in for
-        // the web's roots, and Google's storage endpoint is the emulator's proxy.
+        // Configured as an install for this environment would be (the chart's `upstreamCA`
+        // and `sidecarEnv`): the test CA stands in for the web's roots, and Google's storage
+        // endpoint is the emulator's proxy.
         let operator = Operator::start(&OperatorConfig {
-            sidecar_image: SIDECAR_IMAGE.into(),
+            sidecar_image: images["sidecar"].clone(),
             sidecar_env: vec![
                 (
-                    "CASSETTE_UPSTREAM_CA".into(),
-                    upstreams.ca_pem_path().display().to_string(),
+                    "CASSETTE_UPSTREAM_CA_PEM".into(),
+                    upstreams.ca_pem().to_string(),
                 ),
                 (
                     "CASSETTE_UPSTREAM_OVERRIDES".into(),
@@ -140,16 +147,19 @@ impl World {
         create_secret(&client, "cassette-fingerprint-key", "key", FINGERPRINT_KEY).await?;
         create_secret(&client, "github", "token", GITHUB_TOKEN).await?;
         let alice = session_author()?;
-        let gcs_relay = Relay::into_namespace(&topology, Side::Net, gcs.addr())?;
         Ok(Self {
             operator,
-            gcs_relay,
             upstreams,
             gcs,
-            topology,
-            e2e_binary: e2e_binary.to_path_buf(),
+            node,
+            agent_image: images["coding-agent"].clone(),
             alice,
         })
+    }
+
+    /// The node the story runs on.
+    pub fn node(&self) -> &NodeInfo {
+        self.node
     }
 
     /// The operator's log so far, for failure messages.
@@ -184,27 +194,46 @@ impl World {
         let pods: Api<Pod> = Api::namespaced(cluster().client().await?, NAMESPACE);
         pods.create(
             &PostParams::default(),
-            &serde_json::from_value(agent_pod())?,
+            &serde_json::from_value(agent_pod(&self.agent_image))?,
         )
         .await
         .context("creating the agent's pod")?;
         Ok(pods.get(POD).await?)
     }
 
-    /// Run the stored pod to its end with the harness's kubelet.
+    /// Wait until the kubelet has run the stored pod to its end, and read back how each of
+    /// its containers ended and what it wrote.
     pub async fn run_pod(&self) -> Result<PodRun> {
-        let client = cluster().client().await?;
-        let mut kubelet = Kubelet::new(
-            &self.topology,
-            client,
-            &self.e2e_binary,
-            cluster().server_addr()?,
-        )?;
-        kubelet.image(SIDECAR_IMAGE, &crate::workspace_binary("cassette-sidecar")?)?;
-        kubelet
-            .run(NAMESPACE, POD, Duration::from_secs(180))
-            .await
-            .with_context(|| format!("operator log:\n{}", self.operator.log()))
+        let pods: Api<Pod> = Api::namespaced(cluster().client().await?, NAMESPACE);
+        let deadline = Instant::now() + POD_TIMEOUT;
+        loop {
+            let pod = pods.get(POD).await?;
+            let status = pod.status.clone().unwrap_or_default();
+            let phase = status.phase.as_deref().unwrap_or("");
+            // Done, and the kubelet has also reported the sidecar it stopped.
+            let sidecar_ended = status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .filter(|c| c.name == "cassette-sidecar")
+                .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+            if (phase == "Succeeded" || phase == "Failed") && sidecar_ended {
+                return PodRun::read(&pod);
+            }
+            if Instant::now() > deadline {
+                let run = PodRun::read(&pod)?;
+                bail!(
+                    "the agent's pod is {phase:?} after {POD_TIMEOUT:?}; status: {}\nevents:\n{}\n\
+                     sidecar:\n{}\nkubelet:\n{}\noperator:\n{}",
+                    serde_json::to_string(&status)?,
+                    events(POD),
+                    run.log("cassette-sidecar"),
+                    self.node.log_tail("kubelet"),
+                    self.operator.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Wait until the operator calls the session Completed: the pod ended and everything
@@ -227,8 +256,7 @@ impl World {
         }
     }
 
-    /// `kubectl cassette …` as an auditor runs it (admin kubeconfig, GCS through a relay to
-    /// the emulator).
+    /// `kubectl cassette …` as an auditor runs it (admin kubeconfig, GCS at the emulator).
     pub fn cassette(&self, args: &[&str]) -> Result<Output> {
         let cli = crate::workspace_binary("kubectl-cassette")?;
         Ok(Command::new(cli)
@@ -236,10 +264,7 @@ impl World {
             .arg(cluster().kubeconfig())
             .args(["-n", NAMESPACE])
             .args(args)
-            .env(
-                "CASSETTE_GCS_ENDPOINT",
-                format!("http://{}", self.gcs_relay.addr()),
-            )
+            .env("CASSETTE_GCS_ENDPOINT", self.gcs.endpoint())
             .output()?)
     }
 }
@@ -248,8 +273,68 @@ async fn sessions() -> Result<Api<AgentSession>> {
     Ok(Api::namespaced(cluster().client().await?, NAMESPACE))
 }
 
+/// How the agent's pod ended, as the kubelet reported it: each container's exit code and what
+/// it wrote (`kubectl logs`).
+#[derive(Debug)]
+pub struct PodRun {
+    /// Each container's name and exit code (init containers and the sidecar included).
+    pub exit_codes: BTreeMap<String, i32>,
+    /// Each container's log.
+    pub logs: BTreeMap<String, String>,
+}
+
+impl PodRun {
+    fn read(pod: &Pod) -> Result<Self> {
+        let status = pod.status.clone().unwrap_or_default();
+        let mut exit_codes = BTreeMap::new();
+        let mut logs = BTreeMap::new();
+        for container in status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten())
+        {
+            let ended = container
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| container.last_state.as_ref()?.terminated.as_ref());
+            if let Some(ended) = ended {
+                exit_codes.insert(container.name.clone(), ended.exit_code);
+            }
+            let out = cluster()
+                .kubectl()
+                .args(["logs", "-n", NAMESPACE, POD, "-c", &container.name])
+                .output()?;
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            logs.insert(container.name.clone(), text);
+        }
+        Ok(Self { exit_codes, logs })
+    }
+
+    /// A container's log.
+    pub fn log(&self, container: &str) -> &str {
+        self.logs.get(container).map_or("", String::as_str)
+    }
+}
+
+/// The events about an object in the story's namespace, for failure messages.
+fn events(name: &str) -> String {
+    let out = cluster()
+        .kubectl()
+        .args(["get", "events", "-n", NAMESPACE, "--field-selector"])
+        .arg(format!("involvedObject.name={name}"))
+        .args(["-o", "custom-columns=REASON:.reason,MESSAGE:.message"])
+        .output();
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("kubectl get events: {e}"),
+    }
+}
+
 /// The agent's pod: its image, its command, its identity, a workspace and a GitHub token.
-pub fn agent_pod() -> Value {
+pub fn agent_pod(image: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -260,12 +345,11 @@ pub fn agent_pod() -> Value {
             "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true},
             "containers": [{
                 "name": "agent",
-                "image": "ghcr.io/acme/coding-agent:2026.11",
+                "image": image,
                 "command": ["bash", "-c", STORY],
                 "workingDir": "/workspace",
                 "env": [
                     {"name": "HOME", "value": "/workspace"},
-                    {"name": "PATH", "value": format!("/usr/local/go/bin:{DEFAULT_PATH}")},
                     {"name": "CLOUDSDK_CONFIG", "value": "/workspace/.config/gcloud"},
                     {"name": "GIT_CONFIG_NOSYSTEM", "value": "1"},
                     {"name": "GIT_TERMINAL_PROMPT", "value": "0"},

@@ -1,5 +1,5 @@
-//! The upstreams an agent pod talks to in the tests, served from the net namespace of a
-//! [`Topology`]: a fake GKE metadata server, HTTPS for echo, git smart-HTTP and the Google API
+//! The upstreams an agent pod talks to in the tests, served from a [`Site`] (the net namespace
+//! of a [`crate::netns::Topology`], or the real node's host side): a fake GKE metadata server, HTTPS for echo, git smart-HTTP and the Google API
 //! hosts, and logging proxies to the emulators. Every request is logged with the credential it
 //! carried, so a test can tell which token really reached an upstream.
 //!
@@ -14,7 +14,7 @@ mod metadata;
 mod proxy;
 mod pulls;
 
-use crate::netns::{Identity, Topology};
+use crate::netns::{Identity, Site};
 use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -159,9 +159,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Make the CA, certificates and git repository, start `cassette-e2e upstreams` in the net
-    /// namespace, and wait until it listens.
-    pub fn start(topology: &Topology, config: &UpstreamsConfig) -> Result<Self> {
+    /// Make the CA, certificates and git repository, start `cassette-e2e upstreams` at `site`
+    /// (a [`crate::netns::Topology`]'s net side, or the real node's host side), and wait until
+    /// it listens.
+    pub fn start(site: impl Into<Site>, config: &UpstreamsConfig) -> Result<Self> {
+        let site = site.into();
         let dir = tempfile::Builder::new()
             .prefix("cassette-upstreams-")
             .tempdir()
@@ -172,7 +174,7 @@ impl Upstreams {
 
         let ca = TestCa::new().context("making the test CA")?;
         let leaf = ca
-            .leaf(TLS_NAMES, &[topology.net_ip()])
+            .leaf(TLS_NAMES, &[site.ip()])
             .context("signing the upstream certificate")?;
         write_file(&dir.path().join("ca.pem"), &ca.cert_pem, 0o644)?;
         write_file(&dir.path().join("tls.crt"), &leaf.cert, 0o644)?;
@@ -185,18 +187,18 @@ impl Upstreams {
             child: None,
             token: config.token.clone(),
             ca_pem: ca.cert_pem,
-            net_ip: topology.net_ip(),
+            net_ip: site.ip(),
             dir,
         };
         let root = upstreams.dir.path();
         let ready = root.join("ready");
-        let mut command = net_daemon(topology, &config.binary, [("HOME", root)]);
+        let mut command = net_daemon(&site, &config.binary, [("HOME", root)]);
         command
             .arg("upstreams")
             .arg("--listen-ip")
-            .arg(topology.net_ip().to_string())
+            .arg(site.ip().to_string())
             .arg("--metadata-ip")
-            .arg(topology.metadata_ip().to_string())
+            .arg(site.metadata_ip().to_string())
             .arg("--tls-cert")
             .arg(root.join("tls.crt"))
             .arg("--tls-key")
@@ -461,21 +463,17 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// A command that runs `program` in the net namespace as root with exactly `env` (see
-/// [`Topology::net_command`]) and dies with the thread that spawns it (`setpriv --pdeathsig`),
+/// A command that runs `program` at `site` as root with exactly `env` (see [`Site::command`])
+/// and dies with the thread that spawns it (`setpriv --pdeathsig`),
 /// for [`spawn_logged`].
-pub(crate) fn net_daemon<I, K, V>(
-    topology: &Topology,
-    program: impl AsRef<OsStr>,
-    env: I,
-) -> Command
+pub(crate) fn net_daemon<I, K, V>(site: &Site, program: impl AsRef<OsStr>, env: I) -> Command
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
     let setpriv = crate::netns::find_binary("setpriv");
-    let mut command = topology.net_command(Identity::Root, setpriv, env);
+    let mut command = site.command(Identity::Root, setpriv, env);
     command.args(["--pdeathsig", "KILL", "--"]).arg(program);
     command
 }

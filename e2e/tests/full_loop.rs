@@ -1,19 +1,22 @@
-//! The whole loop on a real API server, with nothing standing in for cassette itself:
+//! The whole loop on a real API server and a real node, with nothing standing in for cassette
+//! itself:
 //!
 //! 1. the CRD and the webhooks are installed and `cassette-operator` runs as a local process;
 //!    the sidecar's RBAC is the chart's own (`helm template`);
 //! 2. alice, a named user, applies `examples/fix-ci.yaml` and is stamped as its requester;
 //! 3. a pod labelled `cassette.dev/session=fix-ci` is created; the API server stores it
 //!    injected;
-//! 4. the harness's kubelet runs *the stored pod* in a network namespace — `cassette-init`,
-//!    the native sidecar as UID 1337 with the pod's only token, then the agent's own command as
-//!    UID 1000 — with the env and the mounts that spec gives them;
+//! 4. kube-scheduler places it and the kubelet runs *the stored pod* through containerd and
+//!    runc, from images built here with the project's Dockerfiles: `cassette-init` installs the
+//!    capture rules with iptables in its container, the native sidecar runs as UID 1337 with
+//!    the pod's only token, then the agent's own command as UID 1000;
 //! 5. the agent plays the seed's story with real tools: git clone, a branch, gofmt, a commit,
 //!    a push of the branch, a pull request through a code host's API (with a GitHub token the
 //!    agent holds), an object with a secret read with gcloud, and a push to main that policy
 //!    refuses;
 //! 6. the sidecar ships the recording to GCS (fake-gcs-server behind a proxy that demands the
-//!    Workload Identity token) and reports its pod entry into the status;
+//!    Workload Identity token, which the sidecar got from the metadata server at
+//!    169.254.169.254, as on GKE) and reports its pod entry into the status;
 //! 7. the operator sets the phase and the totals, `kubectl get agentsessions` shows them,
 //!    `kubectl cassette show` prints the timeline and `kubectl cassette verify` passes.
 //!
@@ -21,26 +24,20 @@
 //! NET_RAW, UID 1337, shareProcessNamespace) run on the same kind of control plane in
 //! `tests/operator.rs`.
 //!
-//! Needs root (namespaces, iptables) and the harness's own control plane (named users);
-//! skips with a message otherwise.
+//! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
 
 use anyhow::{Context, Result};
 use cassette_e2e::cluster;
-use cassette_e2e::netns;
 use cassette_e2e::story::{
     self, DEPLOY_KEY, GITHUB_TOKEN, POD, RECORDINGS_BUCKET, REQUESTER, SESSION, World,
 };
 
 const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
 
-macro_rules! require_root_and_local_plane {
+macro_rules! require_node {
     () => {
-        if let Some(reason) = netns::unavailable_reason() {
+        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
             println!("skipped: {reason}");
-            return Ok(());
-        }
-        if !cluster().is_local() {
-            println!("skipped: the full loop runs pods itself, on the harness's control plane");
             return Ok(());
         }
     };
@@ -48,7 +45,7 @@ macro_rules! require_root_and_local_plane {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
-    require_root_and_local_plane!();
+    require_node!();
     let world = World::start(E2E_BINARY.as_ref()).await?;
 
     // alice asks; the webhook stamps her, whatever the file says.
@@ -73,7 +70,7 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
         .collect();
     assert_eq!(init, ["cassette-init", "cassette-sidecar"], "{stored:#?}");
 
-    // The harness runs it.
+    // The node runs it.
     let run = world.run_pod().await?;
     let said = run.log("agent");
     let sidecar_log = run.log("cassette-sidecar");

@@ -110,6 +110,10 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     upstream_ca: Vec<PathBuf>,
+    /// Extra roots trusted for upstream servers as PEM text, for a private CA or a
+    /// TLS-inspecting egress proxy (the chart's `upstreamCA`; added to the system roots).
+    #[arg(long = "upstream-ca-pem", env = "CASSETTE_UPSTREAM_CA_PEM")]
+    upstream_ca_pem: Option<String>,
     /// Upstream overrides for emulators: host=http://127.0.0.1:port (repeatable, or
     /// comma-separated in the variable). Off unless set.
     #[arg(
@@ -348,7 +352,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // TLS: a fresh CA, and the bundle the agent's tools trust.
     let ca = tls::SessionCa::generate(&args.session, 10_000)?;
-    let (roots, system) = tls::upstream_roots(&args.upstream_ca)?;
+    let (roots, system) = tls::upstream_roots(&args.upstream_ca, args.upstream_ca_pem.as_deref())?;
     ca.write_bundle(&args.ca_bundle, &system)?;
     readiness.bundle_written.store(true, Ordering::Release);
 

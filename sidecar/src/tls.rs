@@ -6,7 +6,7 @@
 //! Toward upstream: an ordinary verifying client with the web roots (plus any extra roots the
 //! operator configures), so the agent gets no weaker checks than it would without cassette.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use lru::LruCache;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -220,16 +220,30 @@ pub fn server_config(leaf: Arc<CertifiedKey>, alpn: Option<&[u8]>) -> Arc<Server
     Arc::new(config)
 }
 
-/// The roots the sidecar trusts upstream: the system store plus extra PEM files.
+/// The roots the sidecar trusts upstream: the system store plus extra PEM files and PEM text.
 pub fn upstream_roots(
     extra: &[std::path::PathBuf],
+    extra_pem: Option<&str>,
 ) -> Result<(RootCertStore, Vec<CertificateDer<'static>>)> {
+    use rustls_pki_types::pem::PemObject;
     let loaded = rustls_native_certs::load_native_certs();
     let system: Vec<CertificateDer<'static>> = loaded.certs;
     let mut store = RootCertStore::empty();
     let (_added, _ignored) = store.add_parsable_certificates(system.iter().cloned());
+    if let Some(pem) = extra_pem.filter(|pem| !pem.trim().is_empty()) {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("parsing CASSETTE_UPSTREAM_CA_PEM")?;
+        if certs.is_empty() {
+            bail!("CASSETTE_UPSTREAM_CA_PEM holds no PEM certificate");
+        }
+        for cert in certs {
+            store
+                .add(cert)
+                .context("adding a root from CASSETTE_UPSTREAM_CA_PEM")?;
+        }
+    }
     for path in extra {
-        use rustls_pki_types::pem::PemObject;
         let certs = CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading {}", path.display()))?
             .collect::<Result<Vec<_>, _>>()
@@ -343,5 +357,21 @@ mod tests {
         assert_eq!(certs.len(), 2);
         assert_eq!(&certs[0], other.cert_der());
         assert_eq!(&certs[1], ca.cert_der());
+    }
+
+    #[test]
+    fn upstream_roots_take_pem_text_and_refuse_text_that_holds_none() {
+        let ca = SessionCa::generate("private", 8).unwrap();
+        let text = pem("CERTIFICATE", ca.cert_der());
+        let (without, _) = upstream_roots(&[], None).unwrap();
+        let (with, _) = upstream_roots(&[], Some(&text)).unwrap();
+        assert_eq!(with.len(), without.len() + 1);
+        let (blank, _) = upstream_roots(&[], Some("  \n")).unwrap();
+        assert_eq!(blank.len(), without.len());
+        let refused = upstream_roots(&[], Some("not a certificate")).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("CASSETTE_UPSTREAM_CA_PEM holds no PEM certificate"),
+            "{refused:#}"
+        );
     }
 }
