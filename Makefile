@@ -1,6 +1,6 @@
 # cassette — the entry points a person types.
 #
-#   make demo    the seed's story end to end on a local control plane (needs root)
+#   make demo    the seed's story end to end on a local one-node cluster (needs root)
 #   make test    unit tests and end-to-end tests on a real kube-apiserver + etcd
 #   make lint    rustfmt, clippy (warnings denied), cargo-deny
 #   make crds    regenerate crds/ from api/ (and the chart's copy)
@@ -30,10 +30,11 @@ controlplane:
 
 ## node: the real node's components (kubelet, kube-proxy, kube-scheduler,
 ## kube-controller-manager from the same module as kube-apiserver; CoreDNS), once per version,
-## and its images (pause, agent) from docker/ with buildah on a debootstrapped base, by content.
+## and its images (pause, agent, coding-agent) from docker/ with buildah on a debootstrapped
+## base, by content.
 node: controlplane
 	@bash e2e/controlplane/build.sh --node >/dev/null
-	@bash e2e/images/build.sh pause agent >/dev/null
+	@bash e2e/images/build.sh pause agent coding-agent >/dev/null
 
 test: deps controlplane node
 	$(CARGO) build -p cassette-sidecar -p cassette-operator
@@ -45,7 +46,7 @@ unit:
 e2e: deps controlplane node
 	$(CARGO) test -p cassette-e2e --no-fail-fast
 
-demo: deps controlplane
+demo: deps controlplane node
 	$(CARGO) build -q -p cassette-sidecar -p cassette-operator -p kubectl-cassette
 	$(CARGO) run -q -p cassette-e2e -- demo
 

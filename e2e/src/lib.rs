@@ -6,11 +6,9 @@
 //! `CASSETTE_E2E_KUBECONFIG` to run the same tests against an existing cluster (kind, GKE).
 
 pub mod clients;
-pub mod contain;
 pub mod controlplane;
 pub mod emulators;
 pub mod fixtures;
-pub mod kubelet;
 pub mod netns;
 pub mod node;
 pub mod operator;

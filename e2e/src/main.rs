@@ -1,7 +1,6 @@
 //! `cassette-e2e`: run the local control plane by hand, or the demo that `make demo` shows.
 
 use anyhow::{Context, Result, bail};
-use cassette_e2e::contain::{self, Container, Mount};
 use cassette_e2e::controlplane::{Binaries, ControlPlane};
 use cassette_e2e::repo_root;
 use cassette_e2e::upstreams::server::{ServeConfig, serve};
@@ -28,18 +27,13 @@ enum Cmd {
         #[arg(long)]
         kubeconfig_out: Option<PathBuf>,
     },
-    /// The seed's story end to end on a local control plane (needs root): the operator, a
-    /// session, the agent's pod injected and run, and what an auditor sees; then tear down.
+    /// The seed's story end to end on a local one-node cluster (needs root): the operator, a
+    /// session, the agent's pod injected and run by the kubelet, and what an auditor sees;
+    /// then tear down.
     Demo,
     /// Serve the test upstreams (fake metadata server, HTTPS echo and git, emulator proxies);
     /// run inside a test's net namespace by `cassette_e2e::upstreams::Upstreams::start`.
     Upstreams(UpstreamsArgs),
-    /// Run a program as a pod's container would see it: in a private mount namespace (the
-    /// host's secrets directories hidden, the container's volumes bind-mounted at their paths),
-    /// with its capabilities, as its user, from its working directory. The e2e harness runs
-    /// every container of a stored pod through this (inside the pod's network namespace),
-    /// since there is no kubelet.
-    Contain(ContainArgs),
     /// Wait for a test process to exit (its end of stdin closes), then remove what its local
     /// control plane and node left; started by the harness with the control plane.
     Sweep {
@@ -50,34 +44,6 @@ enum Cmd {
         #[arg(long = "remove")]
         dirs: Vec<PathBuf>,
     },
-}
-
-#[derive(clap::Args)]
-struct ContainArgs {
-    /// `SOURCE:TARGET` or `SOURCE:TARGET:ro`: bind SOURCE (a host directory) at TARGET.
-    #[arg(long = "mount", value_name = "SOURCE:TARGET[:ro]")]
-    mounts: Vec<Mount>,
-    /// Run as this UID (with `--gid`, no supplementary groups); root when absent.
-    #[arg(long, requires = "gid")]
-    uid: Option<u32>,
-    #[arg(long, requires = "uid")]
-    gid: Option<u32>,
-    /// Set no_new_privs (the container's `allowPrivilegeEscalation: false`).
-    #[arg(long)]
-    no_new_privs: bool,
-    /// Keep only these capabilities (comma-separated, e.g. `NET_ADMIN,NET_RAW`; empty for
-    /// none); all when absent.
-    #[arg(long, value_name = "NAME,…")]
-    capabilities: Option<String>,
-    /// Make the root mount read-only (the container's `readOnlyRootFilesystem`).
-    #[arg(long)]
-    read_only_root: bool,
-    /// The working directory.
-    #[arg(long, default_value = "/")]
-    workdir: PathBuf,
-    /// The program and its arguments.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -119,27 +85,8 @@ fn main() -> Result<()> {
         Cmd::ControlPlane { kubeconfig_out } => control_plane(kubeconfig_out),
         Cmd::Demo => demo(),
         Cmd::Upstreams(args) => upstreams(args),
-        Cmd::Contain(args) => contain(args),
         Cmd::Sweep { after, dirs } => cassette_e2e::sweep::after_exit(after, &dirs),
     }
-}
-
-fn contain(args: ContainArgs) -> Result<()> {
-    let container = Container {
-        mounts: args.mounts,
-        user: args.uid.zip(args.gid),
-        no_new_privs: args.no_new_privs,
-        capabilities: args.capabilities.map(|list| {
-            list.split(',')
-                .filter(|name| !name.is_empty())
-                .map(String::from)
-                .collect()
-        }),
-        read_only_root: args.read_only_root,
-        workdir: args.workdir,
-        command: args.command,
-    };
-    match contain::exec(&container)? {}
 }
 
 fn upstreams(args: UpstreamsArgs) -> Result<()> {
