@@ -256,8 +256,14 @@ async fn play_the_story() -> Result<()> {
         &["get", "pods", "-n", story::NAMESPACE, "-o", "wide"],
     )?;
     step("what the agent saw");
-    print!("{}", run.log("agent"));
-    if run.exit_codes.get("agent") != Some(&0) {
+    if run.exit_codes.get("agent") == Some(&0) {
+        run_kubectl(
+            &kubeconfig,
+            &repo_root(),
+            &["logs", "-n", story::NAMESPACE, POD, "-c", "agent"],
+        )?;
+    } else {
+        print!("{}", run.log("agent"));
         bail!(
             "the agent's story failed; the sidecar said:\n{}",
             run.log("cassette-sidecar")
