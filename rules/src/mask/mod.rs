@@ -418,6 +418,19 @@ impl Masker {
         text
     }
 
+    /// What a credential header keeps in clear (a cookie's name, a Set-Cookie attribute, a
+    /// value that is no `name=value`), with what the detectors find in it masked.
+    fn scanned(&self, text: &str, offset: usize, summary: &mut Summary) -> String {
+        let (out, found) = self.mask(BodyKind::Other, text.as_bytes());
+        for hit in found.hits {
+            summary.record(Hit {
+                offset: offset as u64 + hit.offset,
+                ..hit
+            });
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Whether a detector finds a secret in `text`.
     fn detects(&self, text: &[u8]) -> bool {
         self.mask(BodyKind::Other, text).1.total() > 0
@@ -463,16 +476,17 @@ impl Masker {
         let mut offset = 0;
         for (i, pair) in text.split(';').enumerate() {
             let masked = if set_cookie && i > 0 {
-                pair.to_owned()
+                self.scanned(pair, offset, &mut summary)
             } else {
                 match pair.split_once('=') {
                     Some((name, v)) if !v.trim().is_empty() => {
                         let value_offset = offset + name.len() + 1;
+                        let name = self.scanned(name, offset, &mut summary);
                         let mask =
                             self.credential_text(v.trim().as_bytes(), value_offset, &mut summary);
                         format!("{name}={mask}")
                     }
-                    _ => pair.to_owned(),
+                    _ => self.scanned(pair, offset, &mut summary),
                 }
             };
             out.push(masked);

@@ -285,6 +285,9 @@ fn tokens_inside_credential_headers() {
         ("authorization", format!("Bearer x {ACCESS_TOKEN} y")),
         ("authorization", format!("{GITHUB} trailing")),
         ("cookie", format!("sid=v1 {GITHUB}")),
+        ("cookie", format!(" {API_KEY} ")),
+        ("cookie", format!("{GITLAB} x=1")),
+        ("set-cookie", format!("sid=1; Path=/{GITHUB}")),
     ] {
         let (out, summary) = m.mask_header(name, value.as_bytes()).unwrap();
         let out = String::from_utf8(out).unwrap();
