@@ -1,8 +1,8 @@
 //! The sidecar in a network namespace, as the injector sets it up in a pod: `init` installs
 //! the capture rules as root, `run` records as UID 1337, and the agent's real tools run as UID
 //! 1000 with only the session CA bundle to trust — curl (HTTP/1.1 and HTTP/2), git clone and
-//! push, gcloud storage against fake-gcs-server through an upstream override, and a gRPC
-//! Pub/Sub client. Then the recording is read back and verified, and the ways around the
+//! push, gcloud storage against fake-gcs-server through an upstream override, a gRPC
+//! Pub/Sub client, and the Cloud Storage Python client batching deletes. Then the recording is read back and verified, and the ways around the
 //! recorder are tried and must fail.
 //!
 //! Needs root (namespaces, iptables, setpriv); skips with a message otherwise.
@@ -25,14 +25,15 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const SIDECAR_UID: u32 = 1337;
 const BUCKET: &str = "agent-bucket";
 
-/// The session the pod records into: main is protected, and buckets and topics may not be
-/// deleted.
+/// The session the pod records into: main is protected, and buckets, objects and topics may
+/// not be deleted.
 const SESSION_SPEC: &str = r#"{
   "maxDuration": "2h",
   "recording": {"sink": "file:///var/run/cassette/sink"},
   "policy": {"rules": [
     {"name": "protect-main", "action": "deny", "match": {"gitRef": "refs/heads/main"}},
     {"name": "no-bucket-deletes", "action": "deny", "match": {"permission": "storage.buckets.delete"}},
+    {"name": "no-object-deletes", "action": "deny", "match": {"permission": "storage.objects.delete"}},
     {"name": "no-topic-deletes", "action": "deny", "match": {"permission": "pubsub.topics.delete"}}
   ]}
 }"#;
@@ -760,6 +761,88 @@ fn agent_tools_work_through_the_recorder_and_never_hold_a_credential() -> Result
             .as_array()
             .is_some_and(|t| t.iter().any(|h| h[0] == "grpc-status"))
     }));
+    Ok(())
+}
+
+/// Google's Cloud Storage client batching deletes (`with client.batch(): delete_blob`), one
+/// POST to /batch/storage/v1 on the real endpoint: each part is a storage.objects.delete the
+/// session denies, so the whole batch is refused in Google's terms, nothing is deleted, and
+/// the recording holds each part with its decision (issue 15.9, on the wire).
+#[test]
+fn a_batched_delete_from_the_storage_client_is_refused_part_by_part() -> Result<()> {
+    require_root!();
+    let python = clients::python()?;
+    let script = clients::script("storage_batch_delete.py")?;
+    let mut pod = Pod::start(false)?;
+    let objects = ["trash-a.txt", "trash-b.txt"];
+    for object in objects {
+        pod._gcs.upload(BUCKET, object, b"keep me\n")?;
+    }
+
+    let mut batch = pod.agent(&python, &[]);
+    batch
+        .arg(&script)
+        .args(["--bucket", BUCKET])
+        .args(objects)
+        .env_remove("STORAGE_EMULATOR_HOST");
+    let out = output_within(batch, Duration::from_secs(120))?;
+    let result = json(&String::from_utf8_lossy(&out.stdout));
+    println!("the storage client got: {result}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the batched delete was not refused: {result}\nstderr: {}\nsidecar: {}",
+        String::from_utf8_lossy(&out.stderr),
+        pod.sidecar_log()
+    );
+    let said = result["error"].as_str().unwrap_or_default();
+    assert!(
+        result["status"] == 403 && said.contains("no-object-deletes"),
+        "the client reads the refusal and the rule that made it: {result}"
+    );
+    let left = pod._gcs.list(BUCKET, "trash-")?;
+    assert_eq!(left, objects, "the objects are all still there");
+    // Nor did the batch reach Cloud Storage at all (fake-gcs-server would not run it).
+    let log: Vec<LogEntry> = pod.upstreams.log_entries()?;
+    let reached: Vec<&LogEntry> = log.iter().filter(|e| e.path.contains("batch")).collect();
+    assert!(reached.is_empty(), "the batch went upstream: {reached:#?}");
+
+    let (records, report) = pod.stop_and_read()?;
+    assert!(report.is_ok(), "the recording verifies: {report:?}");
+    let batches = kinds(&records, "batch");
+    assert_eq!(batches.len(), 1, "one batch recorded: {batches:?}");
+    let parts = batches[0]["parts"]
+        .as_array()
+        .context("the batch's parts")?;
+    assert_eq!(parts.len(), objects.len(), "each part recorded: {parts:?}");
+    for (part, object) in parts.iter().zip(objects) {
+        let target = part["target"].as_str().unwrap_or_default();
+        assert!(
+            part["method"] == "DELETE"
+                && part["permission"] == "storage.objects.delete"
+                && part["decision"] == "deny"
+                && part["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no-object-deletes"))
+                && target.contains(&format!("/b/{BUCKET}/o/{object}")),
+            "the part deleting {object} is recorded denied: {part}"
+        );
+    }
+    let blocked = kinds(&records, "blocked");
+    assert!(
+        blocked.iter().any(|b| b["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-object-deletes"))),
+        "the refused batch is recorded as blocked: {blocked:?}"
+    );
+    let ends = kinds(&records, "exchange_end");
+    assert!(
+        ends.iter().any(|e| e["decision"] == "deny"
+            && e["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("no-object-deletes"))),
+        "the batch's exchange ends refused: {ends:?}"
+    );
     Ok(())
 }
 

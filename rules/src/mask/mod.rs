@@ -367,7 +367,10 @@ impl Masker {
                 "set-cookie" => Some(self.mask_cookies(value, true)),
                 "x-goog-api-key" => {
                     let mut summary = Summary::default();
-                    let text = self.hit_text("credential-header", value, 0, &mut summary);
+                    let text = String::from_utf8_lossy(value);
+                    let key = text.trim();
+                    let offset = text.find(key).unwrap_or(0);
+                    let text = self.credential_text(key.as_bytes(), offset, &mut summary);
                     Some((text.into_bytes(), summary))
                 }
                 _ => None,
@@ -398,15 +401,51 @@ impl Masker {
         text
     }
 
+    /// A credential header's secret, masked whole (an auditor may hold it whole, whatever its
+    /// shape), then each secret a detector finds inside it, so that search finds a token
+    /// written among other text by the token alone.
+    fn credential_text(&self, secret: &[u8], offset: usize, summary: &mut Summary) -> String {
+        let mut text = self.hit_text("credential-header", secret, offset, summary);
+        let whole = self.fingerprint(secret);
+        let (_, inside) = self.mask(BodyKind::Other, secret);
+        for hit in inside.hits.into_iter().filter(|h| h.fingerprint != whole) {
+            text.push_str(&mask_text(&hit.detector, &hit.fingerprint));
+            summary.record(Hit {
+                offset: offset as u64 + hit.offset,
+                ..hit
+            });
+        }
+        text
+    }
+
+    /// What a credential header keeps in clear (a cookie's name, a Set-Cookie attribute, a
+    /// value that is no `name=value`), with what the detectors find in it masked.
+    fn scanned(&self, text: &str, offset: usize, summary: &mut Summary) -> String {
+        let (out, found) = self.mask(BodyKind::Other, text.as_bytes());
+        for hit in found.hits {
+            summary.record(Hit {
+                offset: offset as u64 + hit.offset,
+                ..hit
+            });
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Whether a detector finds a secret in `text`.
+    fn detects(&self, text: &[u8]) -> bool {
+        self.mask(BodyKind::Other, text).1.total() > 0
+    }
+
     /// `Bearer <token>` keeps its scheme; a Basic credential is fingerprinted by its password
     /// (what an auditor holds), other schemes by the whole credential.
     fn mask_authorization(&self, value: &[u8]) -> (Vec<u8>, Summary) {
         let mut summary = Summary::default();
         let text = String::from_utf8_lossy(value);
         let trimmed = text.trim();
+        // A first word a detector recognises is the credential, not a scheme kept in clear.
         let (scheme, credential) = match trimmed.split_once(' ') {
-            Some((scheme, rest)) => (Some(scheme), rest.trim()),
-            None => (None, trimmed),
+            Some((scheme, rest)) if !self.detects(scheme.as_bytes()) => (Some(scheme), rest.trim()),
+            _ => (None, trimmed),
         };
         let credential_offset = text.find(credential).unwrap_or(0);
         let secret: Vec<u8> = match scheme {
@@ -421,12 +460,7 @@ impl Masker {
             }
             _ => credential.as_bytes().to_vec(),
         };
-        let mask = self.hit_text(
-            "credential-header",
-            &secret,
-            credential_offset,
-            &mut summary,
-        );
+        let mask = self.credential_text(&secret, credential_offset, &mut summary);
         let out = match scheme {
             Some(scheme) => format!("{scheme} {mask}"),
             None => mask,
@@ -442,20 +476,17 @@ impl Masker {
         let mut offset = 0;
         for (i, pair) in text.split(';').enumerate() {
             let masked = if set_cookie && i > 0 {
-                pair.to_owned()
+                self.scanned(pair, offset, &mut summary)
             } else {
                 match pair.split_once('=') {
                     Some((name, v)) if !v.trim().is_empty() => {
                         let value_offset = offset + name.len() + 1;
-                        let mask = self.hit_text(
-                            "credential-header",
-                            v.trim().as_bytes(),
-                            value_offset,
-                            &mut summary,
-                        );
+                        let name = self.scanned(name, offset, &mut summary);
+                        let mask =
+                            self.credential_text(v.trim().as_bytes(), value_offset, &mut summary);
                         format!("{name}={mask}")
                     }
-                    _ => pair.to_owned(),
+                    _ => self.scanned(pair, offset, &mut summary),
                 }
             };
             out.push(masked);

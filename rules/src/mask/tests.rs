@@ -274,6 +274,33 @@ fn headers() {
     assert_eq!(m.mask_header("Cookie", b"sid=abc"), None);
 }
 
+/// A token written among other text in a credential header is found by the token alone, and
+/// a token where the scheme would be is not kept in clear as one.
+#[test]
+fn tokens_inside_credential_headers() {
+    let m = masker();
+    for (name, value) in [
+        ("x-goog-api-key", format!(" {API_KEY} ")),
+        ("x-goog-api-key", format!("{API_KEY},{GITLAB}")),
+        ("authorization", format!("Bearer x {ACCESS_TOKEN} y")),
+        ("authorization", format!("{GITHUB} trailing")),
+        ("cookie", format!("sid=v1 {GITHUB}")),
+        ("cookie", format!(" {API_KEY} ")),
+        ("cookie", format!("{GITLAB} x=1")),
+        ("set-cookie", format!("sid=1; Path=/{GITHUB}")),
+    ] {
+        let (out, summary) = m.mask_header(name, value.as_bytes()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        for secret in [API_KEY, ACCESS_TOKEN, GITHUB, GITLAB] {
+            assert!(!out.contains(secret), "{name}: {out}");
+            if value.contains(secret) {
+                assert!(out.contains(&fp(secret)), "{name}: {value} -> {out}");
+                assert!(summary.hits.iter().any(|h| h.fingerprint == fp(secret)));
+            }
+        }
+    }
+}
+
 #[test]
 fn body_kinds() {
     for ct in [
