@@ -129,6 +129,9 @@ impl ControlPlane {
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // Webhooks and aggregated APIs through their Services' endpoints (the pod IPs the
+            // host routes to the node), not the cluster IPs only the node's kube-proxy knows.
+            .arg("--enable-aggregator-routing=true")
             .arg("--authorization-mode=RBAC")
             .arg("--allow-privileged=true")
             // The test node's name resolves nowhere: logs and exec go to its InternalIP.

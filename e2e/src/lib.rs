@@ -14,6 +14,7 @@ pub mod node;
 pub mod operator;
 mod pki;
 pub mod relay;
+pub mod release;
 pub mod story;
 pub mod sweep;
 pub mod upstreams;

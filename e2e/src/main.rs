@@ -181,11 +181,17 @@ async fn play_the_story() -> Result<()> {
     let kubeconfig = cluster.kubeconfig().to_path_buf();
     println!("export KUBECONFIG={}", kubeconfig.display());
     step(
-        "cassette installed: the CRD, the webhooks (failurePolicy: Fail), cassette-operator, \
-         the chart's RBAC; git, a code host, GCS and the metadata server beside the node",
+        "cassette installed: helm install charts/cassette (the CRD, cassette-operator as a \
+         Deployment, its webhooks through its Service, failurePolicy: Fail, the chart's RBAC); \
+         git, a code host, GCS and the metadata server beside the node",
     );
     let world = World::start(&std::env::current_exe()?).await?;
     run_kubectl(&kubeconfig, &repo_root(), &["get", "nodes", "-o", "wide"])?;
+    run_kubectl(
+        &kubeconfig,
+        &repo_root(),
+        &["get", "deployments,pods,services", "-n", "cassette-system"],
+    )?;
     println!("where each part comes from:");
     for (part, source) in [
         (
@@ -201,7 +207,10 @@ async fn play_the_story() -> Result<()> {
             "coding-agent image",
             "docker/coding-agent.Dockerfile: Debian, git, curl, gofmt, gcloud",
         ),
-        ("cassette-operator", "this build, as a local process"),
+        (
+            "cassette-operator image",
+            "docker/operator.Dockerfile with this build's binary, by buildah",
+        ),
         (
             "GCS, the metadata server, git and the code host",
             "emulated: fake-gcs-server, cassette-e2e upstreams",

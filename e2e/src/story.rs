@@ -5,8 +5,9 @@
 //! the images the story runs (the sidecar from this build, the coding agent with git, curl,
 //! gofmt and gcloud); git, a code host's pull-request API, GCS (fake-gcs-server behind a proxy
 //! that insists on the Workload Identity token) and the metadata server on the node's host
-//! side, where GKE has Google; `cassette-operator` running locally with its webhooks; the
-//! `agents` namespace with the agent's service account, the chart's own RBAC for it, the
+//! side, where GKE has Google; cassette installed with `helm install` of its chart (the
+//! operator as its Deployment, the webhooks through its Service, the chart's RBAC for the
+//! agent's service account); the `agents` namespace with that service account, the
 //! fingerprint key and the agent's GitHub token. Then, step by step: alice applies
 //! `examples/fix-ci.yaml` ([`World::request_session`]); the agent's pod is created with only the
 //! session label ([`World::create_pod`]); the kubelet runs the pod as stored, through
@@ -15,7 +16,7 @@
 
 use crate::emulators::FakeGcs;
 use crate::node::NodeInfo;
-use crate::operator::{Operator, OperatorConfig};
+use crate::release::Release;
 use crate::upstreams::{Upstreams, UpstreamsConfig};
 use crate::{cluster, repo_root};
 use anyhow::{Context, Result, bail};
@@ -76,9 +77,10 @@ cat push-main.err
 echo "story done"
 "#;
 
-/// Everything around the agent. Fields drop in order: the operator first, the upstreams last.
+/// Everything around the agent. Fields drop in order: the release first (its webhooks fail
+/// closed), the upstreams last.
 pub struct World {
-    operator: Operator,
+    release: Release,
     pub upstreams: Upstreams,
     pub gcs: FakeGcs,
     node: &'static NodeInfo,
@@ -91,11 +93,7 @@ impl World {
     pub async fn start(e2e_binary: &Path) -> Result<Self> {
         let client = cluster().client().await?;
         let node = crate::node();
-        let sidecar = crate::workspace_binary("cassette-sidecar")?;
-        let images = node.load_images(&[
-            "coding-agent".to_string(),
-            format!("sidecar={}", sidecar.display()),
-        ])?;
+        let images = node.load_images(&["coding-agent".to_string()])?;
         let site = node.host_side();
         let gcs = FakeGcs::start(site.clone())?;
         gcs.create_bucket(RECORDINGS_BUCKET)?;
@@ -109,29 +107,6 @@ impl World {
         config.gcs_backend = Some(gcs.endpoint());
         let upstreams = Upstreams::start(site, &config)?;
 
-        // Configured as an install for this environment would be (the chart's `upstreamCA`
-        // and `sidecarEnv`): the test CA stands in for the web's roots, and Google's storage
-        // endpoint is the emulator's proxy.
-        let operator = Operator::start(&OperatorConfig {
-            sidecar_image: images["sidecar"].clone(),
-            sidecar_env: vec![
-                (
-                    "CASSETTE_UPSTREAM_CA_PEM".into(),
-                    upstreams.ca_pem().to_string(),
-                ),
-                (
-                    "CASSETTE_UPSTREAM_OVERRIDES".into(),
-                    format!("storage.googleapis.com={}", upstreams.gcs_proxy_endpoint()),
-                ),
-                (
-                    "CASSETTE_GCS_ENDPOINT".into(),
-                    upstreams.gcs_proxy_endpoint(),
-                ),
-            ],
-            namespace_label: None,
-        })
-        .await?;
-
         let namespace: Namespace =
             serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
         Api::<Namespace>::all(client.clone())
@@ -143,12 +118,28 @@ impl World {
         Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
             .create(&PostParams::default(), &account)
             .await?;
-        apply_chart_rbac(operator.namespace(), "coding-agent")?;
         create_secret(&client, "cassette-fingerprint-key", "key", FINGERPRINT_KEY).await?;
         create_secret(&client, "github", "token", GITHUB_TOKEN).await?;
+
+        // Installed as an admin would for this environment: the test CA stands in for the
+        // web's roots (`upstreamCA`), Google's storage endpoint is the emulator's proxy, and the
+        // agent's service account may report its sidecar's entry.
+        let release = Release::install(
+            node,
+            &json!({
+                "upstreamCA": upstreams.ca_pem(),
+                "sidecarEnv": {
+                    "CASSETTE_UPSTREAM_OVERRIDES":
+                        format!("storage.googleapis.com={}", upstreams.gcs_proxy_endpoint()),
+                    "CASSETTE_GCS_ENDPOINT": upstreams.gcs_proxy_endpoint(),
+                },
+                "agentNamespaces": [{"namespace": NAMESPACE, "serviceAccounts": ["coding-agent"]}],
+            }),
+        )
+        .await?;
         let alice = session_author()?;
         Ok(Self {
-            operator,
+            release,
             upstreams,
             gcs,
             node,
@@ -164,7 +155,7 @@ impl World {
 
     /// The operator's log so far, for failure messages.
     pub fn operator_log(&self) -> String {
-        self.operator.log()
+        self.release.operator_log()
     }
 
     /// A kubeconfig for alice, who may write AgentSessions in the namespace and nothing more.
@@ -229,7 +220,7 @@ impl World {
                     events(POD),
                     run.log("cassette-sidecar"),
                     self.node.log_tail("kubelet"),
-                    self.operator.log()
+                    self.release.operator_log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -249,7 +240,7 @@ impl World {
             if Instant::now() > deadline {
                 bail!(
                     "the session is not Completed after 60s: {status:#?}\noperator log:\n{}",
-                    self.operator.log()
+                    self.release.operator_log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -402,25 +393,4 @@ fn session_author() -> Result<PathBuf> {
         .to_string(),
     )?;
     cluster().user_kubeconfig(REQUESTER, Some("platform"))
-}
-
-/// The chart's RBAC, released into the operator's namespace with the agent's service account
-/// listed, applied for real: the sidecar reports with exactly what the chart grants.
-fn apply_chart_rbac(release_namespace: &str, service_account: &str) -> Result<()> {
-    let out = Command::new(crate::helm()?)
-        .args(["template", "cassette"])
-        .arg(repo_root().join("charts/cassette"))
-        .args(["--namespace", release_namespace, "--kube-version", "1.34.0"])
-        .args(["--show-only", "templates/rbac.yaml"])
-        .arg(format!("--set=agentNamespaces[0].namespace={NAMESPACE}"))
-        .arg(format!(
-            "--set=agentNamespaces[0].serviceAccounts[0]={service_account}"
-        ))
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster().apply(&String::from_utf8(out.stdout)?)
 }
