@@ -12,6 +12,7 @@ use tokio::sync::watch;
 mod admin;
 mod approvers;
 mod certs;
+mod check;
 mod controller;
 mod crdgen;
 mod guard;
@@ -38,6 +39,29 @@ enum Command {
     Crdgen,
     /// Run the controller (on the leader) and the admission webhooks (on every replica).
     Run(Box<RunArgs>),
+    /// Check an installation from inside the cluster (the chart's `helm test`): the API is
+    /// served, every webhook carries the CA its Service's certificate verifies against, the
+    /// validating webhook refuses an invalid AgentSession, and the operator is ready.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The release's namespace, where the webhook Service is.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cassette-system")]
+    namespace: String,
+    /// The webhook Service.
+    #[arg(long, default_value = "cassette-webhook")]
+    service_name: String,
+    /// The Service's port for /readyz.
+    #[arg(long, default_value_t = 8080)]
+    metrics_port: u16,
+    /// The release's MutatingWebhookConfiguration.
+    #[arg(long, default_value = "cassette")]
+    mutating_webhook_configuration: String,
+    /// The release's ValidatingWebhookConfiguration.
+    #[arg(long, default_value = "cassette")]
+    validating_webhook_configuration: String,
 }
 
 #[derive(Args)]
@@ -169,6 +193,16 @@ fn main() -> Result<()> {
             print!("{}", crdgen::yaml()?);
             Ok(())
         }
+        Command::Check(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(check::run(&check::Installation {
+                namespace: args.namespace,
+                service_name: args.service_name,
+                metrics_port: args.metrics_port,
+                mutating_webhook_configuration: args.mutating_webhook_configuration,
+                validating_webhook_configuration: args.validating_webhook_configuration,
+            })),
         Command::Run(args) => {
             cassette_telemetry::init(args.log_format.as_deref());
             tokio::runtime::Builder::new_multi_thread()
