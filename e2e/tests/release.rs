@@ -69,7 +69,10 @@ fn capability_names(status: &str) -> Result<Vec<&'static str>> {
     let mask = u64::from_str_radix(hex, 16).with_context(|| format!("CapEff {hex:?}"))?;
     let known: u64 = CAPABILITIES.iter().map(|(_, bit)| 1u64 << bit).sum();
     if mask & !known != 0 {
-        bail!("CapEff {hex} holds capabilities this test does not name: {:#x}", mask & !known);
+        bail!(
+            "CapEff {hex} holds capabilities this test does not name: {:#x}",
+            mask & !known
+        );
     }
     Ok(CAPABILITIES
         .iter()
@@ -117,7 +120,17 @@ fn running_agent(ns: &str, name: &str, image: &str) -> Result<()> {
 
 /// The agent container's effective capabilities, read in the pod.
 fn agent_capabilities(ns: &str, pod: &str) -> Result<Vec<&'static str>> {
-    let out = kubectl(&["exec", "-n", ns, pod, "-c", "agent", "--", "cat", "/proc/self/status"])?;
+    let out = kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        pod,
+        "-c",
+        "agent",
+        "--",
+        "cat",
+        "/proc/self/status",
+    ])?;
     anyhow::ensure!(out.status.success(), "exec into the agent: {}", said(&out));
     capability_names(&String::from_utf8_lossy(&out.stdout))
 }
@@ -174,7 +187,10 @@ async fn the_chart_installs_checks_itself_confines_session_pods_upgrades_and_uni
         "ok    the operator is ready",
         "cassette is installed and answering",
     ] {
-        assert!(report.contains(line), "helm test said no {line:?}:\n{report}");
+        assert!(
+            report.contains(line),
+            "helm test said no {line:?}:\n{report}"
+        );
     }
 
     cluster().apply(
@@ -199,9 +215,21 @@ async fn the_chart_installs_checks_itself_confines_session_pods_upgrades_and_uni
 
     // No shell in the recorder, no debug container beside it, no image swapped under it.
     let exec = kubectl(&[
-        "exec", "-n", &ns, "agent", "-c", "cassette-sidecar", "--", "/usr/local/bin/cassette-sidecar", "--help",
+        "exec",
+        "-n",
+        &ns,
+        "agent",
+        "-c",
+        "cassette-sidecar",
+        "--",
+        "/usr/local/bin/cassette-sidecar",
+        "--help",
     ])?;
-    assert!(!exec.status.success(), "exec into the recorder ran: {}", said(&exec));
+    assert!(
+        !exec.status.success(),
+        "exec into the recorder ran: {}",
+        said(&exec)
+    );
     assert!(
         said(&exec).contains("is cassette's recorder"),
         "exec into the recorder was refused for another reason: {}",
@@ -210,15 +238,35 @@ async fn the_chart_installs_checks_itself_confines_session_pods_upgrades_and_uni
     let debug = kubectl(&[
         "debug", "-n", &ns, "agent", "--image", image, "-c", "debugger", "--", "sleep", "60",
     ])?;
-    assert!(!debug.status.success(), "kubectl debug added a container: {}", said(&debug));
+    assert!(
+        !debug.status.success(),
+        "kubectl debug added a container: {}",
+        said(&debug)
+    );
     let refused = said(&debug);
     assert!(refused.contains("ephemeral"), "kubectl debug: {refused}");
     let swap = kubectl(&[
-        "patch", "pod", "-n", &ns, "agent", "--type", "json", "-p",
-        &json!([{"op": "replace", "path": "/spec/initContainers/1/image", "value": image}]).to_string(),
+        "patch",
+        "pod",
+        "-n",
+        &ns,
+        "agent",
+        "--type",
+        "json",
+        "-p",
+        &json!([{"op": "replace", "path": "/spec/initContainers/1/image", "value": image}])
+            .to_string(),
     ])?;
-    assert!(!swap.status.success(), "the sidecar's image was swapped: {}", said(&swap));
-    assert!(said(&swap).contains("cassette"), "the swap: {}", said(&swap));
+    assert!(
+        !swap.status.success(),
+        "the sidecar's image was swapped: {}",
+        said(&swap)
+    );
+    assert!(
+        said(&swap).contains("cassette"),
+        "the swap: {}",
+        said(&swap)
+    );
 
     // helm upgrade: a narrower allowlist; the operator rolls, the webhooks stay wired, and a new
     // session pod gets the new set.
@@ -227,21 +275,49 @@ async fn the_chart_installs_checks_itself_confines_session_pods_upgrades_and_uni
     running_agent(&ns, "agent-after-upgrade", image)?;
     let mut given = agent_capabilities(&ns, "agent-after-upgrade")?;
     given.sort();
-    assert_eq!(given, narrower, "the agent's capabilities after the upgrade");
+    assert_eq!(
+        given, narrower,
+        "the agent's capabilities after the upgrade"
+    );
 
     // helm uninstall: the webhooks and the operator go; the CRD and the sessions stay (helm
     // never deletes CRDs, so recordings' sessions are not lost with the operator).
     for pod in ["agent", "agent-after-upgrade"] {
-        let _ = kubectl(&["delete", "pod", "-n", &ns, pod, "--grace-period=0", "--force"]);
+        let _ = kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            &ns,
+            pod,
+            "--grace-period=0",
+            "--force",
+        ]);
     }
     release.uninstall()?;
-    for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
         let out = kubectl(&["get", kind, release::RELEASE])?;
-        assert!(!out.status.success(), "{kind} {} is left: {}", release::RELEASE, said(&out));
+        assert!(
+            !out.status.success(),
+            "{kind} {} is left: {}",
+            release::RELEASE,
+            said(&out)
+        );
     }
     let out = kubectl(&["get", "deployments", "-n", release::NAMESPACE, "-o", "name"])?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "{}", said(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "{}",
+        said(&out)
+    );
     let out = kubectl(&["get", "agentsession", "-n", &ns, "probe", "-o", "name"])?;
-    assert!(out.status.success(), "the session went with the chart: {}", said(&out));
+    assert!(
+        out.status.success(),
+        "the session went with the chart: {}",
+        said(&out)
+    );
     Ok(())
 }

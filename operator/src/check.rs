@@ -66,10 +66,15 @@ pub async fn run(installation: &Installation) -> Result<()> {
     })
     .await?;
 
-    step("the validating webhook refuses an invalid AgentSession", async {
-        let answer = refusal(&service, &bundle).await?;
-        Ok(format!("https://{service}/validate-agentsession said: {answer}"))
-    })
+    step(
+        "the validating webhook refuses an invalid AgentSession",
+        async {
+            let answer = refusal(&service, &bundle).await?;
+            Ok(format!(
+                "https://{service}/validate-agentsession said: {answer}"
+            ))
+        },
+    )
     .await?;
 
     step("the operator is ready", async {
@@ -86,10 +91,7 @@ pub async fn run(installation: &Installation) -> Result<()> {
 }
 
 /// Run one step with a deadline and print how it went.
-async fn step<T>(
-    what: &str,
-    work: impl Future<Output = Result<T>>,
-) -> Result<T>
+async fn step<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T>
 where
     T: StepNote,
 {
@@ -171,7 +173,8 @@ async fn webhooks_bundle(
                 name: service,
                 namespace,
                 ..
-            }) if *service == installation.service_name && *namespace == installation.namespace => {}
+            }) if *service == installation.service_name && *namespace == installation.namespace => {
+            }
             other => bail!(
                 "webhook {name} is not served by Service {}/{} (its clientConfig names {other:?})",
                 installation.namespace,
