@@ -37,6 +37,7 @@ impl Release {
     /// in the chart's values schema). Returns once the operator is ready and its CA is in every
     /// webhook.
     pub async fn install(node: &NodeInfo, values: &Value) -> Result<Self> {
+        let started = Instant::now();
         let operator = crate::workspace_binary("cassette-operator")?;
         let sidecar = crate::workspace_binary("cassette-sidecar")?;
         let images = node.load_images(&[
@@ -46,6 +47,7 @@ impl Release {
         let dir = tempfile::Builder::new()
             .prefix("cassette-release-")
             .tempdir()?;
+        let built = started.elapsed();
         let mut release = Self {
             dir,
             installed: false,
@@ -58,6 +60,11 @@ impl Release {
         release.installed = true;
         release.helm_install_or_upgrade("install")?;
         release.wait_wired().await?;
+        eprintln!(
+            "cassette-e2e: chart installed and wired in {:.1}s (images {:.1}s)",
+            started.elapsed().as_secs_f64(),
+            built.as_secs_f64()
+        );
         Ok(release)
     }
 

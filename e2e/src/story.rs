@@ -93,7 +93,12 @@ impl World {
     pub async fn start(e2e_binary: &Path) -> Result<Self> {
         let client = cluster().client().await?;
         let node = crate::node();
+        let started = Instant::now();
         let images = node.load_images(&["coding-agent".to_string()])?;
+        eprintln!(
+            "cassette-e2e: the coding agent's image loaded in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         let site = node.host_side();
         let gcs = FakeGcs::start(site.clone())?;
         gcs.create_bucket(RECORDINGS_BUCKET)?;
@@ -209,6 +214,10 @@ impl World {
                 .filter(|c| c.name == "cassette-sidecar")
                 .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
             if (phase == "Succeeded" || phase == "Failed") && sidecar_ended {
+                eprintln!(
+                    "cassette-e2e: the agent's pod ran to {phase} in {:.1}s",
+                    (POD_TIMEOUT - deadline.saturating_duration_since(Instant::now())).as_secs_f64()
+                );
                 return PodRun::read(&pod);
             }
             if Instant::now() > deadline {
