@@ -36,8 +36,11 @@ node: controlplane
 	@bash e2e/controlplane/build.sh --node >/dev/null
 	@bash e2e/images/build.sh pause agent coding-agent >/dev/null
 
+# The binaries the e2e tests run are built one package at a time, as the tests build them
+# (cassette_e2e::workspace_binary): building them together unifies features differently and
+# would make the tests build them again.
 test: deps controlplane node
-	$(CARGO) build -p cassette-sidecar -p cassette-operator
+	for bin in cassette-sidecar cassette-operator kubectl-cassette; do $(CARGO) build -p $$bin --bin $$bin || exit 1; done
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:

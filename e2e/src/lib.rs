@@ -288,7 +288,24 @@ pub fn unique_name(prefix: &str) -> String {
 /// lock is free while tests run, so this works from inside `cargo test`.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // Not the variables `cargo test` sets for this test binary (CARGO_MANIFEST_DIR, CARGO_PKG_*,
+    // …): build scripts that watch them (ring's does) would run again, and every dependent
+    // crate would be rebuilt, each time a test asks for a binary.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let configures_cargo = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_"]
+            .iter()
+            .any(|keep| key.starts_with(keep))
+            || key.starts_with("CARGO_BUILD_")
+            || key.starts_with("CARGO_PROFILE_")
+            || key.starts_with("CARGO_REGISTRIES_")
+            || key.starts_with("CARGO_NET_");
+        if key.starts_with("CARGO_") && !configures_cargo {
+            build.env_remove(key.as_ref());
+        }
+    }
+    let status = build
         .args(["build", "-q", "-p", name, "--bin", name])
         .current_dir(repo_root())
         .status()

@@ -170,7 +170,7 @@ fn demo() -> Result<()> {
 }
 
 async fn play_the_story() -> Result<()> {
-    use cassette_e2e::story::{self, POD, SESSION, World};
+    use cassette_e2e::story::{self, JOB, SESSION, World};
     let step = |text: &str| println!("\n\x1b[1m# {text}\x1b[0m");
 
     step(
@@ -233,12 +233,13 @@ async fn play_the_story() -> Result<()> {
         println!("spec.requestedBy (stamped by the webhook): {}", by.username);
     }
 
-    step("the agent's pod: its image, its command, and one label");
+    step("the agent's Job: its image, its command, and one label on its pod");
     println!(
-        "$ kubectl apply -f {POD}.yaml   # labels: cassette.dev/session={SESSION}; \
+        "$ kubectl apply -f {JOB}.yaml   # a Job; its pod template: labels: cassette.dev/session={SESSION}; \
          command: bash -c <the story>"
     );
-    let stored = world.create_pod().await?;
+    let stored = world.create_job().await?;
+    let pod = stored.metadata.name.clone().unwrap_or_default();
     println!("stored by the API server as:");
     let spec = stored.spec.clone().unwrap_or_default();
     for container in spec.init_containers.iter().flatten() {
@@ -258,18 +259,18 @@ async fn play_the_story() -> Result<()> {
 
     step("the kubelet runs the stored pod; the agent's command");
     println!("{}", story::STORY.trim_end());
-    let run = world.run_pod().await?;
+    let run = world.run_pod(&pod).await?;
     run_kubectl(
         &kubeconfig,
         &repo_root(),
-        &["get", "pods", "-n", story::NAMESPACE, "-o", "wide"],
+        &["get", "jobs,pods", "-n", story::NAMESPACE, "-o", "wide"],
     )?;
     step("what the agent saw");
     if run.exit_codes.get("agent") == Some(&0) {
         run_kubectl(
             &kubeconfig,
             &repo_root(),
-            &["logs", "-n", story::NAMESPACE, POD, "-c", "agent"],
+            &["logs", "-n", story::NAMESPACE, &pod, "-c", "agent"],
         )?;
     } else {
         print!("{}", run.log("agent"));

@@ -9,9 +9,9 @@
 //! operator as its Deployment, the webhooks through its Service, the chart's RBAC for the
 //! agent's service account); the `agents` namespace with that service account, the
 //! fingerprint key and the agent's GitHub token. Then, step by step: alice applies
-//! `examples/fix-ci.yaml` ([`World::request_session`]); the agent's pod is created with only the
-//! session label ([`World::create_pod`]); the kubelet runs the pod as stored, through
-//! containerd and runc ([`World::run_pod`]); the operator completes the session
+//! `examples/fix-ci.yaml` ([`World::request_session`]); the agent's Job is created with only the
+//! session label on its pod template ([`World::create_job`]); the kubelet runs the pod as
+//! stored, through containerd and runc ([`World::run_pod`]); the operator completes the session
 //! ([`World::wait_for_completion`]); an auditor reads it ([`World::cassette`]).
 
 use crate::emulators::FakeGcs;
@@ -21,8 +21,9 @@ use crate::upstreams::{Upstreams, UpstreamsConfig};
 use crate::{cluster, repo_root};
 use anyhow::{Context, Result, bail};
 use cassette_api::{AgentSession, AgentSessionStatus, Phase};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,8 @@ use std::time::{Duration, Instant};
 pub const NAMESPACE: &str = "agents";
 /// The session (`examples/fix-ci.yaml`).
 pub const SESSION: &str = "fix-ci";
-/// The agent's pod.
-pub const POD: &str = "fix-ci-agent";
+/// The agent's Job: one run of the agent, whose pod completes when the agent is done.
+pub const JOB: &str = "fix-ci-agent";
 /// Who asks for the session.
 pub const REQUESTER: &str = "alice@example.com";
 /// How long the agent's pod may take from creation to its end (the story, the sidecar's drain).
@@ -184,26 +185,59 @@ impl World {
         Ok(sessions().await?.get(SESSION).await?)
     }
 
-    /// The agent's pod as its owner writes it: nothing about cassette but the label. Returns
-    /// the pod as the API server stored it.
-    pub async fn create_pod(&self) -> Result<Pod> {
-        let pods: Api<Pod> = Api::namespaced(cluster().client().await?, NAMESPACE);
-        pods.create(
-            &PostParams::default(),
-            &serde_json::from_value(agent_pod(&self.agent_image))?,
-        )
-        .await
-        .context("creating the agent's pod")?;
-        Ok(pods.get(POD).await?)
+    /// The agent's Job as its owner writes it: nothing about cassette but the label on its
+    /// pod template. Returns the pod the Job controller made, as the API server stored it.
+    pub async fn create_job(&self) -> Result<Pod> {
+        let client = cluster().client().await?;
+        Api::<Job>::namespaced(client.clone(), NAMESPACE)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(agent_job(&self.agent_image))?,
+            )
+            .await
+            .context("creating the agent's Job")?;
+        let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+        let selector = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={JOB}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(pod) = pods.list(&selector).await?.items.into_iter().next() {
+                return Ok(pod);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the Job controller made no pod for Job {JOB} in 60s; events:\n{}",
+                    events(JOB)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Whether the Job counts its pod as succeeded, once the Job controller has seen the pod
+    /// end (within 30 s).
+    pub async fn job_succeeded(&self) -> Result<bool> {
+        let jobs = Api::<Job>::namespaced(cluster().client().await?, NAMESPACE);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = jobs.get(JOB).await?.status.unwrap_or_default();
+            if status.succeeded == Some(1) {
+                return Ok(true);
+            }
+            if status.failed.unwrap_or(0) > 0 || Instant::now() > deadline {
+                eprintln!("Job {JOB}: {}", serde_json::to_string(&status)?);
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Wait until the kubelet has run the stored pod to its end, and read back how each of
     /// its containers ended and what it wrote.
-    pub async fn run_pod(&self) -> Result<PodRun> {
+    pub async fn run_pod(&self, name: &str) -> Result<PodRun> {
         let pods: Api<Pod> = Api::namespaced(cluster().client().await?, NAMESPACE);
         let deadline = Instant::now() + POD_TIMEOUT;
         loop {
-            let pod = pods.get(POD).await?;
+            let pod = pods.get(name).await?;
             let status = pod.status.clone().unwrap_or_default();
             let phase = status.phase.as_deref().unwrap_or("");
             // Done, and the kubelet has also reported the sidecar it stopped.
@@ -216,7 +250,8 @@ impl World {
             if (phase == "Succeeded" || phase == "Failed") && sidecar_ended {
                 eprintln!(
                     "cassette-e2e: the agent's pod ran to {phase} in {:.1}s",
-                    (POD_TIMEOUT - deadline.saturating_duration_since(Instant::now())).as_secs_f64()
+                    (POD_TIMEOUT - deadline.saturating_duration_since(Instant::now()))
+                        .as_secs_f64()
                 );
                 return PodRun::read(&pod);
             }
@@ -226,7 +261,7 @@ impl World {
                     "the agent's pod is {phase:?} after {POD_TIMEOUT:?}; status: {}\nevents:\n{}\n\
                      sidecar:\n{}\nkubelet:\n{}\noperator:\n{}",
                     serde_json::to_string(&status)?,
-                    events(POD),
+                    events(name),
                     run.log("cassette-sidecar"),
                     self.node.log_tail("kubelet"),
                     self.release.operator_log()
@@ -285,6 +320,7 @@ pub struct PodRun {
 
 impl PodRun {
     fn read(pod: &Pod) -> Result<Self> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
         let status = pod.status.clone().unwrap_or_default();
         let mut exit_codes = BTreeMap::new();
         let mut logs = BTreeMap::new();
@@ -304,7 +340,7 @@ impl PodRun {
             }
             let out = cluster()
                 .kubectl()
-                .args(["logs", "-n", NAMESPACE, POD, "-c", &container.name])
+                .args(["logs", "-n", NAMESPACE, &name, "-c", &container.name])
                 .output()?;
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -333,12 +369,15 @@ fn events(name: &str) -> String {
     }
 }
 
-/// The agent's pod: its image, its command, its identity, a workspace and a GitHub token.
-pub fn agent_pod(image: &str) -> Value {
+/// The agent's Job: one pod, never retried, with its image, its command, its identity, a
+/// workspace and a GitHub token.
+pub fn agent_job(image: &str) -> Value {
     json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": POD, "labels": {"cassette.dev/session": SESSION}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": JOB},
+        "spec": {"backoffLimit": 0, "template": {
+        "metadata": {"labels": {"cassette.dev/session": SESSION}},
         "spec": {
             "serviceAccountName": "coding-agent",
             "restartPolicy": "Never",
@@ -363,6 +402,7 @@ pub fn agent_pod(image: &str) -> Value {
             }],
             "volumes": [{"name": "workspace", "emptyDir": {}}]
         }
+        }}
     })
 }
 

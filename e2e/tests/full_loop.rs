@@ -4,8 +4,8 @@
 //! 1. the CRD and the webhooks are installed and `cassette-operator` runs as a local process;
 //!    the sidecar's RBAC is the chart's own (`helm template`);
 //! 2. alice, a named user, applies `examples/fix-ci.yaml` and is stamped as its requester;
-//! 3. a pod labelled `cassette.dev/session=fix-ci` is created; the API server stores it
-//!    injected;
+//! 3. a Job whose pod template is labelled `cassette.dev/session=fix-ci` is created; the API
+//!    server stores the pod the Job controller makes injected;
 //! 4. kube-scheduler places it and the kubelet runs *the stored pod* through containerd and
 //!    runc, from images built here with the project's Dockerfiles: `cassette-init` installs the
 //!    capture rules with iptables in its container, the native sidecar runs as UID 1337 with
@@ -29,7 +29,7 @@
 use anyhow::{Context, Result};
 use cassette_e2e::cluster;
 use cassette_e2e::story::{
-    self, DEPLOY_KEY, GITHUB_TOKEN, POD, RECORDINGS_BUCKET, REQUESTER, SESSION, World,
+    self, DEPLOY_KEY, GITHUB_TOKEN, JOB, RECORDINGS_BUCKET, REQUESTER, SESSION, World,
 };
 
 const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
@@ -59,8 +59,9 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
         Some(REQUESTER)
     );
 
-    // The pod is stored injected.
-    let stored = world.create_pod().await?;
+    // The Job's pod is stored injected.
+    let stored = world.create_job().await?;
+    let pod_name = stored.metadata.name.clone().context("a pod name")?;
     let spec = stored.spec.as_ref().context("a spec")?;
     let init: Vec<&str> = spec
         .init_containers
@@ -70,8 +71,8 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
         .collect();
     assert_eq!(init, ["cassette-init", "cassette-sidecar"], "{stored:#?}");
 
-    // The node runs it.
-    let run = world.run_pod().await?;
+    // The node runs it, and the Job completes with the agent (the native sidecar stopped).
+    let run = world.run_pod(&pod_name).await?;
     let said = run.log("agent");
     let sidecar_log = run.log("cassette-sidecar");
     assert_eq!(
@@ -124,7 +125,11 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
         "the GitHub token and the deploy key: {totals:?}"
     );
     let pod = status.pods.first().context("the pod's entry")?;
-    assert_eq!(pod.name, POD);
+    assert_eq!(pod.name, pod_name);
+    assert!(
+        world.job_succeeded().await?,
+        "Job {JOB} did not count its pod as succeeded"
+    );
     assert_eq!(pod.spool_bytes, 0, "everything shipped");
 
     let out = cluster()
