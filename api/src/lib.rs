@@ -96,6 +96,21 @@ pub struct AgentSessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
 
+    /// Secrets the sidecar holds for the agent and presents toward the hosts each one is for
+    /// (code-host tokens, API keys). The agent's containers get a placeholder in the entry's
+    /// environment variable; the sidecar swaps it for the Secret's value only toward the
+    /// entry's hosts, over TLS verified for them, in the entry's presentation. Google hosts
+    /// are not listed here: the sidecar's Workload Identity covers them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
+            .message("credential names must be unique within spec.credentials"),
+        validation = Rule::new("self.all(c, self.exists_one(d, d.env == c.env))")
+            .message("each credential needs its own env: two entries cannot fill the same variable")
+    )]
+    pub credentials: Vec<Credential>,
+
     /// Decisions on requests held for review, written by approvers with
     /// `kubectl cassette approve|deny`. RBAC on this resource decides who may approve.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -316,6 +331,108 @@ impl SecretParameter {
     pub fn to_ascii_lowercase(&self) -> String {
         self.0.to_ascii_lowercase()
     }
+}
+
+/// A secret brokered by the sidecar: the agent holds a placeholder in `env`, and the sidecar
+/// puts the Secret's value in its place toward `hosts` only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.presentation == 'Header') == has(self.header)")
+    .message("header is set when presentation is Header, and only then: name the header, such as PRIVATE-TOKEN or x-api-key"))]
+pub struct Credential {
+    /// The entry's name, shown in recordings and metrics and part of the placeholder.
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("a credential name is lowercase letters, digits and dashes, such as github"))]
+    pub name: String,
+
+    /// The hosts the secret is presented to: exact names (api.github.com) or *. and a domain
+    /// for any one label under it (*.gitlab.example.com matches a.gitlab.example.com, not
+    /// a.b.gitlab.example.com). Never Google hosts: those use Workload Identity.
+    #[schemars(length(min = 1, max = 16))]
+    pub hosts: Vec<CredentialHost>,
+
+    /// The key of a Secret in the session's namespace holding the real value. It is mounted
+    /// into the sidecar alone; a pod whose agent containers name the Secret is refused.
+    pub secret_ref: SecretKeyRef,
+
+    /// How the agent sends the credential, and how the sidecar presents the real one.
+    pub presentation: Presentation,
+
+    /// The header that carries the credential, when presentation is Header (such as
+    /// PRIVATE-TOKEN or x-api-key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9_-]*$')")
+        .message("header must be an HTTP header name of letters, digits, - and _, such as PRIVATE-TOKEN"))]
+    pub header: Option<String>,
+
+    /// The environment variable of the agent's containers that receives the placeholder,
+    /// such as GITHUB_TOKEN; a value the pod sets there is replaced.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')")
+        .message("env must be an environment variable name of letters, digits and _, such as GITHUB_TOKEN"))]
+    pub env: String,
+}
+
+/// How a brokered credential travels in a request.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Presentation {
+    /// `Authorization: Bearer <value>`.
+    Bearer,
+    /// `Authorization: token <value>` (GitHub's older API form).
+    Token,
+    /// The password of HTTP Basic authentication, as git over HTTPS sends it; the user name
+    /// the agent sent is kept.
+    Basic,
+    /// The whole value of the header named in `header`.
+    Header,
+}
+
+/// A host a credential is presented to: a name, or `*.` and a domain for one label under it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.matches('^(\\\\*\\\\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\\\\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "a credential host is a lowercase DNS name such as api.github.com, or *. and a domain such as *.gitlab.example.com; a wildcard stands for exactly one leading label"
+    },
+    {
+        "rule": "!self.startsWith('*.') || self.substring(2).contains('.')",
+        "message": "a wildcard host needs a domain of at least two labels after *., such as *.example.com"
+    },
+    {
+        "rule": "!(self == 'googleapis.com' || self.endsWith('.googleapis.com') || self == 'google.com' || self.endsWith('.google.com') || self == 'google.internal' || self.endsWith('.google.internal'))",
+        "message": "Google hosts get credentials through the sidecar's Workload Identity, not spec.credentials: remove the host"
+    }
+]))]
+pub struct CredentialHost(#[schemars(length(min = 1, max = 253))] pub String);
+
+impl From<&str> for CredentialHost {
+    fn from(host: &str) -> Self {
+        CredentialHost(host.to_owned())
+    }
+}
+
+/// One brokered credential as the injector hands it to the sidecar (in
+/// [`names::CREDENTIALS_ENV`]): the entry, where its Secret key is mounted, and this pod's
+/// placeholder. Not part of the AgentSession resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokeredCredential {
+    /// The entry's name.
+    pub name: String,
+    /// The entry's hosts, as written.
+    pub hosts: Vec<String>,
+    /// The entry's presentation.
+    pub presentation: Presentation,
+    /// The header, for presentation Header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The file in the sidecar holding the real value (the kubelet rewrites it on rotation).
+    pub file: String,
+    /// The placeholder the agent's containers hold in the entry's env.
+    pub placeholder: String,
 }
 
 /// A key in a Secret in the session's namespace.

@@ -67,3 +67,11 @@ pub fn default_fingerprint_secret(session: &str) -> String {
     let head: String = session.chars().take(200).collect();
     format!("{PREFIX}{}-{hash:016x}", head.trim_end_matches(['-', '.']))
 }
+
+/// Sidecar variable holding the brokered-credential table: a JSON array of
+/// [`crate::BrokeredCredential`], one entry per `spec.credentials` entry.
+pub const CREDENTIALS_ENV: &str = "CASSETTE_CREDENTIALS";
+
+/// Where the injector mounts each credential's Secret key in the sidecar:
+/// `<CREDENTIALS_DIR>/<entry name>/value`.
+pub const CREDENTIALS_DIR: &str = "/var/run/cassette/credentials";

@@ -372,6 +372,7 @@ mod tests {
                 masking: None,
                 policy: None,
                 approvals: vec![],
+                credentials: vec![],
             },
         );
         s.metadata.namespace = Some("team".into());

@@ -49,6 +49,7 @@ mod tests {
                 masking: None,
                 policy: None,
                 approvals: vec![],
+                credentials: vec![],
             },
         );
         s.metadata.creation_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));

@@ -9,6 +9,8 @@
 //! - [`batch`]: Google batch bodies, read into sub-requests that are classified and decided
 //!   one by one;
 //! - [`classify`]: which Google service and IAM permission an HTTP request or gRPC call uses;
+//! - [`credential`]: brokered credentials — the hosts an entry is for, and its placeholder
+//!   found and swapped in the entry's presentation;
 //! - [`code_host`]: ref changes through code-host REST APIs (pull-request merges, contents
 //!   and refs APIs), so that `gitRef` rules hold for them as for pushes;
 //! - [`git`]: git smart-HTTP requests, pkt-line parsing, refused-push reports;
@@ -25,6 +27,7 @@ pub mod authority;
 pub mod batch;
 pub mod classify;
 pub mod code_host;
+pub mod credential;
 pub mod git;
 pub mod glob;
 pub mod mask;

@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use cassette_api::{AgentSessionSpec, Masking, Policy, PolicyRule};
+use cassette_api::{AgentSessionSpec, Credential, Masking, Policy, PolicyRule, Presentation};
 
+use crate::credential::CredentialHost;
 use crate::glob::{HostPattern, PermissionPattern, SegmentGlob};
 use crate::mask::{self, BUILT_IN_NAMES};
 
@@ -78,6 +79,7 @@ pub fn agent_session(spec: &AgentSessionSpec) -> Result<(), ValidationErrors> {
     if let Some(p) = &spec.policy {
         policy(p, &mut errors);
     }
+    credentials(&spec.credentials, &mut errors);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -391,6 +393,136 @@ fn policy_rule<'a>(
     }
 }
 
+/// Headers a credential cannot be presented in: they frame or route the request, or the
+/// sidecar itself sets them.
+const NOT_CREDENTIAL_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "content-type",
+    "content-encoding",
+];
+
+/// Validates `spec.credentials`.
+pub(crate) fn credentials(entries: &[Credential], errors: &mut Vec<FieldError>) {
+    let mut names = HashSet::new();
+    let mut envs = HashSet::new();
+    for (i, c) in entries.iter().enumerate() {
+        let at = format!("spec.credentials[{i}]");
+        if !is_dns_label(&c.name) || c.name.len() > 40 {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("{:?} is not a credential name: use up to 40 lowercase letters, digits and dashes, such as github", c.name),
+            ));
+        } else if !names.insert(c.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is used by an earlier credential; names must be unique",
+                    c.name
+                ),
+            ));
+        }
+        if c.hosts.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}.hosts"),
+                "lists no host: name the hosts the secret is for, such as api.github.com",
+            ));
+        }
+        for (j, host) in c.hosts.iter().enumerate() {
+            if let Err(e) = CredentialHost::parse(&host.0) {
+                errors.push(FieldError::new(format!("{at}.hosts[{j}]"), e.0));
+            }
+        }
+        if !is_dns_subdomain(&c.secret_ref.name) {
+            errors.push(FieldError::new(
+                format!("{at}.secretRef.name"),
+                format!(
+                    "{:?} is not a Secret name: use lowercase letters, digits, - and .",
+                    c.secret_ref.name
+                ),
+            ));
+        }
+        let key_ok = !c.secret_ref.key.is_empty()
+            && c.secret_ref.key.len() <= 253
+            && c.secret_ref
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !key_ok {
+            errors.push(FieldError::new(
+                format!("{at}.secretRef.key"),
+                format!(
+                    "{:?} is not a Secret key: use letters, digits, -, _ and .",
+                    c.secret_ref.key
+                ),
+            ));
+        }
+        match (c.presentation, &c.header) {
+            (Presentation::Header, None) => errors.push(FieldError::new(
+                format!("{at}.header"),
+                "is required when presentation is Header: name the header, such as PRIVATE-TOKEN or x-api-key",
+            )),
+            (Presentation::Header, Some(h)) => {
+                let ok = !h.is_empty()
+                    && h.len() <= 128
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !ok {
+                    errors.push(FieldError::new(
+                        format!("{at}.header"),
+                        format!("{h:?} is not a header name: use letters, digits, - and _, such as PRIVATE-TOKEN"),
+                    ));
+                } else if NOT_CREDENTIAL_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                    errors.push(FieldError::new(
+                        format!("{at}.header"),
+                        format!("{h:?} frames or routes the request and cannot carry a credential; name the header the service reads it from, such as PRIVATE-TOKEN"),
+                    ));
+                }
+            }
+            (_, Some(_)) => errors.push(FieldError::new(
+                format!("{at}.header"),
+                "is only for presentation Header: remove it, or set presentation: Header",
+            )),
+            (_, None) => {}
+        }
+        let env_ok = c
+            .env
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+            && c.env.len() <= 253
+            && c.env
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !env_ok {
+            errors.push(FieldError::new(
+                format!("{at}.env"),
+                format!("{:?} is not an environment variable name: use letters, digits and _, such as GITHUB_TOKEN", c.env),
+            ));
+        } else if cassette_api::names::CA_BUNDLE_ENV.contains(&c.env.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.env"),
+                format!("{:?} points the agent's tools at the session CA; choose the variable the agent reads its token from, such as GITHUB_TOKEN", c.env),
+            ));
+        } else if !envs.insert(c.env.as_str()) {
+            errors.push(FieldError::new(
+                format!("{at}.env"),
+                format!("{:?} is filled by an earlier credential; each credential needs its own variable", c.env),
+            ));
+        }
+    }
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && !name.is_empty() && name.split('.').all(is_dns_label)
+}
+
 fn is_dns_label(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
@@ -501,6 +633,7 @@ mod tests {
             masking: None,
             policy: None,
             approvals: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 
@@ -740,6 +873,92 @@ mod tests {
         );
         s.policy.as_mut().unwrap().unclassified = Some(cassette_api::Unclassified::Deny);
         assert!(warnings(&s).is_empty());
+    }
+
+    fn credential(name: &str, hosts: &[&str], presentation: Presentation) -> Credential {
+        Credential {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| (*h).into()).collect(),
+            secret_ref: cassette_api::SecretKeyRef {
+                name: "code-host".into(),
+                key: "token".into(),
+            },
+            presentation,
+            header: None,
+            env: format!("{}_TOKEN", name.to_ascii_uppercase().replace('-', "_")),
+        }
+    }
+
+    #[test]
+    fn credentials_for_code_hosts_pass() {
+        let mut s = spec();
+        let mut gitlab = credential("gitlab", &["*.gitlab.example.com"], Presentation::Header);
+        gitlab.header = Some("PRIVATE-TOKEN".into());
+        s.credentials = vec![
+            credential("github-api", &["api.github.com"], Presentation::Bearer),
+            credential("github-git", &["github.com"], Presentation::Basic),
+            gitlab,
+        ];
+        assert_eq!(agent_session(&s), Ok(()));
+    }
+
+    #[test]
+    fn bad_credentials_name_the_field_to_fix() {
+        let mut s = spec();
+        let mut header_missing = credential("b", &["a.example.com"], Presentation::Header);
+        header_missing.env = "B".into();
+        let mut header_extra = credential("c", &["a.example.com"], Presentation::Bearer);
+        header_extra.header = Some("x-api-key".into());
+        let mut framing = credential("d", &["a.example.com"], Presentation::Header);
+        framing.header = Some("Host".into());
+        let mut bad_env = credential("e", &["a.example.com"], Presentation::Token);
+        bad_env.env = "1TOKEN".into();
+        let mut ca_env = credential("f", &["a.example.com"], Presentation::Token);
+        ca_env.env = "SSL_CERT_FILE".into();
+        let mut same_env = credential("g", &["a.example.com"], Presentation::Token);
+        same_env.env = "B".into();
+        s.credentials = vec![
+            credential(
+                "a",
+                &["github.com", "*.*.example.com", "*.googleapis.com"],
+                Presentation::Bearer,
+            ),
+            header_missing,
+            header_extra,
+            framing,
+            bad_env,
+            ca_env,
+            same_env,
+            Credential {
+                env: "H".into(),
+                ..credential("a", &[], Presentation::Basic)
+            },
+        ];
+        let err = agent_session(&s).unwrap_err();
+        assert_eq!(
+            err.0.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            vec![
+                "spec.credentials[0].hosts[1]",
+                "spec.credentials[0].hosts[2]",
+                "spec.credentials[1].header",
+                "spec.credentials[2].header",
+                "spec.credentials[3].header",
+                "spec.credentials[4].env",
+                "spec.credentials[5].env",
+                "spec.credentials[6].env",
+                "spec.credentials[7].name",
+                "spec.credentials[7].hosts",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.credentials[0].hosts[2]: \"*.googleapis.com\" is a Google host"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.credentials[7].hosts: lists no host"),
+            "{text}"
+        );
     }
 
     #[test]
