@@ -366,6 +366,7 @@ async fn decide(pod: &Pod, namespace: &str, context: &Context) -> Result<Outcome
             session: session.as_ref(),
             token_secrets: &token_secrets,
             now: Timestamp::now(),
+            seed: placeholder_seed(),
         },
     ))
 }
@@ -588,6 +589,14 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
         .header("content-type", "text/plain")
         .body(full(text.to_string()))
         .expect("a valid response")
+}
+
+/// Randomness for a pod's credential placeholders, from the system RNG.
+fn placeholder_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .expect("the system RNG works");
+    seed
 }
 
 #[cfg(test)]

@@ -2,12 +2,17 @@
 //! native sidecar (the recorder, the pod's only service-account token), their volumes, and
 //! the agent containers' trust in the session CA and their confinement.
 
+use super::CREDENTIAL_VOLUME_PREFIX;
 use super::{
     CA_BUNDLE_PATH, CA_DIR, CA_VOLUME, Config, FINGERPRINT_DIR, FINGERPRINT_VOLUME, INIT_NAME,
     SIDECAR_NAME, SPOOL_DIR, SPOOL_VOLUME, TOKEN_DIR, TOKEN_VOLUME,
 };
-use cassette_api::names::{ADMIN_PORT, CA_BUNDLE_ENV, SIDECAR_UID};
-use cassette_api::{AgentSession, AgentSessionSpec, Durability, OnFailure};
+use cassette_api::names::{
+    ADMIN_PORT, CA_BUNDLE_ENV, CREDENTIALS_DIR, CREDENTIALS_ENV, SIDECAR_UID,
+};
+use cassette_api::{
+    AgentSession, AgentSessionSpec, BrokeredCredential, Credential, Durability, OnFailure,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
@@ -78,6 +83,23 @@ pub(super) fn trust_session_ca(container: &mut Container) {
         });
 }
 
+/// Give the container each credential's placeholder in the entry's variable, replacing
+/// whatever the pod set there (a value, or a `valueFrom` of any kind).
+pub(super) fn give_placeholders(
+    container: &mut Container,
+    entries: &[Credential],
+    brokered: &[BrokeredCredential],
+) {
+    if entries.is_empty() {
+        return;
+    }
+    let env = container.env.get_or_insert_with(Vec::new);
+    for (entry, credential) in entries.iter().zip(brokered) {
+        env.retain(|e| e.name != entry.env);
+        env.push(value(&entry.env, &credential.placeholder));
+    }
+}
+
 pub(super) fn init_container(config: &Config) -> Container {
     Container {
         name: INIT_NAME.into(),
@@ -116,6 +138,7 @@ pub(super) fn sidecar_container(
     session: &AgentSession,
     expires_at: Option<Timestamp>,
     grace_seconds: i64,
+    credentials: &[BrokeredCredential],
 ) -> Container {
     let spec = &session.spec;
     let recording = &spec.recording;
@@ -176,6 +199,20 @@ pub(super) fn sidecar_container(
         &format!("{FINGERPRINT_DIR}/key"),
     ));
     mounts.push(mount(FINGERPRINT_VOLUME, FINGERPRINT_DIR, true));
+    if !credentials.is_empty() {
+        env.push(value(
+            CREDENTIALS_ENV,
+            &serde_json::to_string(credentials).expect("the credential table serializes"),
+        ));
+        // A whole-directory Secret mount (no subPath): the kubelet rewrites it on rotation.
+        for c in credentials {
+            mounts.push(mount(
+                &format!("{CREDENTIAL_VOLUME_PREFIX}{}", c.name),
+                &format!("{CREDENTIALS_DIR}/{}", c.name),
+                true,
+            ));
+        }
+    }
     for (name, v) in &config.sidecar_env {
         env.retain(|e| &e.name != name);
         env.push(value(name, v));
@@ -303,6 +340,23 @@ pub(super) fn volumes(config: &Config, session: &AgentSession) -> Vec<Volume> {
             ..Default::default()
         },
     ];
+    for c in &session.spec.credentials {
+        volumes.push(Volume {
+            name: format!("{CREDENTIAL_VOLUME_PREFIX}{}", c.name),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(c.secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: c.secret_ref.key.clone(),
+                    path: "value".into(),
+                    ..Default::default()
+                }]),
+                // Readable by the sidecar's UID; no agent container mounts it.
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     {
         let key = session.fingerprint_key();
         volumes.push(Volume {

@@ -18,9 +18,12 @@ mod tests;
 
 pub use refuse::warnings;
 
-use build::{confine, init_container, sidecar_container, trust_session_ca, volumes};
-use cassette_api::AgentSession;
+use build::{
+    confine, give_placeholders, init_container, sidecar_container, trust_session_ca, volumes,
+};
+use cassette_api::names::CREDENTIALS_DIR;
 use cassette_api::names::{ENFORCE_LABEL, INJECTED_ANNOTATION, SESSION_LABEL};
+use cassette_api::{AgentSession, BrokeredCredential};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use refuse::{agent_containers, check};
@@ -40,6 +43,9 @@ pub const SPOOL_VOLUME: &str = "cassette-spool";
 pub const TOKEN_VOLUME: &str = "cassette-token";
 /// The masking fingerprint key, when the session names one.
 pub const FINGERPRINT_VOLUME: &str = "cassette-fingerprint-key";
+/// Volumes with one brokered credential's Secret key each (`<prefix><entry name>`), mounted
+/// into the sidecar alone.
+pub const CREDENTIAL_VOLUME_PREFIX: &str = "cassette-credential-";
 /// Where the CA bundle directory is mounted, in the sidecar and in agent containers.
 pub const CA_DIR: &str = "/var/run/cassette/ca";
 /// The bundle the trust-store variables point at.
@@ -134,6 +140,9 @@ pub struct Request<'a> {
     pub token_secrets: &'a BTreeSet<String>,
     /// The admission time.
     pub now: Timestamp,
+    /// Fresh randomness for this pod's credential placeholders (the webhook draws it from
+    /// the system RNG).
+    pub seed: [u8; 32],
 }
 
 /// The decision on one pod.
@@ -161,6 +170,9 @@ pub struct Record {
     pub agent_containers: Vec<String>,
     /// Service-account token volumes taken away from the agent containers.
     pub removed_token_volumes: Vec<String>,
+    /// The brokered credentials whose placeholders the agent containers hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
     /// The operator version that injected.
     pub version: String,
 }
@@ -223,7 +235,18 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
     let Some(spec) = pod.spec.as_ref() else {
         return Outcome::Refused(format!("pod {pod_name} has no spec"));
     };
+    let credentials = brokered(session, spec, &request.seed);
     let mut spec = strip(spec);
+    // The entries' variables are replaced before the Secrets are looked for: a variable the
+    // pod filled from a credential's Secret is one the placeholder takes over, not a leak.
+    for container in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+    {
+        give_placeholders(container, &session.spec.credentials, &credentials);
+    }
     if let Err(reason) = check(&spec, &config.agent_capabilities, request.token_secrets) {
         return Outcome::Refused(format!(
             "pod {pod_name} cannot record into AgentSession {session_name:?}: {reason}"
@@ -239,6 +262,32 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
              Secret {:?}, the session's fingerprint key, which auditors hold and agents do not \
              (with it, an agent could tell which secrets a mask hides): remove the reference",
             key.name
+        ));
+    }
+
+    let credential_secrets: BTreeSet<&str> = session
+        .spec
+        .credentials
+        .iter()
+        .map(|c| c.secret_ref.name.as_str())
+        .collect();
+    if let Some((field, name)) = refuse::secret_references(&spec)
+        .into_iter()
+        .find(|(_, name)| credential_secrets.contains(name.as_str()))
+    {
+        let entries: Vec<&str> = session
+            .spec
+            .credentials
+            .iter()
+            .filter(|c| c.secret_ref.name == name)
+            .map(|c| c.name.as_str())
+            .collect();
+        return Outcome::Refused(format!(
+            "pod {pod_name} cannot record into AgentSession {session_name:?}: {field} names \
+             Secret {name:?}, which holds the session's brokered credential {entries}: the \
+             sidecar presents it for the agent and the agent holds only a placeholder (in the \
+             credential's env variable); remove the reference",
+            entries = entries.join(", ")
         ));
     }
 
@@ -267,6 +316,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
             expires_at,
             spec.termination_grace_period_seconds
                 .unwrap_or(DEFAULT_GRACE_SECONDS),
+            &credentials,
         ),
     ];
     init.extend(spec.init_containers.take().unwrap_or_default());
@@ -281,6 +331,7 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
         sidecar_image: config.sidecar_image.clone(),
         agent_containers,
         removed_token_volumes,
+        credentials: credentials.iter().map(|c| c.name.clone()).collect(),
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let mut injected = pod.clone();
@@ -298,6 +349,47 @@ pub fn inject(config: &Config, request: &Request<'_>) -> Outcome {
     } else {
         Outcome::Injected(Box::new(injected))
     }
+}
+
+/// The session's credentials as this pod's sidecar gets them. A placeholder an earlier pass
+/// gave the agent containers is kept (so a reinvoked webhook converges); each other one is
+/// new, from `seed`. Kept only when it has a placeholder's shape: a value the pod chose is
+/// replaced like any other.
+fn brokered(
+    session: &AgentSession,
+    submitted: &k8s_openapi::api::core::v1::PodSpec,
+    seed: &[u8; 32],
+) -> Vec<BrokeredCredential> {
+    use cassette_rules::credential::{PLACEHOLDER_RANDOM_BYTES, is_placeholder_for, placeholder};
+    session
+        .spec
+        .credentials
+        .iter()
+        .map(|c| {
+            let earlier = submitted
+                .containers
+                .iter()
+                .chain(submitted.init_containers.iter().flatten())
+                .flat_map(|container| container.env.iter().flatten())
+                .filter(|e| e.name == c.env)
+                .find_map(|e| e.value.clone().filter(|v| is_placeholder_for(&c.name, v)));
+            let placeholder = earlier.unwrap_or_else(|| {
+                let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+                context.update(seed);
+                context.update(c.name.as_bytes());
+                let digest = context.finish();
+                placeholder(&c.name, &digest.as_ref()[..PLACEHOLDER_RANDOM_BYTES])
+            });
+            BrokeredCredential {
+                name: c.name.clone(),
+                hosts: c.hosts.iter().map(|h| h.0.clone()).collect(),
+                presentation: c.presentation,
+                header: c.header.clone(),
+                file: format!("{CREDENTIALS_DIR}/{}/value", c.name),
+                placeholder,
+            }
+        })
+        .collect()
 }
 
 /// The pod's name for messages; pods made by controllers have only a generateName yet.

@@ -3,8 +3,8 @@
 //! ServiceAccount admission plugin mounted into the agent's containers.
 
 use super::{
-    AUTOMOUNT_VOLUME_PREFIX, CA_BUNDLE_PATH, CA_VOLUME, FINGERPRINT_VOLUME, INIT_NAME,
-    SIDECAR_NAME, SPOOL_VOLUME, TOKEN_VOLUME,
+    AUTOMOUNT_VOLUME_PREFIX, CA_BUNDLE_PATH, CA_VOLUME, CREDENTIAL_VOLUME_PREFIX,
+    FINGERPRINT_VOLUME, INIT_NAME, SIDECAR_NAME, SPOOL_VOLUME, TOKEN_VOLUME,
 };
 use cassette_api::names::{CA_BUNDLE_ENV, INJECTED_ANNOTATION};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
@@ -21,7 +21,9 @@ pub(super) fn strip(spec: &PodSpec) -> PodSpec {
         spec.init_containers = None;
     }
     if let Some(volumes) = spec.volumes.as_mut() {
-        volumes.retain(|v| !ours.contains(&v.name.as_str()));
+        volumes.retain(|v| {
+            !ours.contains(&v.name.as_str()) && !v.name.starts_with(CREDENTIAL_VOLUME_PREFIX)
+        });
     }
     for container in spec
         .init_containers
@@ -30,7 +32,9 @@ pub(super) fn strip(spec: &PodSpec) -> PodSpec {
         .chain(spec.containers.iter_mut())
     {
         if let Some(mounts) = container.volume_mounts.as_mut() {
-            mounts.retain(|m| !ours.contains(&m.name.as_str()));
+            mounts.retain(|m| {
+                !ours.contains(&m.name.as_str()) && !m.name.starts_with(CREDENTIAL_VOLUME_PREFIX)
+            });
             if mounts.is_empty() {
                 container.volume_mounts = None;
             }

@@ -38,6 +38,7 @@ fn session(name: &str) -> AgentSession {
                 ..Default::default()
             }),
             approvals: vec![],
+            credentials: vec![],
         },
     );
     s.metadata.namespace = Some("agents".into());
@@ -76,6 +77,15 @@ fn pod(labelled: bool) -> Pod {
 }
 
 fn run(pod: &Pod, session: Option<&AgentSession>, enforced: bool) -> Outcome {
+    run_seeded(pod, session, enforced, [7; 32])
+}
+
+fn run_seeded(
+    pod: &Pod,
+    session: Option<&AgentSession>,
+    enforced: bool,
+    seed: [u8; 32],
+) -> Outcome {
     inject(
         &Config {
             sidecar_image: "cassette-sidecar:test".into(),
@@ -88,6 +98,7 @@ fn run(pod: &Pod, session: Option<&AgentSession>, enforced: bool) -> Outcome {
             session,
             token_secrets: &BTreeSet::from(["legacy-token".to_string()]),
             now: now(),
+            seed,
         },
     )
 }
@@ -778,4 +789,233 @@ fn a_uid_1337_pod_default_is_fine_when_every_container_overrides_it() {
     }
     let s = session("fix-ci");
     injected(run(&p, Some(&s), false));
+}
+
+fn with_credentials() -> AgentSession {
+    let mut s = session("fix-ci");
+    let entry = |name: &str, host: &str, presentation, env: &str| cassette_api::Credential {
+        name: name.into(),
+        hosts: vec![host.into()],
+        secret_ref: cassette_api::SecretKeyRef {
+            name: "code-host".into(),
+            key: "token".into(),
+        },
+        presentation,
+        header: None,
+        env: env.into(),
+    };
+    s.spec.credentials = vec![
+        entry(
+            "github-api",
+            "api.github.com",
+            cassette_api::Presentation::Bearer,
+            "GITHUB_TOKEN",
+        ),
+        entry(
+            "github-git",
+            "github.com",
+            cassette_api::Presentation::Basic,
+            "GIT_PASSWORD",
+        ),
+    ];
+    s
+}
+
+fn sidecar_of(pod: &Pod) -> Container {
+    pod.spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap()
+        .clone()
+}
+
+fn table_of(pod: &Pod) -> Vec<BrokeredCredential> {
+    let env = env_of(&sidecar_of(pod));
+    serde_json::from_str(&env[cassette_api::names::CREDENTIALS_ENV]).unwrap()
+}
+
+#[test]
+fn brokered_credentials_reach_the_sidecar_and_the_agent_holds_placeholders() {
+    let session = with_credentials();
+    let mut submitted = pod(true);
+    submitted.spec.as_mut().unwrap().containers[0]
+        .env
+        .as_mut()
+        .unwrap()
+        .push(build::value("GITHUB_TOKEN", "ghp_the_real_one"));
+    let out = injected(run(&submitted, Some(&session), false));
+    let table = table_of(&out);
+    assert_eq!(
+        table.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["github-api", "github-git"]
+    );
+    assert_eq!(table[0].hosts, ["api.github.com"]);
+    assert_eq!(table[0].presentation, cassette_api::Presentation::Bearer);
+    assert_eq!(
+        table[0].file,
+        "/var/run/cassette/credentials/github-api/value"
+    );
+    assert!(cassette_rules::credential::is_placeholder_for(
+        "github-api",
+        &table[0].placeholder
+    ));
+    assert_ne!(
+        table[0].placeholder[27..],
+        table[1].placeholder[27..],
+        "each entry has its own randomness"
+    );
+
+    let spec = out.spec.as_ref().unwrap();
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != SIDECAR_NAME && c.name != INIT_NAME)
+    {
+        let env = env_of(container);
+        assert_eq!(
+            env["GITHUB_TOKEN"], table[0].placeholder,
+            "{}",
+            container.name
+        );
+        assert_eq!(
+            env["GIT_PASSWORD"], table[1].placeholder,
+            "{}",
+            container.name
+        );
+        assert!(
+            mounts_of(container)
+                .iter()
+                .all(|(name, _, _)| !name.starts_with(CREDENTIAL_VOLUME_PREFIX)),
+            "{} mounts a credential",
+            container.name
+        );
+    }
+    let sidecar_mounts = mounts_of(&sidecar_of(&out));
+    for name in ["github-api", "github-git"] {
+        assert!(sidecar_mounts.contains(&(
+            format!("{CREDENTIAL_VOLUME_PREFIX}{name}"),
+            format!("/var/run/cassette/credentials/{name}"),
+            true
+        )));
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == format!("{CREDENTIAL_VOLUME_PREFIX}{name}"))
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("code-host"));
+        let items = secret.items.as_ref().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("token", "value")
+        );
+        assert_eq!(items.len(), 1);
+    }
+    let text = serde_json::to_string(&out).unwrap();
+    assert!(!text.contains("ghp_the_real_one"));
+}
+
+#[test]
+fn placeholders_are_random_per_pod_and_kept_when_the_webhook_runs_again() {
+    let session = with_credentials();
+    let first = injected(run_seeded(&pod(true), Some(&session), false, [1; 32]));
+    let other = injected(run_seeded(&pod(true), Some(&session), false, [2; 32]));
+    assert_ne!(
+        table_of(&first)[0].placeholder,
+        table_of(&other)[0].placeholder
+    );
+    assert_eq!(
+        run_seeded(&first, Some(&session), false, [3; 32]),
+        Outcome::Unchanged
+    );
+}
+
+#[test]
+fn an_entrys_own_variable_is_replaced_even_when_it_named_the_secret() {
+    let session = with_credentials();
+    let mut submitted = pod(true);
+    let secret_env: k8s_openapi::api::core::v1::EnvVar = serde_json::from_value(json!({
+        "name": "GITHUB_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "code-host", "key": "token"}}
+    }))
+    .unwrap();
+    submitted.spec.as_mut().unwrap().containers[0]
+        .env
+        .as_mut()
+        .unwrap()
+        .push(secret_env);
+    let out = injected(run(&submitted, Some(&session), false));
+    let agent = &out.spec.as_ref().unwrap().containers[0];
+    let token = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "GITHUB_TOKEN")
+        .unwrap();
+    assert_eq!(token.value_from, None);
+    assert_eq!(
+        token.value.as_deref(),
+        Some(table_of(&out)[0].placeholder.as_str())
+    );
+}
+
+#[test]
+fn a_pod_reaching_for_a_credential_secret_is_refused() {
+    let session = with_credentials();
+    let cases = [
+        (
+            json!({"volumes": [{"name": "mine", "secret": {"secretName": "code-host"}}]}),
+            "spec.volumes[1].secret.secretName",
+        ),
+        (
+            json!({"volumes": [{"name": "mine", "projected": {"sources": [
+                {"secret": {"name": "code-host"}}
+            ]}}]}),
+            "spec.volumes[1].projected.sources[0].secret.name",
+        ),
+        (
+            json!({"envFrom": [{"secretRef": {"name": "code-host"}}]}),
+            "spec.containers[0].envFrom[0].secretRef.name",
+        ),
+        (
+            json!({"env": [{"name": "OTHER", "valueFrom": {"secretKeyRef": {"name": "code-host", "key": "token"}}}]}),
+            "spec.containers[0].env[2].valueFrom.secretKeyRef.name",
+        ),
+    ];
+    for (change, field) in cases {
+        let mut value = serde_json::to_value(pod(true)).unwrap();
+        if let Some(volumes) = change.get("volumes") {
+            value["spec"]["volumes"]
+                .as_array_mut()
+                .unwrap()
+                .extend(volumes.as_array().unwrap().iter().cloned());
+        }
+        if let Some(from) = change.get("envFrom") {
+            value["spec"]["containers"][0]["envFrom"] = from.clone();
+        }
+        if let Some(env) = change.get("env") {
+            value["spec"]["containers"][0]["env"]
+                .as_array_mut()
+                .unwrap()
+                .extend(env.as_array().unwrap().iter().cloned());
+        }
+        let submitted: Pod = serde_json::from_value(value).unwrap();
+        match run(&submitted, Some(&session), false) {
+            Outcome::Refused(message) => {
+                assert!(message.contains(field), "{field}: {message}");
+                assert!(
+                    message.contains("brokered credential github-api, github-git"),
+                    "{message}"
+                );
+                assert!(message.contains("remove the reference"), "{message}");
+            }
+            other => panic!("{field}: expected a refusal, got {other:?}"),
+        }
+    }
 }
