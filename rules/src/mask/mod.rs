@@ -217,6 +217,9 @@ impl Prefilter {
     }
 }
 
+/// The detector names of brokered credentials' values: this and the entry's name.
+pub const CREDENTIAL_DETECTOR_PREFIX: &str = "credential-";
+
 /// The masking configuration of a session, compiled: built-ins not disabled, custom
 /// patterns, JSON field paths, and the fingerprint key.
 pub struct Masker {
@@ -321,6 +324,29 @@ impl Masker {
             secret_parameters,
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
         })
+    }
+
+    /// This masker, also masking each of `secrets` wherever it appears, by value: the real
+    /// values of brokered credentials, which no pattern describes. Each is masked as
+    /// `«masked:credential-<name>:<fingerprint>»`; an empty value masks nothing.
+    pub fn with_secrets(mut self, secrets: &[(String, String)]) -> Masker {
+        for (name, value) in secrets {
+            if value.is_empty() {
+                continue;
+            }
+            let Ok(regex) = compile_pattern(&regex::escape(value)) else {
+                continue;
+            };
+            self.detectors.push(RegexDetector {
+                name: format!("{CREDENTIAL_DETECTOR_PREFIX}{name}"),
+                regex,
+                group: None,
+                canonical: Canonical::Raw,
+                reject_key: None,
+                prefiltered: false,
+            });
+        }
+        self
     }
 
     /// The fingerprint of `secret` under this masker's key.

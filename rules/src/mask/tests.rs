@@ -804,3 +804,32 @@ proptest! {
         prop_assert!(summary.hits.iter().any(|h| found.contains(&h.fingerprint)));
     }
 }
+
+#[test]
+fn a_brokered_secret_is_masked_by_value_wherever_it_appears() {
+    // No detector knows this shape: only its registration masks it.
+    let secret = "internal-9f8e7d6c5b4a";
+    let m = Masker::new(None, KEY).unwrap().with_secrets(&[
+        ("gitea".into(), secret.into()),
+        ("empty".into(), String::new()),
+    ]);
+    let body = format!("{{\"echo\": \"{secret}\", \"n\": 1}} and again {secret}.");
+    let (out, summary) = masked(&m, BodyKind::Json, &body);
+    assert!(!out.contains(secret), "{out}");
+    let mask = mask_text("credential-gitea", &fp(secret));
+    assert_eq!(out.matches(&mask).count(), 2, "{out}");
+    assert_eq!(summary.total(), 2);
+    // Across chunk boundaries, as bodies stream.
+    let mut stream = m.stream(BodyKind::Other);
+    let mut out = Vec::new();
+    let text = format!("prefix {secret} suffix");
+    for chunk in text.as_bytes().chunks(5) {
+        stream.feed(chunk, &mut out);
+    }
+    stream.finish(&mut out);
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains(secret) && out.contains(&mask), "{out}");
+    // Without the registration it is recorded as it is.
+    let (plain, _) = masked(masker(), BodyKind::Other, &text);
+    assert!(plain.contains(secret));
+}
