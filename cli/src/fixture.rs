@@ -166,6 +166,8 @@ pub async fn write() -> Fixture {
         host: "storage.googleapis.com".into(),
         swap: TokenSwap::Bearer,
         account: Some("agent@proj.iam.gserviceaccount.com".into()),
+        credential: None,
+        header: None,
     }))
     .await;
     r(Event::Response(Response {

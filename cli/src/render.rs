@@ -138,10 +138,13 @@ fn token_note(t: &Token) -> String {
     let how = match t.swap {
         TokenSwap::Bearer => "bearer",
         TokenSwap::GitBasic => "git password",
+        TokenSwap::Token => "token",
+        TokenSwap::Header => "header",
     };
-    match &t.account {
-        Some(a) => format!("token swapped ({how}, {a})"),
-        None => format!("token swapped ({how})"),
+    match (&t.credential, &t.account) {
+        (Some(c), _) => format!("credential {c} swapped ({how})"),
+        (None, Some(a)) => format!("token swapped ({how}, {a})"),
+        (None, None) => format!("token swapped ({how})"),
     }
 }
 
@@ -588,6 +591,10 @@ pub fn replay_line(r: &Record, pod: &str) -> Option<String> {
             None => blocked_note(b),
         },
         Event::Token(t) => format!("#{} {} for {}", t.exchange, token_note(t), t.host),
+        Event::Placeholder(p) => format!(
+            "#{} PLACEHOLDER of credential {}: {}",
+            p.exchange, p.credential, p.note
+        ),
         Event::Git(g) => format!("#{} {}", g.exchange, git_note(g)),
         Event::Review(v) => format!("#{} {}", v.exchange, review_note(v)),
         Event::Gap(g) => format!("GAP: {} — {}", g.lost, g.reason),

@@ -49,6 +49,9 @@ pub enum Event {
     Review(Review),
     /// A placeholder credential was swapped for a real one (the token itself is never recorded).
     Token(Token),
+    /// A brokered credential's placeholder went where it is not swapped (another host, an
+    /// unverified connection, another presentation): it went as it is, worthless.
+    Placeholder(Placeholder),
     /// A git smart-HTTP operation was understood.
     Git(Git),
     /// One object of a git pack that was pushed or fetched.
@@ -91,6 +94,7 @@ impl Event {
             Event::Blocked(_) => "blocked",
             Event::Review(_) => "review",
             Event::Token(_) => "token",
+            Event::Placeholder(_) => "placeholder",
             Event::Git(_) => "git",
             Event::GitObject(_) => "git_object",
             Event::GitPack(_) => "git_pack",
@@ -128,6 +132,7 @@ impl Event {
             Event::Blocked(b) => b.exchange,
             Event::Review(r) => Some(r.exchange),
             Event::Token(t) => Some(t.exchange),
+            Event::Placeholder(p) => Some(p.exchange),
             Event::Git(g) => Some(g.exchange),
             Event::GitObject(o) => Some(o.exchange),
             Event::GitPack(p) => Some(p.exchange),
@@ -531,8 +536,13 @@ pub struct Review {
 pub enum TokenSwap {
     /// `Authorization: Bearer <placeholder>` → real access token.
     Bearer,
-    /// git basic-auth password placeholder → real access token.
+    /// git basic-auth password placeholder → real access token (or, for a brokered
+    /// credential, the HTTP Basic password → the Secret's value).
     GitBasic,
+    /// `Authorization: token <placeholder>` → the Secret's value.
+    Token,
+    /// The whole value of a named header (`header`) → the Secret's value.
+    Header,
 }
 
 /// `token`: never carries the token.
@@ -544,6 +554,24 @@ pub struct Token {
     /// The Google service account whose token was used, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The `spec.credentials` entry whose Secret was swapped in; absent for Workload Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The header that carried it, for swap `header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// `placeholder`: a brokered credential's placeholder sent where it is not swapped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placeholder {
+    pub exchange: ExchangeId,
+    /// The `spec.credentials` entry the placeholder stands for.
+    pub credential: String,
+    /// Where it was sent: the connection's host.
+    pub host: String,
+    /// `placeholder sent to <host>`, and why it was not swapped there.
+    pub note: String,
 }
 
 /// One ref update of a push.
