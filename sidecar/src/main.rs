@@ -172,6 +172,11 @@ pub struct RunArgs {
     /// spec.masking.fingerprintKey, mounted). Without it a key is made per pod.
     #[arg(long, env = "CASSETTE_FINGERPRINT_KEY_FILE")]
     fingerprint_key_file: Option<PathBuf>,
+    /// The brokered credentials (JSON: name, hosts, presentation, header, file, placeholder
+    /// per `spec.credentials` entry): each placeholder is swapped for its file's contents
+    /// toward the entry's hosts. The operator's injector sets it.
+    #[arg(long, env = "CASSETTE_CREDENTIALS")]
+    credentials: Option<String>,
     /// Hand identity tokens to the agent through the shim.
     #[arg(long, env = "CASSETTE_ALLOW_IDENTITY_TOKENS")]
     allow_identity_tokens: bool,
@@ -310,6 +315,11 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(identity), Some(broker::Broker::new()?))
     };
 
+    let brokered = credentials::brokered::Brokered::parse(
+        args.credentials.as_deref(),
+        credentials::brokered::RECHECK,
+    )?;
+
     // The session's policy and masking, validated as the operator validates them, and its
     // fingerprint key, which also keys the digests of bodies past maxBodyBytes.
     let fingerprint_key = match &args.fingerprint_key_file {
@@ -349,6 +359,16 @@ async fn run(args: RunArgs) -> Result<()> {
         fingerprint_key,
         started.recording.clone(),
     ));
+    // Brokered credentials' values are masked from the first record on, not from their first
+    // swap: the agent must not learn one from a recording of another exchange.
+    for entry in brokered.entries() {
+        match entry.value() {
+            Ok(value) => session.mask_secret(&entry.name, &value),
+            Err(e) => {
+                tracing::warn!(credential = %entry.name, error = %format!("{e:#}"), "a brokered credential cannot be read yet: requests that need it are refused until it can")
+            }
+        }
+    }
 
     // TLS: a fresh CA, and the bundle the agent's tools trust.
     let ca = tls::SessionCa::generate(&args.session, 10_000)?;
@@ -398,6 +418,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         placeholder: placeholder.clone(),
+        brokered,
         tokens: broker.map(|b| Arc::new(b) as Arc<dyn credentials::TokenSource>),
         sink_bucket: args
             .sink

@@ -20,6 +20,12 @@ pub struct DetectorLabels {
     pub detector: String,
 }
 
+/// A brokered credential (`spec.credentials` entry).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
+}
+
 /// Direction of recorded bytes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -40,6 +46,10 @@ pub struct Metrics {
     pub cert_cache_hits: Counter,
     pub cert_cache_misses: Counter,
     pub token_swaps: Counter,
+    /// Brokered credentials swapped in, per entry.
+    pub credential_swaps: Family<CredentialLabels, Counter>,
+    /// Requests that carried a brokered credential's placeholder where it is not swapped.
+    pub placeholder_leaks: Family<CredentialLabels, Counter>,
     pub spool_bytes: Gauge,
     pub ship_failures: Counter,
     pub recorded_records: Counter,
@@ -113,6 +123,18 @@ impl Metrics {
             "Requests whose placeholder credential was replaced by a real token",
             token_swaps.clone(),
         );
+        let credential_swaps = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credential_swaps",
+            "Brokered credentials swapped in for the agent's placeholder, per spec.credentials entry",
+            credential_swaps.clone(),
+        );
+        let placeholder_leaks = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "placeholder_leaks",
+            "Requests carrying a brokered credential's placeholder to a host, connection or presentation it is not swapped for, per entry",
+            placeholder_leaks.clone(),
+        );
         let spool_bytes = Gauge::default();
         registry.register(
             "spool_bytes",
@@ -144,6 +166,8 @@ impl Metrics {
             cert_cache_hits,
             cert_cache_misses,
             token_swaps,
+            credential_swaps,
+            placeholder_leaks,
             spool_bytes,
             ship_failures,
             recorded_records,

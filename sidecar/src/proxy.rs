@@ -24,6 +24,8 @@ pub struct Proxy {
     /// Hosts tunnelled without interception, lower case.
     pub passthrough: Vec<String>,
     pub placeholder: Placeholder,
+    /// The brokered credentials (`spec.credentials`) and their placeholders.
+    pub brokered: crate::credentials::brokered::Brokered,
     /// Real tokens for the placeholder's swap; `None` outside GKE.
     pub tokens: Option<Arc<dyn TokenSource>>,
     /// The bucket the recording ships to (`gs://BUCKET/…`), which no agent request may name.
@@ -59,6 +61,20 @@ impl Proxy {
         Arc<Proxy>,
         Arc<crate::review::Reviews>,
     ) {
+        Self::for_test_brokered(spec, overrides, tokens, Default::default())
+    }
+
+    /// [`Proxy::for_test`] with brokered credentials.
+    pub fn for_test_brokered(
+        spec: &serde_json::Value,
+        overrides: &[&str],
+        tokens: Option<Arc<dyn TokenSource>>,
+        brokered: crate::credentials::brokered::Brokered,
+    ) -> (
+        Arc<crate::record::memory::MemorySink>,
+        Arc<Proxy>,
+        Arc<crate::review::Reviews>,
+    ) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (sink, recording) = crate::record::memory::MemorySink::recording();
         let reviews = Arc::new(crate::review::Reviews::new("agent-0"));
@@ -78,6 +94,7 @@ impl Proxy {
             overrides: Overrides::parse(overrides.iter().copied()).unwrap(),
             passthrough: Vec::new(),
             placeholder: Placeholder::generate(),
+            brokered,
             tokens,
             sink_bucket: Some("acme-agent-recordings".into()),
             recording,

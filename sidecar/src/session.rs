@@ -14,8 +14,8 @@ use cassette_recording::record::{Event, SessionChange};
 use cassette_rules::mask::Masker;
 use cassette_rules::policy::Evaluator;
 use jiff::Timestamp;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// How long a held request waits when the session does not say.
@@ -62,17 +62,19 @@ impl Session {
                 .and_then(|s| s.expires_at.as_ref())
                 .map(|t| t.0),
         };
-        Self::compile(name, spec.as_ref(), expires_at, fingerprint_key, None)
+        Self::compile(name, spec.as_ref(), expires_at, fingerprint_key, None, &[])
     }
 
     /// Compile `spec` for session `name`, ending at `expires_at`; `masker`, when given, is
-    /// used instead of compiling the spec's masking (which it must be compiled from).
+    /// used instead of compiling the spec's masking (which it must be compiled from), and a
+    /// masker compiled here also masks `secrets` (brokered credentials' values) by value.
     fn compile(
         name: &str,
         spec: Option<&AgentSessionSpec>,
         expires_at: Option<Timestamp>,
         fingerprint_key: &[u8],
         masker: Option<&'static Masker>,
+        secrets: &[(String, String)],
     ) -> Result<Self> {
         let policy = spec.and_then(|s| s.policy.clone());
         let masking = spec.and_then(|s| s.masking.clone());
@@ -84,7 +86,7 @@ impl Session {
                 let m = Masker::new(masking.as_ref(), fingerprint_key).map_err(|e| {
                     anyhow::anyhow!("AgentSession {name:?} has invalid masking: {e}")
                 })?;
-                &*Box::leak(Box::new(m))
+                &*Box::leak(Box::new(m.with_secrets(secrets)))
             }
         };
         let review_timeout = match policy.as_ref().and_then(|p| p.review_timeout.as_deref()) {
@@ -126,6 +128,10 @@ pub struct Live {
     /// The highest `metadata.generation` applied (0: only what the pod started with).
     generation: AtomicI64,
     recording: Recording,
+    /// The brokered credentials' values seen so far (every version: a rotated-out value may
+    /// still turn up), masked by value. Held while the session is replaced, so that no
+    /// replacement drops one.
+    secrets: Mutex<Vec<(String, String)>>,
 }
 
 impl Live {
@@ -141,6 +147,7 @@ impl Live {
             current: watch::channel(Arc::new(session)).0,
             generation: AtomicI64::new(0),
             recording,
+            secrets: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,6 +185,9 @@ impl Live {
         if changed.is_empty() {
             return;
         }
+        let secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read again under the lock: a brokered credential may have replaced the masker.
+        let old = self.current();
         let masker = (spec.masking == old.masking).then_some(old.masker);
         let session = match Session::compile(
             &self.name,
@@ -185,6 +195,7 @@ impl Live {
             expires_at,
             &self.fingerprint_key,
             masker,
+            &secrets,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -204,6 +215,7 @@ impl Live {
 
     /// The AgentSession is gone: the session ends now.
     pub fn deleted(&self) {
+        let _secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.current();
         let now = Timestamp::now();
         if old.ended(now).is_some() {
@@ -215,6 +227,7 @@ impl Live {
             Some(now),
             &self.fingerprint_key,
             Some(old.masker),
+            &[],
         ) {
             Ok(s) => Session {
                 policy: old.policy.clone(),
@@ -234,6 +247,35 @@ impl Live {
             deleted: true,
         }));
         self.current.send_replace(Arc::new(session));
+    }
+
+    /// Mask `value`, the real value of brokered credential `name`, wherever it appears from
+    /// now on (before it is first sent upstream, so that an echo of it is masked too). A value
+    /// already masked changes nothing.
+    pub fn mask_secret(&self, name: &str, value: &str) {
+        let mut secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
+        if value.is_empty() || secrets.iter().any(|(n, v)| n == name && v == value) {
+            return;
+        }
+        secrets.push((name.to_owned(), value.to_owned()));
+        let old = self.current();
+        let masker = match Masker::new(old.masking.as_ref(), &self.fingerprint_key) {
+            Ok(m) => &*Box::leak(Box::new(m.with_secrets(&secrets))),
+            Err(e) => {
+                // The masking in force compiled before; it cannot fail now.
+                tracing::error!(error = %e, "cannot recompile the masking for a brokered credential");
+                return;
+            }
+        };
+        self.current.send_replace(Arc::new(Session {
+            evaluator: old.evaluator.clone(),
+            review_timeout: old.review_timeout,
+            masker,
+            retention: old.retention,
+            expires_at: old.expires_at,
+            policy: old.policy.clone(),
+            masking: old.masking.clone(),
+        }));
     }
 
     /// Resolves with the reason once the session ends, following every change to it. A
@@ -382,6 +424,39 @@ mod tests {
         spec["approvals"] = serde_json::json!([]);
         live.apply(&object(3, spec));
         assert_eq!(sink.kind("session_change").len(), 1);
+    }
+
+    #[test]
+    fn a_brokered_secret_stays_masked_when_the_masking_changes() {
+        use cassette_rules::mask::BodyKind;
+        let (_sink, live) = live();
+        let secret = "cht-real-value-1234";
+        let masked = |live: &Live| {
+            let (out, _) = live
+                .current()
+                .masker
+                .mask(BodyKind::Other, format!("echo {secret}").as_bytes());
+            String::from_utf8(out).unwrap()
+        };
+        assert!(masked(&live).contains(secret));
+        live.mask_secret("code", secret);
+        assert!(masked(&live).contains("«masked:credential-code:"));
+        // A new masking compiles a new masker: the brokered value is in it too.
+        let mut spec = open_spec();
+        spec["masking"] =
+            serde_json::json!({"patterns": [{"name": "internal", "regex": "acme_[a-z]{8}"}]});
+        live.apply(&object(2, spec));
+        let text = masked(&live);
+        assert!(!text.contains(secret), "{text}");
+        // And the policy in force survives a new secret.
+        let mut spec = open_spec();
+        spec["policy"] = serde_json::json!({"rules": [
+            {"name": "no-evil", "action": "deny", "match": {"host": "evil.test"}}
+        ]});
+        live.apply(&object(3, spec));
+        live.mask_secret("code", "cht-rotated-5678");
+        assert_eq!(outcome(&live, "evil.test"), Outcome::Refuse);
+        assert!(!masked(&live).contains(secret));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! Toward Google hosts only (`*.googleapis.com`, `source.developers.google.com`), a
 //! placeholder in `Authorization: Bearer …` or in a git basic-auth password is replaced by a
-//! real access token from the token broker. Other hosts and other credentials are left as the
-//! agent sent them. The real token is never logged, recorded or returned to the agent.
+//! real access token from the token broker. Other secrets ([`brokered`], `spec.credentials`)
+//! are swapped the same way toward the hosts their entry lists. Other hosts and other
+//! credentials are left as the agent sent them. The real token is never logged, recorded or
+//! returned to the agent.
+
+pub mod brokered;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;

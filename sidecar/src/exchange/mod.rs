@@ -7,7 +7,8 @@
 //! 4. [`body`] reads the few bodies a decision depends on (a batch's parts, a code host's
 //!    ref change, a Cloud Storage gRPC call's first message); [`bucket`] keeps the agent off the recordings bucket; [`policy`] decides, holding the request for [`review`] when a rule says so;
 //!    [`upgrade`] lets only WebSocket follow the request;
-//! 5. [`credentials`]: the placeholder is swapped for a real token toward verified Google hosts;
+//! 5. [`credentials`]: placeholders are swapped for real credentials toward verified hosts —
+//!    a token toward Google, a brokered credential toward its entry's hosts;
 //! 6. [`forward`]: the request goes upstream;
 //! 7. [`response`]: the response head is recorded, the body recorded (masked) as it streams
 //!    back, and `exchange_end` written when it ends.

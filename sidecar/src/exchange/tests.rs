@@ -33,6 +33,7 @@ struct Seen {
     method: String,
     path: String,
     authorization: Option<String>,
+    headers: http::HeaderMap,
     body: Bytes,
 }
 
@@ -58,6 +59,7 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                         .headers()
                         .get("authorization")
                         .map(|v| v.to_str().unwrap().to_string());
+                    let headers = req.headers().clone();
                     let body = req.into_body().collect().await?.to_bytes();
                     let (status, text) = answer(&path);
                     let trailers = path == "/trailers";
@@ -66,6 +68,7 @@ async fn upstream(answer: fn(&str) -> (u16, String)) -> (SocketAddr, Arc<Mutex<V
                         method,
                         path,
                         authorization,
+                        headers,
                         body,
                     });
                     let body = if trailers {
@@ -1451,4 +1454,336 @@ async fn onfailure_closed_cuts_a_download_before_bytes_it_cannot_record() {
     .await;
     let read = response.into_body().collect().await;
     assert!(read.is_err(), "the agent's download was cut, not completed");
+}
+
+/// A code host's token that no built-in detector knows by its shape: only its registration
+/// as a brokered credential masks it.
+const CODE_HOST_TOKEN: &str = "cht-7f3a9b2c1d4e5f60718293a4b5c6d7e8";
+const CODE_HOST_PLACEHOLDER: &str = "cassette-placeholder-code-00112233445566778899aabbccddeeff";
+
+/// An upstream that echoes the real token back, as some APIs do with what they were sent.
+fn echo_token(_: &str) -> (u16, String) {
+    (200, format!("{{\"you-sent\": \"{CODE_HOST_TOKEN}\"}}"))
+}
+
+/// The Secret file of the `code` credential, written the way the kubelet writes it.
+fn secret_file(dir: &std::path::Path, value: &str) {
+    let tmp = dir.join("..tmp");
+    std::fs::write(&tmp, value).unwrap();
+    std::fs::rename(&tmp, dir.join("value")).unwrap();
+}
+
+fn code_table(dir: &std::path::Path, presentation: &str, header: Option<&str>) -> String {
+    let mut entry = json!({
+        "name": "code",
+        "hosts": ["api.code.test", "*.code.test"],
+        "presentation": presentation,
+        "file": dir.join("value").to_str().unwrap(),
+        "placeholder": CODE_HOST_PLACEHOLDER,
+    });
+    if let Some(h) = header {
+        entry["header"] = json!(h);
+    }
+    json!([entry]).to_string()
+}
+
+impl Pod {
+    /// One agent connection to `host` with the brokered credentials of `table`; reached
+    /// through an override when `upstream` is given, else as plain HTTP to `host` itself.
+    fn brokered(host: &str, upstream: SocketAddr, table: &str, override_it: bool) -> Self {
+        let brokered =
+            crate::credentials::brokered::Brokered::parse(Some(table), Duration::ZERO).unwrap();
+        let overrides = [format!("{host}=http://{upstream}")];
+        let overrides: Vec<&str> = if override_it {
+            overrides.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        let (sink, proxy, reviews) =
+            Proxy::for_test_brokered(&no_policy(), &overrides, None, brokered);
+        let route = Route {
+            host: Some(host.to_string()),
+            dst: upstream,
+            endpoint: proxy.overrides.get(host).cloned(),
+        };
+        let peer = "10.0.0.5:40000".parse().unwrap();
+        let scheme = if override_it { "https" } else { "http" };
+        let ctx = Arc::new(ConnCtx::new(proxy.clone(), 7, peer, route, scheme, None));
+        Self {
+            sink,
+            proxy,
+            ctx,
+            reviews,
+        }
+    }
+
+    fn counter(&self, leaks: bool) -> u64 {
+        let labels = crate::metrics::CredentialLabels {
+            credential: "code".into(),
+        };
+        let m = self.proxy.metrics();
+        let family = if leaks {
+            &m.placeholder_leaks
+        } else {
+            &m.credential_swaps
+        };
+        family.get_or_create(&labels).get()
+    }
+}
+
+fn with_header(mut req: Request<Body>, name: &str, value: &str) -> Request<Body> {
+    req.headers_mut().append(
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        value.parse().unwrap(),
+    );
+    req
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn a_brokered_credential_is_swapped_toward_its_hosts_in_its_presentation() {
+    let cases = [
+        (
+            "Bearer",
+            None,
+            "authorization",
+            format!("Bearer {CODE_HOST_PLACEHOLDER}"),
+            format!("Bearer {CODE_HOST_TOKEN}"),
+            "bearer",
+        ),
+        (
+            "Token",
+            None,
+            "authorization",
+            format!("token {CODE_HOST_PLACEHOLDER}"),
+            format!("token {CODE_HOST_TOKEN}"),
+            "token",
+        ),
+        (
+            "Basic",
+            None,
+            "authorization",
+            basic("x-access-token", CODE_HOST_PLACEHOLDER),
+            basic("x-access-token", CODE_HOST_TOKEN),
+            "git-basic",
+        ),
+        (
+            "Header",
+            Some("PRIVATE-TOKEN"),
+            "private-token",
+            CODE_HOST_PLACEHOLDER.to_string(),
+            CODE_HOST_TOKEN.to_string(),
+            "header",
+        ),
+    ];
+    for (presentation, header, name, sent, wanted, swap) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        secret_file(dir.path(), &format!("{CODE_HOST_TOKEN}\n"));
+        let (addr, seen) = upstream(echo_token).await;
+        for host in ["api.code.test", "git.code.test"] {
+            let table = code_table(dir.path(), presentation, header);
+            let pod = Pod::brokered(host, addr, &table, true);
+            let (status, body) = pod
+                .send(with_header(request("GET", "/user", ""), name, &sent))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{presentation}");
+            // The agent gets the response as the upstream sent it.
+            assert!(body.contains(CODE_HOST_TOKEN), "{presentation}: {body}");
+            let got = seen.lock().unwrap().last().unwrap().headers.clone();
+            assert_eq!(got.get_all(name).iter().count(), 1, "{presentation}");
+            assert_eq!(got[name], wanted.as_str(), "{presentation} to {host}");
+            let token = &pod.sink.kind("token")[0];
+            assert_eq!(
+                (&token["credential"], &token["host"], &token["swap"]),
+                (&json!("code"), &json!(host), &json!(swap)),
+                "{presentation}"
+            );
+            assert_eq!(token["header"], json!(header.map(str::to_ascii_lowercase)));
+            assert!(pod.sink.kind("placeholder").is_empty(), "{presentation}");
+            assert_eq!((pod.counter(false), pod.counter(true)), (1, 0));
+            // The real value is in no record, the echo included: it is masked by value.
+            let everything = serde_json::to_string(&pod.sink.json()).unwrap();
+            assert!(
+                !everything.contains(CODE_HOST_TOKEN),
+                "{presentation}: {everything}"
+            );
+            assert!(
+                everything.contains("«masked:credential-code:"),
+                "{everything}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_placeholder_sent_elsewhere_goes_as_it_is_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), CODE_HOST_TOKEN);
+    let (addr, seen) = upstream(echo).await;
+    let bearer = format!("Bearer {CODE_HOST_PLACEHOLDER}");
+    let cases = [
+        // Not one of the entry's hosts (nor under its one-label wildcard).
+        (
+            "collector.evil.test",
+            "authorization",
+            bearer.clone(),
+            "placeholder sent to collector.evil.test: not one of credential code's hosts",
+        ),
+        (
+            "a.b.code.test",
+            "authorization",
+            bearer.clone(),
+            "placeholder sent to a.b.code.test: not one of credential code's hosts",
+        ),
+        // The entry's host, but not in its presentation.
+        (
+            "api.code.test",
+            "authorization",
+            format!("token {CODE_HOST_PLACEHOLDER}"),
+            "placeholder sent to api.code.test: it was not presented as Authorization: Bearer",
+        ),
+        (
+            "api.code.test",
+            "x-exfil",
+            CODE_HOST_PLACEHOLDER.to_string(),
+            "placeholder sent to api.code.test: it was in the x-exfil header",
+        ),
+    ];
+    for (host, name, value, note) in cases {
+        let pod = Pod::brokered(host, addr, &code_table(dir.path(), "Bearer", None), true);
+        let (status, _) = pod
+            .send(with_header(request("GET", "/", ""), name, &value))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let got = seen.lock().unwrap().last().unwrap().headers.clone();
+        assert_eq!(got[name], value.as_str(), "it went as it was");
+        assert!(pod.sink.kind("token").is_empty(), "{host}");
+        let recorded = pod.sink.kind("placeholder");
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0]["credential"], "code");
+        assert_eq!(recorded[0]["host"], host);
+        let text = recorded[0]["note"].as_str().unwrap();
+        assert!(text.starts_with(note), "{text}");
+        assert_eq!((pod.counter(false), pod.counter(true)), (0, 1));
+        let everything = serde_json::to_string(&pod.sink.json()).unwrap();
+        assert!(!everything.contains(CODE_HOST_TOKEN));
+    }
+    // In the request target.
+    let pod = Pod::brokered(
+        "api.code.test",
+        addr,
+        &code_table(dir.path(), "Bearer", None),
+        true,
+    );
+    let uri = format!("/search?q={CODE_HOST_PLACEHOLDER}");
+    pod.send(request("GET", &uri, "")).await;
+    let recorded = pod.sink.kind("placeholder");
+    assert_eq!(
+        recorded[0]["note"],
+        "placeholder sent to api.code.test: it was in the request target"
+    );
+}
+
+#[tokio::test]
+async fn no_brokered_credential_goes_over_a_connection_whose_tls_was_not_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), CODE_HOST_TOKEN);
+    let (addr, seen) = upstream(echo).await;
+    // Plain HTTP to the entry's host: no override, no TLS.
+    let pod = Pod::brokered(
+        "api.code.test",
+        addr,
+        &code_table(dir.path(), "Bearer", None),
+        false,
+    );
+    pod.send(with_header(
+        request("GET", "/", ""),
+        "authorization",
+        &format!("Bearer {CODE_HOST_PLACEHOLDER}"),
+    ))
+    .await;
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.authorization.as_deref() != Some(&format!("Bearer {CODE_HOST_TOKEN}"))),
+        "the real value never went"
+    );
+    assert!(pod.sink.kind("token").is_empty());
+    let recorded = pod.sink.kind("placeholder");
+    assert_eq!(
+        recorded[0]["note"],
+        "placeholder sent to api.code.test: the connection is plain HTTP, not TLS verified for the host"
+    );
+    assert_eq!((pod.counter(false), pod.counter(true)), (0, 1));
+}
+
+#[tokio::test]
+async fn a_rotated_secret_is_swapped_in_without_a_restart_and_neither_value_recorded() {
+    const ROTATED: &str = "cht-0aa1bb2cc3dd4ee5ff60718293a4b5c6";
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), CODE_HOST_TOKEN);
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::brokered(
+        "api.code.test",
+        addr,
+        &code_table(dir.path(), "Bearer", None),
+        true,
+    );
+    let send = || {
+        pod.send(with_header(
+            request("GET", "/", ""),
+            "authorization",
+            &format!("Bearer {CODE_HOST_PLACEHOLDER}"),
+        ))
+    };
+    send().await;
+    secret_file(dir.path(), ROTATED);
+    send().await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.iter()
+            .map(|s| s.authorization.clone().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            format!("Bearer {CODE_HOST_TOKEN}"),
+            format!("Bearer {ROTATED}")
+        ]
+    );
+    assert_eq!(pod.counter(false), 2);
+    let everything = serde_json::to_string(&pod.sink.json()).unwrap();
+    assert!(!everything.contains(CODE_HOST_TOKEN) && !everything.contains(ROTATED));
+}
+
+#[tokio::test]
+async fn a_brokered_credential_that_cannot_be_read_refuses_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, seen) = upstream(echo).await;
+    let pod = Pod::brokered(
+        "api.code.test",
+        addr,
+        &code_table(dir.path(), "Bearer", None),
+        true,
+    );
+    let (status, body) = pod
+        .send(with_header(
+            request("GET", "/", ""),
+            "authorization",
+            &format!("Bearer {CODE_HOST_PLACEHOLDER}"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains("credential code for api.code.test could not be read"),
+        "{body}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(pod.sink.kind("blocked")[0]["reason"], "credentials");
 }
