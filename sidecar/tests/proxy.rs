@@ -621,6 +621,136 @@ async fn the_agent_holds_a_placeholder_and_google_gets_the_real_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokered_credentials_reach_their_hosts_only_and_rotate_without_a_restart() {
+    const FIRST: &str = "cht-first-0123456789abcdef0123456789";
+    const ROTATED: &str = "cht-rotated-fedcba98765432109876543";
+    const API: &str = "cassette-placeholder-code-api-00112233445566778899aabbccddeeff";
+    const GIT: &str = "cassette-placeholder-code-git-ffeeddccbbaa99887766554433221100";
+    install_provider();
+    let ca = TestCa::new();
+    let seen: Seen = Default::default();
+    let api = upstream(&ca, &["api.code.test"], seen.clone()).await;
+    let git = upstream(&ca, &["code.test"], seen.clone()).await;
+    let other = upstream(&ca, &["example.test"], seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    write(&ca_file, &ca.pem);
+    // The Secret's key, as the kubelet writes it: a new file renamed over the old one.
+    let secret = dir.path().join("value");
+    let rotate = |value: &str| {
+        let tmp = dir.path().join("..tmp");
+        write(&tmp, value);
+        std::fs::rename(&tmp, &secret).unwrap();
+    };
+    rotate(&format!("{FIRST}\n"));
+    let table = serde_json::json!([
+        {"name": "code-api", "hosts": ["api.code.test"], "presentation": "Bearer",
+         "file": secret.to_str().unwrap(), "placeholder": API},
+        {"name": "code-git", "hosts": ["code.test"], "presentation": "Basic",
+         "file": secret.to_str().unwrap(), "placeholder": GIT},
+    ]);
+    let sidecar = Sidecar::start(
+        &[
+            format!("--upstream-ca={}", ca_file.display()),
+            format!("--credentials={table}"),
+            format!(
+                "--upstream-override=api.code.test=https://127.0.0.1:{}",
+                api.port()
+            ),
+            format!(
+                "--upstream-override=code.test=https://127.0.0.1:{}",
+                git.port()
+            ),
+            format!(
+                "--upstream-override=example.test=https://127.0.0.1:{}",
+                other.port()
+            ),
+        ],
+        None,
+    );
+
+    let bearer = format!("Authorization: Bearer {API}");
+    sidecar.curl(&["-H", &bearer, "https://api.code.test/user"]);
+    sidecar.curl(&[
+        "-u",
+        &format!("x-access-token:{GIT}"),
+        "https://code.test/o/r.git/info/refs",
+    ]);
+    sidecar.curl(&["-H", &bearer, "https://example.test/collect"]);
+    rotate(ROTATED);
+    // The sidecar looks at the file again after its recheck interval.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sidecar.curl(&["-H", &bearer, "https://api.code.test/user"]);
+
+    let seen = seen.lock().unwrap().clone();
+    let auth: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{FIRST}"));
+    assert_eq!(
+        auth,
+        [
+            format!("Bearer {FIRST}").as_str(),
+            format!("Basic {basic}").as_str(),
+            format!("Bearer {API}").as_str(),
+            format!("Bearer {ROTATED}").as_str(),
+        ],
+        "the real value toward the entries' hosts, the placeholder elsewhere, the rotated value after rotation"
+    );
+    let metrics = Command::new("curl")
+        .args([
+            "-sS",
+            &format!("http://127.0.0.1:{}/metrics", sidecar.admin),
+        ])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(
+        metrics.contains(r#"cassette_sidecar_credential_swaps_total{credential="code-api"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"cassette_sidecar_placeholder_leaks_total{credential="code-api"} 1"#),
+        "{metrics}"
+    );
+
+    let (records, verified) = sidecar.stop().await;
+    assert!(verified);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains(FIRST) && !text.contains(ROTATED),
+        "no real value is recorded"
+    );
+    let tokens = kinds(&records, "token");
+    let swapped: Vec<(&str, &str, &str)> = tokens
+        .iter()
+        .map(|t| {
+            (
+                t["credential"].as_str().unwrap(),
+                t["host"].as_str().unwrap(),
+                t["swap"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        swapped,
+        [
+            ("code-api", "api.code.test", "bearer"),
+            ("code-git", "code.test", "git-basic"),
+            ("code-api", "api.code.test", "bearer"),
+        ]
+    );
+    let leaks = kinds(&records, "placeholder");
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert_eq!(leaks[0]["credential"], "code-api");
+    assert!(
+        leaks[0]["note"].as_str().unwrap().starts_with(
+            "placeholder sent to example.test: not one of credential code-api's hosts"
+        ),
+        "{leaks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_refuses_the_metadata_server_loopback_and_link_local() {
     install_provider();
     let sidecar = Sidecar::start(&[], None);
