@@ -660,4 +660,34 @@ mod tests {
             response.result.message
         );
     }
+
+    #[test]
+    fn the_validating_hook_refuses_a_credential_for_a_google_host_naming_the_field() {
+        let with = |hosts: Value| {
+            let mut s = session(json!("90d"));
+            s["spec"]["credentials"] = json!([{
+                "name": "github", "hosts": hosts, "secretRef": {"name": "gh", "key": "token"},
+                "presentation": "Bearer", "env": "GITHUB_TOKEN"
+            }]);
+            s
+        };
+        let (response, verdict) = update(
+            with(json!(["api.github.com"])),
+            with(json!(["api.github.com"])),
+        );
+        assert!(response.allowed && matches!(verdict, Verdict::Allowed));
+        let (response, verdict) = update(
+            with(json!(["api.github.com"])),
+            with(json!(["api.github.com", "*.googleapis.com"])),
+        );
+        assert!(!response.allowed && matches!(verdict, Verdict::Denied));
+        assert!(
+            response
+                .result
+                .message
+                .contains("spec.credentials[0].hosts[1]: \"*.googleapis.com\" is a Google host"),
+            "{}",
+            response.result.message
+        );
+    }
 }
