@@ -100,7 +100,9 @@ pub struct AgentSessionSpec {
     /// (code-host tokens, API keys). The agent's containers get a placeholder in the entry's
     /// environment variable; the sidecar swaps it for the Secret's value only toward the
     /// entry's hosts, over TLS verified for them, in the entry's presentation. Google hosts
-    /// are not listed here: the sidecar's Workload Identity covers them.
+    /// are not listed here: the sidecar's Workload Identity covers them. Read when a pod is
+    /// created: a change reaches the pods created after it (a rotated Secret reaches running
+    /// pods too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(

@@ -111,7 +111,7 @@ impl Carrier {
         }
     }
 
-    /// How it is named in records: `bearer`, `token`, `basic`, or the header's name.
+    /// How it is named in the notes of records: `Authorization: Bearer`, …, `<header> header`.
     pub fn describe(&self) -> String {
         match self {
             Carrier::Bearer => "Authorization: Bearer".into(),
