@@ -161,6 +161,65 @@ pub fn mentions(value: &str, placeholder: &str) -> bool {
         })
 }
 
+/// Finds placeholders in bytes fed a chunk at a time (a request body), across the chunks'
+/// boundaries; each placeholder is reported once, where it is first seen.
+pub struct PlaceholderScan {
+    finder: aho_corasick::AhoCorasick,
+    /// The longest placeholder, less one byte: what of the last chunk a match may start in.
+    keep: usize,
+    carry: Vec<u8>,
+    found: Vec<bool>,
+}
+
+impl PlaceholderScan {
+    /// A scan for `placeholders`; `None` when there are none.
+    pub fn new(placeholders: &[&str]) -> Option<Self> {
+        let longest = placeholders.iter().map(|p| p.len()).max()?;
+        if longest == 0 {
+            return None;
+        }
+        let finder = aho_corasick::AhoCorasick::new(placeholders).ok()?;
+        Some(Self {
+            finder,
+            keep: longest - 1,
+            carry: Vec::new(),
+            found: vec![false; placeholders.len()],
+        })
+    }
+
+    /// The indices (into the placeholders given) first seen with this chunk.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<usize> {
+        let mut new = Vec::new();
+        let mut look = |bytes: &[u8], found: &mut Vec<bool>| {
+            for m in self.finder.find_overlapping_iter(bytes) {
+                let i = m.pattern().as_usize();
+                if !found[i] {
+                    found[i] = true;
+                    new.push(i);
+                }
+            }
+        };
+        // A placeholder that straddles the boundary: the carried tail and the chunk's head.
+        let mut joint = std::mem::take(&mut self.carry);
+        let tail_start = joint.len();
+        joint.extend_from_slice(&chunk[..chunk.len().min(self.keep)]);
+        if tail_start > 0 {
+            look(&joint, &mut self.found);
+        }
+        look(chunk, &mut self.found);
+        self.carry = if chunk.len() >= self.keep {
+            chunk[chunk.len() - self.keep..].to_vec()
+        } else {
+            joint.truncate(tail_start);
+            joint.extend_from_slice(chunk);
+            let excess = joint.len().saturating_sub(self.keep);
+            joint.drain(..excess);
+            joint
+        };
+        new
+    }
+}
+
 /// The user and password of Basic credentials (`base64(user:password)`).
 fn basic_credentials(b64: &str) -> Option<(String, String)> {
     let decoded = String::from_utf8(BASE64.decode(b64).ok()?).ok()?;
@@ -371,6 +430,25 @@ mod tests {
         ));
         assert!(!mentions("Bearer ghp_other", P));
         assert!(!mentions(&format!("Basic {}", BASE64.encode("u:pw")), P));
+    }
+
+    #[test]
+    fn a_placeholder_is_found_in_a_body_however_it_is_split() {
+        let other = "cassette-placeholder-gitlab-ffeeddccbbaa99887766554433221100";
+        let body = format!("{{\"a\": \"{P}\", \"b\": \"{P}\", \"c\": \"{other}\"}}");
+        for size in [1, 2, 7, 40, 61, 62, 1000] {
+            let mut scan = PlaceholderScan::new(&[P, other]).unwrap();
+            let mut found = Vec::new();
+            for chunk in body.as_bytes().chunks(size) {
+                found.extend(scan.feed(chunk));
+            }
+            assert_eq!(found, [0, 1], "chunks of {size}");
+        }
+        let mut scan = PlaceholderScan::new(&[P]).unwrap();
+        assert!(scan.feed(b"cassette-placeholder-github-0011").is_empty());
+        assert!(scan.feed(b"nothing here").is_empty());
+        assert!(scan.feed(b"2233445566778899aabbccddeeff").is_empty());
+        assert!(PlaceholderScan::new(&[]).is_none());
     }
 
     #[test]

@@ -44,14 +44,65 @@ pub fn request(
             None => recorder,
         }
     };
-    Tap::new(
+    let mut tap = Tap::new(
         body,
         recorder,
         proxy.clone(),
         ex.ledger.clone(),
         Side::Request,
-    )
-    .boxed()
+    );
+    tap.placeholders = PlaceholderWatch::new(conn, ex);
+    tap.boxed()
+}
+
+/// The brokered placeholders looked for in a request body, which the sidecar never swaps: one
+/// found there goes as it is and is recorded (the credentials stage does headers and target).
+/// The bytes are looked at as sent: a compressed body's placeholder is not seen.
+pub struct PlaceholderWatch {
+    scan: cassette_rules::credential::PlaceholderScan,
+    names: Vec<String>,
+    exchange: u64,
+    host: String,
+}
+
+impl PlaceholderWatch {
+    fn new(conn: &ConnCtx, ex: &Exchange) -> Option<Self> {
+        let entries = conn.proxy.brokered.entries();
+        let placeholders: Vec<&str> = entries.iter().map(|e| e.placeholder.as_str()).collect();
+        Some(Self {
+            scan: cassette_rules::credential::PlaceholderScan::new(&placeholders)?,
+            names: entries.iter().map(|e| e.name.clone()).collect(),
+            exchange: ex.id,
+            host: conn.route.display_host(),
+        })
+    }
+
+    fn feed(&mut self, proxy: &Proxy, chunk: &[u8]) {
+        for i in self.scan.feed(chunk) {
+            let credential = self.names[i].clone();
+            proxy
+                .metrics()
+                .placeholder_leaks
+                .get_or_create(&crate::metrics::CredentialLabels {
+                    credential: credential.clone(),
+                })
+                .inc();
+            tracing::warn!(%credential, host = %self.host, "a brokered credential's placeholder went in a request body");
+            proxy
+                .recording
+                .emit(cassette_recording::record::Event::Placeholder(
+                    cassette_recording::record::Placeholder {
+                        exchange: self.exchange,
+                        credential,
+                        host: self.host.clone(),
+                        note: format!(
+                            "placeholder sent to {}: it was in the request body",
+                            self.host
+                        ),
+                    },
+                ));
+        }
+    }
 }
 
 /// Which body a tap records.
@@ -71,6 +122,8 @@ pub struct Tap {
     side: Side,
     bytes: u64,
     done: bool,
+    /// Request bodies only, when the pod has brokered credentials.
+    placeholders: Option<PlaceholderWatch>,
 }
 
 impl Tap {
@@ -89,6 +142,7 @@ impl Tap {
             side,
             bytes: 0,
             done: false,
+            placeholders: None,
         }
     }
 
@@ -173,6 +227,9 @@ impl HttpBody for Tap {
                         return Poll::Ready(Some(Err(this.cut(&why).into())));
                     }
                     this.bytes += data.len() as u64;
+                    if let Some(watch) = this.placeholders.as_mut() {
+                        watch.feed(&this.proxy, data);
+                    }
                     if let Side::Request = this.side {
                         this.ledger.add_bytes_up(data.len() as u64);
                     }

