@@ -185,7 +185,7 @@ impl NodeInfo {
             return Ok(());
         }
         let out = self
-            .ctr()
+            .ctr_within("10m")
             .args(["images", "import"])
             .arg(archive)
             .output()
@@ -219,13 +219,17 @@ impl NodeInfo {
 
     /// `ctr` against the node's containerd, in its `k8s.io` namespace.
     pub fn ctr(&self) -> Command {
+        self.ctr_within("30s")
+    }
+
+    /// `ctr` that gives containerd `timeout` (Go's duration syntax) to answer: unpacking a
+    /// large image's layers on two busy cores takes longer than other calls.
+    fn ctr_within(&self, timeout: &str) -> Command {
         let mut command = Command::new("ctr");
-        command.arg("--address").arg(&self.containerd_socket).args([
-            "-n",
-            "k8s.io",
-            "--timeout",
-            "30s",
-        ]);
+        command
+            .arg("--address")
+            .arg(&self.containerd_socket)
+            .args(["-n", "k8s.io", "--timeout", timeout]);
         command
     }
 
