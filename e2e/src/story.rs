@@ -154,6 +154,11 @@ impl World {
         })
     }
 
+    /// The coding agent's image, as the node's containerd knows it.
+    pub fn agent_image(&self) -> &str {
+        &self.agent_image
+    }
+
     /// The node the story runs on.
     pub fn node(&self) -> &NodeInfo {
         self.node
