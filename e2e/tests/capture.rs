@@ -820,6 +820,17 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
         );
     }
 
+    let first_up = kinds(&records, "stream")
+        .into_iter()
+        .find(|s| s["conn"] == tunnel["conn"] && s["direction"] == "up" && s["offset"] == 0)
+        .context("the tunnel's first bytes are not recorded")?;
+    assert!(
+        first_up["base64"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("Fg")),
+        "the tunnel's first bytes are the ClientHello (a TLS handshake record): {first_up}"
+    );
+
     // The recording, both recorder runs, verifies.
     let verify = world.cassette(&["verify", SESSION])?;
     println!("{}", said(&verify));
