@@ -72,6 +72,10 @@ struct UpstreamsArgs {
     /// The real access token the metadata server hands out and the Google hosts require.
     #[arg(long)]
     token: String,
+    /// The code host's token: when given, git.test and api.git.test answer 401 without it, as a
+    /// private repository on a code host does.
+    #[arg(long, env = "CASSETTE_E2E_CODE_HOST_TOKEN")]
+    code_host_token: Option<String>,
     /// Append one JSON line per request here.
     #[arg(long)]
     log: PathBuf,
@@ -99,6 +103,7 @@ fn upstreams(args: UpstreamsArgs) -> Result<()> {
         gcs_backend: args.gcs_backend,
         pubsub_backend: args.pubsub_backend,
         token: args.token,
+        code_host_token: args.code_host_token,
         log: args.log,
         ready_file: args.ready_file,
     };

@@ -124,6 +124,9 @@ pub struct UpstreamsConfig {
     pub gcs_backend: Option<String>,
     /// `http://host:port` of the Pub/Sub emulator (see [`crate::emulators::PubsubEmulator`]).
     pub pubsub_backend: Option<String>,
+    /// The code host's token, which git.test and api.git.test then require (as a private
+    /// repository's host does); none: they take anyone.
+    pub code_host_token: Option<String>,
 }
 
 impl UpstreamsConfig {
@@ -134,6 +137,7 @@ impl UpstreamsConfig {
             token: random_token(),
             gcs_backend: None,
             pubsub_backend: None,
+            code_host_token: None,
         }
     }
 }
@@ -211,6 +215,9 @@ impl Upstreams {
             .arg(upstreams.log_path())
             .arg("--ready-file")
             .arg(&ready);
+        if let Some(token) = &config.code_host_token {
+            command.env("CASSETTE_E2E_CODE_HOST_TOKEN", token);
+        }
         if let Some(gcs) = &config.gcs_backend {
             command.arg("--gcs-backend").arg(gcs);
         }

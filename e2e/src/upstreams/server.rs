@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub pubsub_backend: Option<String>,
     /// The real access token: handed out by the metadata server, required by the Google hosts.
     pub token: String,
+    /// The code host's token, which git.test and api.git.test then require.
+    pub code_host_token: Option<String>,
     /// The request log, appended to.
     pub log: PathBuf,
     /// Created once every listener is bound.
@@ -88,6 +90,7 @@ pub(crate) struct ConnInfo {
 
 struct State {
     token: String,
+    code_host_token: Option<String>,
     git_root: PathBuf,
     metadata: metadata::Metadata,
     gcs: Option<proxy::Backend>,
@@ -126,6 +129,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let state = Arc::new(State {
         metadata: metadata::Metadata::new(config.token.clone()),
         token: config.token.clone(),
+        code_host_token: config.code_host_token.clone(),
         git_root: config.git_root.clone(),
         pulls: pulls::Pulls::default(),
         gcs,
@@ -338,14 +342,29 @@ async fn route(
                 "pubsub.googleapis.com" => {
                     google_api(state, state.pubsub.as_ref(), "--pubsub-backend", request).await
                 }
-                "api.git.test" => state.pulls.respond(request, &state.git_root).await,
+                "api.git.test" => {
+                    if let Some(token) = &state.code_host_token
+                        && !api_credential_ok(&request, token)
+                    {
+                        return Ok(bad_credentials());
+                    }
+                    state.pulls.respond(request, &state.git_root).await
+                }
                 "source.developers.google.com" => {
                     if !git_credential_ok(&request, &state.token) {
                         return Ok(git_unauthorized(&host));
                     }
                     git::serve(request, &state.git_root, info).await
                 }
-                _ => git::serve(request, &state.git_root, info).await,
+                _ => {
+                    if let Some(token) = &state.code_host_token
+                        && host == "git.test"
+                        && !git_credential_ok(&request, token)
+                    {
+                        return Ok(git_unauthorized(&host));
+                    }
+                    git::serve(request, &state.git_root, info).await
+                }
             }
         }
     }
@@ -431,6 +450,25 @@ fn git_credential_ok<B>(request: &Request<B>, token: &str) -> bool {
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|pair| pair.split_once(':').map(|(_, p)| p == token))
         .unwrap_or(false)
+}
+
+/// A code host's REST API takes its token as `Bearer` or `token` (GitHub takes both).
+fn api_credential_ok<B>(request: &Request<B>, token: &str) -> bool {
+    header_text(request, AUTHORIZATION).is_some_and(|value| {
+        value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("token "))
+            == Some(token)
+    })
+}
+
+/// GitHub's answer to a missing or wrong token.
+fn bad_credentials() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(full(r#"{"message":"Bad credentials","status":"401"}"#))
+        .expect("static response parts are valid")
 }
 
 fn git_unauthorized(host: &str) -> Response<Body> {
@@ -547,6 +585,17 @@ mod tests {
             "ya29.real"
         ));
         assert!(!git_credential_ok(&request("Basic !!"), "ya29.real"));
+    }
+
+    #[test]
+    fn the_code_hosts_api_takes_its_token_as_bearer_or_token() {
+        assert!(api_credential_ok(&request("Bearer ghp_real"), "ghp_real"));
+        assert!(api_credential_ok(&request("token ghp_real"), "ghp_real"));
+        assert!(!api_credential_ok(&request("Bearer ghp_fake"), "ghp_real"));
+        assert!(!api_credential_ok(
+            &request("Basic Z2l0OmdocF9yZWFs"),
+            "ghp_real"
+        ));
     }
 
     #[test]
