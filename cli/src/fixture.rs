@@ -168,6 +168,7 @@ pub async fn write() -> Fixture {
         account: Some("agent@proj.iam.gserviceaccount.com".into()),
         credential: None,
         header: None,
+        value: None,
     }))
     .await;
     r(Event::Response(Response {

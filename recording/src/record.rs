@@ -560,6 +560,10 @@ pub struct Token {
     /// The header that carried it, for swap `header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// The brokered value swapped in, masked (`«masked:credential-<entry>:<fingerprint>»`), so
+    /// `search` proves which exchanges used a given secret; absent for Workload Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// `placeholder`: a brokered credential's placeholder sent where it is not swapped.

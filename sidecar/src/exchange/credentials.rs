@@ -13,6 +13,7 @@ use crate::refusal::{Cause, Refusal};
 use crate::upstream::Upstream;
 use cassette_recording::record::{Event, Placeholder, Token, TokenSwap};
 use cassette_rules::credential::{Carrier, mentions};
+use cassette_rules::mask::CREDENTIAL_DETECTOR_PREFIX;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 /// Swap the placeholders where it is allowed; a swap that cannot get its credential is
@@ -60,6 +61,7 @@ async fn workload_identity(
                 account: proxy.recording.account(),
                 credential: None,
                 header: None,
+                value: None,
             }));
             Ok(())
         }
@@ -96,6 +98,7 @@ fn brokered(
     // Why the placeholder went as it is, the first reason found.
     let mut stray: Option<String> = None;
     let mut swapped_at: Option<String> = None;
+    let mut fingerprint: Option<String> = None;
     let names: Vec<_> = headers.keys().cloned().collect();
     for name in names {
         let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
@@ -155,6 +158,13 @@ fn brokered(
                     real.set_sensitive(true);
                     out.push(real);
                     swapped_at = Some(host.to_owned());
+                    fingerprint = Some(
+                        proxy
+                            .session
+                            .current()
+                            .masker
+                            .fingerprint(secret.as_bytes()),
+                    );
                 }
                 None => {
                     if holds(&value) {
@@ -202,6 +212,12 @@ fn brokered(
                 Carrier::Header(h) => Some(h.clone()),
                 _ => None,
             },
+            value: fingerprint.map(|fp| {
+                cassette_rules::mask::mask_text(
+                    &format!("{CREDENTIAL_DETECTOR_PREFIX}{}", entry.name),
+                    &fp,
+                )
+            }),
         }));
     }
     if let Some(why) = stray {

@@ -1618,6 +1618,14 @@ async fn a_brokered_credential_is_swapped_toward_its_hosts_in_its_presentation()
                 everything.contains("«masked:credential-code:"),
                 "{everything}"
             );
+            // The token record names the value by its mask, the same one the masker gave it
+            // where it appeared (the echo), so search finds the exchange that used it.
+            let value = token["value"].as_str().unwrap_or_default();
+            assert!(
+                value.starts_with("«masked:credential-code:")
+                    && everything.matches(value).count() >= 2,
+                "{presentation}: {token}\n{everything}"
+            );
         }
     }
 }
