@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 
 use cassette_recording::Record;
 use cassette_recording::record::{
-    Blocked, Decision, Direction, Event, ExchangeEnd, Git, Review, ReviewState, Token, TokenSwap,
+    Blocked, Decision, Direction, Event, ExchangeEnd, Git, Placeholder, Review, ReviewState, Token,
+    TokenSwap,
 };
 
 use crate::search::masks_in;
@@ -184,10 +185,17 @@ fn blocked_note(b: &Blocked) -> String {
     }
 }
 
+/// A brokered placeholder sent where it is not swapped: what an auditor looks for when an
+/// agent was talked into sending its credential elsewhere.
+fn placeholder_note(p: &Placeholder) -> String {
+    format!("PLACEHOLDER of credential {}: {}", p.credential, p.note)
+}
+
 /// What else happened in an exchange, for the table's last column.
 pub fn notes(x: &Exchange) -> Vec<String> {
     let mut out: Vec<String> = x.blocked.iter().map(blocked_note).collect();
     out.extend(x.tokens.iter().map(token_note));
+    out.extend(x.placeholders.iter().map(placeholder_note));
     out.extend(x.git.iter().map(git_note));
     out.extend(x.reviews.iter().map(review_note));
     // A blocked exchange ends with its refusal as the error; it is already in the note.
@@ -591,10 +599,7 @@ pub fn replay_line(r: &Record, pod: &str) -> Option<String> {
             None => blocked_note(b),
         },
         Event::Token(t) => format!("#{} {} for {}", t.exchange, token_note(t), t.host),
-        Event::Placeholder(p) => format!(
-            "#{} PLACEHOLDER of credential {}: {}",
-            p.exchange, p.credential, p.note
-        ),
+        Event::Placeholder(p) => format!("#{} {}", p.exchange, placeholder_note(p)),
         Event::Git(g) => format!("#{} {}", g.exchange, git_note(g)),
         Event::Review(v) => format!("#{} {}", v.exchange, review_note(v)),
         Event::Gap(g) => format!("GAP: {} — {}", g.lost, g.reason),

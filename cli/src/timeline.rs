@@ -13,8 +13,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cassette_recording::Record;
 use cassette_recording::record::{
-    Blocked, Direction, Event, ExchangeEnd, Gap, Git, Request, Response, Review, SessionStart, Tls,
-    Token,
+    Blocked, Direction, Event, ExchangeEnd, Gap, Git, Placeholder, Request, Response, Review,
+    SessionStart, Tls, Token,
 };
 
 /// A body as it was stored: the bytes kept and what the final record says about the rest.
@@ -101,6 +101,8 @@ pub struct Exchange {
     pub end_time: Option<String>,
     pub blocked: Vec<Blocked>,
     pub tokens: Vec<Token>,
+    /// Brokered credentials' placeholders the agent sent where they are not swapped.
+    pub placeholders: Vec<Placeholder>,
     pub git: Vec<Git>,
     pub reviews: Vec<Review>,
     /// The TLS facts of the exchange's connection, when it was intercepted.
@@ -319,6 +321,7 @@ fn apply(x: &mut Exchange, event: &Event, time: &str) {
         }
         Event::Blocked(b) => x.blocked.push(b.clone()),
         Event::Token(t) => x.tokens.push(t.clone()),
+        Event::Placeholder(p) => x.placeholders.push(p.clone()),
         Event::Git(g) => x.git.push(g.clone()),
         Event::Review(r) => x.reviews.push(r.clone()),
         _ => {}
