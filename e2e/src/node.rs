@@ -226,10 +226,12 @@ impl NodeInfo {
     /// large image's layers on two busy cores takes longer than other calls.
     fn ctr_within(&self, timeout: &str) -> Command {
         let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(&self.containerd_socket)
-            .args(["-n", "k8s.io", "--timeout", timeout]);
+        command.arg("--address").arg(&self.containerd_socket).args([
+            "-n",
+            "k8s.io",
+            "--timeout",
+            timeout,
+        ]);
         command
     }
 

@@ -1,8 +1,8 @@
 //! The whole loop on a real API server and a real node, with nothing standing in for cassette
 //! itself:
 //!
-//! 1. the CRD and the webhooks are installed and `cassette-operator` runs as a local process;
-//!    the sidecar's RBAC is the chart's own (`helm template`);
+//! 1. `helm install` of the chart: the CRD, the operator as its Deployment with the chart's
+//!    RBAC, its webhooks reached through its Service;
 //! 2. alice, a named user, applies `examples/fix-ci.yaml` and is stamped as its requester;
 //! 3. a Job whose pod template is labelled `cassette.dev/session=fix-ci` is created; the API
 //!    server stores the pod the Job controller makes injected;
@@ -11,9 +11,11 @@
 //!    capture rules with iptables in its container, the native sidecar runs as UID 1337 with
 //!    the pod's only token, then the agent's own command as UID 1000;
 //! 5. the agent plays the seed's story with real tools: git clone, a branch, gofmt, a commit,
-//!    a push of the branch, a pull request through a code host's API (with a GitHub token the
-//!    agent holds), an object with a secret read with gcloud, and a push to main that policy
-//!    refuses;
+//!    a push of the branch, a pull request through a code host's API, an object with a secret
+//!    read with gcloud, and a push to main that policy refuses. The code host is private and
+//!    takes only its token, which the sidecar alone holds (`spec.credentials`): the agent's
+//!    `GITHUB_TOKEN` and `GIT_PASSWORD` are placeholders, swapped toward the code host only;
+//!    the agent also sends its placeholder elsewhere, which is recorded;
 //! 6. the sidecar ships the recording to GCS (fake-gcs-server behind a proxy that demands the
 //!    Workload Identity token, which the sidecar got from the metadata server at
 //!    169.254.169.254, as on GKE) and reports its pod entry into the status;
@@ -115,6 +117,45 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
     );
     assert!(!said.contains(world.upstreams.token()));
 
+    // Brokered credentials: the agent held placeholders and no token in its environment or
+    // files; the code host saw the real token, for the API call and for git; elsewhere the
+    // placeholder went as it was.
+    assert!(said.contains("GITHUB_TOKEN holds a placeholder"), "{said}");
+    assert!(!said.contains(GITHUB_TOKEN), "{said}");
+    let code_host: Vec<_> = log
+        .iter()
+        .filter(|e| e.sni.as_deref().is_some_and(|h| h.ends_with("git.test")))
+        .filter(|e| e.status != 401)
+        .collect();
+    let pulls = code_host
+        .iter()
+        .find(|e| e.method == "POST" && e.path.ends_with("/pulls"))
+        .with_context(|| format!("the pull request call: {code_host:#?}"))?;
+    assert_eq!(pulls.bearer_token(), Some(GITHUB_TOKEN), "{pulls:#?}");
+    let git: Vec<_> = code_host
+        .iter()
+        .filter(|e| e.sni.as_deref() == Some("git.test"))
+        .collect();
+    assert!(
+        git.iter().any(|e| e.path.ends_with("/git-receive-pack")),
+        "no push reached the code host: {git:#?}"
+    );
+    assert!(
+        git.iter()
+            .all(|e| e.basic_password().as_deref() == Some(GITHUB_TOKEN)),
+        "git reached the code host without the real token: {git:#?}"
+    );
+    let collected = log
+        .iter()
+        .find(|e| e.path == "/collect")
+        .context("the placeholder sent to echo.test")?;
+    assert!(
+        collected
+            .bearer_token()
+            .is_some_and(|t| t.starts_with("cassette-placeholder-github-api-")),
+        "{collected:#?}"
+    );
+
     // The status: the sidecar's entry, then the operator's phase and totals.
     let status = world.wait_for_completion().await?;
     let totals = status.totals.context("totals")?;
@@ -158,6 +199,13 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
     }
     // Nothing was lost, and the watch for strangers running as the recorder's UID saw none.
     assert!(!show.contains("GAP"), "{show}");
+    for note in [
+        "credential github-api swapped (bearer)",
+        "credential github-git swapped (git password)",
+        "PLACEHOLDER of credential github-api: placeholder sent to echo.test",
+    ] {
+        assert!(show.contains(note), "show has no {note:?}:\n{show}");
+    }
     let verify = stdout_of(world.cassette(&["verify", SESSION])?)?;
     println!("{verify}");
     assert!(verify.contains("OK"), "{verify}");
@@ -175,6 +223,69 @@ async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
     // Neither secret is anywhere in the shipped bytes.
     let raw = raw_recording(&world)?;
     assert!(!raw.contains(GITHUB_TOKEN) && !raw.contains(DEPLOY_KEY));
+
+    // The recording says which credential went where, and where a placeholder went unswapped.
+    let records: Vec<serde_json::Value> = raw
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of_kind = |kind: &'static str| records.iter().filter(move |r| r["kind"] == kind);
+    for (credential, host) in [("github-api", "api.git.test"), ("github-git", "git.test")] {
+        assert!(
+            of_kind("token").any(|t| t["credential"] == credential && t["host"] == host),
+            "no swap of {credential} toward {host}: {:#?}",
+            of_kind("token").collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        of_kind("placeholder").any(|p| p["host"] == "echo.test"
+            && p["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("placeholder sent to echo.test"))),
+        "the placeholder sent to echo.test is not marked: {:#?}",
+        of_kind("placeholder").collect::<Vec<_>>()
+    );
+
+    // The Secret stays out of the agent's reach: a session pod that mounts it is refused, and
+    // the agent's service account cannot read it through the API.
+    let mounting = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "mounts-the-token", "namespace": story::NAMESPACE,
+                     "labels": {"cassette.dev/session": SESSION}},
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "containers": [{"name": "agent", "image": "agent", "command": ["true"],
+                            "volumeMounts": [{"name": "token", "mountPath": "/token"}]}],
+            "volumes": [{"name": "token", "secret": {"secretName": "github"}}]
+        }
+    });
+    let refused = cluster().kubectl_with_input(&["create", "-f", "-"], &mounting.to_string())?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("brokered credential"),
+        "a session pod mounting the credential's Secret: {why}"
+    );
+    let can_i = cluster()
+        .kubectl()
+        .args([
+            "auth",
+            "can-i",
+            "get",
+            "secret/github",
+            "-n",
+            story::NAMESPACE,
+        ])
+        .arg(format!(
+            "--as=system:serviceaccount:{}:coding-agent",
+            story::NAMESPACE
+        ))
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&can_i.stdout).trim(),
+        "no",
+        "the agent's service account can read the code host's token"
+    );
     Ok(())
 }
 
