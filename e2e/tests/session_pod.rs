@@ -1,0 +1,350 @@
+//! A session pod on the real node, talking to the API server as cassette does in a cluster:
+//! its sidecar, with the pod's own projected token and the chart's RBAC, publishes requests
+//! held for review into the AgentSession's status; an approver other than the session's
+//! requester releases one with `kubectl cassette approve` and refuses one with `deny`; then
+//! the session is tightened under the running pod — a deny rule added, `expiresAt` moved
+//! closer — and the sidecar applies both within seconds, ending the connection the agent kept
+//! open at the new expiry.
+//!
+//! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
+
+use anyhow::{Context, Result, bail};
+use cassette_api::AgentSession;
+use cassette_e2e::cluster;
+use cassette_e2e::story::{self, RECORDINGS_BUCKET, World};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
+
+const SESSION: &str = "live";
+const POD: &str = "live-agent";
+const POD_TIMEOUT: Duration = Duration::from_secs(120);
+
+macro_rules! require_node {
+    () => {
+        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
+            println!("skipped: {reason}");
+            return Ok(());
+        }
+    };
+}
+
+/// In the agent's container: one HTTPS connection to echo.test kept open after a request,
+/// until the other end closes it (or 60 s pass).
+const KEEP_OPEN: &str = r#"
+import http.client, ssl, time
+c = http.client.HTTPSConnection('echo.test', timeout=60)
+c.request('GET', '/open')
+r = c.getresponse(); r.read()
+print('open', r.status, flush=True)
+try:
+    got = c.sock.recv(1)
+    print('closed' if not got else 'got bytes', time.time(), flush=True)
+except (OSError, ssl.SSLError) as e:
+    print('closed', time.time(), type(e).__name__, flush=True)
+"#;
+
+fn kubectl(args: &[&str]) -> Result<Output> {
+    Ok(cluster()
+        .kubectl()
+        .arg("--request-timeout=90s")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A command in the agent's container; what it printed.
+fn agent(command: &[&str]) -> Result<String> {
+    let mut args = vec!["exec", "-n", story::NAMESPACE, POD, "-c", "agent", "--"];
+    args.extend_from_slice(command);
+    Ok(said(&kubectl(&args)?))
+}
+
+/// `curl` of an echo.test path in the agent's container, on a thread: the echo's answer, or
+/// the sidecar's refusal.
+fn curl(path: &str) -> std::thread::JoinHandle<String> {
+    let url = format!("https://echo.test{path}");
+    std::thread::spawn(move || {
+        agent(&["curl", "-sS", "--max-time", "60", &url])
+            .unwrap_or_else(|e| format!("kubectl exec: {e}"))
+    })
+}
+
+fn wait_ready() -> Result<()> {
+    let deadline = Instant::now() + POD_TIMEOUT;
+    loop {
+        let out = kubectl(&["get", "pod", "-n", story::NAMESPACE, POD, "-o", "json"])?;
+        let pod: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ready = pod["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["ready"] == true));
+        if pod["status"]["phase"] == "Running" && ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {POD} is not ready after {POD_TIMEOUT:?}: {}",
+                pod["status"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The id of the request held for review once the sidecar has published it; `decided` are
+/// ids already decided, which the status may list until the sidecar's next report.
+async fn pending_review(api: &Api<AgentSession>, decided: &[&str]) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = api
+            .get(SESSION)
+            .await?
+            .status
+            .map(|s| s.pending_reviews)
+            .unwrap_or_default();
+        if let Some(review) = pending.iter().find(|r| !decided.contains(&r.id.as_str())) {
+            anyhow::ensure!(review.request.contains("echo.test/held"), "{review:?}");
+            return Ok(review.id.clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no pending review appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Result<()> {
+    require_node!();
+    let world = World::start(E2E_BINARY.as_ref()).await?;
+    let api: Api<AgentSession> = Api::namespaced(cluster().client().await?, story::NAMESPACE);
+
+    // alice asks for the session; someone else approves what it holds.
+    let session = json!({
+        "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+        "metadata": {"name": SESSION, "namespace": story::NAMESPACE},
+        "spec": {
+            "agent": {"serviceAccount": "coding-agent"},
+            "maxDuration": "1h",
+            "recording": {"sink": format!("gs://{RECORDINGS_BUCKET}/sessions")},
+            "policy": {
+                "reviewTimeout": "60s",
+                "rules": [{"name": "ask-first", "action": "review",
+                           "match": {"host": "echo.test", "path": "/held"}}]
+            }
+        }
+    });
+    let mut apply = Command::new("kubectl");
+    apply
+        .arg("--kubeconfig")
+        .arg(world.alice_kubeconfig())
+        .args(["apply", "-f", "-"]);
+    let out = cluster_input(apply, &session.to_string())?;
+    anyhow::ensure!(out.status.success(), "alice's apply: {}", said(&out));
+    cluster().apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": POD, "namespace": story::NAMESPACE,
+                         "labels": {"cassette.dev/session": SESSION}},
+            "spec": {
+                "serviceAccountName": "coding-agent",
+                "terminationGracePeriodSeconds": 10,
+                "containers": [{"name": "agent", "image": world.agent_image(),
+                                "command": ["sleep", "3600"]}]
+            }
+        })
+        .to_string(),
+    )?;
+    wait_ready()?;
+    let decide = |verb: &str, id: &str| -> Result<String> {
+        let out = world.cassette(&[verb, SESSION, id, "--reason", "checked by a human"])?;
+        anyhow::ensure!(out.status.success(), "{verb}: {}", said(&out));
+        Ok(said(&out))
+    };
+
+    // Not held: answered at once.
+    let free = curl("/free").join().unwrap();
+    assert!(free.contains("\"/free\""), "{free}");
+
+    // Held, then approved: the agent gets the upstream's answer.
+    let waiting = curl("/held");
+    let approved = pending_review(&api, &[]).await?;
+    assert!(!waiting.is_finished(), "the request waits for a decision");
+    assert!(decide("approve", &approved)?.contains("approved"));
+    let answer = waiting.join().unwrap();
+    assert!(answer.contains("\"/held\""), "{answer}");
+
+    // Held, then denied: refused in words.
+    let waiting = curl("/held");
+    let denied = pending_review(&api, &[&approved]).await?;
+    decide("deny", &denied)?;
+    let answer = waiting.join().unwrap();
+    assert!(
+        answer.contains("denied") && !answer.contains("\"/held\""),
+        "{answer}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = api.get(SESSION).await?.status.unwrap_or_default();
+        if status.pending_reviews.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reviews left pending: {:?}",
+            status.pending_reviews
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The admin adds a deny rule: it holds for the running pod within seconds.
+    api.patch(
+        SESSION,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"policy": {"rules": [
+            {"name": "not-there", "action": "deny", "match": {"host": "echo.test", "path": "/secret-place"}}
+        ]}}})),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = curl("/secret-place").join().unwrap();
+        if answer.contains("not-there") {
+            break;
+        }
+        assert!(
+            answer.contains("\"/secret-place\""),
+            "allowed until the change applies: {answer}"
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the new deny rule was not applied to the running sidecar"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let elsewhere = curl("/elsewhere").join().unwrap();
+    assert!(elsewhere.contains("\"/elsewhere\""), "{elsewhere}");
+
+    // A connection the agent keeps open, then the session is cut short: the connection ends
+    // at the new expiry, not before, and nothing passes afterwards.
+    let held_open = std::thread::spawn(|| agent(&["python3", "-c", KEEP_OPEN]));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!held_open.is_finished(), "the connection did not stay open");
+    let soon =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3);
+    api.patch(
+        SESSION,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"expiresAt": soon.to_string(), "maxDuration": null}})),
+    )
+    .await?;
+    let kept = tokio::task::spawn_blocking(move || held_open.join().unwrap()).await??;
+    let closed_at = kept
+        .lines()
+        .find_map(|l| l.strip_prefix("closed "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .with_context(|| format!("the open connection was not ended: {kept}"))?;
+    assert!(kept.contains("open 200"), "{kept}");
+    assert!(
+        closed_at >= soon.as_millisecond() as f64 / 1000.0 - 0.5,
+        "ended before the new expiry: {kept}"
+    );
+    // Afterwards the agent's names no longer resolve, and a request to the address it knew is
+    // refused in words.
+    let lookup = agent(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "https://echo.test/elsewhere",
+    ])?;
+    assert!(lookup.contains("Could not resolve host"), "{lookup}");
+    let known = format!("echo.test:443:{}", world.node().host_ip());
+    let after = agent(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--resolve",
+        &known,
+        "https://echo.test/elsewhere",
+    ])?;
+    assert!(after.contains("expired"), "{after}");
+
+    // The pod ends; what it recorded says what changed and why the connection ended.
+    let deleted = kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        story::NAMESPACE,
+        POD,
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    anyhow::ensure!(deleted.status.success(), "{}", said(&deleted));
+    let prefix = format!("sessions/{}/{SESSION}/", story::NAMESPACE);
+    let mut records: Vec<Value> = Vec::new();
+    for name in world.gcs.list(RECORDINGS_BUCKET, &prefix)? {
+        let bytes = world.gcs.read_object(RECORDINGS_BUCKET, &name)?;
+        let text = cassette_recording::read::decode_segment(&name, &bytes)?;
+        for line in String::from_utf8_lossy(&text).lines() {
+            if !line.trim().is_empty() {
+                records.push(serde_json::from_str(line)?);
+            }
+        }
+    }
+    let changed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "session_change")
+        .map(|r| &r["changed"])
+        .collect();
+    assert_eq!(
+        changed,
+        [&json!(["policy"]), &json!(["expiry"])],
+        "both changes are recorded, once each"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "conn_close"
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the session expired"))),
+        "the ended connection's close says why"
+    );
+    let reviews: Vec<&Value> = records.iter().filter(|r| r["kind"] == "review").collect();
+    for (id, state) in [(&approved, "approved"), (&denied, "denied")] {
+        assert!(
+            reviews
+                .iter()
+                .any(|r| r["id"] == id.as_str() && r["state"] == state),
+            "review {id} is not recorded {state}: {reviews:#?}"
+        );
+    }
+    let verify = world.cassette(&["verify", SESSION])?;
+    assert!(verify.status.success(), "{}", said(&verify));
+    Ok(())
+}
+
+/// Run `command` with `input` on its stdin.
+fn cluster_input(mut command: Command, input: &str) -> Result<Output> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("kubectl's stdin")?
+        .write_all(input.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
