@@ -25,6 +25,7 @@ macro_rules! eprintln {
 }
 
 mod cmd;
+mod filter;
 #[cfg(test)]
 mod fixture;
 mod har;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use cmd::Target;
+use filter::{Filter, FilterArgs, filter_grammar};
 use locate::Access;
 
 /// Exit code for usage errors and for anything that could not be read or reached.
@@ -102,9 +104,9 @@ struct TargetArgs {
     session: Option<String>,
     #[arg(long, value_name = "URI", help = RECORDING_HELP)]
     recording: Option<String>,
-    /// Only the recording of this pod (`<pod>` or `<pod>-<uid>`).
+    /// Only the recording of this pod (`<pod>` or `<pod>-<uid>`); repeat for several.
     #[arg(long, value_name = "POD")]
-    pod: Option<String>,
+    pod: Vec<String>,
 }
 
 impl TargetArgs {
@@ -155,10 +157,12 @@ enum Command {
         recording: Option<String>,
     },
     /// Show a session's timeline: one row per exchange, blocked attempts and token swaps.
-    #[command(after_help = "Exit codes: 0 shown, 3 usage error or unreadable recording.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 shown, 3 usage error or unreadable recording."))]
     Show {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Show this exchange in full (heads, timings, decision) instead of the table: N as
         /// the table numbers it (RUN.N where a recorder reused ids after a restart).
         #[arg(long, value_name = "N")]
@@ -168,10 +172,12 @@ enum Command {
         bodies: bool,
     },
     /// Replay the session's timeline paced by its recorded times.
-    #[command(after_help = "Exit codes: 0 replayed, 3 usage error or unreadable recording.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 replayed, 3 usage error or unreadable recording."))]
     Replay {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Pace factor: 1 is real time, 10 ten times faster, 0 no pacing.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
@@ -211,16 +217,18 @@ When several checks fail the worst decides: 1, then 4, then 2.")]
         public_key: Option<String>,
     },
     /// Export a session's exchanges as HAR 1.2, or its records as JSON lines.
-    #[command(after_help = "Exit codes: 0 written, 3 usage error or unreadable recording / file.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 written, 3 usage error or unreadable recording / file."))]
     Export {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
         #[command(flatten)]
         format: ExportFormat,
     },
     /// Find the exchanges that carried a secret (by its masked fingerprint), or a body (by the
     /// digest every body keeps, also where it was too long to store).
-    #[command(after_help = "\
+    #[command(after_help = concat!(filter_grammar!(), "\n\n", "\
 Exit codes: 0 at least one match, 1 no match, 3 usage error, unreadable input, or a key that
 is not the one the recording's digests use.
 
@@ -237,11 +245,13 @@ Both use the session's fingerprint key, read with your own credentials from the 
 in spec.masking.fingerprintKey (or, when the session names none, the one the operator made:
 cassette-fingerprint-<session>, key `key`), or from --key-file (the key's exact
 bytes, as the Secret holds them:
-kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
+kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key)."))]
     #[command(group = clap::ArgGroup::new("candidate").required(true).multiple(true).args(["secret_file", "body_file"]))]
     Search {
         #[command(flatten)]
         target: TargetArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// A file holding the secret: a service-account JSON key, a token, a PEM key, an env file.
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
@@ -348,11 +358,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => cmd::ls::run(&access, all_namespaces, recording.as_deref()).await?,
         Command::Show {
             target,
+            filter,
             exchange,
             bodies,
-        } => cmd::show::run(&access, &target.target(), exchange.as_deref(), bodies).await?,
+        } => {
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            cmd::show::run(
+                &access,
+                &target.target(),
+                &filter,
+                exchange.as_deref(),
+                bodies,
+            )
+            .await?
+        }
         Command::Replay {
             target,
+            filter,
             speed,
             follow,
             interval,
@@ -363,25 +385,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .ok_or_else(|| {
                     anyhow::anyhow!("--interval must be a positive number of seconds")
                 })?;
-            cmd::replay::run(&access, &target.target(), speed, follow, interval).await?
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            cmd::replay::run(&access, &target.target(), &filter, speed, follow, interval).await?
         }
         Command::Verify { target, public_key } => {
             return cmd::verify::run(&access, &target.target(), public_key.as_deref()).await;
         }
-        Command::Export { target, format } => match (format.har, format.jsonl) {
-            (Some(path), _) => cmd::export::har(&access, &target.target(), &path).await?,
-            (None, Some(path)) => cmd::export::jsonl(&access, &target.target(), &path).await?,
-            (None, None) => unreachable!("clap requires one of --har and --jsonl"),
-        },
+        Command::Export {
+            target,
+            filter,
+            format,
+        } => {
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            match (format.har, format.jsonl) {
+                (Some(path), _) => {
+                    cmd::export::har(&access, &target.target(), &filter, &path).await?
+                }
+                (None, Some(path)) => {
+                    cmd::export::jsonl(&access, &target.target(), &filter, &path).await?
+                }
+                (None, None) => unreachable!("clap requires one of --har and --jsonl"),
+            }
+        }
         Command::Search {
             target,
+            filter,
             secret_file,
             body_file,
             key_file,
         } => {
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
             return cmd::search::run(
                 &access,
                 &target.target(),
+                &filter,
                 cmd::search::Candidates {
                     secret_file: secret_file.as_deref(),
                     body_file: body_file.as_deref(),

@@ -11,6 +11,7 @@ use cassette_recording::body::{body_digest, digest_key_id};
 use cassette_rules::mask::{BodyKind, Masker};
 
 use super::{Resolved, Target, resolve_some, timeline_of};
+use crate::filter::{Filter, hidden_note};
 use crate::locate::Access;
 use crate::render::{clock, printable};
 use crate::search::{body_matches, candidates, fingerprint, in_clear, search};
@@ -29,6 +30,7 @@ pub struct Candidates<'a> {
 pub async fn run(
     access: &Access,
     target: &Target,
+    filter: &Filter,
     what: Candidates<'_>,
     key_file: Option<&Path>,
 ) -> Result<i32> {
@@ -44,10 +46,10 @@ pub async fn run(
     };
     let mut total = 0;
     if let (Some(file), Some(path)) = (&secrets, what.secret_file) {
-        total += search_secrets(&resolved, file, path, &key).await?;
+        total += search_secrets(&resolved, filter, file, path, &key).await?;
     }
     if let (Some(file), Some(path)) = (&body, what.body_file) {
-        total += search_bodies(&resolved, file, path, &key).await?;
+        total += search_bodies(&resolved, filter, file, path, &key).await?;
     }
     Ok(if total > 0 { FOUND } else { NOT_FOUND })
 }
@@ -62,8 +64,33 @@ async fn session_key(resolved: &Resolved) -> Result<Vec<u8>> {
     cluster.secret_key(&secret.name, &secret.key).await
 }
 
+/// The labels of the exchanges the filter shows, and a line saying how many it hid; `None`
+/// without filters. A match outside any exchange (a DNS name, a session record) is always
+/// reported: a filter must not hide a secret that crossed the session.
+fn shown_labels(filter: &Filter, timeline: &Timeline) -> Option<(BTreeSet<String>, String)> {
+    filter.is_active().then(|| {
+        let narrowed = filter.narrow(timeline);
+        let labels = narrowed
+            .timeline
+            .exchanges
+            .values()
+            .map(|x| x.label.clone())
+            .collect();
+        let note = hidden_note(narrowed.hidden).unwrap_or_else(|| "no exchange hidden".into());
+        (
+            labels,
+            format!("  filters: {note} (matches outside any exchange are always reported)"),
+        )
+    })
+}
+
+fn shown(labels: &Option<(BTreeSet<String>, String)>, exchange: &str) -> bool {
+    exchange == "-" || labels.as_ref().is_none_or(|(l, _)| l.contains(exchange))
+}
+
 async fn search_secrets(
     resolved: &Resolved,
+    filter: &Filter,
     file: &[u8],
     path: &Path,
     key: &[u8],
@@ -93,8 +120,11 @@ async fn search_secrets(
     for recording in &resolved.recordings {
         let (timeline, loaded) = timeline_of(recording).await?;
         let (records, _) = loaded.records(&recording.label);
-        let found = search(&timeline, &records, &wanted);
-        let (clear, unsearched) = in_clear(&timeline, &records, &values);
+        let labels = shown_labels(filter, &timeline);
+        let mut found = search(&timeline, &records, &wanted);
+        let (mut clear, unsearched) = in_clear(&timeline, &records, &values);
+        found.retain(|f| shown(&labels, &f.exchange));
+        clear.retain(|c| shown(&labels, c.exchange.as_deref().unwrap_or("-")));
         total += found.len() + clear.len();
         println!();
         println!(
@@ -103,6 +133,9 @@ async fn search_secrets(
             found.len(),
             timeline.exchanges.len()
         );
+        if let Some((_, note)) = &labels {
+            println!("{note}");
+        }
         for f in &found {
             println!(
                 "  {}  #{:<4} {:<8} {:<8} {}{}  in {} ({}, {}) — candidate {}",
@@ -192,7 +225,13 @@ fn run_key_ids(timeline: &Timeline) -> Vec<(u32, Option<String>)> {
         .collect()
 }
 
-async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]) -> Result<usize> {
+async fn search_bodies(
+    resolved: &Resolved,
+    filter: &Filter,
+    file: &[u8],
+    path: &Path,
+    key: &[u8],
+) -> Result<usize> {
     // What the sidecar would have recorded for this file: the bytes as they are, or with
     // their secrets masked (JSON bodies also by field), under the session's masking.
     let masking = resolved
@@ -262,7 +301,9 @@ async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]
     }
     let mut total = 0;
     for (recording, timeline, usable) in &timelines {
-        let found = body_matches(timeline, &wanted, |run| usable.contains(&run));
+        let labels = shown_labels(filter, timeline);
+        let mut found = body_matches(timeline, &wanted, |run| usable.contains(&run));
+        found.retain(|m| shown(&labels, &m.exchange));
         total += found.len();
         println!();
         println!(
@@ -271,6 +312,9 @@ async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]
             found.len(),
             timeline.exchanges.len()
         );
+        if let Some((_, note)) = &labels {
+            println!("{note}");
+        }
         for m in &found {
             println!(
                 "  {}  #{:<4} {} body  {:<8} {}{}  ({} bytes, {} stored; {}) — matches {}",

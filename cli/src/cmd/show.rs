@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use cassette_recording::Completeness;
 
 use super::{Target, resolve_some, single, timeline_of};
+use crate::filter::{Filter, hidden_note};
 use crate::locate::{Access, Recording};
 use crate::render;
 use crate::timeline::Timeline;
@@ -12,9 +13,15 @@ use crate::timeline::Timeline;
 pub async fn run(
     access: &Access,
     target: &Target,
+    filter: &Filter,
     exchange: Option<&str>,
     bodies: bool,
 ) -> Result<()> {
+    if exchange.is_some() && filter.is_active() {
+        bail!(
+            "--exchange names one exchange and filters choose rows of the table: use one or the other"
+        );
+    }
     let resolved = resolve_some(access, target).await?;
     if let Some(name) = exchange {
         let recording = single(&resolved, "show --exchange")?;
@@ -35,7 +42,16 @@ pub async fn run(
             "{}",
             header(recording, &timeline, &loaded.report, loaded.anchored)
         );
-        print!("{}", render::table(&timeline));
+        if filter.is_active() {
+            let narrowed = filter.narrow(&timeline);
+            println!(
+                "  filters: {} (gaps and session events are always shown)",
+                hidden_note(narrowed.hidden).unwrap_or_else(|| "no exchange hidden".into())
+            );
+            print!("{}", render::table(&narrowed.timeline));
+        } else {
+            print!("{}", render::table(&timeline));
+        }
     }
     Ok(())
 }

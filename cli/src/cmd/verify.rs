@@ -92,7 +92,7 @@ pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> 
     if let Some(session) = &resolved.session {
         let pods = session.status.iter().flat_map(|s| s.pods.iter());
         for pod in pods {
-            if target.pod.as_deref().is_some_and(|p| p != pod.name) {
+            if !target.pod.is_empty() && !target.pod.contains(&pod.name) {
                 continue;
             }
             let found = resolved

@@ -1,0 +1,284 @@
+//! The built `kubectl-cassette` as an auditor narrows a session down: the filter grammar on
+//! `show`, `replay`, `export` and `search` against a real recording (metadata chatter, a
+//! refused storage DELETE, a refused push, a gap), and output for machines.
+
+#[path = "../src/fixture.rs"]
+mod fixture;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn cassette(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-cassette"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("the binary runs");
+    eprintln!(
+        "$ kubectl cassette {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "exit code");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The table rows of `show` (lines that start with a time and are not events).
+fn rows(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()) && !l.contains("── "))
+        .collect()
+}
+
+#[tokio::test]
+async fn show_with_host_and_decision_lists_exactly_the_refused_storage_call() {
+    let f = fixture::write_auditor().await;
+    let text = ok(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "--host",
+        "*.googleapis.com",
+        "--decision",
+        "deny",
+    ]));
+    let rows = rows(&text);
+    assert_eq!(rows.len(), 1, "{text}");
+    for cell in [
+        "DELETE",
+        "storage.googleapis.com",
+        "403",
+        "deny (no-delete)",
+        "storage.objects.delete",
+    ] {
+        assert!(rows[0].contains(cell), "{cell:?} not in {:?}", rows[0]);
+    }
+    assert!(
+        text.contains("filters: 7 exchanges hidden by filters"),
+        "{text}"
+    );
+    // The gap is never filtered away; session events stay; the refused connection (no host)
+    // is hidden by --host.
+    assert!(text.contains("── GAP: records of 3 exchanges"), "{text}");
+    assert!(text.contains("── session_start"), "{text}");
+    assert!(!text.contains("BLOCKED expired"), "{text}");
+}
+
+#[tokio::test]
+async fn hide_metadata_drops_the_metadata_server_chatter() {
+    let f = fixture::write_auditor().await;
+    let all = ok(&cassette(&["show", "--recording", &f.session_uri]));
+    assert_eq!(rows(&all).len(), 8, "{all}");
+    assert!(all.contains("metadata.google.internal"));
+    let text = ok(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "--hide-metadata",
+    ]));
+    assert_eq!(rows(&text).len(), 6, "{text}");
+    assert!(!text.contains("metadata.google.internal"), "{text}");
+    assert!(text.contains("2 exchanges hidden by filters"), "{text}");
+    // Without filters the header says nothing about them.
+    assert!(!all.contains("hidden by filters"), "{all}");
+}
+
+#[tokio::test]
+async fn replay_and_har_take_the_same_filters() {
+    let f = fixture::write_auditor().await;
+    let out = cassette(&[
+        "replay",
+        "--recording",
+        &f.session_uri,
+        "--speed",
+        "0",
+        "--method",
+        "DELETE",
+        "--method",
+        "PUT",
+    ]);
+    let text = ok(&out);
+    assert!(
+        text.contains("#7 → DELETE storage.googleapis.com"),
+        "{text}"
+    );
+    assert!(text.contains("#7 BLOCKED policy (no-delete)"), "{text}");
+    assert!(text.contains("#5 → PUT storage.googleapis.com"), "{text}");
+    assert!(!text.contains("#1 "), "{text}");
+    assert!(text.contains("GAP: records of 3 exchanges"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("6 exchanges hidden by filters"),
+        "stderr"
+    );
+    // --follow holds an exchange until it ends, then prints it whole.
+    let text = ok(&cassette(&[
+        "replay",
+        "--recording",
+        &f.session_uri,
+        "--speed",
+        "0",
+        "--follow",
+        "--status",
+        "4xx",
+    ]));
+    assert!(
+        text.contains("#7 → DELETE") && text.contains("#7 ← 403"),
+        "{text}"
+    );
+    assert!(!text.contains("#1 "), "{text}");
+    assert!(
+        text.trim_end().ends_with("session_end (shutdown)"),
+        "{text}"
+    );
+
+    let out = cassette(&[
+        "export",
+        "--recording",
+        &f.session_uri,
+        "--har",
+        "-",
+        "--permission",
+        "storage.objects.*",
+    ]);
+    let doc: Value = serde_json::from_str(&ok(&out)).expect("HAR is JSON");
+    let urls: Vec<&str> = doc["log"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    assert!(
+        urls.iter()
+            .all(|u| u.starts_with("https://storage.googleapis.com/")),
+        "{urls:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 exchanges hidden by filters"));
+}
+
+#[tokio::test]
+async fn export_jsonl_keeps_whole_lines_of_what_the_filter_shows() {
+    let f = fixture::write_auditor().await;
+    let out = cassette(&[
+        "export",
+        "--recording",
+        &f.session_uri,
+        "--jsonl",
+        "-",
+        "--git-ref",
+        "refs/heads/main",
+    ]);
+    let text = ok(&out);
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record per line"))
+        .collect();
+    let exchanges: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| r["exchange"].as_u64())
+        .collect();
+    assert_eq!(exchanges.into_iter().collect::<Vec<_>>(), [4], "{text}");
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "session_start",
+        "git",
+        "blocked",
+        "gap",
+        "seal",
+        "session_end",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    assert!(!kinds.contains(&"conn_open"), "{kinds:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("7 exchanges hidden by filters"), "{stderr}");
+    assert!(
+        stderr.contains("the chain cannot be checked on a filtered file"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn search_reports_only_matches_in_exchanges_the_filter_shows() {
+    let f = fixture::write_auditor().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let key = dir.path().join("key");
+    std::fs::write(&secret, fixture::SECRET).unwrap();
+    std::fs::write(&key, fixture::FINGERPRINT_KEY).unwrap();
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "search",
+            "--recording",
+            &f.session_uri,
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        cassette(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let all = ok(&run(&[]));
+    assert!(all.contains("#2 ") && all.contains("#3 "), "{all}");
+    let out = run(&["--host", "paste.example.com"]);
+    let text = ok(&out);
+    assert!(text.contains("#3 ") && !text.contains("#2 "), "{text}");
+    assert!(
+        text.contains("filters: 7 exchanges hidden by filters"),
+        "{text}"
+    );
+    // Nothing shown carries it: exit 1, as for no match.
+    let out = run(&["--method", "DELETE"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn bad_filters_are_usage_errors_that_say_what_to_write() {
+    for (args, says) in [
+        (vec!["--status", "forbidden"], "4xx"),
+        (vec!["--since", "yesterday"], "RFC 3339"),
+        (vec!["--decision", "maybe"], "allow"),
+    ] {
+        let mut all = vec!["show", "--recording", "file:///nonexistent"];
+        all.extend(args);
+        let out = cassette(&all);
+        assert_eq!(out.status.code(), Some(3));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
+fn the_filter_grammar_is_in_the_help_of_every_reading_verb() {
+    for verb in ["show", "replay", "export", "search"] {
+        let out = cassette(&[verb, "--help"]);
+        let help = ok(&out);
+        for needle in [
+            "--host <GLOB>",
+            "--decision <DECISION>",
+            "--hide-metadata",
+            "--since <TIME>",
+            "a repeated flag matches any of its values (OR)",
+            "always shown, whatever the filters",
+        ] {
+            assert!(help.contains(needle), "{verb}: {needle:?} missing");
+        }
+    }
+}
