@@ -30,6 +30,7 @@ mod filter;
 mod fixture;
 mod har;
 mod locate;
+mod machine;
 mod output;
 mod render;
 mod search;
@@ -44,6 +45,7 @@ use clap::{Args, Parser, Subcommand};
 use cmd::Target;
 use filter::{Filter, FilterArgs, filter_grammar};
 use locate::Access;
+use machine::OutputArgs;
 
 /// Exit code for usage errors and for anything that could not be read or reached.
 const USAGE_OR_IO: u8 = 3;
@@ -155,6 +157,8 @@ enum Command {
         all_namespaces: bool,
         #[arg(long, value_name = "URI", help = RECORDING_HELP)]
         recording: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show a session's timeline: one row per exchange, blocked attempts and token swaps.
     #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 shown, 3 usage error or unreadable recording."))]
@@ -170,6 +174,8 @@ enum Command {
         /// With --exchange: print the request and response bodies too.
         #[arg(long, requires = "exchange")]
         bodies: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Replay the session's timeline paced by its recorded times.
     #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 replayed, 3 usage error or unreadable recording."))]
@@ -215,6 +221,8 @@ When several checks fail the worst decides: 1, then 4, then 2.")]
         /// `kubectl get asess NAME -o jsonpath='{.status.pods[*].publicKey}' > keys`.
         #[arg(long, value_name = "KEY|FILE")]
         public_key: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Export a session's exchanges as HAR 1.2, or its records as JSON lines.
     #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 written, 3 usage error or unreadable recording / file."))]
@@ -261,6 +269,8 @@ kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key)."))]
         /// The fingerprint key, instead of the Secret the AgentSession names.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -355,12 +365,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls {
             all_namespaces,
             recording,
-        } => cmd::ls::run(&access, all_namespaces, recording.as_deref()).await?,
+            output,
+        } => cmd::ls::run(&access, all_namespaces, recording.as_deref(), output.output).await?,
         Command::Show {
             target,
             filter,
             exchange,
             bodies,
+            output,
         } => {
             let filter = Filter::new(&filter, jiff::Timestamp::now())?;
             cmd::show::run(
@@ -369,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &filter,
                 exchange.as_deref(),
                 bodies,
+                output.output,
             )
             .await?
         }
@@ -388,8 +401,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let filter = Filter::new(&filter, jiff::Timestamp::now())?;
             cmd::replay::run(&access, &target.target(), &filter, speed, follow, interval).await?
         }
-        Command::Verify { target, public_key } => {
-            return cmd::verify::run(&access, &target.target(), public_key.as_deref()).await;
+        Command::Verify {
+            target,
+            public_key,
+            output,
+        } => {
+            let format = output.structured_only("verify")?;
+            return cmd::verify::run(&access, &target.target(), public_key.as_deref(), format)
+                .await;
         }
         Command::Export {
             target,
@@ -413,7 +432,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             secret_file,
             body_file,
             key_file,
+            output,
         } => {
+            let format = output.structured_only("search")?;
             let filter = Filter::new(&filter, jiff::Timestamp::now())?;
             return cmd::search::run(
                 &access,
@@ -424,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     body_file: body_file.as_deref(),
                 },
                 key_file.as_deref(),
+                format,
             )
             .await;
         }

@@ -282,3 +282,208 @@ fn the_filter_grammar_is_in_the_help_of_every_reading_verb() {
         }
     }
 }
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("the output is JSON")
+}
+
+#[tokio::test]
+async fn show_json_has_the_documented_fields() {
+    let f = fixture::write_auditor().await;
+    let doc = json(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "json",
+    ]));
+    let r = &doc["recordings"][0];
+    assert_eq!(r["pod"], "agent-0-5f1c");
+    assert_eq!(r["exchanges"], 8);
+    assert_eq!(r["blocked"], 2);
+    assert_eq!(r["refusedBeforeRequest"], 1);
+    assert_eq!(r["gaps"], 1);
+    assert_eq!(r["ended"], true);
+    assert_eq!(r["integrity"]["state"], "verified");
+    assert_eq!(r["integrity"]["keyChecked"], false);
+    assert!(r.get("hiddenByFilters").is_none(), "no filters, no count");
+    let types: Vec<&str> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"session_start"));
+    assert_eq!(types.last(), Some(&"session_end"));
+    assert!(
+        types.contains(&"gap") && types.contains(&"refused"),
+        "{types:?}"
+    );
+    let x7 = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["exchange"] == "7")
+        .expect("exchange 7");
+    for (field, want) in [
+        ("type", Value::from("exchange")),
+        ("method", "DELETE".into()),
+        ("host", "storage.googleapis.com".into()),
+        ("path", "/storage/v1/b/logs/o/ci%2Fbuild.log".into()),
+        ("status", 403.into()),
+        ("latencyUs", 5000.into()),
+        ("decision", "deny".into()),
+        ("rule", "no-delete".into()),
+        ("blocked", true.into()),
+        ("service", "storage.googleapis.com".into()),
+        ("permission", "storage.objects.delete".into()),
+    ] {
+        assert_eq!(x7[field], want, "{field} in {x7}");
+    }
+    let x4 = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["exchange"] == "4")
+        .unwrap();
+    assert_eq!(x4["gitRefs"], serde_json::json!(["refs/heads/main"]));
+    assert_eq!(x4["gitService"], "receive-pack");
+
+    // Filters apply, and the count of what they hid is there.
+    let doc = json(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "json",
+        "--hide-metadata",
+    ]));
+    assert_eq!(doc["recordings"][0]["hiddenByFilters"], 2);
+    assert_eq!(doc["recordings"][0]["exchanges"], 8, "totals stay whole");
+
+    // YAML holds the same document.
+    let yaml = ok(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "yaml",
+    ]));
+    let from_yaml: Value = serde_saphyr::from_str(&yaml).expect("the output is YAML");
+    let from_json = json(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(from_yaml, from_json);
+}
+
+#[tokio::test]
+async fn show_wide_adds_columns() {
+    let f = fixture::write_auditor().await;
+    let text = ok(&cassette(&[
+        "show",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "wide",
+    ]));
+    let header = text.lines().find(|l| l.starts_with("TIME")).unwrap();
+    for column in ["CONN", "HTTP", "TTFB", "SIDECAR", "TLS", "NOTES"] {
+        assert!(header.contains(column), "{column} missing from {header}");
+    }
+    assert!(header.find("TLS").unwrap() < header.find("NOTES").unwrap());
+    let list = text.lines().find(|l| l.contains("prefix=ci")).unwrap();
+    assert!(
+        list.contains("h2 TLSv1_3 verified") && list.contains("4.0ms"),
+        "{list}"
+    );
+    let plain = ok(&cassette(&["show", "--recording", &f.session_uri]));
+    assert!(!plain.lines().next().is_some_and(|l| l.contains("TTFB")));
+    assert!(!plain.contains("TTFB"));
+}
+
+#[tokio::test]
+async fn verify_ls_and_search_speak_json() {
+    let f = fixture::write_auditor().await;
+    let out = cassette(&["verify", "--recording", &f.session_uri, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(4), "unchecked without a key");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["verdict"], "UNCHECKED");
+    assert_eq!(doc["exitCode"], 4);
+    let out = cassette(&[
+        "verify",
+        "--recording",
+        &f.session_uri,
+        "--public-key",
+        &f.public_key,
+        "-o",
+        "yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    assert_eq!(doc["verdict"], "OK");
+    let r = &doc["recordings"][0];
+    assert_eq!(r["verdict"], "OK");
+    assert_eq!(r["completeness"], "complete");
+    assert_eq!(r["announcedKey"], Value::from(f.public_key.clone()));
+    assert!(r["keySource"].as_str().unwrap().contains("--public-key"));
+    assert_eq!(r["faults"], serde_json::json!([]));
+    assert!(r["segments"].as_u64().unwrap() >= 2);
+    let out = cassette(&["verify", "--recording", &f.session_uri, "-o", "wide"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no table to widen"));
+
+    let doc = json(&cassette(&[
+        "ls",
+        "--recording",
+        &f.session_uri,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(doc["sessions"], serde_json::json!([]));
+    let r = &doc["recordings"][0];
+    assert_eq!(r["pod"], "agent-0-5f1c");
+    assert_eq!(r["closed"], true);
+    assert!(
+        r["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/agents/fix-ci/agent-0-5f1c/")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, key) = (dir.path().join("secret"), dir.path().join("key"));
+    std::fs::write(&secret, fixture::SECRET).unwrap();
+    std::fs::write(&key, fixture::FINGERPRINT_KEY).unwrap();
+    let doc = json(&cassette(&[
+        "search",
+        "--recording",
+        &f.session_uri,
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    assert_eq!(doc["found"], true);
+    assert_eq!(doc["candidates"].as_array().unwrap().len(), 1);
+    let matches = doc["recordings"][0]["matches"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = matches
+        .iter()
+        .map(|m| {
+            (
+                m["exchange"].as_str().unwrap(),
+                m["direction"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        seen.contains(&("2", "response")) && seen.contains(&("3", "request")),
+        "{seen:?}"
+    );
+    assert_eq!(doc["recordings"][0]["storedInClear"], serde_json::json!([]));
+}
