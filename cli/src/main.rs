@@ -90,6 +90,22 @@ struct AccessArgs {
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The kubeconfig cluster to use (instead of the context's).
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// The kubeconfig user to use (instead of the context's).
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Username to impersonate for the operation (a user or a service account).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
+    /// Group to impersonate for the operation; repeat for several.
+    #[arg(long, global = true, value_name = "GROUP")]
+    as_group: Vec<String>,
+    /// How long to wait for one request to the API server: seconds or a duration (30s, 1m);
+    /// 0 for no limit.
+    #[arg(long, global = true, value_name = "DURATION")]
+    request_timeout: Option<String>,
     /// Namespace of the AgentSession (default: the context's namespace).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -327,7 +343,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let access = Access {
         kubeconfig: cli.access.kubeconfig,
         context: cli.access.context,
+        cluster: cli.access.cluster,
+        user: cli.access.user,
         namespace: cli.access.namespace,
+        impersonate: cli.access.as_user,
+        impersonate_groups: cli.access.as_group,
+        request_timeout: cli
+            .access
+            .request_timeout
+            .as_deref()
+            .map(locate::parse_request_timeout)
+            .transpose()?,
         gcs: cassette_recording::GcsOptions {
             anonymous: cli.access.gcs_endpoint.is_some(),
             endpoint: cli.access.gcs_endpoint,

@@ -487,3 +487,128 @@ async fn verify_ls_and_search_speak_json() {
     );
     assert_eq!(doc["recordings"][0]["storedInClear"], serde_json::json!([]));
 }
+
+/// A stand-in API server on loopback: answers every request with an empty AgentSession list
+/// (or never, with `answer` false) and hands back the request heads it read.
+async fn api_server(
+    answer: bool,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                if !answer {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    return;
+                }
+                let body = r#"{"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSessionList","metadata":{},"items":[]}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, rx, task)
+}
+
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\ncontexts:\n- name: dev\n  context: {{cluster: nowhere, user: alice, namespace: agents}}\nclusters:\n- name: nowhere\n  cluster: {{server: \"http://127.0.0.1:9\"}}\n- name: local\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: alice\n  user: {{token: alice-token}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn kubectl_flags_reach_the_api_server() {
+    let (url, mut heads, task) = api_server(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url);
+    let config = config.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        cassette(&[
+            "ls",
+            "--kubeconfig",
+            &config,
+            "--cluster",
+            "local",
+            "--as",
+            "bob@example.com",
+            "--as-group",
+            "auditors",
+            "--as-group",
+            "sre",
+            "--request-timeout",
+            "5s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok(&out).contains("no AgentSessions in namespace agents"));
+    let head = heads
+        .recv()
+        .await
+        .expect("a request reached the server")
+        .to_lowercase();
+    assert!(
+        head.starts_with("get /apis/cassette.dev/v1alpha1/namespaces/agents/agentsessions"),
+        "{head}"
+    );
+    assert!(head.contains("impersonate-user: bob@example.com"), "{head}");
+    assert!(head.contains("impersonate-group: auditors"), "{head}");
+    assert!(head.contains("impersonate-group: sre"), "{head}");
+    assert!(head.contains("authorization: bearer alice-token"), "{head}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn request_timeout_bounds_a_silent_api_server() {
+    let (url, _heads, task) = api_server(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url);
+    let config = config.to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        cassette(&[
+            "ls",
+            "--kubeconfig",
+            &config,
+            "--cluster",
+            "local",
+            "--request-timeout",
+            "1s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    task.abort();
+}
