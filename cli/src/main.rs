@@ -25,10 +25,13 @@ macro_rules! eprintln {
 }
 
 mod cmd;
+mod complete;
 mod filter;
 #[cfg(test)]
 mod fixture;
 mod har;
+#[cfg(test)]
+mod krew;
 mod locate;
 mod machine;
 mod output;
@@ -40,7 +43,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use cmd::Target;
 use filter::{Filter, FilterArgs, filter_grammar};
@@ -139,6 +142,19 @@ impl TargetArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print a shell completion script for kubectl-cassette (kubectl itself completes
+    /// `kubectl cassette …` through kubectl_complete-cassette).
+    #[command(after_help = "\
+Load it in the shell you use:
+  bash:  source <(kubectl-cassette completion bash)
+  zsh:   kubectl-cassette completion zsh > \"${fpath[1]}/_kubectl-cassette\"
+  fish:  kubectl-cassette completion fish | source
+For `kubectl cassette <TAB>` (kubectl 1.26+), put kubectl_complete-cassette on your PATH
+beside kubectl-cassette; kubectl runs it with the words typed so far.")]
+    Completion {
+        #[arg(value_enum)]
+        shell: complete::Shell,
+    },
     /// Let a request held for review through (its id is in status.pendingReviews).
     #[command(
         after_help = "Exit codes: 0 recorded, 3 no such pending request, or the API server refused."
@@ -302,6 +318,14 @@ struct ExportFormat {
 }
 
 fn main() -> ExitCode {
+    // Cobra's completion request, as kubectl_complete-cassette sends it for kubectl: the
+    // words typed so far, not a command line to parse.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).is_some_and(|a| a == "__complete") {
+        return complete_words(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -339,6 +363,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn complete_words(words: &[String]) -> ExitCode {
+    cassette_recording::sink::install_ring_provider();
+    let answer = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(complete::run(&Cli::command(), words)),
+        Err(_) => complete::render(&[], complete::ERROR),
+    };
+    print!("{answer}");
+    ExitCode::SUCCESS
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let access = Access {
         kubeconfig: cli.access.kubeconfig,
@@ -360,6 +397,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         },
     };
     match cli.command {
+        Command::Completion { shell } => {
+            crate::output::write_all(&complete::script(shell, Cli::command()));
+        }
         Command::Approve {
             session,
             id,

@@ -488,10 +488,13 @@ async fn verify_ls_and_search_speak_json() {
     assert_eq!(doc["recordings"][0]["storedInClear"], serde_json::json!([]));
 }
 
-/// A stand-in API server on loopback: answers every request with an empty AgentSession list
-/// (or never, with `answer` false) and hands back the request heads it read.
+const NO_SESSIONS: &str =
+    r#"{"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSessionList","metadata":{},"items":[]}"#;
+
+/// A stand-in API server on loopback: answers every request with `answer` (an AgentSession
+/// list), or never with `None`, and hands back the request heads it read.
 async fn api_server(
-    answer: bool,
+    answer: Option<&'static str>,
 ) -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -514,11 +517,10 @@ async fn api_server(
                     }
                 }
                 let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                if !answer {
+                let Some(body) = answer else {
                     tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                     return;
-                }
-                let body = r#"{"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSessionList","metadata":{},"items":[]}"#;
+                };
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -544,7 +546,7 @@ fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn kubectl_flags_reach_the_api_server() {
-    let (url, mut heads, task) = api_server(true).await;
+    let (url, mut heads, task) = api_server(Some(NO_SESSIONS)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = kubeconfig(dir.path(), &url);
     let config = config.to_str().unwrap().to_string();
@@ -586,7 +588,7 @@ async fn kubectl_flags_reach_the_api_server() {
 
 #[tokio::test]
 async fn request_timeout_bounds_a_silent_api_server() {
-    let (url, _heads, task) = api_server(false).await;
+    let (url, _heads, task) = api_server(None).await;
     let dir = tempfile::tempdir().unwrap();
     let config = kubeconfig(dir.path(), &url);
     let config = config.to_str().unwrap().to_string();
@@ -611,4 +613,155 @@ async fn request_timeout_bounds_a_silent_api_server() {
         started.elapsed()
     );
     task.abort();
+}
+
+fn complete(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl_complete-cassette"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("the helper runs");
+    eprintln!(
+        "$ kubectl_complete-cassette {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The values of a cobra `__complete` answer, and its directive.
+fn cobra(out: &Output) -> (Vec<String>, String) {
+    let text = ok(out);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let directive = lines.pop().expect("a directive line").to_string();
+    let values = lines
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    (values, directive)
+}
+
+#[test]
+fn the_kubectl_completion_helper_answers_in_cobras_protocol() {
+    let (values, directive) = cobra(&complete(&["sh"]));
+    assert_eq!(values, ["show"]);
+    assert_eq!(directive, ":4", "no file names instead");
+    let (values, _) = cobra(&complete(&[""]));
+    for verb in [
+        "ls",
+        "show",
+        "replay",
+        "verify",
+        "export",
+        "search",
+        "completion",
+    ] {
+        assert!(
+            values.contains(&verb.to_string()),
+            "{verb} missing: {values:?}"
+        );
+    }
+    let (values, _) = cobra(&complete(&["show", "fix-ci", "--host", "x", "--dec"]));
+    assert_eq!(values, ["--decision"]);
+    let (values, _) = cobra(&complete(&["show", "fix-ci", "-o", ""]));
+    assert_eq!(values, ["wide", "json", "yaml"]);
+    // No cluster: no session names, and no hanging.
+    let (values, directive) = cobra(&complete(&["show", ""]));
+    assert!(values.is_empty(), "{values:?}");
+    assert_eq!(directive, ":4");
+}
+
+#[tokio::test]
+async fn session_names_complete_from_the_api_server() {
+    const SESSIONS: &str = r#"{"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSessionList","metadata":{},"items":[
+        {"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSession","metadata":{"name":"fix-ci","namespace":"agents"},
+         "spec":{"agent":{"serviceAccount":"coding-agent"},"recording":{"sink":"gs://recordings"}},"status":{"phase":"Active"}},
+        {"apiVersion":"cassette.dev/v1alpha1","kind":"AgentSession","metadata":{"name":"refactor","namespace":"agents"},
+         "spec":{"recording":{"sink":"gs://recordings"}}}]}"#;
+    let (url, mut heads, task) = api_server(Some(SESSIONS)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url).to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        complete(&[
+            "--kubeconfig",
+            &config,
+            "--cluster",
+            "local",
+            "-n",
+            "agents",
+            "show",
+            "f",
+        ])
+    })
+    .await
+    .unwrap();
+    let text = ok(&out);
+    assert_eq!(
+        text,
+        "fix-ci\tAgentSession, Active, agent coding-agent\n:4\n"
+    );
+    let head = heads.recv().await.unwrap().to_lowercase();
+    assert!(
+        head.starts_with("get /apis/cassette.dev/v1alpha1/namespaces/agents/agentsessions"),
+        "{head}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_silent_api_server_completes_no_names_within_seconds() {
+    let (url, _heads, task) = api_server(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url).to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        complete(&["--kubeconfig", &config, "--cluster", "local", "verify", ""])
+    })
+    .await
+    .unwrap();
+    assert_eq!(ok(&out), ":4\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    task.abort();
+}
+
+#[test]
+fn the_bash_script_completes_verbs_flags_and_values_in_bash() {
+    let script = ok(&cassette(&["completion", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubectl-cassette.bash");
+    std::fs::write(&path, script).unwrap();
+    let run = |words: &str, cword: usize, cur: &str, prev: &str| -> String {
+        let program = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _kubectl__cassette kubectl-cassette '{cur}' '{prev}'; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .output()
+            .expect("bash runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        run("kubectl-cassette sh", 1, "sh", "kubectl-cassette"),
+        "show"
+    );
+    assert_eq!(
+        run("kubectl-cassette show --hi", 2, "--hi", "show"),
+        "--hide-metadata"
+    );
+    assert_eq!(
+        run(
+            "kubectl-cassette show fix --decision ''",
+            4,
+            "",
+            "--decision"
+        ),
+        "allow deny review blocked passthrough"
+    );
 }
