@@ -500,13 +500,27 @@ async fn api_server(
     tokio::sync::mpsc::UnboundedReceiver<String>,
     tokio::task::JoinHandle<()>,
 ) {
+    let body = answer.map(|b| b.to_string());
+    routed_api_server(move |_| body.clone()).await
+}
+
+/// A stand-in API server that answers a request for PATH with `route(PATH)`, or never.
+async fn routed_api_server(
+    route: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let route = std::sync::Arc::new(route);
     let task = tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let tx = tx.clone();
+            let route = route.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -516,8 +530,10 @@ async fn api_server(
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                let Some(body) = answer else {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let _ = tx.send(head);
+                let Some(body) = route(&path) else {
                     tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                     return;
                 };
@@ -764,4 +780,90 @@ fn the_bash_script_completes_verbs_flags_and_values_in_bash() {
         ),
         "allow deny review blocked passthrough"
     );
+}
+
+#[tokio::test]
+async fn ls_show_and_verify_read_a_session_from_the_api_server() {
+    let f = fixture::write_auditor().await;
+    let session = serde_json::json!({
+        "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+        "metadata": {"name": "fix-ci", "namespace": "agents", "creationTimestamp": "2026-05-01T11:00:00Z"},
+        "spec": {"agent": {"serviceAccount": "coding-agent"}, "recording": {"sink": f.sink}},
+        "status": {"phase": "Active", "totals": {"exchanges": 8, "blocked": 2, "masked": 6, "bytes": 0},
+                   "pods": [{"name": "agent-0", "uid": "5f1c", "publicKey": f.public_key, "exchanges": 8, "blocked": 2, "masked": 6},
+                            {"name": "agent-1", "uid": "77aa", "lastShippedSegment": "segment-000003.jsonl.zst"}]}
+    });
+    let list = serde_json::json!({"apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSessionList", "metadata": {}, "items": [session.clone()]});
+    let (one, all) = (session.to_string(), list.to_string());
+    let (url, _heads, task) = routed_api_server(move |path| {
+        let path = path.split('?').next().unwrap_or_default();
+        Some(if path.ends_with("/agentsessions/fix-ci") {
+            one.clone()
+        } else {
+            all.clone()
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url).to_str().unwrap().to_string();
+    let run = move |args: Vec<&'static str>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["--kubeconfig", config.as_str(), "--cluster", "local"];
+            all.extend(args);
+            cassette(&all)
+        })
+    };
+
+    let doc = json(&run(vec!["ls", "-o", "json"]).await.unwrap());
+    let s = &doc["sessions"][0];
+    for (field, want) in [
+        ("namespace", Value::from("agents")),
+        ("name", "fix-ci".into()),
+        ("phase", "Active".into()),
+        ("agent", "coding-agent".into()),
+        ("exchanges", 8.into()),
+        ("created", "2026-05-01T11:00:00Z".into()),
+    ] {
+        assert_eq!(s[field], want, "{field} in {s}");
+    }
+    let r = &s["recordings"][0];
+    assert_eq!(r["pod"], "agent-0-5f1c");
+    assert_eq!(r["inStatus"], true);
+    assert_eq!(r["publicKey"], Value::from(f.public_key.clone()));
+    assert_eq!(
+        s["podsWithoutRecording"],
+        serde_json::json!([{"pod": "agent-1", "lastShippedSegment": "segment-000003.jsonl.zst"}])
+    );
+    let wide = ok(&run(vec!["ls", "-o", "wide"]).await.unwrap());
+    let header = wide.lines().next().unwrap();
+    assert!(
+        header.contains("PODS") && header.contains("CREATED"),
+        "{header}"
+    );
+    assert!(
+        wide.contains("pod agent-1: in the status, but no recording in the sink"),
+        "{wide}"
+    );
+
+    let doc = json(
+        &run(vec!["show", "fix-ci", "-o", "json", "--status", "403"])
+            .await
+            .unwrap(),
+    );
+    let r = &doc["recordings"][0];
+    assert_eq!(
+        r["integrity"]["keyChecked"], true,
+        "the status key was checked"
+    );
+    assert_eq!(r["hiddenByFilters"], 7);
+
+    let out = run(vec!["verify", "fix-ci", "-o", "json"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "agent-1 shipped but is missing");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["verdict"], "INVALID");
+    assert_eq!(doc["recordings"][0]["verdict"], "OK");
+    assert_eq!(doc["pods"][0]["pod"], "agent-1");
+    assert_eq!(doc["pods"][0]["verdict"], "INVALID");
+    task.abort();
 }

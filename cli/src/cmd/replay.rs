@@ -284,6 +284,13 @@ async fn follow_one(
             next_index = ix + 1;
         }
         if closed || crate::output::closed() {
+            // A closed recording without session_end: what filters held is judged now.
+            for record in held.flush() {
+                if let Some(out) = render::replay_line(&record, &recording.label) {
+                    pacer.wait_for(&record.time).await;
+                    println!("{out}");
+                }
+            }
             return Ok(());
         }
         tokio::time::sleep(interval).await;
