@@ -29,8 +29,8 @@ Records that are no exchange:
                                                       exchange filter hides them
   connection records (conn_open, tls, conn_close, passthrough streams; export --jsonl)
                                                       hidden by any exchange filter
-When filters hide anything, a line on standard error (and the header of `show`) says how many
-exchanges were hidden."
+When filters are set, the output says how many exchanges they hid (show and search in it,
+replay and export on standard error)."
     };
 }
 pub(crate) use filter_grammar;

@@ -197,8 +197,6 @@ beside kubectl-cassette; kubectl runs it with the words typed so far.")]
     Show {
         #[command(flatten)]
         target: TargetArgs,
-        #[command(flatten)]
-        filter: FilterArgs,
         /// Show this exchange in full (heads, timings, decision) instead of the table: N as
         /// the table numbers it (RUN.N where a recorder reused ids after a restart).
         #[arg(long, value_name = "N")]
@@ -208,14 +206,14 @@ beside kubectl-cassette; kubectl runs it with the words typed so far.")]
         bodies: bool,
         #[command(flatten)]
         output: OutputArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Replay the session's timeline paced by its recorded times.
     #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 replayed, 3 usage error or unreadable recording."))]
     Replay {
         #[command(flatten)]
         target: TargetArgs,
-        #[command(flatten)]
-        filter: FilterArgs,
         /// Pace factor: 1 is real time, 10 ten times faster, 0 no pacing.
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
@@ -225,6 +223,8 @@ beside kubectl-cassette; kubectl runs it with the words typed so far.")]
         /// With --follow: seconds between polls of the sink.
         #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
         interval: f64,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Verify chain, seals, manifest, key and place of every recording of a session.
     #[command(after_help = "\
@@ -262,9 +262,9 @@ When several checks fail the worst decides: 1, then 4, then 2.")]
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
-        filter: FilterArgs,
-        #[command(flatten)]
         format: ExportFormat,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Find the exchanges that carried a secret (by its masked fingerprint), or a body (by the
     /// digest every body keeps, also where it was too long to store).
@@ -290,8 +290,6 @@ kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key)."))]
     Search {
         #[command(flatten)]
         target: TargetArgs,
-        #[command(flatten)]
-        filter: FilterArgs,
         /// A file holding the secret: a service-account JSON key, a token, a PEM key, an env file.
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
@@ -303,6 +301,8 @@ kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key)."))]
         key_file: Option<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
 }
 

@@ -280,7 +280,33 @@ fn the_filter_grammar_is_in_the_help_of_every_reading_verb() {
         ] {
             assert!(help.contains(needle), "{verb}: {needle:?} missing");
         }
+        // The verb's own options are not listed as filters.
+        let own = match verb {
+            "show" => "--exchange <N>",
+            "replay" => "--speed <SPEED>",
+            "export" => "--har <FILE>",
+            _ => "--secret-file <FILE>",
+        };
+        let heading = help
+            .find("Filters (repeat a flag")
+            .expect("the Filters heading");
+        assert!(
+            help.find(own).unwrap() < heading,
+            "{verb}: {own} is under Filters"
+        );
     }
+    // One exchange in full takes no filters.
+    let out = cassette(&[
+        "show",
+        "--recording",
+        "file:///nonexistent",
+        "--exchange",
+        "1",
+        "--host",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use one or the other"));
 }
 
 fn json(out: &Output) -> Value {
