@@ -45,9 +45,14 @@ pub async fn har(access: &Access, target: &Target, filter: &Filter, out: &Path) 
         if entries == 1 { "y" } else { "ies" },
         timelines.len(),
         out.display(),
-        hidden_note(hidden)
-            .map(|n| format!("; {n}"))
-            .unwrap_or_default()
+        if filter.is_active() {
+            format!(
+                "; filters: {}",
+                hidden_note(hidden).unwrap_or_else(|| "no exchange hidden".into())
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
