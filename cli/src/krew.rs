@@ -97,10 +97,11 @@ fn the_krew_manifest_installs_this_crates_binaries_at_its_version() {
         "shortDescription is one line"
     );
     assert!(spec.description.trim().len() > spec.short_description.len());
+    // The caveat says where krew put the completion helper, which is under the version.
+    let helper = format!("/cassette/{}/kubectl_complete-cassette", spec.version);
     assert!(
-        spec.caveats
-            .as_deref()
-            .is_some_and(|c| c.contains("kubectl_complete-cassette"))
+        spec.caveats.as_deref().is_some_and(|c| c.contains(&helper)),
+        "caveats do not name {helper}"
     );
 
     let bins = bins();
