@@ -100,8 +100,47 @@ pub fn upload_blob() -> Vec<u8> {
         .collect()
 }
 
+/// One exchange of the agent with the metadata server, as the sidecar's shim records it.
+async fn metadata(rec: &Recorder, exchange: u64, path: &str, masked: u64) {
+    rec.record(Event::Request(Request {
+        exchange,
+        conn: 0,
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "metadata.google.internal".into(),
+        path: path.into(),
+        version: "HTTP/1.1".into(),
+        headers: h(&[("metadata-flavor", "Google")]),
+    }))
+    .await
+    .expect("recorded");
+    rec.record(Event::Response(Response {
+        exchange,
+        status: 200,
+        version: "HTTP/1.1".into(),
+        headers: h(&[("metadata-flavor", "Google")]),
+        trailers: None,
+    }))
+    .await
+    .expect("recorded");
+    let mut e = end(exchange, 0, 40, Decision::Allow);
+    e.masked = masked;
+    rec.record(Event::ExchangeEnd(e)).await.expect("recorded");
+}
+
 /// Writes the fixture recording and closes it (sealed segments and a signed manifest).
 pub async fn write() -> Fixture {
+    write_with(false).await
+}
+
+/// The fixture with what an auditor's filters are for besides: the agent's metadata-server
+/// chatter (exchanges 6 and 8, the token answer masked), a storage DELETE refused by policy
+/// with a 403 (7), and a gap, between exchange 5 and the refused connection.
+pub async fn write_auditor() -> Fixture {
+    write_with(true).await
+}
+
+async fn write_with(auditor: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink_dir = dir.path().join("sink");
     let sink = format!("file://{}", sink_dir.display());
@@ -322,6 +361,58 @@ pub async fn write() -> Fixture {
     let mut e = end(5, blob.len() as u64, 0, Decision::Allow);
     e.classification = google("storage.objects.create", "storage.googleapis.com");
     r(Event::ExchangeEnd(e)).await;
+
+    if auditor {
+        metadata(
+            &rec,
+            6,
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            1,
+        )
+        .await;
+        // 7: a storage DELETE, refused by policy with a 403.
+        r(Event::Request(Request {
+            exchange: 7,
+            conn: 1,
+            method: "DELETE".into(),
+            scheme: "https".into(),
+            authority: "storage.googleapis.com".into(),
+            path: "/storage/v1/b/logs/o/ci%2Fbuild.log".into(),
+            version: "HTTP/2".into(),
+            headers: h(&[("authorization", &masked_token)]),
+        }))
+        .await;
+        r(Event::Blocked(Blocked {
+            exchange: Some(7),
+            reason: "policy".into(),
+            rule: Some("no-delete".into()),
+            message: "storage.objects.delete refused by rule no-delete".into(),
+        }))
+        .await;
+        r(Event::Response(Response {
+            exchange: 7,
+            status: 403,
+            version: "HTTP/2".into(),
+            headers: h(&[("content-type", "application/json")]),
+            trailers: None,
+        }))
+        .await;
+        let mut e = end(7, 0, 0, Decision::Deny);
+        e.rule = Some("no-delete".into());
+        e.error = Some("storage.objects.delete refused by rule no-delete".into());
+        e.classification = google("storage.objects.delete", "storage.googleapis.com");
+        r(Event::ExchangeEnd(e)).await;
+        metadata(&rec, 8, "/computeMetadata/v1/project/project-id", 0).await;
+        r(Event::Gap(cassette_recording::record::Gap {
+            lost: "records of 3 exchanges".into(),
+            reason: "the spool's disk was full".into(),
+            records: Some(12),
+            bytes: None,
+            from: None,
+            to: None,
+        }))
+        .await;
+    }
 
     // A connection refused after expiry: no exchange.
     r(Event::Blocked(Blocked {

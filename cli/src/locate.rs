@@ -19,8 +19,36 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub struct Access {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// `--cluster`: the kubeconfig cluster to use instead of the context's.
+    pub cluster: Option<String>,
+    /// `--user`: the kubeconfig user to use instead of the context's.
+    pub user: Option<String>,
     pub namespace: Option<String>,
+    /// `--as`, `--as-group`: impersonate them, as kubectl does.
+    pub impersonate: Option<String>,
+    pub impersonate_groups: Vec<String>,
+    /// `--request-timeout`: `None` keeps the client's defaults; `Some(None)` is no limit.
+    pub request_timeout: Option<Option<std::time::Duration>>,
     pub gcs: GcsOptions,
+}
+
+/// Parses `--request-timeout` as kubectl does: a number of seconds or a duration such as
+/// `5s`, `1m` or `2m3s`; `0` means no limit.
+pub fn parse_request_timeout(value: &str) -> Result<Option<std::time::Duration>> {
+    let value = value.trim();
+    let duration = match value.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => value
+            .parse::<jiff::SignedDuration>()
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .with_context(|| {
+                format!(
+                    "--request-timeout {value:?}: use seconds (30) or a duration (30s, 1m, 2m3s); 0 for no limit"
+                )
+            })?,
+    };
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// A client for the API server, and the namespace to use when none is given.
@@ -30,12 +58,14 @@ pub struct Cluster {
 }
 
 impl Access {
-    /// Connects with `--kubeconfig`/`--context`, or the usual places (`KUBECONFIG`,
-    /// `~/.kube/config`, in-cluster).
+    /// Connects with `--kubeconfig`/`--context`/`--cluster`/`--user`, or the usual places
+    /// (`KUBECONFIG`, `~/.kube/config`, in-cluster), then applies `--as`, `--as-group` and
+    /// `--request-timeout`.
     pub async fn cluster(&self) -> Result<Cluster> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
-            ..Default::default()
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
         };
         let config = match &self.kubeconfig {
             Some(path) => {
@@ -45,19 +75,40 @@ impl Access {
                     .await
                     .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
             }
-            None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
-                .await
-                .context("cannot load the kubeconfig")?,
+            None if self.context.is_some() || self.cluster.is_some() || self.user.is_some() => {
+                kube::Config::from_kubeconfig(&options)
+                    .await
+                    .context("cannot load the kubeconfig")?
+            }
             None => kube::Config::infer().await.context(
                 "no Kubernetes configuration found (set KUBECONFIG or --kubeconfig, or name a recording with --recording URI)",
             )?,
         };
+        let mut config = config;
+        self.apply(&mut config);
         let namespace = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
         Ok(Cluster { client, namespace })
+    }
+}
+
+impl Access {
+    /// The flags kubectl plugins take that change the client, not where it connects.
+    fn apply(&self, config: &mut kube::Config) {
+        if let Some(user) = &self.impersonate {
+            config.auth_info.impersonate = Some(user.clone());
+        }
+        if !self.impersonate_groups.is_empty() {
+            config.auth_info.impersonate_groups = Some(self.impersonate_groups.clone());
+        }
+        if let Some(timeout) = self.request_timeout {
+            config.connect_timeout = timeout;
+            config.read_timeout = timeout;
+            config.write_timeout = timeout;
+        }
     }
 }
 
@@ -284,5 +335,86 @@ mod tests {
         assert_eq!(split_uri("gs://b/").unwrap(), ("gs://b".into(), "".into()));
         assert!(split_uri("nothing").is_err());
         assert!(split_uri("file:///").is_err());
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn request_timeouts_read_as_kubectl_writes_them() {
+        let t = |v: &str| parse_request_timeout(v).unwrap();
+        assert_eq!(t("30"), Some(Duration::from_secs(30)));
+        assert_eq!(t("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(t("2m3s"), Some(Duration::from_secs(123)));
+        assert_eq!(t("0"), None);
+        assert_eq!(t("0s"), None);
+        let e = parse_request_timeout("soon").unwrap_err().to_string();
+        assert!(e.contains("30s, 1m"), "{e}");
+        assert!(parse_request_timeout("-5s").is_err());
+    }
+
+    /// A kubeconfig with two clusters, two users and one context, and the client config that
+    /// `--cluster`, `--user`, `--as`, `--as-group` and `--request-timeout` make of it.
+    #[tokio::test]
+    async fn kubectl_flags_reach_the_client_config() {
+        let yaml = r#"
+apiVersion: v1
+kind: Config
+current-context: dev
+contexts:
+- name: dev
+  context: {cluster: dev, user: alice, namespace: agents}
+clusters:
+- name: dev
+  cluster: {server: "https://dev.example:6443"}
+- name: prod
+  cluster: {server: "https://prod.example:6443"}
+users:
+- name: alice
+  user: {username: alice, password: a}
+- name: auditor
+  user: {username: auditor, password: b}
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, yaml).unwrap();
+        let access = Access {
+            kubeconfig: Some(path.clone()),
+            cluster: Some("prod".into()),
+            user: Some("auditor".into()),
+            impersonate: Some("bob@example.com".into()),
+            impersonate_groups: vec!["auditors".into(), "sre".into()],
+            request_timeout: Some(Some(Duration::from_secs(7))),
+            ..Default::default()
+        };
+        let options = KubeConfigOptions {
+            context: None,
+            cluster: access.cluster.clone(),
+            user: access.user.clone(),
+        };
+        let file = Kubeconfig::read_from(&path).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(file, &options)
+            .await
+            .unwrap();
+        access.apply(&mut config);
+        assert_eq!(config.cluster_url.host(), Some("prod.example"));
+        assert_eq!(config.auth_info.username.as_deref(), Some("auditor"));
+        assert_eq!(
+            config.auth_info.impersonate.as_deref(),
+            Some("bob@example.com")
+        );
+        assert_eq!(
+            config.auth_info.impersonate_groups,
+            Some(vec!["auditors".to_string(), "sre".to_string()])
+        );
+        assert_eq!(config.read_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(config.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(config.default_namespace, "agents");
+        // kube turns these into Impersonate-User and Impersonate-Group headers.
+        assert!(kube::Client::try_from(config).is_ok());
     }
 }

@@ -25,10 +25,15 @@ macro_rules! eprintln {
 }
 
 mod cmd;
+mod complete;
+mod filter;
 #[cfg(test)]
 mod fixture;
 mod har;
+#[cfg(test)]
+mod krew;
 mod locate;
+mod machine;
 mod output;
 mod render;
 mod search;
@@ -38,10 +43,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use cmd::Target;
+use filter::{Filter, FilterArgs, filter_grammar};
 use locate::Access;
+use machine::OutputArgs;
 
 /// Exit code for usage errors and for anything that could not be read or reached.
 const USAGE_OR_IO: u8 = 3;
@@ -86,6 +93,22 @@ struct AccessArgs {
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The kubeconfig cluster to use (instead of the context's).
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// The kubeconfig user to use (instead of the context's).
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Username to impersonate for the operation (a user or a service account).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
+    /// Group to impersonate for the operation; repeat for several.
+    #[arg(long, global = true, value_name = "GROUP")]
+    as_group: Vec<String>,
+    /// How long to wait for one request to the API server: seconds or a duration (30s, 1m);
+    /// 0 for no limit.
+    #[arg(long, global = true, value_name = "DURATION")]
+    request_timeout: Option<String>,
     /// Namespace of the AgentSession (default: the context's namespace).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -102,9 +125,9 @@ struct TargetArgs {
     session: Option<String>,
     #[arg(long, value_name = "URI", help = RECORDING_HELP)]
     recording: Option<String>,
-    /// Only the recording of this pod (`<pod>` or `<pod>-<uid>`).
+    /// Only the recording of this pod (`<pod>` or `<pod>-<uid>`); repeat for several.
     #[arg(long, value_name = "POD")]
-    pod: Option<String>,
+    pod: Vec<String>,
 }
 
 impl TargetArgs {
@@ -119,6 +142,19 @@ impl TargetArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print a shell completion script for kubectl-cassette (kubectl itself completes
+    /// `kubectl cassette …` through kubectl_complete-cassette).
+    #[command(after_help = "\
+Load it in the shell you use:
+  bash:  source <(kubectl-cassette completion bash)
+  zsh:   kubectl-cassette completion zsh > \"${fpath[1]}/_kubectl-cassette\"
+  fish:  kubectl-cassette completion fish | source
+For `kubectl cassette <TAB>` (kubectl 1.26+), put kubectl_complete-cassette on your PATH
+beside kubectl-cassette; kubectl runs it with the words typed so far.")]
+    Completion {
+        #[arg(value_enum)]
+        shell: complete::Shell,
+    },
     /// Let a request held for review through (its id is in status.pendingReviews).
     #[command(
         after_help = "Exit codes: 0 recorded, 3 no such pending request, or the API server refused."
@@ -153,9 +189,11 @@ enum Command {
         all_namespaces: bool,
         #[arg(long, value_name = "URI", help = RECORDING_HELP)]
         recording: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show a session's timeline: one row per exchange, blocked attempts and token swaps.
-    #[command(after_help = "Exit codes: 0 shown, 3 usage error or unreadable recording.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 shown, 3 usage error or unreadable recording."))]
     Show {
         #[command(flatten)]
         target: TargetArgs,
@@ -166,9 +204,13 @@ enum Command {
         /// With --exchange: print the request and response bodies too.
         #[arg(long, requires = "exchange")]
         bodies: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Replay the session's timeline paced by its recorded times.
-    #[command(after_help = "Exit codes: 0 replayed, 3 usage error or unreadable recording.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 replayed, 3 usage error or unreadable recording."))]
     Replay {
         #[command(flatten)]
         target: TargetArgs,
@@ -181,6 +223,8 @@ enum Command {
         /// With --follow: seconds between polls of the sink.
         #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
         interval: f64,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Verify chain, seals, manifest, key and place of every recording of a session.
     #[command(after_help = "\
@@ -209,18 +253,22 @@ When several checks fail the worst decides: 1, then 4, then 2.")]
         /// `kubectl get asess NAME -o jsonpath='{.status.pods[*].publicKey}' > keys`.
         #[arg(long, value_name = "KEY|FILE")]
         public_key: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Export a session's exchanges as HAR 1.2, or its records as JSON lines.
-    #[command(after_help = "Exit codes: 0 written, 3 usage error or unreadable recording / file.")]
+    #[command(after_help = concat!(filter_grammar!(), "\n\nExit codes: 0 written, 3 usage error or unreadable recording / file."))]
     Export {
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
         format: ExportFormat,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Find the exchanges that carried a secret (by its masked fingerprint), or a body (by the
     /// digest every body keeps, also where it was too long to store).
-    #[command(after_help = "\
+    #[command(after_help = concat!(filter_grammar!(), "\n\n", "\
 Exit codes: 0 at least one match, 1 no match, 3 usage error, unreadable input, or a key that
 is not the one the recording's digests use.
 
@@ -237,7 +285,7 @@ Both use the session's fingerprint key, read with your own credentials from the 
 in spec.masking.fingerprintKey (or, when the session names none, the one the operator made:
 cassette-fingerprint-<session>, key `key`), or from --key-file (the key's exact
 bytes, as the Secret holds them:
-kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
+kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key)."))]
     #[command(group = clap::ArgGroup::new("candidate").required(true).multiple(true).args(["secret_file", "body_file"]))]
     Search {
         #[command(flatten)]
@@ -251,6 +299,10 @@ kubectl get secret NAME -o jsonpath='{.data.KEY}' | base64 -d > key).")]
         /// The fingerprint key, instead of the Secret the AgentSession names.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
 }
 
@@ -266,6 +318,14 @@ struct ExportFormat {
 }
 
 fn main() -> ExitCode {
+    // Cobra's completion request, as kubectl_complete-cassette sends it for kubectl: the
+    // words typed so far, not a command line to parse.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).is_some_and(|a| a == "__complete") {
+        return complete_words(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -303,17 +363,43 @@ fn main() -> ExitCode {
     }
 }
 
+fn complete_words(words: &[String]) -> ExitCode {
+    cassette_recording::sink::install_ring_provider();
+    let answer = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(complete::run(&Cli::command(), words)),
+        Err(_) => complete::render(&[], complete::ERROR),
+    };
+    print!("{answer}");
+    ExitCode::SUCCESS
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let access = Access {
         kubeconfig: cli.access.kubeconfig,
         context: cli.access.context,
+        cluster: cli.access.cluster,
+        user: cli.access.user,
         namespace: cli.access.namespace,
+        impersonate: cli.access.as_user,
+        impersonate_groups: cli.access.as_group,
+        request_timeout: cli
+            .access
+            .request_timeout
+            .as_deref()
+            .map(locate::parse_request_timeout)
+            .transpose()?,
         gcs: cassette_recording::GcsOptions {
             anonymous: cli.access.gcs_endpoint.is_some(),
             endpoint: cli.access.gcs_endpoint,
         },
     };
     match cli.command {
+        Command::Completion { shell } => {
+            crate::output::write_all(&complete::script(shell, Cli::command()));
+        }
         Command::Approve {
             session,
             id,
@@ -345,14 +431,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls {
             all_namespaces,
             recording,
-        } => cmd::ls::run(&access, all_namespaces, recording.as_deref()).await?,
+            output,
+        } => cmd::ls::run(&access, all_namespaces, recording.as_deref(), output.output).await?,
         Command::Show {
             target,
+            filter,
             exchange,
             bodies,
-        } => cmd::show::run(&access, &target.target(), exchange.as_deref(), bodies).await?,
+            output,
+        } => {
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            cmd::show::run(
+                &access,
+                &target.target(),
+                &filter,
+                exchange.as_deref(),
+                bodies,
+                output.output,
+            )
+            .await?
+        }
         Command::Replay {
             target,
+            filter,
             speed,
             follow,
             interval,
@@ -363,30 +464,54 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .ok_or_else(|| {
                     anyhow::anyhow!("--interval must be a positive number of seconds")
                 })?;
-            cmd::replay::run(&access, &target.target(), speed, follow, interval).await?
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            cmd::replay::run(&access, &target.target(), &filter, speed, follow, interval).await?
         }
-        Command::Verify { target, public_key } => {
-            return cmd::verify::run(&access, &target.target(), public_key.as_deref()).await;
+        Command::Verify {
+            target,
+            public_key,
+            output,
+        } => {
+            let format = output.structured_only("verify")?;
+            return cmd::verify::run(&access, &target.target(), public_key.as_deref(), format)
+                .await;
         }
-        Command::Export { target, format } => match (format.har, format.jsonl) {
-            (Some(path), _) => cmd::export::har(&access, &target.target(), &path).await?,
-            (None, Some(path)) => cmd::export::jsonl(&access, &target.target(), &path).await?,
-            (None, None) => unreachable!("clap requires one of --har and --jsonl"),
-        },
+        Command::Export {
+            target,
+            filter,
+            format,
+        } => {
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
+            match (format.har, format.jsonl) {
+                (Some(path), _) => {
+                    cmd::export::har(&access, &target.target(), &filter, &path).await?
+                }
+                (None, Some(path)) => {
+                    cmd::export::jsonl(&access, &target.target(), &filter, &path).await?
+                }
+                (None, None) => unreachable!("clap requires one of --har and --jsonl"),
+            }
+        }
         Command::Search {
             target,
+            filter,
             secret_file,
             body_file,
             key_file,
+            output,
         } => {
+            let format = output.structured_only("search")?;
+            let filter = Filter::new(&filter, jiff::Timestamp::now())?;
             return cmd::search::run(
                 &access,
                 &target.target(),
+                &filter,
                 cmd::search::Candidates {
                     secret_file: secret_file.as_deref(),
                     body_file: body_file.as_deref(),
                 },
                 key_file.as_deref(),
+                format,
             )
             .await;
         }

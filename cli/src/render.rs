@@ -74,7 +74,7 @@ fn cut(text: &str, max: usize) -> String {
     s
 }
 
-fn decision_word(d: Decision) -> &'static str {
+pub fn decision_word(d: Decision) -> &'static str {
     match d {
         Decision::Allow => "allow",
         Decision::Deny => "deny",
@@ -229,8 +229,27 @@ const HEADER: [&str; 13] = [
     "NOTES",
 ];
 
+/// Columns `-o wide` adds before NOTES.
+const WIDE: [&str; 5] = ["CONN", "HTTP", "TTFB", "SIDECAR", "TLS"];
+
+/// The TLS facts of an exchange, short: `h2 TLSv1_3 verified`, `passthrough`, `-`.
+fn tls_cell(x: &Exchange) -> String {
+    match &x.tls {
+        None => "-".into(),
+        Some(t) if t.passthrough => "passthrough".into(),
+        Some(t) => format!(
+            "{} {} {}",
+            t.alpn.as_deref().unwrap_or("-"),
+            t.version.as_deref().unwrap_or("-"),
+            if t.verified { "verified" } else { "UNVERIFIED" }
+        ),
+    }
+}
+
 /// The timeline table: one row per exchange, and a line for each event between them.
-pub fn table(t: &Timeline) -> String {
+/// `wide` adds the connection, HTTP version, time to first byte, the sidecar's own time and
+/// TLS, and cuts no host or path short.
+pub fn table(t: &Timeline, wide: bool) -> String {
     enum Line {
         Row(Vec<String>),
         Event(String, String),
@@ -246,12 +265,17 @@ pub fn table(t: &Timeline) -> String {
                     .map(|r| (r.method.as_str(), r.path.as_str()))
                     .unwrap_or(("?", "?"));
                 let end = x.end.as_ref();
-                lines.push(Line::Row(vec![
+                let (host_max, path_max) = if wide {
+                    (usize::MAX, usize::MAX)
+                } else {
+                    (36, 48)
+                };
+                let mut cells = vec![
                     clock(&x.first_time),
                     x.label.clone(),
                     cut(method, 8),
-                    cut(x.host(), 36),
-                    cut(path, 48),
+                    cut(x.host(), host_max),
+                    cut(path, path_max),
                     x.response
                         .as_ref()
                         .map_or("-".into(), |r| r.status.to_string()),
@@ -263,8 +287,23 @@ pub fn table(t: &Timeline) -> String {
                     masked(x).to_string(),
                     cut(&decision(x), 32),
                     cut(&classification(end), 40),
-                    printable(&notes(x).join("; "), false),
-                ]));
+                ];
+                if wide {
+                    let us = |v: Option<u64>| v.map_or("-".into(), duration_us);
+                    cells.extend([
+                        x.request
+                            .as_ref()
+                            .map_or("-".into(), |r| r.conn.to_string()),
+                        x.request
+                            .as_ref()
+                            .map_or("-".into(), |r| cut(&r.version, 10)),
+                        us(end.and_then(|e| e.timings.ttfb_us)),
+                        us(end.and_then(|e| e.timings.sidecar_us)),
+                        printable(&tls_cell(x), false),
+                    ]);
+                }
+                cells.push(printable(&notes(x).join("; "), false));
+                lines.push(Line::Row(cells));
             }
             Item::Start { time, start } => {
                 let mut text = format!(
@@ -306,7 +345,13 @@ pub fn table(t: &Timeline) -> String {
             }
         }
     }
-    let mut widths = HEADER.map(|h| h.chars().count());
+    let mut header: Vec<String> = HEADER.iter().map(|h| h.to_string()).collect();
+    if wide {
+        let notes = header.pop().unwrap_or_default();
+        header.extend(WIDE.iter().map(|h| h.to_string()));
+        header.push(notes);
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for line in &lines {
         if let Line::Row(cells) = line {
             for (w, c) in widths.iter_mut().zip(cells) {
@@ -314,7 +359,12 @@ pub fn table(t: &Timeline) -> String {
             }
         }
     }
-    let right = [1, 5, 6, 7, 8, 9]; // numbers align right
+    // Numbers align right.
+    let right: &[usize] = if wide {
+        &[1, 5, 6, 7, 8, 9, 12, 14, 15]
+    } else {
+        &[1, 5, 6, 7, 8, 9]
+    };
     let row = |cells: &[String]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
@@ -334,7 +384,7 @@ pub fn table(t: &Timeline) -> String {
         }
         s.trim_end().to_string()
     };
-    let mut out = row(&HEADER.map(String::from));
+    let mut out = row(&header);
     out.push('\n');
     for line in lines {
         match line {
@@ -704,7 +754,7 @@ mod tests {
     #[tokio::test]
     async fn table_of_a_real_recording() {
         let (_f, t) = crate::timeline::fixture_timeline().await;
-        let table = table(&t);
+        let table = table(&t, false);
         let header = table.lines().next().unwrap();
         assert!(header.starts_with("TIME"), "{header}");
         for h in &HEADER[1..] {

@@ -179,7 +179,7 @@ impl Timeline {
     pub fn build<'a>(records: impl IntoIterator<Item = &'a Record>) -> Timeline {
         let mut t = Timeline::default();
         for r in records {
-            t.push(r);
+            t.take(r);
         }
         // Ids a recorder reused after a restart are shown with their run.
         let mut runs: BTreeMap<u64, u32> = BTreeMap::new();
@@ -229,7 +229,16 @@ impl Timeline {
         }
     }
 
-    /// Takes in the next record.
+    /// Takes in the next record and says which exchange it belongs to, if any (what filters
+    /// of records need). Exchanges taken in this way keep their plain ids as labels.
+    pub fn take(&mut self, record: &Record) -> Option<ExchangeKey> {
+        self.push(record);
+        match &record.event {
+            Event::Blocked(b) if b.exchange.is_none() => None,
+            event => event.exchange().map(|id| (self.run, id)),
+        }
+    }
+
     fn push(&mut self, record: &Record) {
         self.records += 1;
         if self.first_time.is_none() {
@@ -336,7 +345,17 @@ pub fn parse_time(time: &str) -> Option<jiff::Timestamp> {
 /// The fixture recording, read back as a timeline.
 #[cfg(test)]
 pub(crate) async fn fixture_timeline() -> (crate::fixture::Fixture, Timeline) {
-    let f = crate::fixture::write().await;
+    read_fixture(crate::fixture::write().await).await
+}
+
+/// The auditor fixture (with metadata chatter, a refused delete and a gap), as a timeline.
+#[cfg(test)]
+pub(crate) async fn fixture_timeline_auditor() -> (crate::fixture::Fixture, Timeline) {
+    read_fixture(crate::fixture::write_auditor().await).await
+}
+
+#[cfg(test)]
+async fn read_fixture(f: crate::fixture::Fixture) -> (crate::fixture::Fixture, Timeline) {
     let found = crate::locate::discover(&f.session_uri, &Default::default())
         .await
         .expect("discover");

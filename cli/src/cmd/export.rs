@@ -7,13 +7,15 @@ use anyhow::{Context, Result};
 use cassette_recording::read::decode_segment;
 
 use super::{Target, load, resolve_some};
+use crate::filter::{Filter, hidden_note};
 use crate::har;
 use crate::locate::Access;
 use crate::timeline::Timeline;
 
-pub async fn har(access: &Access, target: &Target, out: &Path) -> Result<()> {
+pub async fn har(access: &Access, target: &Target, filter: &Filter, out: &Path) -> Result<()> {
     let resolved = resolve_some(access, target).await?;
     let mut timelines = Vec::new();
+    let mut hidden = 0;
     for recording in &resolved.recordings {
         let (records, warning) = load(recording).await?.records(&recording.label);
         if let Some(w) = warning {
@@ -22,7 +24,9 @@ pub async fn har(access: &Access, target: &Target, out: &Path) -> Result<()> {
                 recording.label
             );
         }
-        timelines.push((recording.label.clone(), Timeline::build(&records)));
+        let narrowed = filter.narrow(&Timeline::build(&records));
+        hidden += narrowed.hidden;
+        timelines.push((recording.label.clone(), narrowed.timeline));
     }
     let comment = format!(
         "{} recorded by cassette; bodies are as recorded (secrets masked); verify with `kubectl cassette verify`",
@@ -37,18 +41,27 @@ pub async fn har(access: &Access, target: &Target, out: &Path) -> Result<()> {
         return Ok(());
     }
     eprintln!(
-        "wrote {entries} entr{} from {} recording(s) to {}",
+        "wrote {entries} entr{} from {} recording(s) to {}{}",
         if entries == 1 { "y" } else { "ies" },
         timelines.len(),
-        out.display()
+        out.display(),
+        if filter.is_active() {
+            format!(
+                "; filters: {}",
+                hidden_note(hidden).unwrap_or_else(|| "no exchange hidden".into())
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
 
-pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
+pub async fn jsonl(access: &Access, target: &Target, filter: &Filter, out: &Path) -> Result<()> {
     let resolved = resolve_some(access, target).await?;
     let mut bytes = Vec::new();
     let mut segments = 0;
+    let mut hidden = 0;
     for recording in &resolved.recordings {
         let loaded = load(recording).await?;
         let left_out = loaded.objects.left_out(&loaded.report);
@@ -59,15 +72,24 @@ pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
                 left_out.join(", ")
             );
         }
+        let mut text = Vec::new();
         for segment in &loaded.objects.segments {
             if left_out.contains(&segment.name.as_str()) {
                 continue;
             }
-            let text = decode_segment(&segment.name, &segment.bytes).with_context(|| {
-                format!("{}/{}: cannot decompress", recording.label, segment.name)
-            })?;
-            bytes.extend_from_slice(&text);
+            let segment_text =
+                decode_segment(&segment.name, &segment.bytes).with_context(|| {
+                    format!("{}/{}: cannot decompress", recording.label, segment.name)
+                })?;
+            text.extend_from_slice(&segment_text);
             segments += 1;
+        }
+        if filter.is_active() {
+            let (kept, left) = filtered_lines(&text, filter, &recording.label)?;
+            hidden += left;
+            bytes.extend_from_slice(&kept);
+        } else {
+            bytes.extend_from_slice(&text);
         }
     }
     write_out(out, &bytes)?;
@@ -79,7 +101,48 @@ pub async fn jsonl(access: &Access, target: &Target, out: &Path) -> Result<()> {
         resolved.recordings.len(),
         out.display()
     );
+    if filter.is_active() {
+        eprintln!(
+            "filtered: {}; the lines kept are byte for byte as recorded, but the chain cannot be checked on a filtered file (export without filters for that)",
+            hidden_note(hidden).unwrap_or_else(|| "no exchange hidden".into())
+        );
+    }
     Ok(())
+}
+
+/// The lines of a recording's records that the filter keeps, byte for byte, and how many
+/// exchanges it left out. An exchange is judged on all its records, so it is read twice.
+fn filtered_lines(text: &[u8], filter: &Filter, label: &str) -> Result<(Vec<u8>, usize)> {
+    let mut records = Vec::new();
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let record: cassette_recording::Record = serde_json::from_slice(line)
+            .with_context(|| format!("{label} line {}: not a record", i + 1))?;
+        records.push((line, record));
+    }
+    let mut timeline = Timeline::default();
+    let keys: Vec<_> = records.iter().map(|(_, r)| timeline.take(r)).collect();
+    let mut kept = Vec::new();
+    for ((line, record), key) in records.iter().zip(&keys) {
+        let shown = key.map(|k| {
+            timeline
+                .exchanges
+                .get(&k)
+                .is_some_and(|x| filter.exchange(x))
+        });
+        if filter.record(record, shown) {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    }
+    let hidden = timeline
+        .exchanges
+        .values()
+        .filter(|x| !filter.exchange(x))
+        .count();
+    Ok((kept, hidden))
 }
 
 fn write_out(out: &Path, bytes: &[u8]) -> Result<()> {

@@ -22,7 +22,8 @@ use crate::timeline::Timeline;
 pub struct Target {
     pub session: Option<String>,
     pub recording: Option<String>,
-    pub pod: Option<String>,
+    /// Pods to narrow to (any of them); none: every pod.
+    pub pod: Vec<String>,
 }
 
 /// A target resolved to its recordings.
@@ -69,10 +70,13 @@ pub async fn resolve(access: &Access, target: &Target) -> Result<Resolved> {
             r.status = locate::pod_status(s, &r.label).cloned();
         }
     }
-    if let Some(pod) = &target.pod {
+    if !target.pod.is_empty() {
         let all: Vec<String> = recordings.iter().map(|r| r.label.clone()).collect();
-        recordings.retain(|r| r.is_pod(pod));
-        if recordings.is_empty() {
+        if let Some(pod) = target
+            .pod
+            .iter()
+            .find(|p| !recordings.iter().any(|r| r.is_pod(p)))
+        {
             bail!(
                 "no recording of pod {pod:?} under {uri}; recordings there: {}",
                 if all.is_empty() {
@@ -82,6 +86,7 @@ pub async fn resolve(access: &Access, target: &Target) -> Result<Resolved> {
                 }
             );
         }
+        recordings.retain(|r| target.pod.iter().any(|p| r.is_pod(p)));
     }
     Ok(Resolved {
         session,

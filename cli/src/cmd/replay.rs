@@ -11,9 +11,10 @@ use cassette_recording::segment::{is_manifest_name, parse_index};
 use tokio::time::Instant;
 
 use super::{Target, load, resolve_some, single};
+use crate::filter::{Filter, hidden_note};
 use crate::locate::{Access, Recording};
 use crate::render;
-use crate::timeline::parse_time;
+use crate::timeline::{ExchangeKey, Timeline, parse_time};
 
 /// Sleeps so that records come out at their recorded pace, sped up by `speed` (0: no pacing).
 struct Pacer {
@@ -44,6 +45,7 @@ impl Pacer {
 pub async fn run(
     access: &Access,
     target: &Target,
+    filter: &Filter,
     speed: f64,
     follow: bool,
     interval: Duration,
@@ -55,10 +57,14 @@ pub async fn run(
     let mut pacer = Pacer::new(speed);
     if follow {
         let recording = single(&resolved, "replay --follow")?;
-        return follow_one(recording, &mut pacer, interval).await;
+        let mut held = Held::new(filter);
+        follow_one(recording, &mut pacer, interval, &mut held).await?;
+        say_hidden(filter, held.hidden());
+        return Ok(());
     }
     // Several pods: one timeline, merged by recorded time.
     let mut all: Vec<(jiff::Timestamp, String, Record)> = Vec::new();
+    let mut hidden = 0;
     for recording in &resolved.recordings {
         let (records, warning) = load(recording).await?.records(&recording.label);
         if let Some(w) = warning {
@@ -67,7 +73,24 @@ pub async fn run(
                 recording.label
             );
         }
-        for r in records {
+        // Exchanges are judged on all their records: the timeline first, then the records.
+        let mut timeline = Timeline::default();
+        let keys: Vec<Option<ExchangeKey>> = records.iter().map(|r| timeline.take(r)).collect();
+        hidden += timeline
+            .exchanges
+            .values()
+            .filter(|x| !filter.exchange(x))
+            .count();
+        for (r, key) in records.into_iter().zip(keys) {
+            let shown = key.map(|k| {
+                timeline
+                    .exchanges
+                    .get(&k)
+                    .is_some_and(|x| filter.exchange(x))
+            });
+            if !filter.record(&r, shown) {
+                continue;
+            }
             let t = parse_time(&r.time).unwrap_or_default();
             all.push((t, recording.label.clone(), r));
         }
@@ -82,7 +105,95 @@ pub async fn run(
             println!("{line}");
         }
     }
+    say_hidden(filter, hidden);
     Ok(())
+}
+
+fn say_hidden(filter: &Filter, hidden: usize) {
+    if filter.is_active() {
+        eprintln!(
+            "filters: {} (gaps and session events are always shown)",
+            hidden_note(hidden).unwrap_or_else(|| "no exchange hidden".into())
+        );
+    }
+}
+
+/// What `replay --follow` holds back under filters: an exchange is judged when it ends (its
+/// decision, status and classification are known then), so its lines come out together at
+/// its end. Without filters nothing is held.
+struct Held<'a> {
+    filter: &'a Filter,
+    timeline: Timeline,
+    pending: std::collections::BTreeMap<ExchangeKey, Vec<Record>>,
+    judged: std::collections::BTreeMap<ExchangeKey, bool>,
+}
+
+impl<'a> Held<'a> {
+    fn new(filter: &'a Filter) -> Self {
+        Held {
+            filter,
+            timeline: Timeline::default(),
+            pending: Default::default(),
+            judged: Default::default(),
+        }
+    }
+
+    /// The records to print now, in recorded order, after taking in `record`.
+    fn take(&mut self, record: Record) -> Vec<Record> {
+        if !self.filter.is_active() {
+            return vec![record];
+        }
+        let Some(key) = self.timeline.take(&record) else {
+            let mut out = Vec::new();
+            if matches!(record.event, cassette_recording::Event::SessionEnd(_)) {
+                out = self.flush();
+            }
+            if self.filter.record(&record, None) {
+                out.push(record);
+            }
+            return out;
+        };
+        if let Some(shown) = self.judged.get(&key) {
+            return if *shown { vec![record] } else { Vec::new() };
+        }
+        let ends = matches!(record.event, cassette_recording::Event::ExchangeEnd(_));
+        self.pending.entry(key).or_default().push(record);
+        if ends { self.judge(key) } else { Vec::new() }
+    }
+
+    fn judge(&mut self, key: ExchangeKey) -> Vec<Record> {
+        let shown = self
+            .timeline
+            .exchanges
+            .get(&key)
+            .is_some_and(|x| self.filter.exchange(x));
+        self.judged.insert(key, shown);
+        let held = self.pending.remove(&key).unwrap_or_default();
+        if shown { held } else { Vec::new() }
+    }
+
+    /// Exchanges that never ended (cut off), judged on what was recorded of them.
+    fn flush(&mut self) -> Vec<Record> {
+        let keys: Vec<ExchangeKey> = self.pending.keys().copied().collect();
+        let mut out: Vec<Record> = keys.into_iter().flat_map(|k| self.judge(k)).collect();
+        out.sort_by_key(|r| r.seq);
+        out
+    }
+
+    fn hidden(&self) -> usize {
+        self.judged.values().filter(|shown| !**shown).count()
+            + self
+                .pending
+                .keys()
+                .filter(|k| {
+                    !self
+                        .timeline
+                        .exchanges
+                        .get(k)
+                        .is_some_and(|x| self.filter.exchange(x))
+                })
+                .count()
+    }
 }
 
 /// Whether a segment that just appeared in a live recording is the recorder's next one: it
@@ -98,7 +209,12 @@ fn follows_on(text: &[u8], prev: &str) -> Option<String> {
     (first.expected_chain(prev) == first.chain && sealed).then(|| last.chain.to_string())
 }
 
-async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration) -> Result<()> {
+async fn follow_one(
+    recording: &Recording,
+    pacer: &mut Pacer,
+    interval: Duration,
+    held: &mut Held<'_>,
+) -> Result<()> {
     let mut next_index = 1u64;
     let mut prev = cassette_recording::chain::GENESIS.to_string();
     let mut left_out = std::collections::BTreeSet::new();
@@ -154,17 +270,27 @@ async fn follow_one(recording: &Recording, pacer: &mut Pacer, interval: Duration
                 if crate::output::closed() {
                     return Ok(());
                 }
-                if let Some(out) = render::replay_line(&record, &recording.label) {
-                    pacer.wait_for(&record.time).await;
-                    println!("{out}");
+                let end = matches!(record.event, cassette_recording::Event::SessionEnd(_));
+                for record in held.take(record) {
+                    if let Some(out) = render::replay_line(&record, &recording.label) {
+                        pacer.wait_for(&record.time).await;
+                        println!("{out}");
+                    }
                 }
-                if matches!(record.event, cassette_recording::Event::SessionEnd(_)) {
+                if end {
                     return Ok(());
                 }
             }
             next_index = ix + 1;
         }
         if closed || crate::output::closed() {
+            // A closed recording without session_end: what filters held is judged now.
+            for record in held.flush() {
+                if let Some(out) = render::replay_line(&record, &recording.label) {
+                    pacer.wait_for(&record.time).await;
+                    println!("{out}");
+                }
+            }
             return Ok(());
         }
         tokio::time::sleep(interval).await;

@@ -11,10 +11,21 @@ use cassette_recording::body::{body_digest, digest_key_id};
 use cassette_rules::mask::{BodyKind, Masker};
 
 use super::{Resolved, Target, resolve_some, timeline_of};
+use crate::filter::{Filter, hidden_note};
 use crate::locate::Access;
+use crate::machine::{self, Format, SearchOutput};
 use crate::render::{clock, printable};
 use crate::search::{body_matches, candidates, fingerprint, in_clear, search};
 use crate::timeline::{Item, Timeline};
+
+/// `println!` for text output only (`-o json|yaml` prints the gathered result at the end).
+macro_rules! say {
+    ($text:expr, $($arg:tt)*) => {
+        if $text {
+            println!($($arg)*)
+        }
+    };
+}
 
 /// Exit codes of `search`.
 pub const FOUND: i32 = 0;
@@ -29,9 +40,12 @@ pub struct Candidates<'a> {
 pub async fn run(
     access: &Access,
     target: &Target,
+    filter: &Filter,
     what: Candidates<'_>,
     key_file: Option<&Path>,
+    format: Option<Format>,
 ) -> Result<i32> {
+    let text = format.is_none();
     let read = |path: &Path| {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
@@ -43,11 +57,19 @@ pub async fn run(
         None => session_key(&resolved).await?,
     };
     let mut total = 0;
+    let mut out = SearchOutput {
+        target: resolved.title(),
+        ..Default::default()
+    };
     if let (Some(file), Some(path)) = (&secrets, what.secret_file) {
-        total += search_secrets(&resolved, file, path, &key).await?;
+        total += search_secrets(&resolved, filter, file, path, &key, text, &mut out).await?;
     }
     if let (Some(file), Some(path)) = (&body, what.body_file) {
-        total += search_bodies(&resolved, file, path, &key).await?;
+        total += search_bodies(&resolved, filter, file, path, &key, text, &mut out).await?;
+    }
+    if let Some(format) = format {
+        out.found = total > 0;
+        machine::print(format, &out)?;
     }
     Ok(if total > 0 { FOUND } else { NOT_FOUND })
 }
@@ -62,11 +84,63 @@ async fn session_key(resolved: &Resolved) -> Result<Vec<u8>> {
     cluster.secret_key(&secret.name, &secret.key).await
 }
 
+/// The labels of the exchanges the filter shows, and a line saying how many it hid; `None`
+/// without filters. A match outside any exchange (a DNS name, a session record) is always
+/// reported: a filter must not hide a secret that crossed the session.
+fn shown_labels(filter: &Filter, timeline: &Timeline) -> Option<(BTreeSet<String>, String)> {
+    filter.is_active().then(|| {
+        let narrowed = filter.narrow(timeline);
+        let labels = narrowed
+            .timeline
+            .exchanges
+            .values()
+            .map(|x| x.label.clone())
+            .collect();
+        let note = hidden_note(narrowed.hidden).unwrap_or_else(|| "no exchange hidden".into());
+        (
+            labels,
+            format!("  filters: {note} (matches outside any exchange are always reported)"),
+        )
+    })
+}
+
+/// The structured entry of a recording, made on first use (a search for secrets and bodies
+/// both report into it).
+fn recording_entry<'a>(
+    out: &'a mut SearchOutput,
+    label: &str,
+    timeline: &Timeline,
+    labels: &Option<(BTreeSet<String>, String)>,
+) -> &'a mut machine::SearchRecording {
+    let at = match out.recordings.iter().position(|r| r.pod == label) {
+        Some(at) => at,
+        None => {
+            out.recordings.push(machine::SearchRecording {
+                pod: label.to_string(),
+                exchanges: timeline.exchanges.len(),
+                hidden_by_filters: labels
+                    .as_ref()
+                    .map(|(l, _)| timeline.exchanges.len() - l.len()),
+                ..Default::default()
+            });
+            out.recordings.len() - 1
+        }
+    };
+    &mut out.recordings[at]
+}
+
+fn shown(labels: &Option<(BTreeSet<String>, String)>, exchange: &str) -> bool {
+    exchange == "-" || labels.as_ref().is_none_or(|(l, _)| l.contains(exchange))
+}
+
 async fn search_secrets(
     resolved: &Resolved,
+    filter: &Filter,
     file: &[u8],
     path: &Path,
     key: &[u8],
+    text: bool,
+    out: &mut SearchOutput,
 ) -> Result<usize> {
     let candidates = candidates(file);
     if candidates.is_empty() {
@@ -76,14 +150,19 @@ async fn search_secrets(
         .iter()
         .map(|c| (c.source.clone(), fingerprint(key, &c.value)))
         .collect();
-    println!(
+    say!(
+        text,
         "searching {} for {} candidate secret(s) from {}:",
         resolved.title(),
         wanted.len(),
         path.display()
     );
     for (source, fp) in &wanted {
-        println!("  {fp}  {}", printable(source, false));
+        say!(text, "  {fp}  {}", printable(source, false));
+        out.candidates.push(machine::Candidate {
+            source: source.clone(),
+            fingerprint: fp.clone(),
+        });
     }
     let values: Vec<(String, Vec<u8>)> = candidates
         .iter()
@@ -93,18 +172,57 @@ async fn search_secrets(
     for recording in &resolved.recordings {
         let (timeline, loaded) = timeline_of(recording).await?;
         let (records, _) = loaded.records(&recording.label);
-        let found = search(&timeline, &records, &wanted);
-        let (clear, unsearched) = in_clear(&timeline, &records, &values);
+        let labels = shown_labels(filter, &timeline);
+        let mut found = search(&timeline, &records, &wanted);
+        let (mut clear, unsearched) = in_clear(&timeline, &records, &values);
+        found.retain(|f| shown(&labels, &f.exchange));
+        clear.retain(|c| shown(&labels, c.exchange.as_deref().unwrap_or("-")));
         total += found.len() + clear.len();
-        println!();
-        println!(
+        let entry = recording_entry(out, &recording.label, &timeline, &labels);
+        entry
+            .matches
+            .extend(found.iter().map(|f| machine::SecretMatch {
+                exchange: f.exchange.clone(),
+                time: f.time.clone(),
+                direction: f.direction,
+                method: f.method.clone(),
+                host: f.host.clone(),
+                path: f.path.clone(),
+                place: f.place.to_string(),
+                detector: f.detector.clone(),
+                candidate: f.candidate.clone(),
+                fingerprint: f.fingerprint.clone(),
+            }));
+        entry
+            .stored_in_clear
+            .extend(clear.iter().map(|c| machine::InClear {
+                seq: c.seq,
+                time: c.time.clone(),
+                kind: c.kind.clone(),
+                exchange: c.exchange.clone(),
+                field: c.field.clone(),
+                candidate: c.candidate.clone(),
+            }));
+        entry.not_searched = machine::NotSearched {
+            truncated_bodies: unsearched.truncated_bodies,
+            undecoded_bodies: unsearched.undecoded_bodies,
+            unread_packs: unsearched.unread_packs,
+            damaged_bodies: unsearched.damaged_bodies,
+        };
+        say!(text,);
+        say!(
+            text,
             "recording {}: {} match(es) in {} exchange(s)",
             recording.label,
             found.len(),
             timeline.exchanges.len()
         );
+        if let Some((_, note)) = &labels {
+            say!(text, "{note}");
+        }
         for f in &found {
-            println!(
+            say!(
+                text,
                 "  {}  #{:<4} {:<8} {:<8} {}{}  in {} ({}, {}) — candidate {}",
                 clock(&f.time),
                 f.exchange,
@@ -123,15 +241,20 @@ async fn search_secrets(
             );
         }
         if clear.is_empty() {
-            println!("  stored in clear: nowhere (every record, header and stored body searched)");
+            say!(
+                text,
+                "  stored in clear: nowhere (every record, header and stored body searched)"
+            );
         } else {
-            println!(
+            say!(
+                text,
                 "  STORED IN CLEAR (no detector masked it): {} place(s)",
                 clear.len()
             );
         }
         for c in &clear {
-            println!(
+            say!(
+                text,
                 "  {}  {:<6} seq {:<6} {:<10} {} — candidate {}",
                 clock(&c.time),
                 c.exchange
@@ -145,31 +268,38 @@ async fn search_secrets(
             );
         }
         if !unsearched.is_empty() {
-            println!("  not searched (a \"no\" above does not cover these):");
+            say!(
+                text,
+                "  not searched (a \"no\" above does not cover these):"
+            );
         }
         if unsearched.truncated_bodies > 0 {
-            println!(
+            say!(
+                text,
                 "    the unstored rest of {} body(ies) longer than maxBodyBytes (only their \
                  digest is kept: try --body-file with the whole body)",
                 unsearched.truncated_bodies
             );
         }
         if unsearched.undecoded_bodies > 0 {
-            println!(
+            say!(
+                text,
                 "    {} body(ies) in a content encoding the recorder did not decode, or that \
                  broke partway (stored as sent from there)",
                 unsearched.undecoded_bodies
             );
         }
         if unsearched.unread_packs > 0 {
-            println!(
+            say!(
+                text,
                 "    the objects after the break of {} git pack(s) that could not be read to \
                  their end",
                 unsearched.unread_packs
             );
         }
         if unsearched.damaged_bodies > 0 {
-            println!(
+            say!(
+                text,
                 "    {} body(ies) whose pieces do not fit together (run verify)",
                 unsearched.damaged_bodies
             );
@@ -192,7 +322,15 @@ fn run_key_ids(timeline: &Timeline) -> Vec<(u32, Option<String>)> {
         .collect()
 }
 
-async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]) -> Result<usize> {
+async fn search_bodies(
+    resolved: &Resolved,
+    filter: &Filter,
+    file: &[u8],
+    path: &Path,
+    key: &[u8],
+    text: bool,
+    out: &mut SearchOutput,
+) -> Result<usize> {
     // What the sidecar would have recorded for this file: the bytes as they are, or with
     // their secrets masked (JSON bodies also by field), under the session's masking.
     let masking = resolved
@@ -213,7 +351,8 @@ async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]
         }
     }
     let ours = digest_key_id(key);
-    println!(
+    say!(
+        text,
         "searching {} for the body in {} ({} bytes){}:",
         resolved.title(),
         path.display(),
@@ -262,17 +401,38 @@ async fn search_bodies(resolved: &Resolved, file: &[u8], path: &Path, key: &[u8]
     }
     let mut total = 0;
     for (recording, timeline, usable) in &timelines {
-        let found = body_matches(timeline, &wanted, |run| usable.contains(&run));
+        let labels = shown_labels(filter, timeline);
+        let mut found = body_matches(timeline, &wanted, |run| usable.contains(&run));
+        found.retain(|m| shown(&labels, &m.exchange));
         total += found.len();
-        println!();
-        println!(
+        let entry = recording_entry(out, &recording.label, timeline, &labels);
+        entry
+            .body_matches
+            .extend(found.iter().map(|m| machine::BodyMatch {
+                exchange: m.exchange.clone(),
+                time: m.time.clone(),
+                direction: m.direction,
+                method: m.method.clone(),
+                host: m.host.clone(),
+                path: m.path.clone(),
+                length: m.length,
+                stored: m.stored,
+                how: m.how.clone(),
+            }));
+        say!(text,);
+        say!(
+            text,
             "recording {}: {} match(es) in {} exchange(s)",
             recording.label,
             found.len(),
             timeline.exchanges.len()
         );
+        if let Some((_, note)) = &labels {
+            say!(text, "{note}");
+        }
         for m in &found {
-            println!(
+            say!(
+                text,
                 "  {}  #{:<4} {} body  {:<8} {}{}  ({} bytes, {} stored; {}) — matches {}",
                 clock(&m.time),
                 m.exchange,

@@ -13,6 +13,7 @@ use cassette_recording::{Completeness, Expected, Place, Report};
 
 use super::{Target, resolve};
 use crate::locate::{Access, Recording};
+use crate::machine::{self, Format};
 
 /// Exit codes of `verify` (main.rs documents them in `--help`; 3 is every command's).
 pub const OK: i32 = 0;
@@ -30,6 +31,15 @@ enum Verdict {
 }
 
 impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Incomplete => "INCOMPLETE",
+            Verdict::Unchecked => "UNCHECKED",
+            Verdict::Invalid => "INVALID",
+        }
+    }
+
     fn code(self) -> i32 {
         match self {
             Verdict::Ok => OK,
@@ -82,9 +92,26 @@ fn pinned(arg: &str) -> Result<Pinned> {
     }
 }
 
-pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> Result<i32> {
+pub async fn run(
+    access: &Access,
+    target: &Target,
+    public_key: Option<&str>,
+    format: Option<Format>,
+) -> Result<i32> {
+    let text = format.is_none();
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            if text {
+                println!($($arg)*)
+            }
+        };
+    }
     let pinned = public_key.map(pinned).transpose()?;
     let resolved = resolve(access, target).await?;
+    let mut out = machine::VerifyOutput {
+        target: resolved.title(),
+        ..Default::default()
+    };
     let mut worst = Verdict::Ok;
     let mut counts = [0usize; 4];
 
@@ -92,7 +119,7 @@ pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> 
     if let Some(session) = &resolved.session {
         let pods = session.status.iter().flat_map(|s| s.pods.iter());
         for pod in pods {
-            if target.pod.as_deref().is_some_and(|p| p != pod.name) {
+            if !target.pod.is_empty() && !target.pod.contains(&pod.name) {
                 continue;
             }
             let found = resolved
@@ -102,32 +129,46 @@ pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> 
             if found {
                 continue;
             }
-            let verdict = match &pod.last_shipped_segment {
-                Some(seg) => {
-                    println!(
-                        "INVALID     pod {}: the AgentSession status says it shipped {seg}, but no recording of it is under {}",
-                        pod.name, resolved.uri
-                    );
-                    Verdict::Invalid
-                }
-                None => {
-                    println!(
-                        "INCOMPLETE  pod {}: nothing shipped yet (no recording under {})",
-                        pod.name, resolved.uri
-                    );
-                    Verdict::Incomplete
-                }
+            let (verdict, message) = match &pod.last_shipped_segment {
+                Some(seg) => (
+                    Verdict::Invalid,
+                    format!(
+                        "the AgentSession status says it shipped {seg}, but no recording of it is under {}",
+                        resolved.uri
+                    ),
+                ),
+                None => (
+                    Verdict::Incomplete,
+                    format!("nothing shipped yet (no recording under {})", resolved.uri),
+                ),
             };
+            say!("{:<11} pod {}: {message}", verdict.word(), pod.name);
+            out.pods.push(machine::PodVerdict {
+                pod: pod.name.clone(),
+                verdict: verdict.word(),
+                message,
+            });
             counts[verdict as usize] += 1;
             worst = worst.max(verdict);
         }
     }
     if resolved.recordings.is_empty() && counts.iter().sum::<usize>() == 0 {
         if resolved.session.is_some() {
-            println!(
-                "INCOMPLETE  no recording under {} yet (no pod has shipped a segment)",
+            let message = format!(
+                "no recording under {} yet (no pod has shipped a segment)",
                 resolved.uri
             );
+            say!("INCOMPLETE  {message}");
+            if let Some(format) = format {
+                out.verdict = Verdict::Incomplete.word();
+                out.exit_code = INCOMPLETE;
+                out.pods.push(machine::PodVerdict {
+                    pod: String::new(),
+                    verdict: Verdict::Incomplete.word(),
+                    message,
+                });
+                machine::print(format, &out)?;
+            }
             return Ok(INCOMPLETE);
         }
         bail!("no recording found under {}", resolved.uri);
@@ -171,15 +212,23 @@ pub async fn run(access: &Access, target: &Target, public_key: Option<&str>) -> 
         if let Some(claim) = shipped_beyond(recording, &report) {
             extra.push(claim);
         }
-        let verdict = print_report(
+        let (verdict, structured) = print_report(
             recording,
             &report,
             &extra,
             key_source.as_deref(),
             why_unchecked,
+            text,
         );
+        out.recordings.push(structured);
         counts[verdict as usize] += 1;
         worst = worst.max(verdict);
+    }
+    if let Some(format) = format {
+        out.verdict = worst.word();
+        out.exit_code = worst.code();
+        machine::print(format, &out)?;
+        return Ok(worst.code());
     }
     println!(
         "{}: {} ok, {} incomplete, {} invalid, {} unchecked",
@@ -216,7 +265,15 @@ fn print_report(
     extra: &[String],
     key: Option<&str>,
     why_unchecked: &str,
-) -> Verdict {
+    text: bool,
+) -> (Verdict, machine::RecordingVerdict) {
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            if text {
+                println!($($arg)*)
+            }
+        };
+    }
     let sealed = report.segments.iter().filter(|s| s.sealed).count();
     let summary = format!(
         "{} segment(s), {} record(s), {sealed} sealed",
@@ -233,16 +290,16 @@ fn print_report(
         Verdict::Ok
     };
     match verdict {
-        Verdict::Ok => println!(
+        Verdict::Ok => say!(
             "OK          {}: {summary}; every chain link, seal and the manifest verify",
             recording.label
         ),
-        Verdict::Unchecked => println!(
+        Verdict::Unchecked => say!(
             "UNCHECKED   {}: {summary}; it holds together, but only against the key it announces itself, and anyone can make a key and sign a recording with it ({why_unchecked}): pass --public-key with the key the pod's sidecar published",
             recording.label
         ),
         Verdict::Incomplete => match &report.completeness {
-            Completeness::Unshipped(gap) => println!(
+            Completeness::Unshipped(gap) => say!(
                 "INCOMPLETE  {}: {summary}; closed by its signed manifest, which says {} sealed segment(s) (seq {}..={}) could not be shipped before the recorder's deadline: {}. What is there verifies.",
                 recording.label,
                 gap.len(),
@@ -253,48 +310,83 @@ fn print_report(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            _ => println!(
+            _ => say!(
                 "INCOMPLETE  {}: {summary}; no manifest.json yet (the session is live, or its recorder died before closing it). What is there verifies.",
                 recording.label
             ),
         },
-        Verdict::Invalid => println!(
+        Verdict::Invalid => say!(
             "INVALID     {}: {} fault(s) ({summary})",
             recording.label,
             report.faults.len() + extra.len()
         ),
     }
-    println!("            {}", recording.url);
+    say!("            {}", recording.url);
     if let Some(m) = report.manifest.as_deref().filter(|m| *m != "manifest.json") {
-        println!(
+        say!(
             "            closed by {m}: the recorder wrote its manifest there because manifest.json was taken"
         );
     }
     if let Some(k) = &report.public_key {
         match key {
-            Some(source) => println!("            announced key {k}; {source}"),
-            None => println!("            announced key {k}; NOT checked against a key you trust"),
+            Some(source) => say!("            announced key {k}; {source}"),
+            None => say!("            announced key {k}; NOT checked against a key you trust"),
         }
     }
     if verdict == Verdict::Unchecked && report.completeness != Completeness::Complete {
-        println!("            and it is not closed by a signed manifest");
+        say!("            and it is not closed by a signed manifest");
     }
     for s in report.segments.iter().filter(|s| s.recovered) {
-        println!(
+        say!(
             "            note: {} was sealed on restart after a crash (see its gap record)",
             s.name
         );
     }
     for (copy, listed) in &report.copies {
-        println!(
+        say!(
             "            note: {copy} is byte for byte {listed} (an upload whose answer was lost, shipped again under a new name)"
         );
     }
     for fault in &report.faults {
-        println!("            FAULT {fault}");
+        say!("            FAULT {fault}");
     }
     for e in extra {
-        println!("            FAULT {e}");
+        say!("            FAULT {e}");
     }
-    verdict
+    let structured = machine::RecordingVerdict {
+        pod: recording.label.clone(),
+        url: recording.url.clone(),
+        verdict: verdict.word(),
+        segments: report.segments.len(),
+        records: report.records,
+        sealed,
+        completeness: match &report.completeness {
+            Completeness::Complete => "complete",
+            Completeness::Open => "open",
+            Completeness::Unshipped(_) => "unshipped",
+        },
+        unshipped: match &report.completeness {
+            Completeness::Unshipped(gap) => gap.iter().map(|s| s.name.clone()).collect(),
+            _ => Vec::new(),
+        },
+        announced_key: report.public_key.clone(),
+        key_source: key.map(str::to_string),
+        manifest: report.manifest.clone(),
+        faults: report
+            .faults
+            .iter()
+            .map(|f| f.to_string())
+            .chain(extra.iter().cloned())
+            .collect(),
+        notes: report
+            .segments
+            .iter()
+            .filter(|s| s.recovered)
+            .map(|s| format!("{} was sealed on restart after a crash (see its gap record)", s.name))
+            .chain(report.copies.iter().map(|(copy, listed)| {
+                format!("{copy} is byte for byte {listed} (an upload whose answer was lost, shipped again under a new name)")
+            }))
+            .collect(),
+    };
+    (verdict, structured)
 }
