@@ -600,11 +600,13 @@ impl Node {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{
-                        "subnet": self.info.pod_cidr(),
-                        "gateway": format!("10.244.{slot}.1"),
-                    }]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    // Dual-stack pods, as GKE's dual-stack clusters give: an agent's IPv6
+                    // must meet the capture rules, not an absent route.
+                    "ranges": [
+                        [{"subnet": self.info.pod_cidr(), "gateway": format!("10.244.{slot}.1")}],
+                        [{"subnet": format!("fd00:244:{slot:x}::/64"), "gateway": format!("fd00:244:{slot:x}::1")}],
+                    ],
+                    "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
                     "dataDir": dir.join("cni-ipam"),
                 },
             }],
