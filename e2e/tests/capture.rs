@@ -15,7 +15,8 @@
 //! | TLS to the attacker's pod, SNI of a passthrough host | refused, recorded as `destination`: the attacker's pod never sees a connection |
 //! | the passthrough host at its own address | tunnelled: the upstream's own certificate verifies; both directions recorded as `stream` |
 //! | UDP to 443 (QUIC) of the attacker's pod | nothing arrives |
-//! | IPv6 to the metadata server's IPv6 address | no connection |
+//! | IPv6 (the pods are dual-stack) to the metadata server's IPv6 address | the shim's placeholder, or nothing |
+//! | IPv6 to the attacker's pod: a bare TCP connection, UDP, an HTTP request | nothing reaches it unrecorded |
 //! | the sidecar's admin port | answers, with nothing secret |
 //! | `dig` to the cluster's resolver, UDP and TCP | answered through the sidecar; a `dns` record with name, type, answer, resolver |
 //! | `dig @<attacker's pod>`, UDP and TCP | answered by the cluster's resolver; the attacker's pod hears nothing |
@@ -96,21 +97,26 @@ def upgrades(c, a):
     reply = b'attacker got ' + text
     c.sendall(bytes([0x81, len(reply)]) + reply)
 def http(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('0.0.0.0', port)); s.listen(16)
+    s = dual(socket.SOCK_STREAM)
+    s.bind(('::', port)); s.listen(16)
     while True:
         c, a = s.accept()
         threading.Thread(target=upgrades, args=(c, a), daemon=True).start()
-threading.Thread(target=http, args=(80,), daemon=True).start()
+def dual(kind):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
 def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('0.0.0.0', port)); s.listen(16)
+    s = dual(socket.SOCK_STREAM)
+    s.bind(('::', port)); s.listen(16)
     while True:
         c, a = s.accept(); log('tcp', port, 'accepted from', a[0]); c.close()
 def udp(port):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', port))
+    u = dual(socket.SOCK_DGRAM); u.bind(('::', port))
     while True:
         d, a = u.recvfrom(4096); log('udp', port, 'from', a[0], d[:40])
+threading.Thread(target=http, args=(80,), daemon=True).start()
 for port in (443, 53):
     threading.Thread(target=tcp, args=(port,), daemon=True).start()
     threading.Thread(target=udp, args=(port,), daemon=True).start()
@@ -183,6 +189,23 @@ try:
     u.recvfrom(100); print('answered')
 except OSError as e:
     print('refused', e)
+"#;
+
+/// Over IPv6 to `ip`: a bare TCP connection to 443, and UDP to 443.
+const IPV6: &str = r#"
+import socket, sys
+ip = sys.argv[1]
+try:
+    s = socket.create_connection((ip, 443), timeout=5); print('tcp6 connected'); s.close()
+except OSError as e:
+    print('tcp6 refused', e)
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.settimeout(2)
+try:
+    for _ in range(3):
+        u.sendto(b'quic over v6', (ip, 443))
+    u.recvfrom(100); print('udp6 answered')
+except OSError as e:
+    print('udp6 refused', e)
 "#;
 
 /// Bytes that are not DNS to port 53 of `server`, over UDP and TCP.
@@ -482,9 +505,23 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
         })
         .to_string(),
     )?;
-    let attacker_ip = wait_ready(ATTACKER_NAMESPACE, ATTACKER)?["status"]["podIP"]
+    let attacker = wait_ready(ATTACKER_NAMESPACE, ATTACKER)?;
+    let attacker_ip = attacker["status"]["podIP"]
         .as_str()
         .context("the attacker's pod IP")?
+        .to_string();
+    let attacker_v6 = attacker["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["ip"].as_str())
+        .find(|ip| ip.contains(':'))
+        .with_context(|| {
+            format!(
+                "the attacker's pod has no IPv6 address: {}",
+                attacker["status"]
+            )
+        })?
         .to_string();
     // Ready includes the kubelet's TCP probe of the agent's listener, through the inbound
     // capture.
@@ -596,11 +633,24 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
             "http://[fd20:ce::254]/computeMetadata/v1/instance/service-accounts/default/token",
         ],
     )?;
+    // GCE's IPv6 metadata address gets what 169.254.169.254 gets: the shim, or nothing.
     assert!(
-        !v6.status.success() && !said(&v6).contains(&real),
-        "an IPv6 connection got through: {}",
+        !said(&v6).contains(&real)
+            && (!v6.status.success() || said(&v6).contains("cassette-placeholder")),
+        "the IPv6 metadata address answered: {}",
         said(&v6)
     );
+
+    // IPv6 to the attacker's pod: the same capture as IPv4, so nothing reaches it unrecorded.
+    let v6_raw = agent(&["python3", "-c", IPV6, &attacker_v6])?;
+    let v6_http = agent(&[
+        "curl",
+        "-sS",
+        "-g",
+        "--max-time",
+        "5",
+        &format!("http://[{attacker_v6}]/v6-probe"),
+    ])?;
 
     // The sidecar's admin port answers the agent with nothing secret.
     let metrics = agent(&["curl", "-sS", "http://127.0.0.1:15090/metrics"])?;
@@ -678,12 +728,18 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
     );
 
     let attacker_heard = logs(ATTACKER_NAMESPACE, ATTACKER, "server");
+    let v6_probe_arrived = attacker_heard.contains("GET /v6-probe");
+    let attacker_heard: String = attacker_heard
+        .lines()
+        .filter(|l| !l.contains("GET /v6-probe"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert!(
         attacker_heard.contains("listening")
             && !attacker_heard.contains("tcp ")
             && !attacker_heard.contains("udp "),
         "the attacker's pod heard from the agent: {attacker_heard}\nDNS said: {answered:?}\n\
-         not DNS: {not_dns}"
+         not DNS: {not_dns}\nIPv6: {v6_raw}"
     );
 
     // Upgrades to the attacker's pod: a WebSocket is carried and read; a protocol of the
@@ -887,6 +943,12 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
     let whole = serde_json::to_string(&records)?;
     assert!(!whole.contains(API_KEY) && !whole.contains(GITHUB_TOKEN) && !whole.contains(&real));
 
+    if v6_probe_arrived {
+        assert!(
+            paths.contains(&"/v6-probe"),
+            "an HTTP request over IPv6 reached the attacker unrecorded: {v6_http}"
+        );
+    }
     let messages = kinds(&records, "message");
     let said_by = |direction: &str| -> String {
         messages
