@@ -13,6 +13,7 @@ pub mod netns;
 pub mod node;
 pub mod operator;
 mod pki;
+pub mod pods;
 pub mod relay;
 pub mod release;
 pub mod story;
@@ -91,21 +92,9 @@ impl Cluster {
     /// `kubectl <args>` as the admin with `input` on its stdin; what it printed and how it
     /// ended (kubectl prints admission warnings on stderr).
     pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Result<std::process::Output> {
-        use std::io::Write;
-        let mut child = self
-            .kubectl()
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running kubectl {}", args.join(" ")))?;
-        child
-            .stdin
-            .take()
-            .context("kubectl's stdin")?
-            .write_all(input.as_bytes())?;
-        Ok(child.wait_with_output()?)
+        let mut command = self.kubectl();
+        command.args(args);
+        with_input(command, input).with_context(|| format!("running kubectl {}", args.join(" ")))
     }
 
     /// A kubeconfig for a named user (client certificate; local control plane only).
@@ -343,4 +332,20 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("e2e/ has a parent")
         .to_path_buf()
+}
+
+/// Run `command` with `input` on its stdin; what it printed and how it ended.
+pub fn with_input(mut command: std::process::Command, input: &str) -> Result<std::process::Output> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("the command's stdin")?
+        .write_all(input.as_bytes())?;
+    Ok(child.wait_with_output()?)
 }

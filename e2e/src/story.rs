@@ -168,6 +168,25 @@ impl World {
         })
     }
 
+    /// Every record a session's pods shipped, in the order of their objects' names (per pod,
+    /// segment by segment).
+    pub fn shipped_records(&self, session: &str) -> Result<Vec<Value>> {
+        let prefix = format!("sessions/{NAMESPACE}/{session}/");
+        let listing = self.gcs.list(RECORDINGS_BUCKET, &prefix)?;
+        anyhow::ensure!(!listing.is_empty(), "nothing was shipped under {prefix}");
+        let mut records = Vec::new();
+        for name in listing {
+            let bytes = self.gcs.read_object(RECORDINGS_BUCKET, &name)?;
+            let text = cassette_recording::read::decode_segment(&name, &bytes)?;
+            for line in String::from_utf8_lossy(&text).lines() {
+                if !line.trim().is_empty() {
+                    records.push(serde_json::from_str(line).with_context(|| line.to_string())?);
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// The coding agent's image, as the node's containerd knows it.
     pub fn agent_image(&self) -> &str {
         &self.agent_image

@@ -33,9 +33,9 @@
 
 use anyhow::{Context, Result, bail};
 use cassette_e2e::cluster;
+use cassette_e2e::pods::{self, container_status, exec, logs, said, wait_ready};
 use cassette_e2e::story::{self, RECORDINGS_BUCKET, World};
 use serde_json::{Value, json};
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
@@ -46,9 +46,6 @@ const SESSION: &str = "capture";
 const AGENT: &str = "attacked-agent";
 const ATTACKER: &str = "attacker";
 const ATTACKER_NAMESPACE: &str = "outside";
-
-/// How long a pod may take to start.
-const POD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A GitHub token the agent's listener hands out, and an API key the peer sends in.
 const GITHUB_TOKEN: &str = "ghp_cassetteInboundTest0123456789abcdefg";
@@ -271,76 +268,9 @@ for _ in range(3):
     u.sendto(b'udp from outside', (ip, 9999))
 "#;
 
-fn kubectl(args: &[&str]) -> Result<Output> {
-    Ok(cluster()
-        .kubectl()
-        .arg("--request-timeout=60s")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A command in a container, as `kubectl exec` runs it; stdout and stderr together.
-fn exec(ns: &str, pod: &str, container: &str, command: &[&str]) -> Result<Output> {
-    let mut args = vec!["exec", "-n", ns, pod, "-c", container, "--"];
-    args.extend_from_slice(command);
-    kubectl(&args)
-}
-
 /// A command in the agent's container.
 fn agent(command: &[&str]) -> Result<String> {
     Ok(said(&exec(story::NAMESPACE, AGENT, "agent", command)?))
-}
-
-fn logs(ns: &str, pod: &str, container: &str) -> String {
-    kubectl(&["logs", "-n", ns, pod, "-c", container])
-        .map(|o| said(&o))
-        .unwrap_or_else(|e| format!("kubectl logs: {e}"))
-}
-
-fn pod_json(ns: &str, name: &str) -> Result<Value> {
-    let out = kubectl(&["get", "pod", "-n", ns, name, "-o", "json"])?;
-    anyhow::ensure!(out.status.success(), "kubectl get pod: {}", said(&out));
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// The status of one of the pod's containers (init containers included).
-fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
-    ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .filter_map(|k| pod["status"][k].as_array())
-        .flatten()
-        .find(|c| c["name"] == name)
-}
-
-/// Wait until every container of the pod is ready; the pod as it is then.
-fn wait_ready(ns: &str, name: &str) -> Result<Value> {
-    let deadline = Instant::now() + POD_TIMEOUT;
-    loop {
-        let pod = pod_json(ns, name)?;
-        let ready = pod["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|c| c.iter().all(|c| c["ready"] == true));
-        if pod["status"]["phase"] == "Running" && ready {
-            return Ok(pod);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "pod {ns}/{name} is not ready after {POD_TIMEOUT:?}: {}\nsidecar:\n{}",
-                pod["status"],
-                logs(ns, name, "cassette-sidecar")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// What `dig` said: the status and the answers as `<type> <data>`.
@@ -399,24 +329,6 @@ fn base32(bytes: &[u8]) -> String {
 
 fn kinds<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["kind"] == kind).collect()
-}
-
-/// Every shipped record of the session, in the order of its segments.
-fn shipped_records(world: &World) -> Result<Vec<Value>> {
-    let prefix = format!("sessions/{}/{SESSION}/", story::NAMESPACE);
-    let listing = world.gcs.list(RECORDINGS_BUCKET, &prefix)?;
-    anyhow::ensure!(!listing.is_empty(), "nothing was shipped under {prefix}");
-    let mut records = Vec::new();
-    for name in listing {
-        let bytes = world.gcs.read_object(RECORDINGS_BUCKET, &name)?;
-        let text = cassette_recording::read::decode_segment(&name, &bytes)?;
-        for line in String::from_utf8_lossy(&text).lines() {
-            if !line.trim().is_empty() {
-                records.push(serde_json::from_str(line).with_context(|| line.to_string())?);
-            }
-        }
-    }
-    Ok(records)
 }
 
 /// The recorder's process on the node: containerd's task for the sidecar container.
@@ -763,7 +675,7 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
 
     // The recorder killed under the agent: the kubelet restarts it. Nothing leaves while it is
     // down, and what the agent sends afterwards is recorded again.
-    let before = pod_json(story::NAMESPACE, AGENT)?;
+    let before = pods::get(story::NAMESPACE, AGENT)?;
     let pid = sidecar_pid(&world, &before)?;
     let kill = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -783,7 +695,7 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
     )?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let pod = pod_json(story::NAMESPACE, AGENT)?;
+        let pod = pods::get(story::NAMESPACE, AGENT)?;
         let sidecar = container_status(&pod, "cassette-sidecar").cloned();
         let restarted = sidecar
             .as_ref()
@@ -823,7 +735,7 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
         .any(|e| e.path == "/while-the-recorder-is-down");
 
     // The pod ends; its recorder ships what it holds.
-    let deleted = kubectl(&[
+    let deleted = pods::kubectl(&[
         "delete",
         "pod",
         "-n",
@@ -833,7 +745,7 @@ async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> 
         "--timeout=60s",
     ])?;
     anyhow::ensure!(deleted.status.success(), "{}", said(&deleted));
-    let records = shipped_records(&world)?;
+    let records = world.shipped_records(SESSION)?;
 
     let starts = kinds(&records, "session_start");
     let restarted: Vec<bool> = starts.iter().map(|s| s["restarted"] == true).collect();

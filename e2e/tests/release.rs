@@ -5,14 +5,10 @@
 //! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
 
 use anyhow::{Context, Result, bail};
+use cassette_e2e::pods::{self, kubectl, said};
 use cassette_e2e::release::{self, Release};
 use cassette_e2e::{cluster, fixtures};
-use serde_json::{Value, json};
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// How long a pod may take to start.
-const POD_TIMEOUT: Duration = Duration::from_secs(120);
+use serde_json::json;
 
 macro_rules! require_node {
     () => {
@@ -41,23 +37,6 @@ const CAPABILITIES: &[(&str, u32)] = &[
     ("AUDIT_WRITE", 29),
     ("SETFCAP", 31),
 ];
-
-fn kubectl(args: &[&str]) -> Result<Output> {
-    Ok(cluster()
-        .kubectl()
-        .arg("--request-timeout=30s")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The capability names in a `/proc/<pid>/status` `CapEff:` hex mask.
 fn capability_names(status: &str) -> Result<Vec<&'static str>> {
@@ -96,26 +75,8 @@ fn running_agent(ns: &str, name: &str, image: &str) -> Result<()> {
         }
     });
     cluster().apply(&pod.to_string())?;
-    let deadline = Instant::now() + POD_TIMEOUT;
-    loop {
-        let out = kubectl(&["get", "pod", "-n", ns, name, "-o", "json"])?;
-        let pod: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let ready = pod["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|c| c.iter().all(|c| c["ready"] == true));
-        if pod["status"]["phase"] == "Running" && ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let sidecar = kubectl(&["logs", "-n", ns, name, "-c", "cassette-sidecar"])?;
-            bail!(
-                "pod {name} is not running after {POD_TIMEOUT:?}: {}\nsidecar:\n{}",
-                pod["status"],
-                said(&sidecar)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    pods::wait_ready(ns, name)?;
+    Ok(())
 }
 
 /// The agent container's effective capabilities, read in the pod.

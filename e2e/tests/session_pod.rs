@@ -8,20 +8,20 @@
 //!
 //! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cassette_api::AgentSession;
 use cassette_e2e::cluster;
+use cassette_e2e::pods::{self, said};
 use cassette_e2e::story::{self, RECORDINGS_BUCKET, World};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
 
 const SESSION: &str = "live";
 const POD: &str = "live-agent";
-const POD_TIMEOUT: Duration = Duration::from_secs(120);
 
 macro_rules! require_node {
     () => {
@@ -47,28 +47,9 @@ except (OSError, ssl.SSLError) as e:
     print('closed', time.time(), type(e).__name__, flush=True)
 "#;
 
-fn kubectl(args: &[&str]) -> Result<Output> {
-    Ok(cluster()
-        .kubectl()
-        .arg("--request-timeout=90s")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A command in the agent's container; what it printed.
 fn agent(command: &[&str]) -> Result<String> {
-    let mut args = vec!["exec", "-n", story::NAMESPACE, POD, "-c", "agent", "--"];
-    args.extend_from_slice(command);
-    Ok(said(&kubectl(&args)?))
+    Ok(said(&pods::exec(story::NAMESPACE, POD, "agent", command)?))
 }
 
 /// `curl` of an echo.test path in the agent's container, on a thread: the echo's answer, or
@@ -79,27 +60,6 @@ fn curl(path: &str) -> std::thread::JoinHandle<String> {
         agent(&["curl", "-sS", "--max-time", "60", &url])
             .unwrap_or_else(|e| format!("kubectl exec: {e}"))
     })
-}
-
-fn wait_ready() -> Result<()> {
-    let deadline = Instant::now() + POD_TIMEOUT;
-    loop {
-        let out = kubectl(&["get", "pod", "-n", story::NAMESPACE, POD, "-o", "json"])?;
-        let pod: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let ready = pod["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|c| c.iter().all(|c| c["ready"] == true));
-        if pod["status"]["phase"] == "Running" && ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "pod {POD} is not ready after {POD_TIMEOUT:?}: {}",
-                pod["status"]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// The id of the request held for review once the sidecar has published it; `decided` are
@@ -148,7 +108,7 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
         .arg("--kubeconfig")
         .arg(world.alice_kubeconfig())
         .args(["apply", "-f", "-"]);
-    let out = cluster_input(apply, &session.to_string())?;
+    let out = cassette_e2e::with_input(apply, &session.to_string())?;
     anyhow::ensure!(out.status.success(), "alice's apply: {}", said(&out));
     cluster().apply(
         &json!({
@@ -164,7 +124,7 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
         })
         .to_string(),
     )?;
-    wait_ready()?;
+    pods::wait_ready(story::NAMESPACE, POD)?;
     let decide = |verb: &str, id: &str| -> Result<String> {
         let out = world.cassette(&[verb, SESSION, id, "--reason", "checked by a human"])?;
         anyhow::ensure!(out.status.success(), "{verb}: {}", said(&out));
@@ -281,7 +241,7 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
     assert!(after.contains("expired"), "{after}");
 
     // The pod ends; what it recorded says what changed and why the connection ended.
-    let deleted = kubectl(&[
+    let deleted = pods::kubectl(&[
         "delete",
         "pod",
         "-n",
@@ -291,17 +251,7 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
         "--timeout=60s",
     ])?;
     anyhow::ensure!(deleted.status.success(), "{}", said(&deleted));
-    let prefix = format!("sessions/{}/{SESSION}/", story::NAMESPACE);
-    let mut records: Vec<Value> = Vec::new();
-    for name in world.gcs.list(RECORDINGS_BUCKET, &prefix)? {
-        let bytes = world.gcs.read_object(RECORDINGS_BUCKET, &name)?;
-        let text = cassette_recording::read::decode_segment(&name, &bytes)?;
-        for line in String::from_utf8_lossy(&text).lines() {
-            if !line.trim().is_empty() {
-                records.push(serde_json::from_str(line)?);
-            }
-        }
-    }
+    let records = world.shipped_records(SESSION)?;
     let changed: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "session_change")
@@ -331,20 +281,4 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
     let verify = world.cassette(&["verify", SESSION])?;
     assert!(verify.status.success(), "{}", said(&verify));
     Ok(())
-}
-
-/// Run `command` with `input` on its stdin.
-fn cluster_input(mut command: Command, input: &str) -> Result<Output> {
-    use std::io::Write;
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("kubectl's stdin")?
-        .write_all(input.as_bytes())?;
-    Ok(child.wait_with_output()?)
 }
