@@ -4,7 +4,8 @@
 //! requester releases one with `kubectl cassette approve` and refuses one with `deny`; then
 //! the session is tightened under the running pod — a deny rule added, `expiresAt` moved
 //! closer — and the sidecar applies both within seconds, ending the connection the agent kept
-//! open at the new expiry.
+//! open at the new expiry. Beside it, a pod whose session's sink cannot take its recording
+//! ends, and says so in its status and the session's.
 //!
 //! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
 
@@ -83,10 +84,11 @@ async fn pending_review(api: &Api<AgentSession>, decided: &[&str]) -> Result<Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Result<()> {
+async fn session_pods_are_reviewed_tightened_and_report_what_they_could_not_ship() -> Result<()> {
     require_node!();
     let world = World::start(E2E_BINARY.as_ref()).await?;
     let api: Api<AgentSession> = Api::namespaced(cluster().client().await?, story::NAMESPACE);
+    let unshipped = Unshipped::start(&world)?;
 
     // alice asks for the session; someone else approves what it holds.
     let session = json!({
@@ -280,5 +282,94 @@ async fn a_running_session_pod_is_reviewed_and_tightened_through_the_api() -> Re
     }
     let verify = world.cassette(&["verify", SESSION])?;
     assert!(verify.status.success(), "{}", said(&verify));
-    Ok(())
+
+    unshipped.check(&api).await
+}
+
+/// A session whose sink cannot take its recording (its bucket does not exist), and a pod of it
+/// whose agent makes one request and exits. Started first, checked last: it runs beside the
+/// rest.
+struct Unshipped;
+
+impl Unshipped {
+    const SESSION: &'static str = "lost";
+    const POD: &'static str = "lost-agent";
+
+    fn start(world: &World) -> Result<Self> {
+        cluster().apply(
+            &json!({
+                "apiVersion": "cassette.dev/v1alpha1", "kind": "AgentSession",
+                "metadata": {"name": Self::SESSION, "namespace": story::NAMESPACE},
+                "spec": {
+                    "agent": {"serviceAccount": "coding-agent"},
+                    "maxDuration": "1h",
+                    "recording": {"sink": "gs://no-such-bucket/recordings"}
+                }
+            })
+            .to_string(),
+        )?;
+        cluster().apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": Self::POD, "namespace": story::NAMESPACE,
+                             "labels": {"cassette.dev/session": Self::SESSION}},
+                "spec": {
+                    "serviceAccountName": "coding-agent",
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "agent", "image": world.agent_image(),
+                                    "command": ["curl", "-sS", "https://echo.test/before-the-end"]}]
+                }
+            })
+            .to_string(),
+        )?;
+        Ok(Self)
+    }
+
+    /// Issue 14.8 on the node: the pod ends while its recording cannot be shipped. Nothing is
+    /// lost silently: the kubelet keeps the recorder's termination message, naming the
+    /// segment it could not ship, in the pod's status; the AgentSession's pod entry says how
+    /// many bytes were left and the operator calls the recording Unshipped.
+    async fn check(&self, api: &Api<AgentSession>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let last_words = loop {
+            let pod = pods::get(story::NAMESPACE, Self::POD)?;
+            let ended = pods::container_status(&pod, "cassette-sidecar")
+                .and_then(|c| c["state"]["terminated"].as_object().cloned());
+            if pod["status"]["phase"] == "Succeeded"
+                && let Some(ended) = ended
+            {
+                break ended["message"].as_str().unwrap_or_default().to_string();
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod {} did not end with its recorder: {}",
+                Self::POD,
+                pod["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(
+            last_words.contains("\"unshipped\"") && last_words.contains("seg-000001"),
+            "the recorder's termination message does not name what it could not ship: {last_words}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = api.get(Self::SESSION).await?.status.unwrap_or_default();
+            let entry = status.pods.iter().find(|p| p.name == Self::POD);
+            let recording = status.conditions.iter().find(|c| c.type_ == "Recording");
+            if let (Some(entry), Some(recording)) = (entry, recording)
+                && recording.reason == "Unshipped"
+            {
+                assert!(entry.spool_bytes > 0, "{entry:?}");
+                assert!(entry.last_shipped_segment.is_none(), "{entry:?}");
+                assert_eq!(recording.status, "False", "{recording:?}");
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the session does not say its recording was not shipped: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
