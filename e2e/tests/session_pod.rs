@@ -2,9 +2,10 @@
 //! its sidecar, with the pod's own projected token and the chart's RBAC, publishes requests
 //! held for review into the AgentSession's status; an approver other than the session's
 //! requester releases one with `kubectl cassette approve` and refuses one with `deny`; then
-//! the session is tightened under the running pod — a deny rule added, `expiresAt` moved
-//! closer — and the sidecar applies both within seconds, ending the connection the agent kept
-//! open at the new expiry. Beside it, a pod whose session's sink cannot take its recording
+//! the session is tightened under the running pod — a deny rule added, one that refuses the
+//! upgrade of a WebSocket the agent holds open, `expiresAt` moved closer — and the sidecar
+//! applies each within seconds, ending the WebSocket and then, at the new expiry, the
+//! connection the agent kept open. Beside it, a pod whose session's sink cannot take its recording
 //! ends, and says so in its status and the session's.
 //!
 //! Needs root and the real node's packages (`make deps`); skips with a message otherwise.
@@ -48,6 +49,62 @@ except (OSError, ssl.SSLError) as e:
     print('closed', time.time(), type(e).__name__, flush=True)
 "#;
 
+/// A WebSocket server on port 80 (the upstream's pod): it answers the upgrade and echoes every
+/// text message until the client goes.
+const WEBSOCKET_SERVER: &str = r#"
+import base64, hashlib, socket, threading
+def serve(c):
+    head = b''
+    while b'\r\n\r\n' not in head:
+        d = c.recv(4096)
+        if not d:
+            return
+        head += d
+    key = [l.split(b':', 1)[1].strip() for l in head.split(b'\r\n') if l.lower().startswith(b'sec-websocket-key:')][0]
+    accept = base64.b64encode(hashlib.sha1(key + b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest())
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ' + accept + b'\r\n\r\n')
+    while True:
+        h = c.recv(2)
+        if len(h) < 2:
+            return
+        n, mask = h[1] & 0x7f, c.recv(4)
+        data = b''
+        while len(data) < n:
+            data += c.recv(n - len(data))
+        c.sendall(bytes([0x81, n]) + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 80)); s.listen(16)
+print('listening', flush=True)
+while True:
+    c, a = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// In the agent's container: a WebSocket to `ip`, one message answered, then held open until
+/// the other end ends it (or 40 s pass).
+const WEBSOCKET_CLIENT: &str = r#"
+import base64, os, socket, sys, time
+ip = sys.argv[1]
+s = socket.create_connection((ip, 80), timeout=40)
+s.sendall(('GET /live HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+           'Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n' % (ip, base64.b64encode(os.urandom(16)).decode())).encode())
+answer = b''
+while b'\r\n\r\n' not in answer:
+    answer += s.recv(4096)
+print(answer.split(b'\r\n')[0].decode(), flush=True)
+mask = os.urandom(4)
+s.sendall(bytes([0x81, 0x85]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b'hello')))
+print('echo', s.recv(7)[2:].decode(), flush=True)
+try:
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+    print('ended', flush=True)
+except OSError as e:
+    print('ended', type(e).__name__, flush=True)
+"#;
+
 /// A command in the agent's container; what it printed.
 fn agent(command: &[&str]) -> Result<String> {
     Ok(said(&pods::exec(story::NAMESPACE, POD, "agent", command)?))
@@ -89,6 +146,24 @@ async fn session_pods_are_reviewed_tightened_and_report_what_they_could_not_ship
     let world = World::start(E2E_BINARY.as_ref()).await?;
     let api: Api<AgentSession> = Api::namespaced(cluster().client().await?, story::NAMESPACE);
     let unshipped = Unshipped::start(&world)?;
+    cluster().apply(
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "outside"}})
+            .to_string(),
+    )?;
+    cluster().apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "websocket", "namespace": "outside"},
+            "spec": {
+                "automountServiceAccountToken": false,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "server", "image": world.node().image("agent")?,
+                                "command": ["python3", "-u", "-c", WEBSOCKET_SERVER],
+                                "securityContext": {"runAsUser": 0}}]
+            }
+        })
+        .to_string(),
+    )?;
 
     // alice asks for the session; someone else approves what it holds.
     let session = json!({
@@ -196,6 +271,30 @@ async fn session_pods_are_reviewed_tightened_and_report_what_they_could_not_ship
     let elsewhere = curl("/elsewhere").join().unwrap();
     assert!(elsewhere.contains("\"/elsewhere\""), "{elsewhere}");
 
+    // An open WebSocket ends once a rule added under it refuses its upgrade request.
+    let websocket = pods::wait_ready("outside", "websocket")?["status"]["podIP"]
+        .as_str()
+        .context("the WebSocket server's pod IP")?
+        .to_string();
+    let ip = websocket.clone();
+    let live = std::thread::spawn(move || agent(&["python3", "-c", WEBSOCKET_CLIENT, &ip]));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!live.is_finished(), "the WebSocket did not stay open");
+    api.patch(
+        SESSION,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"policy": {"rules": [
+            {"name": "not-there", "action": "deny", "match": {"host": "echo.test", "path": "/secret-place"}},
+            {"name": "no-live", "action": "deny", "match": {"host": websocket, "path": "/live"}}
+        ]}}})),
+    )
+    .await?;
+    let ended = tokio::task::spawn_blocking(move || live.join().unwrap()).await??;
+    assert!(
+        ended.contains("HTTP/1.1 101") && ended.contains("echo hello") && ended.contains("ended"),
+        "the WebSocket under the new rule: {ended}"
+    );
+
     // A connection the agent keeps open, then the session is cut short: the connection ends
     // at the new expiry, not before, and nothing passes afterwards.
     let held_open = std::thread::spawn(|| agent(&["python3", "-c", KEEP_OPEN]));
@@ -261,8 +360,15 @@ async fn session_pods_are_reviewed_tightened_and_report_what_they_could_not_ship
         .collect();
     assert_eq!(
         changed,
-        [&json!(["policy"]), &json!(["expiry"])],
-        "both changes are recorded, once each"
+        [&json!(["policy"]), &json!(["policy"]), &json!(["expiry"])],
+        "each change is recorded, once"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "exchange_end"
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused now") && e.contains("no-live"))),
+        "the WebSocket's exchange_end says why it ended"
     );
     assert!(
         records.iter().any(|r| r["kind"] == "conn_close"
