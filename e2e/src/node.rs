@@ -1311,6 +1311,17 @@ fn run_quiet(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// In a test returning `Result`: skip it, saying why, when the real node cannot run here.
+#[macro_export]
+macro_rules! require_node {
+    () => {
+        if let Some(reason) = $crate::node::unavailable_reason() {
+            println!("skipped: {reason}");
+            return Ok(());
+        }
+    };
+}
+
 /// Whether a real node can run here; node tests skip with this reason otherwise.
 pub fn unavailable_reason() -> Option<String> {
     if std::env::var_os(crate::KUBECONFIG_ENV).is_some() {

@@ -51,15 +51,6 @@ const ATTACKER_NAMESPACE: &str = "outside";
 const GITHUB_TOKEN: &str = "ghp_cassetteInboundTest0123456789abcdefg";
 const API_KEY: &str = "AIzaSyD3f4k3K3yF0rC4ss3tt3T3st1ng0123456";
 
-macro_rules! require_node {
-    () => {
-        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
-            println!("skipped: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// The attacker's pod: TCP and UDP listeners on 443 and 53 that print what reaches them, and
 /// on port 80 an HTTP server that answers any upgrade with 101: a WebSocket that answers each
 /// message, or a raw tunnel of the agent's own protocol.
@@ -355,7 +346,7 @@ fn sidecar_pid(world: &World, pod: &Value) -> Result<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ways_around_the_recorder_are_closed_on_a_real_node() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let world = World::start(E2E_BINARY.as_ref()).await?;
     let real = world.upstreams.token().to_string();
     let node = world.node();

@@ -36,18 +36,9 @@ use cassette_e2e::story::{
 
 const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
 
-macro_rules! require_node {
-    () => {
-        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
-            println!("skipped: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_session_from_request_to_verified_recording() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let world = World::start(E2E_BINARY.as_ref()).await?;
 
     // alice asks; the webhook stamps her, whatever the file says.

@@ -5,7 +5,7 @@
 //! Needs root and the packages `make deps` installs; skips with a message otherwise.
 
 use anyhow::{Context, Result, bail};
-use cassette_e2e::node::{self, NodeInfo};
+use cassette_e2e::node::NodeInfo;
 use cassette_e2e::upstreams::{PROJECT_ID, TestCa};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
@@ -16,15 +16,6 @@ const BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
 const POD_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Print why the test cannot run here and return from it.
-macro_rules! require_node {
-    () => {
-        if let Some(reason) = node::unavailable_reason() {
-            println!("skipped: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// `kubectl` as the admin, with a request timeout so nothing hangs.
 fn kubectl() -> Command {
     let mut command = cassette_e2e::cluster().kubectl();
@@ -145,7 +136,7 @@ fn pid_namespace(pid: &str) -> Result<String> {
 
 #[test]
 fn a_pod_runs_under_runc_in_its_own_pid_namespace() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let pod = TestPod::create(
         "pidns",
@@ -220,7 +211,7 @@ fn a_pod_runs_under_runc_in_its_own_pid_namespace() -> Result<()> {
 
 #[test]
 fn init_container_native_sidecar_and_main_run_in_order_to_completion() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let mut sidecar = shell(
         node,
@@ -274,7 +265,7 @@ fn init_container_native_sidecar_and_main_run_in_order_to_completion() -> Result
 
 #[test]
 fn pods_resolve_cluster_and_upstream_names_through_cluster_dns() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let service_ip = kubectl_out(&[
         "get",
@@ -385,7 +376,7 @@ impl Drop for HostUpstreams {
 
 #[test]
 fn pods_reach_the_metadata_server_on_169_254_169_254() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let _upstreams = HostUpstreams::start(node)?;
     let pod = TestPod::create(
@@ -413,7 +404,7 @@ fn pods_reach_the_metadata_server_on_169_254_169_254() -> Result<()> {
 
 #[test]
 fn pods_reach_the_api_server_through_the_kubernetes_service() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let pod = TestPod::create(
         "apiserver",
@@ -470,7 +461,7 @@ fn raw_sockets(node: &NodeInfo, prefix: &str, security_context: Value) -> Result
 #[test]
 fn a_root_agent_gets_no_raw_sockets_from_the_capabilities_the_injector_gives() -> Result<()> {
     use cassette_e2e::operator::{Operator, OperatorConfig};
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let runtime = tokio::runtime::Runtime::new()?;
     // Only admission runs here (the sidecar it injects is not started), and only in this

@@ -10,15 +10,6 @@ use cassette_e2e::release::{self, Release};
 use cassette_e2e::{cluster, fixtures};
 use serde_json::json;
 
-macro_rules! require_node {
-    () => {
-        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
-            println!("skipped: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// Linux capability numbers (`capability.h`) of the names the chart may allow.
 const CAPABILITIES: &[(&str, u32)] = &[
     ("CHOWN", 0),
@@ -99,7 +90,7 @@ fn agent_capabilities(ns: &str, pod: &str) -> Result<Vec<&'static str>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installs_checks_itself_confines_session_pods_upgrades_and_uninstalls()
 -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let node = cassette_e2e::node();
     let client = cluster().client().await?;
     let ns = fixtures::namespace(&client, "installed").await?;

@@ -25,15 +25,6 @@ const E2E_BINARY: &str = env!("CARGO_BIN_EXE_cassette-e2e");
 const SESSION: &str = "live";
 const POD: &str = "live-agent";
 
-macro_rules! require_node {
-    () => {
-        if let Some(reason) = cassette_e2e::node::unavailable_reason() {
-            println!("skipped: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// In the agent's container: one HTTPS connection to echo.test kept open after a request,
 /// until the other end closes it (or 60 s pass).
 const KEEP_OPEN: &str = r#"
@@ -142,7 +133,7 @@ async fn pending_review(api: &Api<AgentSession>, decided: &[&str]) -> Result<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_pods_are_reviewed_tightened_and_report_what_they_could_not_ship() -> Result<()> {
-    require_node!();
+    cassette_e2e::require_node!();
     let world = World::start(E2E_BINARY.as_ref()).await?;
     let api: Api<AgentSession> = Api::namespaced(cluster().client().await?, story::NAMESPACE);
     let unshipped = Unshipped::start(&world)?;
